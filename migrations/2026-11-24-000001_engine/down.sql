@@ -1,0 +1,4 @@
+DROP TABLE processed_replies;
+DROP TABLE outbox;
+DROP TABLE saga_history;
+DROP TABLE sagas;

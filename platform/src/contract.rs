@@ -1,0 +1,234 @@
+//! The wire contract between the orchestrator and the workers.
+//!
+//! Topic names, commands, replies and lifecycle events live here and only here: both sides
+//! import these types, so a change to the contract is a compile error on both sides rather
+//! than a silent mismatch at run time. Every message is JSON, keyed by saga id so that all
+//! messages of one saga land on one partition and keep their order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A worker role: one Kafka consumer group and one command topic per participant role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Inventory,
+    Payment,
+    Shipment,
+    Coupon,
+    Vendor,
+    /// Consumes lifecycle events rather than commands.
+    Notification,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Inventory,
+        Role::Payment,
+        Role::Shipment,
+        Role::Coupon,
+        Role::Vendor,
+        Role::Notification,
+    ];
+
+    /// Roles that receive commands (everything but notification).
+    pub const PARTICIPANTS: [Role; 5] = [
+        Role::Inventory,
+        Role::Payment,
+        Role::Shipment,
+        Role::Coupon,
+        Role::Vendor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Inventory => "inventory",
+            Role::Payment => "payment",
+            Role::Shipment => "shipment",
+            Role::Coupon => "coupon",
+            Role::Vendor => "vendor",
+            Role::Notification => "notification",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == value)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role `{value}` (known: {})", known.join(", "))
+            })
+    }
+}
+
+/// Topic names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    /// Kafka topic names allow `[a-zA-Z0-9._-]`, at most 249 characters; keep room for suffixes.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let valid_chars = prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if prefix.is_empty() || prefix.len() > 200 || !valid_chars {
+            return Err("must be 1-200 characters of [a-zA-Z0-9._-]".to_owned());
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Commands for one participant role.
+    pub fn commands(&self, role: Role) -> String {
+        format!("{}.commands.{}", self.prefix, role.as_str())
+    }
+
+    /// Replies from every participant to the orchestrator.
+    pub fn replies(&self) -> String {
+        format!("{}.replies", self.prefix)
+    }
+
+    /// Lifecycle events for the notification worker.
+    pub fn events(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Messages that could not be decoded, with the reason in a header.
+    pub fn dead_letter(&self) -> String {
+        format!("{}.dead-letter", self.prefix)
+    }
+
+    /// Every topic the system uses; created at start-up.
+    pub fn all(&self) -> Vec<String> {
+        let mut topics: Vec<String> = Role::PARTICIPANTS
+            .into_iter()
+            .map(|role| self.commands(role))
+            .collect();
+        topics.extend([self.replies(), self.events(), self.dead_letter()]);
+        topics
+    }
+}
+
+/// Whether a command moves a saga forward or undoes a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Forward,
+    Compensate,
+}
+
+/// A command from the orchestrator to a participant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique per dispatch; the participant's inbox dedups on it.
+    pub id: Uuid,
+    pub saga_id: Uuid,
+    /// Saga definition name (`order`, `coupon_use`).
+    pub saga: String,
+    /// Index of the step in its definition.
+    pub step: u32,
+    /// Attempt number of this dispatch (forward and compensation counted separately).
+    pub attempt: u32,
+    pub direction: Direction,
+    /// `inventory.reserve`, `payment.refund`, ...
+    pub name: String,
+    /// The saga's input plus the outputs of earlier steps, as the participant needs them.
+    pub payload: serde_json::Value,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// How a participant answered a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The change is applied (or there was nothing to undo, for a compensation).
+    Succeeded { output: serde_json::Value },
+    /// A business reason forbids the change (out of stock, insufficient funds...); nothing
+    /// was changed and retrying will not help.
+    Rejected { reason: String },
+    /// Nothing was changed and a later attempt may succeed.
+    Failed { reason: String },
+}
+
+/// A participant's answer to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Unique per reply; the orchestrator's inbox dedups on it. A re-sent stored reply keeps
+    /// its id, so a duplicate is recognised.
+    pub id: Uuid,
+    pub command_id: Uuid,
+    pub saga_id: Uuid,
+    pub step: u32,
+    pub attempt: u32,
+    pub direction: Direction,
+    pub outcome: Outcome,
+    pub replied_at: DateTime<Utc>,
+}
+
+/// A saga lifecycle event (`saga.started`, `step.succeeded`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: Uuid,
+    pub saga_id: Uuid,
+    pub saga: String,
+    /// Dotted kind, e.g. `compensation.started`.
+    pub kind: String,
+    pub step: Option<u32>,
+    pub message: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("billing".parse::<Role>().unwrap_err().contains("billing"));
+    }
+
+    #[test]
+    fn topic_names_carry_the_prefix() {
+        let topics = Topics::new("t1").unwrap();
+        assert_eq!(topics.commands(Role::Payment), "t1.commands.payment");
+        assert_eq!(topics.replies(), "t1.replies");
+        assert_eq!(topics.all().len(), 8);
+        assert!(Topics::new("bad prefix").is_err());
+        assert!(Topics::new("").is_err());
+    }
+
+    #[test]
+    fn reply_outcome_is_tagged_json() {
+        let outcome = Outcome::Rejected {
+            reason: "out of stock".into(),
+        };
+        let json = serde_json::to_value(&outcome).unwrap();
+        assert_eq!(json["status"], "rejected");
+        assert_eq!(serde_json::from_value::<Outcome>(json).unwrap(), outcome);
+    }
+}

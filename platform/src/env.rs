@@ -1,0 +1,239 @@
+//! Typed configuration from environment variables.
+//!
+//! Every binary builds one config struct at start-up from a [`Vars`] source. A value that is
+//! present but malformed is an [`Error`] naming the variable, so a typo stops the process
+//! instead of silently falling back to a default. Tests build a [`Vars`] from pairs instead of
+//! mutating the process environment.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+/// A configuration variable that is present but unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?} is invalid: {reason}")]
+pub struct Error {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl Error {
+    pub fn new(name: &'static str, value: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            name,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where configuration values come from: the process environment or, in tests, a map.
+pub struct Vars {
+    overrides: Option<HashMap<String, String>>,
+}
+
+impl Vars {
+    /// The process environment.
+    pub fn process() -> Self {
+        Self { overrides: None }
+    }
+
+    /// Only the given pairs (tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let map = pairs
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        Self {
+            overrides: Some(map),
+        }
+    }
+
+    /// Reads `name`; `None` when unset or blank.
+    pub fn optional(&self, name: &'static str) -> Result<Option<String>, Error> {
+        let raw = match &self.overrides {
+            Some(map) => map.get(name).cloned(),
+            None => match std::env::var(name) {
+                Ok(value) => Some(value),
+                Err(std::env::VarError::NotPresent) => None,
+                Err(std::env::VarError::NotUnicode(raw)) => {
+                    return Err(Error::new(name, raw.to_string_lossy(), "not valid UTF-8"));
+                }
+            },
+        };
+        Ok(raw
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty()))
+    }
+
+    /// Reads `name` and parses it, or returns `default` when unset.
+    pub fn parse_or<T>(&self, name: &'static str, default: T) -> Result<T, Error>
+    where
+        T: FromStr,
+        T::Err: std::fmt::Display,
+    {
+        match self.optional(name)? {
+            None => Ok(default),
+            Some(raw) => raw
+                .parse()
+                .map_err(|err: T::Err| Error::new(name, raw, err.to_string())),
+        }
+    }
+
+    /// Reads a URL-like variable (or takes `default`) and checks its scheme.
+    pub fn url_or(
+        &self,
+        name: &'static str,
+        default: &str,
+        schemes: &[&str],
+    ) -> Result<String, Error> {
+        let value = self.optional(name)?.unwrap_or_else(|| default.to_owned());
+        let scheme_ok = schemes
+            .iter()
+            .any(|scheme| value.starts_with(&format!("{scheme}://")));
+        if scheme_ok {
+            Ok(value)
+        } else {
+            let expected: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
+            Err(Error::new(
+                name,
+                value,
+                format!("expected a URL starting with {}", expected.join(" or ")),
+            ))
+        }
+    }
+}
+
+/// Kafka settings shared by every process that talks to the broker.
+#[derive(Debug, Clone)]
+pub struct KafkaEnv {
+    /// `KAFKA_BROKERS`: `host:port[,host:port...]`; `None` means "start an embedded cluster"
+    /// where the binary allows it.
+    pub brokers: Option<String>,
+    /// `TOPIC_PREFIX`: every topic name starts with it, so several deployments (or tests)
+    /// can share one broker.
+    pub topic_prefix: String,
+}
+
+impl KafkaEnv {
+    pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
+        let brokers = vars.optional("KAFKA_BROKERS")?;
+        if let Some(list) = &brokers {
+            for broker in list.split(',') {
+                let valid = broker
+                    .trim()
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !valid {
+                    return Err(Error::new(
+                        "KAFKA_BROKERS",
+                        list.clone(),
+                        format!("{broker:?} is not host:port"),
+                    ));
+                }
+            }
+        }
+        let topic_prefix = vars
+            .optional("TOPIC_PREFIX")?
+            .unwrap_or_else(|| "sagaflow".to_owned());
+        crate::contract::Topics::new(&topic_prefix)
+            .map_err(|reason| Error::new("TOPIC_PREFIX", topic_prefix.clone(), reason))?;
+        Ok(Self {
+            brokers,
+            topic_prefix,
+        })
+    }
+}
+
+/// Connection settings for Postgres and Redis, shared by both binaries.
+#[derive(Debug, Clone)]
+pub struct StoreEnv {
+    /// `DATABASE_URL`
+    pub database_url: String,
+    /// `DATABASE_POOL_SIZE`
+    pub database_pool_size: usize,
+    /// `REDIS_URL`
+    pub redis_url: String,
+}
+
+impl StoreEnv {
+    pub const DEFAULT_DATABASE_URL: &'static str = "postgres://postgres@127.0.0.1:5432/sagaflow";
+    pub const DEFAULT_REDIS_URL: &'static str = "redis://127.0.0.1:6379";
+
+    pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
+        let database_pool_size = vars.parse_or("DATABASE_POOL_SIZE", 16usize)?;
+        if database_pool_size == 0 {
+            return Err(Error::new("DATABASE_POOL_SIZE", "0", "must be at least 1"));
+        }
+        Ok(Self {
+            database_url: vars.url_or(
+                "DATABASE_URL",
+                Self::DEFAULT_DATABASE_URL,
+                &["postgres", "postgresql"],
+            )?,
+            database_pool_size,
+            redis_url: vars.url_or("REDIS_URL", Self::DEFAULT_REDIS_URL, &["redis", "rediss"])?,
+        })
+    }
+}
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("expected `text` or `json`, got `{other}`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let vars = Vars::from_pairs([]);
+        let stores = StoreEnv::from_vars(&vars).unwrap();
+        assert_eq!(stores.database_url, StoreEnv::DEFAULT_DATABASE_URL);
+        assert_eq!(stores.redis_url, StoreEnv::DEFAULT_REDIS_URL);
+        let kafka = KafkaEnv::from_vars(&vars).unwrap();
+        assert_eq!(kafka.brokers, None);
+        assert_eq!(kafka.topic_prefix, "sagaflow");
+    }
+
+    #[test]
+    fn malformed_values_name_their_variable() {
+        let cases = [
+            ("DATABASE_URL", "mysql://x"),
+            ("REDIS_URL", "localhost:6379"),
+            ("DATABASE_POOL_SIZE", "many"),
+            ("KAFKA_BROKERS", "localhost"),
+            ("TOPIC_PREFIX", "has space"),
+        ];
+        for (name, value) in cases {
+            let vars = Vars::from_pairs([(name, value)]);
+            let err = StoreEnv::from_vars(&vars)
+                .err()
+                .or_else(|| KafkaEnv::from_vars(&vars).err())
+                .unwrap_or_else(|| panic!("{name}={value} was accepted"));
+            assert_eq!(err.name, name);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
+
+    #[test]
+    fn log_format_parses_known_values_only() {
+        assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+        assert!("yaml".parse::<LogFormat>().is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! The at-least-once consumer loop.
+//!
+//! Messages are read in order, decoded, and handed to a [`Handler`] in small batches. An
+//! offset is stored only after the handler returned `Ok` for its batch (its effect is
+//! durable), and offsets are stored strictly in order, so a crash at any point redelivers
+//! rather than skips. A message that cannot be decoded goes to the dead-letter topic (whose
+//! acknowledgement is awaited before its offset is stored) and the loop moves on. A handler
+//! error is never swallowed: the same batch is retried with backoff until it succeeds or the
+//! process shuts down, in which case it is redelivered on the next start.
+//!
+//! Auto-commit periodically commits the *stored* offsets; shutdown commits them
+//! synchronously one last time.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use super::Cluster;
+use super::producer::{DeadLetter, Origin};
+
+/// One decoded message with its position.
+#[derive(Debug, Clone)]
+pub struct Delivery<T> {
+    pub message: T,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+}
+
+/// Applies the effect of a batch of messages. `Ok` means the effect is durable; an error
+/// makes the loop retry the same batch, so implementations must be idempotent (inbox).
+pub trait Handler<T>: Send + Sync + 'static {
+    fn handle(&self, batch: &[Delivery<T>]) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerOptions {
+    /// One consumer group per role: replicas with the same group share the partitions.
+    pub group_id: String,
+    pub topics: Vec<String>,
+    /// Most messages handed to the handler at once.
+    pub max_batch: usize,
+    /// How long to wait for more messages once one arrived, to fill a batch.
+    pub linger: Duration,
+    /// First and largest pause between retries of a failing batch.
+    pub retry_backoff: (Duration, Duration),
+}
+
+impl ConsumerOptions {
+    pub fn new(group_id: impl Into<String>, topics: Vec<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            topics,
+            max_batch: 64,
+            linger: Duration::from_millis(5),
+            retry_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A message as read from the topic, before decoding.
+struct Raw {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+pub struct ConsumerLoop<T, H> {
+    consumer: StreamConsumer,
+    handler: H,
+    dead_letter: DeadLetter,
+    options: ConsumerOptions,
+    _message: PhantomData<fn() -> T>,
+}
+
+/// Why processing stopped before a batch was done.
+struct Interrupted;
+
+impl<T, H> ConsumerLoop<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    pub fn new(
+        brokers: &str,
+        options: ConsumerOptions,
+        handler: H,
+        dead_letter: DeadLetter,
+    ) -> anyhow::Result<Self> {
+        let consumer: StreamConsumer = Cluster::base_config(brokers)
+            .set("group.id", &options.group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            // Offsets are stored by us, after the effect is durable (at-least-once).
+            .set("enable.auto.offset.store", "false")
+            // A new group must see what was produced before it joined.
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .create()?;
+        let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Self {
+            consumer,
+            handler,
+            dead_letter,
+            options,
+            _message: PhantomData,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled; the batch in flight is finished and its offsets
+    /// committed before returning.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(group = %self.options.group_id, topics = ?self.options.topics, "consumer started");
+        while let Some(batch) = self.next_batch(&shutdown).await {
+            if self.process(batch, &shutdown).await.is_err() {
+                break;
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {}
+            // Nothing stored since the last commit.
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => tracing::warn!(error = %err, "final offset commit failed"),
+        }
+        tracing::info!(group = %self.options.group_id, "consumer stopped");
+        Ok(())
+    }
+
+    /// Waits for one message, then takes whatever else arrives within `linger`.
+    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Raw>> {
+        let mut batch = Vec::new();
+        while batch.is_empty() {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                received = self.consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => batch.push(raw(&message)),
+                Err(err) => self.log_receive_error(err).await,
+            }
+        }
+        while batch.len() < self.options.max_batch {
+            match tokio::time::timeout(self.options.linger, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(raw(&message)),
+                Ok(Err(err)) => {
+                    self.log_receive_error(err).await;
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    async fn log_receive_error(&self, err: KafkaError) {
+        tracing::warn!(group = %self.options.group_id, error = %err, "receive failed; retrying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Decodes the batch; runs of decodable messages go to the handler, undecodable ones to
+    /// the dead-letter topic, in offset order.
+    async fn process(
+        &self,
+        batch: Vec<Raw>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let mut pending: Vec<Delivery<T>> = Vec::with_capacity(batch.len());
+        for raw in batch {
+            match decode::<T>(&raw) {
+                Ok(message) => pending.push(Delivery {
+                    message,
+                    topic: raw.topic,
+                    partition: raw.partition,
+                    offset: raw.offset,
+                    key: raw.key,
+                }),
+                Err(reason) => {
+                    self.handle_with_retry(&pending, shutdown).await?;
+                    pending.clear();
+                    self.dead_letter(&raw, &reason, shutdown).await?;
+                }
+            }
+        }
+        self.handle_with_retry(&pending, shutdown).await
+    }
+
+    async fn handle_with_retry(
+        &self,
+        batch: &[Delivery<T>],
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut attempt = 0u32;
+        loop {
+            match self.handler.handle(batch).await {
+                Ok(()) => break,
+                Err(err) => {
+                    attempt += 1;
+                    tracing::error!(
+                        group = %self.options.group_id,
+                        topic = %batch[0].topic,
+                        partition = batch[0].partition,
+                        offset = batch[0].offset,
+                        batch = batch.len(),
+                        attempt,
+                        error = format!("{err:#}"),
+                        "handler failed; retrying the batch",
+                    );
+                    self.pause(attempt, shutdown).await?;
+                }
+            }
+        }
+        for delivery in batch {
+            self.store(&delivery.topic, delivery.partition, delivery.offset);
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        raw: &Raw,
+        reason: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let origin = Origin {
+            topic: &raw.topic,
+            partition: raw.partition,
+            offset: raw.offset,
+            group: &self.options.group_id,
+        };
+        let payload = raw.payload.as_deref().unwrap_or_default();
+        let mut attempt = 0u32;
+        while let Err(err) = self
+            .dead_letter
+            .send(&origin, raw.key.as_deref(), payload, reason)
+            .await
+        {
+            attempt += 1;
+            tracing::error!(
+                error = format!("{err:#}"),
+                attempt,
+                "dead-letter publish failed; retrying"
+            );
+            self.pause(attempt, shutdown).await?;
+        }
+        tracing::warn!(
+            topic = %raw.topic,
+            partition = raw.partition,
+            offset = raw.offset,
+            dead_letter = %self.dead_letter.topic(),
+            reason,
+            "undecodable message sent to the dead-letter topic",
+        );
+        self.store(&raw.topic, raw.partition, raw.offset);
+        Ok(())
+    }
+
+    fn store(&self, topic: &str, partition: i32, offset: i64) {
+        // Fails only when the partition was revoked meanwhile: its new owner re-reads the
+        // message, which the inbox makes harmless.
+        if let Err(err) = self.consumer.store_offset(topic, partition, offset) {
+            tracing::warn!(topic, partition, offset, error = %err, "could not store offset");
+        }
+    }
+
+    async fn pause(&self, attempt: u32, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let (first, max) = self.options.retry_backoff;
+        let delay = first
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(max);
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(Interrupted),
+            _ = tokio::time::sleep(delay) => Ok(()),
+        }
+    }
+}
+
+fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
+    Raw {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
+}
+
+fn decode<T: DeserializeOwned>(raw: &Raw) -> Result<T, String> {
+    let payload = raw.payload.as_deref().ok_or("message has no payload")?;
+    serde_json::from_slice(payload).map_err(|err| format!("undecodable JSON: {err}"))
+}

@@ -1,0 +1,119 @@
+//! Kafka plumbing: where the broker is, the idempotent [`Producer`], the at-least-once
+//! [`consumer`] loop with its dead-letter topic, topic creation, and the [`EmbeddedKafka`]
+//! used when no broker is configured.
+
+mod admin;
+pub mod consumer;
+mod embedded;
+mod producer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+pub use admin::{delete_topics, ensure_topics};
+pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, Handler};
+pub use embedded::EmbeddedKafka;
+pub use producer::{DeadLetter, Producer};
+
+use crate::contract::Topics;
+use crate::env::KafkaEnv;
+
+/// How to reach Kafka: the bootstrap servers, the topic names, and (when embedded) the
+/// in-process cluster, which lives as long as any clone of this handle.
+#[derive(Clone)]
+pub struct Cluster {
+    brokers: String,
+    topics: Topics,
+    partitions: i32,
+    embedded: Option<Arc<EmbeddedKafka>>,
+}
+
+impl Cluster {
+    /// Partitions per topic. Replies and commands are keyed by saga id, so this bounds how
+    /// many consumers of one group can share the work.
+    pub const DEFAULT_PARTITIONS: i32 = 6;
+
+    /// Connects to `KAFKA_BROKERS`, or starts an embedded cluster when it is unset and
+    /// `allow_embedded` (the `dev` mode) says so.
+    pub fn from_env(env: &KafkaEnv, allow_embedded: bool) -> anyhow::Result<Self> {
+        let topics = Topics::new(&env.topic_prefix).map_err(anyhow::Error::msg)?;
+        match &env.brokers {
+            Some(brokers) => Ok(Self::external(brokers, topics)),
+            None if allow_embedded => Ok(Self::embedded(EmbeddedKafka::start()?, topics)),
+            None => anyhow::bail!(
+                "KAFKA_BROKERS is not set; it is required here (only `orchestrator dev` \
+                 starts an embedded Kafka)"
+            ),
+        }
+    }
+
+    pub fn external(brokers: &str, topics: Topics) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            topics,
+            partitions: Self::DEFAULT_PARTITIONS,
+            embedded: None,
+        }
+    }
+
+    pub fn embedded(embedded: EmbeddedKafka, topics: Topics) -> Self {
+        Self {
+            brokers: embedded.bootstrap_servers().to_owned(),
+            topics,
+            partitions: Self::DEFAULT_PARTITIONS,
+            embedded: Some(Arc::new(embedded)),
+        }
+    }
+
+    pub fn with_partitions(mut self, partitions: i32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Creates every topic of the system (idempotent).
+    pub async fn ensure_topics(&self) -> anyhow::Result<()> {
+        let topics = self.topics.all();
+        match &self.embedded {
+            Some(embedded) => {
+                for topic in &topics {
+                    embedded.create_topic(topic, self.partitions)?;
+                }
+                admin::await_topics(&self.brokers, &topics).await
+            }
+            None => ensure_topics(&self.brokers, &topics, self.partitions).await,
+        }
+    }
+
+    pub fn producer(&self) -> anyhow::Result<Producer> {
+        Producer::connect(&self.brokers)
+    }
+
+    /// Base client settings shared by producers, consumers and admin clients.
+    pub(crate) fn base_config(brokers: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("socket.keepalive.enable", "true")
+            // Fail fast on an unreachable broker in probes; librdkafka keeps reconnecting.
+            .set("socket.connection.setup.timeout.ms", "5000")
+            .set("log_level", "4");
+        config
+    }
+}
+
+/// How long readiness and admin calls wait for the broker.
+pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
