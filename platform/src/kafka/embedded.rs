@@ -9,7 +9,9 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::RDKafkaErrorCode;
 
 enum Request {
     CreateTopic {
@@ -50,9 +52,13 @@ impl EmbeddedKafka {
                             partitions,
                             done,
                         } => {
-                            let result = cluster
-                                .create_topic(&name, partitions, 1)
-                                .map_err(|err| anyhow::anyhow!("creating topic {name}: {err}"));
+                            let result = match cluster.create_topic(&name, partitions, 1) {
+                                Ok(())
+                                | Err(KafkaError::MockCluster(
+                                    RDKafkaErrorCode::TopicAlreadyExists,
+                                )) => Ok(()),
+                                Err(err) => Err(anyhow::anyhow!("creating topic {name}: {err}")),
+                            };
                             let _ = done.send(result);
                         }
                     }

@@ -1,0 +1,62 @@
+//! The orchestrator's configuration, read once at start-up.
+//!
+//! Variables (all optional; defaults suit a machine with local Postgres and Redis):
+//! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sagaflow`; created if missing)
+//! - `DATABASE_POOL_SIZE` (default 16)
+//! - `REDIS_URL` (default `redis://127.0.0.1:6379`)
+//! - `KAFKA_BROKERS` (`host:port,...`; unset: `dev` starts an embedded Kafka, `serve` refuses)
+//! - `TOPIC_PREFIX` (default `sagaflow`)
+//! - `HTTP_ADDR` (default `127.0.0.1:8080`)
+//! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
+
+use std::net::SocketAddr;
+
+use platform::env::{self, KafkaEnv, LogFormat, StoreEnv, Vars};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub stores: StoreEnv,
+    pub kafka: KafkaEnv,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8080";
+
+    pub fn from_env() -> Result<Self, env::Error> {
+        Self::from_vars(&Vars::process())
+    }
+
+    pub fn from_vars(vars: &Vars) -> Result<Self, env::Error> {
+        let default_addr: SocketAddr = Self::DEFAULT_HTTP_ADDR
+            .parse()
+            .map_err(|_| env::Error::new("HTTP_ADDR", Self::DEFAULT_HTTP_ADDR, "bad default"))?;
+        Ok(Self {
+            stores: StoreEnv::from_vars(vars)?,
+            kafka: KafkaEnv::from_vars(vars)?,
+            http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
+            log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let config = Config::from_vars(&Vars::from_pairs([])).unwrap();
+        assert_eq!(config.http_addr.to_string(), Config::DEFAULT_HTTP_ADDR);
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn a_malformed_address_names_the_variable() {
+        let err = Config::from_vars(&Vars::from_pairs([("HTTP_ADDR", "localhost")])).unwrap_err();
+        assert_eq!(err.name, "HTTP_ADDR");
+        let err = Config::from_vars(&Vars::from_pairs([("LOG_FORMAT", "xml")])).unwrap_err();
+        assert_eq!(err.name, "LOG_FORMAT");
+    }
+}

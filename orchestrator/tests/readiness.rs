@@ -1,0 +1,132 @@
+//! `/healthz` and `/readyz` against real dependencies, one of which is then stopped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orchestrator::app::{self, Mode};
+use orchestrator::config::Config;
+use platform::env::Vars;
+use platform::health::Probes;
+use platform::kafka::Producer;
+use platform::testkit::{TestDb, TestKafka};
+use platform::{cache, db};
+use tokio_util::sync::CancellationToken;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server, so the test can stop it without disturbing anyone else.
+struct PrivateRedis {
+    child: Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_names_a_stopped_dependency() {
+    let test_db = TestDb::migrated().await;
+    let kafka = TestKafka::start().await;
+    let mut redis = PrivateRedis::start();
+    let config = Config::from_vars(&Vars::from_pairs([
+        ("DATABASE_URL", test_db.url.as_str()),
+        ("REDIS_URL", redis.url.as_str()),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+    ]))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = app::start(&config, kafka.cluster.clone(), Mode::Serve, shutdown.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.local_addr);
+    let client = reqwest::Client::new();
+
+    let alive = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(alive.status(), 200);
+
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+
+    redis.stop();
+    let not_ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    assert_eq!(
+        not_ready.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = not_ready.json().await.unwrap();
+    assert_eq!(body["status"], 503);
+    assert_eq!(body["detail"], "unreachable: redis");
+    let redis_status = body["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "redis")
+        .unwrap();
+    assert_eq!(redis_status["up"], false);
+    let postgres_status = body["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "postgres")
+        .unwrap();
+    assert_eq!(postgres_status["up"], true);
+
+    shutdown.cancel();
+    running.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_name_an_unreachable_postgres_and_kafka() {
+    let closed = free_port();
+    let probes = Probes {
+        database: db::pool(&format!("postgres://postgres@127.0.0.1:{closed}/x"), 1).unwrap(),
+        redis: cache::pool("redis://127.0.0.1:6379").unwrap(),
+        kafka: Producer::connect(&format!("127.0.0.1:{closed}")).unwrap(),
+    };
+    let checks = probes.check().await;
+    let down: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.error.is_some())
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(down, ["postgres", "kafka"]);
+}
