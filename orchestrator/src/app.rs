@@ -50,9 +50,15 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     db::prepare(&config.stores.database_url).await?;
-    let database = db::pool(&config.stores.database_url, config.stores.database_pool_size)?;
+    let database = db::pool(
+        &config.stores.database_url,
+        config.stores.database_pool_size,
+    )?;
     let redis = cache::pool(&config.stores.redis_url)?;
-    cluster.ensure_topics().await.context("creating Kafka topics")?;
+    cluster
+        .ensure_topics()
+        .await
+        .context("creating Kafka topics")?;
     let producer = cluster.producer()?;
 
     let tasks = TaskTracker::new();

@@ -11,7 +11,9 @@ use platform::testkit::{TestDb, unique_name};
 async fn dev_mode_starts_with_embedded_kafka_and_stops_cleanly() {
     // A database name nobody created: the binary must create it.
     let scratch = TestDb::empty().await;
-    let url = scratch.url.replace(scratch.name(), &unique_name("sagaflow_dev"));
+    let url = scratch
+        .url
+        .replace(scratch.name(), &unique_name("sagaflow_dev"));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -71,11 +73,10 @@ async fn dev_mode_starts_with_embedded_kafka_and_stops_cleanly() {
 
     // Clean up the database the binary created.
     let (admin, name) = platform::db::split_database_url(&url).unwrap();
-    let mut conn = <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(
-        &admin,
-    )
-    .await
-    .unwrap();
+    let mut conn =
+        <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(&admin)
+            .await
+            .unwrap();
     let dropped = diesel_async::RunQueryDsl::execute(
         diesel::sql_query(format!(
             "DROP DATABASE {} WITH (FORCE)",

@@ -71,9 +71,14 @@ async fn readiness_names_a_stopped_dependency() {
     ]))
     .unwrap();
     let shutdown = CancellationToken::new();
-    let running = app::start(&config, kafka.cluster.clone(), Mode::Serve, shutdown.clone())
-        .await
-        .unwrap();
+    let running = app::start(
+        &config,
+        kafka.cluster.clone(),
+        Mode::Serve,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let base = format!("http://{}", running.local_addr);
     let client = reqwest::Client::new();
 

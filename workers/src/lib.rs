@@ -49,13 +49,15 @@ pub fn spawn_roles(
     for &role in roles {
         match role {
             Role::Notification => {
-                let options = ConsumerOptions::new(
-                    deps.group_id(role),
-                    vec![deps.cluster.topics().events()],
-                );
+                let options =
+                    ConsumerOptions::new(deps.group_id(role), vec![deps.cluster.topics().events()]);
                 let handler = notification::Recorder::new(deps.database.clone());
-                let consumer =
-                    ConsumerLoop::new(deps.cluster.brokers(), options, handler, deps.dead_letter())?;
+                let consumer = ConsumerLoop::new(
+                    deps.cluster.brokers(),
+                    options,
+                    handler,
+                    deps.dead_letter(),
+                )?;
                 tasks.spawn(log_exit(role, consumer.run(shutdown.clone())));
             }
             participant => {

@@ -62,7 +62,10 @@ fn main() -> ExitCode {
         }
     };
     platform::telemetry::init(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the Tokio runtime: {err}");
@@ -83,9 +86,15 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::on_signal()?;
     let cluster = Cluster::from_env(&config.kafka, false)?;
     db::prepare(&config.stores.database_url).await?;
-    cluster.ensure_topics().await.context("creating Kafka topics")?;
+    cluster
+        .ensure_topics()
+        .await
+        .context("creating Kafka topics")?;
     let deps = workers::Deps {
-        database: db::pool(&config.stores.database_url, config.stores.database_pool_size)?,
+        database: db::pool(
+            &config.stores.database_url,
+            config.stores.database_pool_size,
+        )?,
         redis: cache::pool(&config.stores.redis_url)?,
         producer: cluster.producer()?,
         cluster,
@@ -116,6 +125,10 @@ mod tests {
         );
         assert_eq!(parse_roles(&args(&["--role", "all"])).unwrap().len(), 6);
         assert!(parse_roles(&args(&[])).is_err());
-        assert!(parse_roles(&args(&["--role", "billing"])).unwrap_err().contains("billing"));
+        assert!(
+            parse_roles(&args(&["--role", "billing"]))
+                .unwrap_err()
+                .contains("billing")
+        );
     }
 }

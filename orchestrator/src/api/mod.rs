@@ -19,12 +19,7 @@ pub struct State {
 type Apis = health::HealthApi;
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        health::HealthApi,
-        "sagaflow",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
+    OpenApiService::new(health::HealthApi, "sagaflow", env!("CARGO_PKG_VERSION")).description(
         "Saga orchestrator: start sagas, inspect their status and history, retry or cancel them.",
     )
 }
