@@ -12,11 +12,16 @@ use tokio_util::task::TaskTracker;
 
 use platform::contract::Role;
 use platform::health::Probes;
-use platform::kafka::{Cluster, Producer};
+use platform::kafka::{Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Producer};
 use platform::{cache, db};
 
 use crate::api;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::engine::Engine;
+use crate::relay::{Relay, RelayOptions};
+use crate::replies::ReplyHandler;
+use crate::timers::Timers;
 
 /// Which processes run inside this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,7 @@ pub enum Mode {
 /// A started orchestrator.
 pub struct Running {
     pub local_addr: SocketAddr,
+    pub engine: Engine,
     tasks: TaskTracker,
     producer: Producer,
 }
@@ -43,10 +49,42 @@ impl Running {
     }
 }
 
+/// Knobs that tests turn; production uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub clock: Clock,
+    pub relay: RelayOptions,
+    /// `false` simulates an orchestrator that commits but never publishes (crash between
+    /// commit and publish).
+    pub relay_enabled: bool,
+    pub timer_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            clock: Clock::system(),
+            relay: RelayOptions::default(),
+            relay_enabled: true,
+            timer_interval: Duration::from_millis(250),
+        }
+    }
+}
+
 pub async fn start(
     config: &Config,
     cluster: Cluster,
     mode: Mode,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    start_with(config, cluster, mode, Options::default(), shutdown).await
+}
+
+pub async fn start_with(
+    config: &Config,
+    cluster: Cluster,
+    mode: Mode,
+    options: Options,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     db::prepare(&config.stores.database_url).await?;
@@ -62,6 +100,40 @@ pub async fn start(
     let producer = cluster.producer()?;
 
     let tasks = TaskTracker::new();
+    let engine = Engine::new(
+        database.clone(),
+        cluster.topics().clone(),
+        options.clock.clone(),
+    );
+    let relay = Relay::new(
+        &config.stores.database_url,
+        database.clone(),
+        producer.clone(),
+        options.clock.clone(),
+        options.relay.clone(),
+    );
+    if options.relay_enabled {
+        tasks.spawn(relay.run(shutdown.clone()));
+    }
+    tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
+    let replies = ConsumerLoop::new(
+        cluster.brokers(),
+        ConsumerOptions::new(
+            format!("{}.orchestrator", cluster.topics().prefix()),
+            vec![cluster.topics().replies()],
+        ),
+        ReplyHandler::new(engine.clone()),
+        DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
+    )?;
+    let replies_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = replies.run(replies_shutdown).await {
+            tracing::error!(
+                error = format!("{err:#}"),
+                "reply consumer stopped with an error"
+            );
+        }
+    });
     if mode == Mode::Dev {
         let deps = workers::Deps {
             database: database.clone(),
@@ -102,5 +174,6 @@ pub async fn start(
         local_addr,
         tasks,
         producer,
+        engine,
     })
 }

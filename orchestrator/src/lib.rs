@@ -1,10 +1,21 @@
 //! The sagaflow orchestrator.
 //!
 //! # Layout
-//! - [`config`]: environment variables of the `orchestrator` binary.
-//! - [`app`]: wiring of pools, clients, the HTTP server and the background loops.
+//! - [`saga`]: the pure core: definitions and the transition function (no I/O).
+//! - [`engine`]: runs the core against Postgres (state, history, outbox in one transaction).
+//! - [`relay`]: publishes the outbox to Kafka after commit.
+//! - [`replies`]: applies participants' replies.
+//! - [`timers`]: fires deadlines and retry times.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
+//! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
+pub mod engine;
+pub mod relay;
+pub mod replies;
+pub mod saga;
+pub mod schema;
+pub mod timers;

@@ -184,6 +184,8 @@ pub struct Reply {
     pub attempt: u32,
     pub direction: Direction,
     pub outcome: Outcome,
+    /// The command's `issued_at`, copied back: the engine measures step latency with it.
+    pub command_issued_at: DateTime<Utc>,
     pub replied_at: DateTime<Utc>,
 }
 

@@ -1,0 +1,11 @@
+-- Wake the outbox relay when messages are written. NOTIFY is transactional: it is delivered
+-- at commit, once per statement, so the relay never wakes for rows it cannot see yet.
+CREATE FUNCTION sagaflow_outbox_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('sagaflow_outbox', '');
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION sagaflow_outbox_notify();

@@ -1,0 +1,148 @@
+//! Turns the actions of a transition into history entries and outbox messages (commands for
+//! participants, lifecycle events for the notification worker). Timers and finishing need
+//! no message: the saga row carries them.
+
+use chrono::{DateTime, Utc};
+use platform::contract::{Command, Direction, Event, Role, Topics};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::SagaContext;
+use super::store::{NewHistory, NewOutboxMessage};
+use crate::saga::Action;
+
+pub(super) fn for_action(
+    topics: &Topics,
+    context: &SagaContext<'_>,
+    action: &Action,
+    now: DateTime<Utc>,
+) -> Option<(NewHistory, Option<NewOutboxMessage>)> {
+    match action {
+        Action::Dispatch {
+            step,
+            attempt,
+            command,
+            role,
+        } => Some(command_message(
+            topics,
+            context,
+            (*step, *attempt),
+            Direction::Forward,
+            command,
+            role,
+            now,
+        )),
+        Action::Compensate {
+            step,
+            attempt,
+            command,
+            role,
+        } => Some(command_message(
+            topics,
+            context,
+            (*step, *attempt),
+            Direction::Compensate,
+            command,
+            role,
+            now,
+        )),
+        Action::Emit(event) => {
+            let step = event.step.and_then(|s| u32::try_from(s).ok());
+            let message = Event {
+                id: Uuid::now_v7(),
+                saga_id: context.id,
+                saga: context.definition.name.to_owned(),
+                kind: event.kind.as_str().to_owned(),
+                step,
+                message: event.message.clone(),
+                occurred_at: now,
+            };
+            let entry = NewHistory {
+                saga_id: context.id,
+                kind: event.kind.as_str().to_owned(),
+                step: step.and_then(|s| i32::try_from(s).ok()),
+                attempt: None,
+                status: context.state.status.as_str().to_owned(),
+                detail: json!({ "message": event.message, "event_id": message.id }),
+                recorded_at: now,
+            };
+            Some((
+                entry,
+                Some(outbox(topics.events(), context.id, &message, now)),
+            ))
+        }
+        Action::ScheduleTimer { .. } | Action::Finish(_) => None,
+    }
+}
+
+fn command_message(
+    topics: &Topics,
+    context: &SagaContext<'_>,
+    (step, attempt): (usize, u32),
+    direction: Direction,
+    name: &str,
+    role: &str,
+    now: DateTime<Utc>,
+) -> (NewHistory, Option<NewOutboxMessage>) {
+    let command = Command {
+        id: Uuid::now_v7(),
+        saga_id: context.id,
+        saga: context.definition.name.to_owned(),
+        step: u32::try_from(step).unwrap_or(u32::MAX),
+        attempt,
+        direction,
+        name: name.to_owned(),
+        payload: command_payload(context),
+        issued_at: now,
+    };
+    let kind = match direction {
+        Direction::Forward => "command.sent",
+        Direction::Compensate => "compensation.sent",
+    };
+    let entry = NewHistory {
+        saga_id: context.id,
+        kind: kind.to_owned(),
+        step: i32::try_from(step).ok(),
+        attempt: i32::try_from(attempt).ok(),
+        status: context.state.status.as_str().to_owned(),
+        detail: json!({ "command": name, "command_id": command.id, "role": role }),
+        recorded_at: now,
+    };
+    // Definitions name their roles; a role the contract does not know is a programming
+    // error caught by the definitions' tests, never by a participant.
+    let message = role
+        .parse::<Role>()
+        .ok()
+        .map(|role| outbox(topics.commands(role), context.id, &command, now));
+    if message.is_none() {
+        tracing::error!(saga.id = %context.id, role, "definition names an unknown role");
+    }
+    (entry, message)
+}
+
+/// What a participant gets: the saga's input and the outputs of the steps that succeeded,
+/// by step name (a compensation needs, e.g., the reservation its step made).
+fn command_payload(context: &SagaContext<'_>) -> Value {
+    let outputs: Map<String, Value> = context
+        .definition
+        .steps
+        .iter()
+        .zip(&context.state.steps)
+        .filter_map(|(step, state)| Some((step.name.to_owned(), state.output.clone()?)))
+        .collect();
+    json!({ "input": context.payload, "outputs": outputs })
+}
+
+fn outbox<T: serde::Serialize>(
+    topic: String,
+    saga_id: Uuid,
+    message: &T,
+    now: DateTime<Utc>,
+) -> NewOutboxMessage {
+    NewOutboxMessage {
+        topic,
+        message_key: saga_id.to_string(),
+        payload: serde_json::to_value(message).unwrap_or(Value::Null),
+        created_at: now,
+    }
+}

@@ -1,0 +1,251 @@
+//! A transition under construction: a private copy of the state plus the actions produced so
+//! far, with the moves shared by several inputs (dispatching, starting and continuing
+//! compensation, parking, finishing).
+//!
+//! Input handlers may mutate the draft and then still decide to ignore the input: the draft
+//! is simply dropped and the caller keeps the original state, so a half-applied input can
+//! never escape.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::action::{Action, Event, EventKind};
+use super::definition::{Definition, RetryPolicy, Step};
+use super::state::{CompensationPhase, ForwardPhase, SagaState, Status, StepState};
+use super::transition::{Outcome, Transition};
+
+/// Why an input does not fit the state; becomes `Outcome::Ignored`.
+pub(super) type Ignored = String;
+
+pub(super) struct Draft<'a> {
+    pub(super) definition: &'a Definition,
+    pub(super) state: SagaState,
+    pub(super) now: DateTime<Utc>,
+    jitter: f64,
+    actions: Vec<Action>,
+}
+
+impl<'a> Draft<'a> {
+    pub(super) fn new(
+        definition: &'a Definition,
+        state: SagaState,
+        now: DateTime<Utc>,
+        jitter: f64,
+    ) -> Draft<'a> {
+        Draft {
+            definition,
+            state,
+            now,
+            jitter,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Seals an applied draft. The timer action is derived here, by comparing timers before and
+    /// after, so no handler can forget it.
+    pub(super) fn into_transition(mut self, previous_timer: Option<DateTime<Utc>>) -> Transition {
+        if let Some(at) = self
+            .state
+            .next_timer()
+            .filter(|at| Some(*at) != previous_timer)
+        {
+            // A finished saga has no timers, so this never lands after `Finish`.
+            self.actions.push(Action::ScheduleTimer { at });
+        }
+        Transition {
+            state: self.state,
+            actions: self.actions,
+            outcome: Outcome::Applied,
+        }
+    }
+
+    pub(super) fn step(&self, index: usize) -> Result<&'static Step, Ignored> {
+        self.definition.step(index).ok_or_else(|| {
+            format!(
+                "unknown step index {index}: {} has {} steps",
+                self.definition.name,
+                self.definition.steps.len()
+            )
+        })
+    }
+
+    pub(super) fn step_state(&mut self, index: usize) -> Result<&mut StepState, Ignored> {
+        let count = self.state.steps.len();
+        self.state
+            .steps
+            .get_mut(index)
+            .ok_or_else(|| format!("unknown step index {index}: the saga has {count} steps"))
+    }
+
+    pub(super) fn emit(&mut self, kind: EventKind, step: Option<usize>, message: String) {
+        self.actions.push(Action::Emit(Event {
+            kind,
+            step,
+            message,
+        }));
+    }
+
+    /// `now + delay`, saturating: an absurd configured duration must not panic the core.
+    pub(super) fn after(&self, delay: Duration) -> DateTime<Utc> {
+        TimeDelta::from_std(delay)
+            .ok()
+            .and_then(|delta| self.now.checked_add_signed(delta))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// When the attempt after failed attempt `failed_attempt` may go out.
+    pub(super) fn retry_time(&self, policy: &RetryPolicy, failed_attempt: u32) -> DateTime<Utc> {
+        self.after(policy.backoff(failed_attempt, self.jitter))
+    }
+
+    /// Sends the next forward attempt of `index`. The step deadline is set by the first
+    /// attempt only, because it bounds all attempts together.
+    pub(super) fn dispatch_forward(&mut self, index: usize) -> Result<(), Ignored> {
+        let step = self.step(index)?;
+        let deadline = self.after(step.deadline);
+        let state = self.step_state(index)?;
+        let attempt = next_attempt(state.attempt)?;
+        state.attempt = attempt;
+        state.forward = ForwardPhase::InFlight;
+        state.retry_at = None;
+        state.deadline_at.get_or_insert(deadline);
+        self.emit(
+            EventKind::StepDispatched,
+            Some(index),
+            format!("{} attempt {attempt}: {}", step.name, step.command),
+        );
+        self.actions.push(Action::Dispatch {
+            step: index,
+            attempt,
+            command: step.command,
+            role: step.role,
+        });
+        Ok(())
+    }
+
+    pub(super) fn begin_compensation(&mut self, reason: String) -> Result<(), Ignored> {
+        self.state.status = Status::Compensating;
+        self.emit(EventKind::CompensationStarted, None, reason.clone());
+        self.state.failure = Some(reason);
+        self.compensate_next()
+    }
+
+    /// Starts undoing the newest step whose effect may exist, or finishes when none is left.
+    /// Steps run strictly in index order, so the highest index is the newest dispatch.
+    pub(super) fn compensate_next(&mut self) -> Result<(), Ignored> {
+        let definition = self.definition;
+        let next = self
+            .state
+            .steps
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, state)| {
+                let undoable = definition
+                    .step(index)
+                    .is_some_and(|step| step.compensation.is_some());
+                let waiting = state.compensation == CompensationPhase::NotStarted;
+                (undoable && waiting && state.may_have_effect()).then_some(index)
+            });
+        match next {
+            Some(index) => {
+                self.step_state(index)?.compensation_attempts_in_budget = 0;
+                self.dispatch_compensation(index)
+            }
+            None if self.state.cancel_requested => {
+                self.finish(Status::Cancelled, EventKind::SagaCancelled);
+                Ok(())
+            }
+            None => {
+                self.finish(Status::Compensated, EventKind::SagaCompensated);
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn dispatch_compensation(&mut self, index: usize) -> Result<(), Ignored> {
+        let step = self.step(index)?;
+        let command = step
+            .compensation
+            .ok_or_else(|| format!("step {} has no compensation", step.name))?;
+        let deadline = self.after(step.compensation_deadline);
+        let state = self.step_state(index)?;
+        let attempt = next_attempt(state.compensation_attempt)?;
+        state.compensation_attempt = attempt;
+        state.compensation_attempts_in_budget =
+            state.compensation_attempts_in_budget.saturating_add(1);
+        state.compensation = CompensationPhase::InFlight;
+        state.deadline_at = Some(deadline);
+        state.retry_at = None;
+        self.emit(
+            EventKind::CompensationDispatched,
+            Some(index),
+            format!("{} compensation attempt {attempt}: {command}", step.name),
+        );
+        self.actions.push(Action::Compensate {
+            step: index,
+            attempt,
+            command,
+            role: step.role,
+        });
+        Ok(())
+    }
+
+    /// The in-flight compensation attempt failed or timed out: retry within budget, otherwise
+    /// park the saga as `Failed` for an operator.
+    pub(super) fn compensation_attempt_failed(
+        &mut self,
+        index: usize,
+        reason: String,
+    ) -> Result<(), Ignored> {
+        let step = self.step(index)?;
+        let policy = step.compensation_retry;
+        let state = self.step_state(index)?;
+        let (attempt, used) = (
+            state.compensation_attempt,
+            state.compensation_attempts_in_budget,
+        );
+        let command = step.compensation.unwrap_or(step.name);
+        if policy.allows_another_attempt(used) {
+            let retry_at = self.retry_time(&policy, used);
+            let state = self.step_state(index)?;
+            state.compensation = CompensationPhase::AwaitingRetry;
+            state.deadline_at = None;
+            state.retry_at = Some(retry_at);
+            state.last_error = Some(reason.clone());
+            self.emit(
+                EventKind::CompensationFailed,
+                Some(index),
+                format!("{command} attempt {attempt} failed: {reason}; retry at {retry_at}"),
+            );
+            return Ok(());
+        }
+        state.compensation = CompensationPhase::Exhausted;
+        state.clear_timers();
+        state.last_error = Some(reason.clone());
+        let failure = format!("{command} gave up after {used} attempts: {reason}");
+        self.emit(EventKind::CompensationFailed, Some(index), failure.clone());
+        self.state.failure = Some(failure.clone());
+        self.finish(Status::Failed, EventKind::SagaFailed);
+        Ok(())
+    }
+
+    pub(super) fn finish(&mut self, status: Status, kind: EventKind) {
+        self.state.status = status;
+        let message = match (&self.state.failure, status) {
+            (Some(failure), Status::Compensated | Status::Failed) => failure.clone(),
+            _ => format!("saga {} {}", self.definition.name, status.as_str()),
+        };
+        self.emit(kind, None, message);
+        self.actions.push(Action::Finish(status));
+    }
+}
+
+/// Attempt numbers are fencing tokens: they must never repeat, so overflow is refused rather
+/// than wrapped.
+fn next_attempt(current: u32) -> Result<u32, Ignored> {
+    current
+        .checked_add(1)
+        .ok_or_else(|| "attempt counter exhausted".to_owned())
+}

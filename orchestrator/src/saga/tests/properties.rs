@@ -1,0 +1,346 @@
+//! Property tests: random but plausible input sequences (current and stale attempts, ticks at
+//! advancing times, cancels, operator retries) against the invariants the engine relies on.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::super::definitions::{COUPON_USE, ORDER};
+use super::super::{
+    Action, CompensationPhase, Definition, FailureKind, ForwardPhase, Input, SagaState, Status,
+    start, transition,
+};
+use super::epoch;
+
+#[derive(Debug, Clone, Copy)]
+enum Reply {
+    Succeeded,
+    Rejected,
+    Retryable,
+    CompensationSucceeded,
+    CompensationFailed,
+}
+
+#[derive(Debug, Clone)]
+enum Move {
+    /// `step: None` aims at the step currently in progress, so most replies are relevant;
+    /// `attempt: None` answers its latest attempt, `Some` may well be stale.
+    Reply {
+        step: Option<usize>,
+        attempt: Option<u32>,
+        reply: Reply,
+    },
+    /// A tick at whatever time has passed, often with nothing due.
+    Tick,
+    /// The timer loop firing: time jumps to the next timer (if any), then a tick.
+    TimerFires,
+    Cancel,
+    Retry,
+}
+
+/// `flaky` (0..=3) sets how often compensations fail, so that some runs exhaust a budget
+/// (and park as FAILED) while others mostly finish.
+fn a_move(flaky: u32) -> impl Strategy<Value = Move> {
+    let reply = prop_oneof![
+        4 => Just(Reply::Succeeded),
+        1 => Just(Reply::Rejected),
+        1 + flaky => Just(Reply::Retryable),
+        3 => Just(Reply::CompensationSucceeded),
+        1 + 6 * flaky => Just(Reply::CompensationFailed),
+    ];
+    let step = prop_oneof![3 => Just(None), 1 => (0usize..4).prop_map(Some)];
+    let attempt = prop_oneof![4 => Just(None), 1 => (0u32..12).prop_map(Some)];
+    prop_oneof![
+        8 => (step, attempt, reply).prop_map(|(step, attempt, reply)| Move::Reply { step, attempt, reply }),
+        2 => Just(Move::Tick),
+        3 => Just(Move::TimerFires),
+        1 => Just(Move::Cancel),
+        1 => Just(Move::Retry),
+    ]
+}
+
+/// Moves, each with the milliseconds that pass before it (mostly short, sometimes past a
+/// deadline) and the jitter it sees.
+fn timed_moves() -> impl Strategy<Value = Vec<(Move, i64, f64)>> {
+    (0u32..4).prop_flat_map(|flaky| {
+        let pause = prop_oneof![4 => 0i64..2_000, 1 => 0i64..40_000];
+        prop::collection::vec((a_move(flaky), pause, 0.0f64..1.0), 1..150)
+    })
+}
+
+fn step_in_progress(state: &SagaState) -> usize {
+    state
+        .steps
+        .iter()
+        .position(|step| {
+            step.next_timer().is_some() || step.compensation == CompensationPhase::Exhausted
+        })
+        .unwrap_or(0)
+}
+
+fn to_input(state: &SagaState, step: Option<usize>, attempt: Option<u32>, reply: Reply) -> Input {
+    let step = step.unwrap_or_else(|| step_in_progress(state));
+    let current = state.steps.get(step);
+    let forward = attempt.unwrap_or_else(|| current.map_or(1, |s| s.attempt));
+    let compensation = attempt.unwrap_or_else(|| current.map_or(1, |s| s.compensation_attempt));
+    let reason = "random".to_owned();
+    match reply {
+        Reply::Succeeded => Input::StepSucceeded {
+            step,
+            attempt: forward,
+            output: json!({ "n": forward }),
+        },
+        Reply::Rejected => Input::StepFailed {
+            step,
+            attempt: forward,
+            kind: FailureKind::Rejected,
+            reason,
+        },
+        Reply::Retryable => Input::StepFailed {
+            step,
+            attempt: forward,
+            kind: FailureKind::Retryable,
+            reason,
+        },
+        Reply::CompensationSucceeded => Input::CompensationSucceeded {
+            step,
+            attempt: compensation,
+        },
+        Reply::CompensationFailed => Input::CompensationFailed {
+            step,
+            attempt: compensation,
+            reason,
+        },
+    }
+}
+
+/// Everything the invariants need to remember across a run.
+#[derive(Default)]
+struct Observer {
+    dispatched: HashSet<(usize, u32, &'static str)>,
+    first_dispatch: Vec<usize>,
+    first_compensation: Vec<usize>,
+    terminal: Option<SagaState>,
+}
+
+impl Observer {
+    fn check(
+        &mut self,
+        definition: &Definition,
+        before: &SagaState,
+        after: &SagaState,
+        actions: &[Action],
+        applied: bool,
+    ) {
+        if let Some(terminal) = &self.terminal {
+            assert!(!applied && after == terminal, "(c) terminal state changed");
+        }
+        if !applied {
+            assert!(
+                after == before && actions.is_empty(),
+                "ignored input had an effect"
+            );
+        }
+        for (position, action) in actions.iter().enumerate() {
+            match action {
+                Action::Dispatch { step, attempt, .. } => {
+                    assert!(
+                        self.dispatched.insert((*step, *attempt, "forward")),
+                        "(b) forward {step}#{attempt} twice"
+                    );
+                    if !self.first_dispatch.contains(step) {
+                        self.first_dispatch.push(*step);
+                    }
+                }
+                Action::Compensate { step, attempt, .. } => {
+                    assert!(
+                        self.dispatched.insert((*step, *attempt, "compensation")),
+                        "(b) compensation {step}#{attempt} twice"
+                    );
+                    self.check_compensation_order(definition, after, *step);
+                }
+                Action::ScheduleTimer { at } => assert_eq!(Some(*at), after.next_timer()),
+                Action::Finish(status) => {
+                    assert_eq!(position + 1, actions.len(), "Finish is not last");
+                    assert_eq!(*status, after.status);
+                }
+                Action::Emit(_) => {}
+            }
+        }
+        if after.status == Status::Failed {
+            let exhausted = after
+                .steps
+                .iter()
+                .zip(definition.steps)
+                .any(|(state, step)| {
+                    state.compensation == CompensationPhase::Exhausted
+                        && state.compensation_attempts_in_budget
+                            >= step.compensation_retry.max_attempts
+                });
+            assert!(exhausted, "(d) FAILED without an exhausted compensation");
+        }
+        if after.status == Status::Completed {
+            assert!(
+                after
+                    .steps
+                    .iter()
+                    .all(|s| s.forward == ForwardPhase::Succeeded),
+                "(e)"
+            );
+        }
+        let active = after
+            .steps
+            .iter()
+            .filter(|s| s.next_timer().is_some())
+            .count();
+        assert!(active <= 1, "more than one step in progress");
+        let stored: SagaState =
+            serde_json::from_value(serde_json::to_value(after).expect("json")).expect("state");
+        assert_eq!(&stored, after);
+        if after.status.is_terminal() {
+            assert_eq!(after.next_timer(), None);
+            self.terminal = Some(after.clone());
+        }
+    }
+
+    /// (a): compensations go newest dispatch first, and only once every newer step whose
+    /// effect may exist has been undone.
+    fn check_compensation_order(
+        &mut self,
+        definition: &Definition,
+        after: &SagaState,
+        step: usize,
+    ) {
+        let order: HashMap<usize, usize> = self
+            .first_dispatch
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (*s, i))
+            .collect();
+        let rank = order[&step];
+        assert!(
+            after.steps[step].may_have_effect(),
+            "compensating a step with no effect"
+        );
+        for (newer, _) in order.iter().filter(|(_, r)| **r > rank) {
+            let state = &after.steps[*newer];
+            if state.may_have_effect() && definition.steps[*newer].compensation.is_some() {
+                assert_eq!(
+                    state.compensation,
+                    CompensationPhase::Compensated,
+                    "(a) {step} before {newer}"
+                );
+            }
+        }
+        if !self.first_compensation.contains(&step) {
+            if let Some(previous) = self.first_compensation.last() {
+                assert!(
+                    order[previous] > rank,
+                    "(a) compensation order {:?} then {step}",
+                    self.first_compensation
+                );
+            }
+            self.first_compensation.push(step);
+        }
+    }
+}
+
+/// After the random part, a cooperative world (every reply a success, timers honoured,
+/// operator retries) must bring any saga to a final status: nothing gets stuck.
+fn finish_cooperatively(
+    definition: &Definition,
+    observer: &mut Observer,
+    mut state: SagaState,
+    mut now: DateTime<Utc>,
+) {
+    for _ in 0..50 {
+        if state.status.is_terminal() {
+            return;
+        }
+        let index = step_in_progress(&state);
+        let step = &state.steps[index];
+        let input = match (state.status, step.forward, step.compensation) {
+            (Status::Failed, _, _) => Input::RetryRequested,
+            (_, ForwardPhase::InFlight, _) => to_input(&state, Some(index), None, Reply::Succeeded),
+            (_, _, CompensationPhase::InFlight) => {
+                to_input(&state, Some(index), None, Reply::CompensationSucceeded)
+            }
+            _ => {
+                now = now.max(state.next_timer().unwrap_or(now));
+                Input::Tick
+            }
+        };
+        let result = transition(definition, &state, &input, now, 0.5);
+        observer.check(
+            definition,
+            &state,
+            &result.state,
+            &result.actions,
+            result.is_applied(),
+        );
+        assert!(
+            result.is_applied(),
+            "cooperative {input:?} ignored: {:?}",
+            result.outcome
+        );
+        state = result.state;
+    }
+    panic!("saga did not finish: {state:?}");
+}
+
+fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
+    let mut now = epoch();
+    let started = start(definition, now);
+    let mut observer = Observer::default();
+    observer.check(
+        definition,
+        &started.state,
+        &started.state,
+        &started.actions,
+        true,
+    );
+    let mut state = started.state;
+    for (step, pause_ms, jitter) in moves {
+        now += TimeDelta::milliseconds(pause_ms);
+        let input = match step {
+            Move::Reply {
+                step,
+                attempt,
+                reply,
+            } => to_input(&state, step, attempt, reply),
+            Move::Tick => Input::Tick,
+            Move::TimerFires => {
+                now = now.max(state.next_timer().unwrap_or(now));
+                Input::Tick
+            }
+            Move::Cancel => Input::CancelRequested,
+            Move::Retry => Input::RetryRequested,
+        };
+        let result = transition(definition, &state, &input, now, jitter);
+        observer.check(
+            definition,
+            &state,
+            &result.state,
+            &result.actions,
+            result.is_applied(),
+        );
+        state = result.state;
+    }
+    finish_cooperatively(definition, &mut observer, state, now);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn order_invariants_hold_for_any_input_sequence(moves in timed_moves()) {
+        run_random(&ORDER, moves);
+    }
+
+    #[test]
+    fn coupon_use_invariants_hold_for_any_input_sequence(moves in timed_moves()) {
+        run_random(&COUPON_USE, moves);
+    }
+}

@@ -1,0 +1,53 @@
+//! diesel table definitions of the engine's tables (kept in step with `migrations/`).
+
+diesel::table! {
+    sagas (id) {
+        id -> Uuid,
+        definition -> Text,
+        status -> Text,
+        current_step -> Int4,
+        payload -> Jsonb,
+        state -> Jsonb,
+        version -> Int8,
+        idempotency_key -> Nullable<Text>,
+        next_timer_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    saga_history (id) {
+        id -> Int8,
+        saga_id -> Uuid,
+        kind -> Text,
+        step -> Nullable<Int4>,
+        attempt -> Nullable<Int4>,
+        status -> Text,
+        detail -> Jsonb,
+        recorded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    outbox (id) {
+        id -> Int8,
+        topic -> Text,
+        message_key -> Text,
+        payload -> Jsonb,
+        created_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    processed_replies (reply_id) {
+        reply_id -> Uuid,
+        saga_id -> Uuid,
+        outcome -> Text,
+        processed_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(saga_history -> sagas (saga_id));
+diesel::allow_tables_to_appear_in_same_query!(sagas, saga_history, outbox, processed_replies);
