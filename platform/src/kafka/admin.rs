@@ -72,17 +72,3 @@ fn wait_for_metadata(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
-/// Deletes topics (test clean-up); topics that do not exist are ignored.
-pub async fn delete_topics(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
-    let admin = admin_client(brokers)?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let options = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT));
-    for result in admin.delete_topics(&names, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-            Err((topic, code)) => anyhow::bail!("deleting topic {topic} failed: {code}"),
-        }
-    }
-    Ok(())
-}

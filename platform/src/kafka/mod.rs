@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 
-pub use admin::{delete_topics, ensure_topics};
+pub use admin::ensure_topics;
 pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, Handler};
 pub use embedded::EmbeddedKafka;
 pub use producer::{DeadLetter, Producer};

@@ -1,0 +1,453 @@
+//! The saga engine end to end: real Postgres and Kafka, scripted participants.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use orchestrator::app::Options;
+use orchestrator::engine;
+use orchestrator::schema::{outbox, processed_replies, saga_history};
+use platform::contract::{Direction, Outcome, Reply};
+use platform::testkit::TestEnv;
+use serde_json::json;
+use support::*;
+use uuid::Uuid;
+
+fn order_payload() -> serde_json::Value {
+    json!({ "user_id": 1, "lines": [{ "sku": "A", "quantity": 2 }] })
+}
+
+async fn history_kinds(env: &TestEnv, saga: Uuid) -> Vec<String> {
+    let mut conn = env.db.pool.get().await.unwrap();
+    saga_history::table
+        .filter(saga_history::saga_id.eq(saga))
+        .order(saga_history::id.asc())
+        .select(saga_history::kind)
+        .load(&mut conn)
+        .await
+        .unwrap()
+}
+
+fn count(kinds: &[String], kind: &str) -> usize {
+    kinds.iter().filter(|k| *k == kind).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_saga_completes() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+
+    let started = orchestrator
+        .running
+        .engine
+        .start("order", &order_payload(), None)
+        .await
+        .unwrap();
+    assert!(started.created);
+    wait_for_status(&env, started.id, "COMPLETED").await;
+
+    assert_eq!(
+        participants.names_for(started.id),
+        ["inventory.reserve", "payment.charge", "shipment.prepare"]
+    );
+    let commands = participants.commands();
+    let charge = commands
+        .iter()
+        .find(|c| c.name == "payment.charge")
+        .unwrap();
+    assert_eq!(charge.payload["input"], order_payload());
+    assert_eq!(
+        charge.payload["outputs"]["reserve_stock"],
+        json!({ "ok": true })
+    );
+    let kinds = history_kinds(&env, started.id).await;
+    assert_eq!(count(&kinds, "saga.completed"), 1);
+    assert_eq!(count(&kinds, "reply.received"), 3);
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_at_step_three_compensates_step_two_then_step_one() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(|command| match command.name.as_str() {
+            "shipment.prepare" => Reaction::Reply(Outcome::Rejected {
+                reason: "address not serviceable".into(),
+            }),
+            _ => succeed(),
+        }),
+    );
+
+    let started = orchestrator
+        .running
+        .engine
+        .start("order", &order_payload(), None)
+        .await
+        .unwrap();
+    let row = wait_for_status(&env, started.id, "COMPENSATED").await;
+
+    assert_eq!(
+        participants.names_for(started.id),
+        [
+            "inventory.reserve",
+            "payment.charge",
+            "shipment.prepare",
+            "payment.refund",
+            "inventory.release"
+        ]
+    );
+    assert!(
+        row.state["failure"]
+            .as_str()
+            .unwrap()
+            .contains("address not serviceable")
+    );
+    let kinds = history_kinds(&env, started.id).await;
+    assert_eq!(count(&kinds, "compensation.started"), 1);
+    assert_eq!(count(&kinds, "saga.compensated"), 1);
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_never_answers_times_out_and_is_compensated() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(|command| match command.name.as_str() {
+            "payment.charge" => Reaction::Silence,
+            _ => succeed(),
+        }),
+    );
+    let engine = orchestrator.running.engine.clone();
+    let started = engine.start("order", &order_payload(), None).await.unwrap();
+    eventually("the charge command", async || {
+        participants.names_for(started.id).len() == 2
+    })
+    .await;
+
+    // Past the step's 30 s deadline.
+    engine.clock().advance(Duration::from_secs(31));
+    wait_for_status(&env, started.id, "COMPENSATED").await;
+
+    assert_eq!(
+        participants.names_for(started.id),
+        [
+            "inventory.reserve",
+            "payment.charge",
+            "payment.refund",
+            "inventory.release"
+        ]
+    );
+    let kinds = history_kinds(&env, started.id).await;
+    assert_eq!(count(&kinds, "step.timed_out"), 1);
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicated_reply_is_applied_once_and_an_unknown_saga_is_ignored() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(|_| {
+            Reaction::ReplyTwice(Outcome::Succeeded {
+                output: json!({ "ok": true }),
+            })
+        }),
+    );
+    let started = orchestrator
+        .running
+        .engine
+        .start("order", &order_payload(), None)
+        .await
+        .unwrap();
+    wait_for_status(&env, started.id, "COMPLETED").await;
+
+    // A reply for a saga nobody knows is recorded as ignored, not a crash.
+    let stray = Reply {
+        id: Uuid::now_v7(),
+        command_id: Uuid::now_v7(),
+        saga_id: Uuid::now_v7(),
+        step: 0,
+        attempt: 1,
+        direction: Direction::Forward,
+        outcome: Outcome::Succeeded { output: json!({}) },
+        command_issued_at: chrono::Utc::now(),
+        replied_at: chrono::Utc::now(),
+    };
+    let producer = env.kafka.cluster.producer().unwrap();
+    producer
+        .send_json(
+            &env.kafka.topics().replies(),
+            &stray.saga_id.to_string(),
+            &stray,
+        )
+        .await
+        .unwrap();
+    let pool = env.db.pool.clone();
+    eventually("the stray reply to be recorded", async || {
+        let mut conn = pool.get().await.unwrap();
+        processed_replies::table
+            .find(stray.id)
+            .select(processed_replies::outcome)
+            .first::<String>(&mut conn)
+            .await
+            .is_ok_and(|outcome| outcome == "ignored: unknown saga")
+    })
+    .await;
+
+    // Every reply arrived twice; each was applied once.
+    assert_eq!(participants.names_for(started.id).len(), 3);
+    let kinds = history_kinds(&env, started.id).await;
+    assert_eq!(count(&kinds, "reply.received"), 3);
+    let mut conn = env.db.pool.get().await.unwrap();
+    let recorded: i64 = processed_replies::table
+        .filter(processed_replies::saga_id.eq(started.id))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 3);
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_finishes_it() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let failing_refund = script(|command| match command.name.as_str() {
+        "shipment.prepare" => Reaction::Reply(Outcome::Rejected {
+            reason: "address not serviceable".into(),
+        }),
+        "payment.refund" => Reaction::Reply(Outcome::Failed {
+            reason: "bank unavailable".into(),
+        }),
+        _ => succeed(),
+    });
+    let participants = Participants::start(&env.kafka.cluster, failing_refund);
+    let engine = orchestrator.running.engine.clone();
+    let started = engine.start("order", &order_payload(), None).await.unwrap();
+
+    // Compensation backoff grows to 30 s: while a retry waits, move the clock past it
+    // instead of waiting (never while an attempt is in flight, which would time it out).
+    let clock = engine.clock().clone();
+    wait_for_status_with(&env, started.id, "FAILED", |row| {
+        if awaiting_retry(row) {
+            clock.advance(Duration::from_secs(31));
+        }
+    })
+    .await;
+    let refunds = |names: Vec<String>| names.iter().filter(|n| *n == "payment.refund").count();
+    assert_eq!(
+        refunds(participants.names_for(started.id)),
+        8,
+        "budget is 8 attempts"
+    );
+    assert!(
+        !participants
+            .names_for(started.id)
+            .contains(&"inventory.release".to_owned())
+    );
+
+    // Only FAILED sagas can be retried; only RUNNING ones cancelled.
+    assert!(matches!(
+        engine.cancel(started.id).await,
+        Err(engine::Error::Conflict { .. })
+    ));
+
+    participants.set_script(script(|_| succeed()));
+    engine.retry(started.id).await.unwrap();
+    wait_for_status(&env, started.id, "COMPENSATED").await;
+    let names = participants.names_for(started.id);
+    assert_eq!(refunds(names.clone()), 9);
+    assert_eq!(names.last().unwrap(), "inventory.release");
+    assert!(matches!(
+        engine.retry(started.id).await,
+        Err(engine::Error::Conflict { .. })
+    ));
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_saga_can_be_cancelled() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(|command| match command.name.as_str() {
+            "payment.charge" => Reaction::Silence,
+            _ => succeed(),
+        }),
+    );
+    let engine = orchestrator.running.engine.clone();
+    let started = engine.start("order", &order_payload(), None).await.unwrap();
+    eventually("the charge command", async || {
+        participants.names_for(started.id).len() == 2
+    })
+    .await;
+
+    engine.cancel(started.id).await.unwrap();
+    wait_for_status(&env, started.id, "CANCELLED").await;
+    assert_eq!(
+        participants.names_for(started.id)[2..],
+        ["payment.refund", "inventory.release"]
+    );
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_starts_with_one_idempotency_key_make_one_saga() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(
+        &env,
+        Options {
+            relay_enabled: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let engine = orchestrator.running.engine.clone();
+    let starts = (0..20).map(|_| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .start("order", &order_payload(), Some("key-1"))
+                .await
+                .unwrap()
+        })
+    });
+    let results: Vec<_> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let id = results[0].id;
+    assert!(results.iter().all(|r| r.id == id));
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_orchestrator_stopped_between_commit_and_publish_loses_nothing() {
+    let env = TestEnv::start().await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+
+    // This one commits sagas but never publishes: a crash right after commit.
+    let crashed = Orchestrator::start(
+        &env,
+        Options {
+            relay_enabled: false,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(
+            crashed
+                .running
+                .engine
+                .start("order", &order_payload(), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let mut conn = env.db.pool.get().await.unwrap();
+    let pending: i64 = outbox::table
+        .filter(outbox::published_at.is_null())
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert!(pending >= 5, "commands must wait in the outbox");
+    crashed.stop().await;
+    assert!(participants.commands().is_empty());
+
+    let restarted = Orchestrator::start(&env, Options::default()).await;
+    for id in &ids {
+        wait_for_status(&env, *id, "COMPLETED").await;
+    }
+    participants.stop().await;
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_orchestrators_finish_two_hundred_sagas_each_exactly_once() {
+    let env = TestEnv::start().await;
+    let first = Orchestrator::start(&env, Options::default()).await;
+    let second = Orchestrator::start(&env, Options::default()).await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+
+    let mut ids = Vec::new();
+    for n in 0..200 {
+        let engine = if n % 2 == 0 {
+            &first.running.engine
+        } else {
+            &second.running.engine
+        };
+        ids.push(
+            engine
+                .start("order", &order_payload(), None)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids {
+        wait_for_status(&env, *id, "COMPLETED").await;
+    }
+
+    let mut conn = env.db.pool.get().await.unwrap();
+    let completions: Vec<Uuid> = saga_history::table
+        .filter(saga_history::kind.eq("saga.completed"))
+        .select(saga_history::saga_id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(completions.len(), 200);
+    let mut per_saga: HashMap<Uuid, usize> = HashMap::new();
+    for id in completions {
+        *per_saga.entry(id).or_default() += 1;
+    }
+    assert!(ids.iter().all(|id| per_saga.get(id) == Some(&1)));
+    let finished = |o: &Orchestrator| {
+        std::sync::atomic::AtomicU64::load(
+            &o.running.engine.metrics().completed,
+            std::sync::atomic::Ordering::Relaxed,
+        )
+    };
+    assert_eq!(finished(&first) + finished(&second), 200);
+    // Each step of each saga was dispatched once.
+    let mut dispatched: HashMap<(Uuid, u32), usize> = HashMap::new();
+    for command in participants.commands() {
+        *dispatched
+            .entry((command.saga_id, command.step))
+            .or_default() += 1;
+    }
+    assert_eq!(dispatched.len(), 600);
+    assert!(dispatched.values().all(|n| *n == 1));
+
+    participants.stop().await;
+    first.stop().await;
+    second.stop().await;
+}

@@ -1,0 +1,240 @@
+//! Shared by the engine tests and the engine benchmark: scripted participants that answer
+//! commands over the real broker as a test dictates, and an orchestrator started on the
+//! test's private database and topics.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use orchestrator::app::{self, Mode, Options, Running};
+use orchestrator::config::Config;
+use orchestrator::engine::store::SagaRow;
+use orchestrator::schema::sagas;
+use platform::contract::{Command, Outcome, Reply, Role, Topics};
+use platform::env::Vars;
+use platform::kafka::{
+    Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Delivery, Handler, Producer,
+};
+use platform::testkit::TestEnv;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What a scripted participant does with a command.
+#[derive(Debug, Clone)]
+pub enum Reaction {
+    Reply(Outcome),
+    /// The same reply (same id) twice: a redelivery.
+    ReplyTwice(Outcome),
+    Silence,
+}
+
+pub type Script = Arc<dyn Fn(&Command) -> Reaction + Send + Sync>;
+
+pub fn succeed() -> Reaction {
+    Reaction::Reply(Outcome::Succeeded {
+        output: serde_json::json!({ "ok": true }),
+    })
+}
+
+pub fn script(f: impl Fn(&Command) -> Reaction + Send + Sync + 'static) -> Script {
+    Arc::new(f)
+}
+
+struct Scripted {
+    producer: Producer,
+    replies_topic: String,
+    script: Arc<RwLock<Script>>,
+    log: Arc<Mutex<Vec<Command>>>,
+}
+
+impl Handler<Command> for Scripted {
+    async fn handle(&self, batch: &[Delivery<Command>]) -> anyhow::Result<()> {
+        for delivery in batch {
+            let command = &delivery.message;
+            let script = self.script.read().unwrap().clone();
+            let reaction = script(command);
+            self.log.lock().unwrap().push(command.clone());
+            let (outcome, times) = match reaction {
+                Reaction::Reply(outcome) => (outcome, 1),
+                Reaction::ReplyTwice(outcome) => (outcome, 2),
+                Reaction::Silence => continue,
+            };
+            let reply = Reply {
+                id: Uuid::now_v7(),
+                command_id: command.id,
+                saga_id: command.saga_id,
+                step: command.step,
+                attempt: command.attempt,
+                direction: command.direction,
+                outcome,
+                command_issued_at: command.issued_at,
+                replied_at: Utc::now(),
+            };
+            for _ in 0..times {
+                self.producer
+                    .send_json(&self.replies_topic, &reply.saga_id.to_string(), &reply)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Participants of every role that answer as the script says.
+pub struct Participants {
+    log: Arc<Mutex<Vec<Command>>>,
+    script: Arc<RwLock<Script>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Participants {
+    pub fn start(cluster: &Cluster, script: Script) -> Self {
+        let topics: &Topics = cluster.topics();
+        let producer = cluster.producer().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(RwLock::new(script));
+        let handler = Scripted {
+            producer: producer.clone(),
+            replies_topic: topics.replies(),
+            script: script.clone(),
+            log: log.clone(),
+        };
+        let command_topics = Role::PARTICIPANTS
+            .into_iter()
+            .map(|role| topics.commands(role))
+            .collect();
+        let options = ConsumerOptions::new(format!("{}.scripted", topics.prefix()), command_topics);
+        let consumer = ConsumerLoop::new(
+            cluster.brokers(),
+            options,
+            handler,
+            DeadLetter::new(producer, topics.dead_letter()),
+        )
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(consumer.run(shutdown.clone()));
+        Self {
+            log,
+            script,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn set_script(&self, script: Script) {
+        *self.script.write().unwrap() = script;
+    }
+
+    /// Every command received so far, in arrival order.
+    pub fn commands(&self) -> Vec<Command> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The command names one saga received, in order.
+    pub fn names_for(&self, saga: Uuid) -> Vec<String> {
+        self.commands()
+            .into_iter()
+            .filter(|c| c.saga_id == saga)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// An orchestrator (`serve` mode) on the test's database and topics.
+pub struct Orchestrator {
+    pub running: Running,
+    shutdown: CancellationToken,
+}
+
+impl Orchestrator {
+    pub async fn start(env: &TestEnv, options: Options) -> Self {
+        let config = Config::from_vars(&Vars::from_pairs([
+            ("DATABASE_URL", env.db.url.as_str()),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+        ]))
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = app::start_with(
+            &config,
+            env.kafka.cluster.clone(),
+            Mode::Serve,
+            options,
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        Self { running, shutdown }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.wait().await;
+    }
+}
+
+pub async fn load(env: &TestEnv, id: Uuid) -> SagaRow {
+    let mut conn = env.db.pool.get().await.unwrap();
+    sagas::table
+        .find(id)
+        .select(SagaRow::as_select())
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until the saga reaches `status`; each round, `tick` sees the row and may move the
+/// clock.
+pub async fn wait_for_status_with(
+    env: &TestEnv,
+    id: Uuid,
+    status: &str,
+    mut tick: impl FnMut(&SagaRow),
+) -> SagaRow {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let row = load(env, id).await;
+        if row.status == status {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "saga {id} stuck in {} (wanted {status}): {}",
+            row.status,
+            row.state
+        );
+        tick(&row);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn wait_for_status(env: &TestEnv, id: Uuid, status: &str) -> SagaRow {
+    wait_for_status_with(env, id, status, |_| {}).await
+}
+
+/// Whether some step of the saga waits for a retry time (forward or compensation).
+pub fn awaiting_retry(row: &SagaRow) -> bool {
+    row.state["steps"].as_array().is_some_and(|steps| {
+        steps
+            .iter()
+            .any(|s| s["forward"] == "awaiting_retry" || s["compensation"] == "awaiting_retry")
+    })
+}
+
+/// Waits until `condition` holds, polling.
+pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
