@@ -58,6 +58,8 @@ pub struct Options {
     /// commit and publish).
     pub relay_enabled: bool,
     pub timer_interval: Duration,
+    /// Reply consumers (members of one group) in this process.
+    pub reply_consumers: usize,
 }
 
 impl Default for Options {
@@ -67,6 +69,7 @@ impl Default for Options {
             relay: RelayOptions::default(),
             relay_enabled: true,
             timer_interval: Duration::from_millis(250),
+            reply_consumers: 2,
         }
     }
 }
@@ -116,24 +119,28 @@ pub async fn start_with(
         tasks.spawn(relay.run(shutdown.clone()));
     }
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
-    let replies = ConsumerLoop::new(
-        cluster.brokers(),
-        ConsumerOptions::new(
-            format!("{}.orchestrator", cluster.topics().prefix()),
-            vec![cluster.topics().replies()],
-        ),
-        ReplyHandler::new(engine.clone()),
-        DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
-    )?;
-    let replies_shutdown = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = replies.run(replies_shutdown).await {
-            tracing::error!(
-                error = format!("{err:#}"),
-                "reply consumer stopped with an error"
-            );
-        }
-    });
+    // Several members of the reply group per process: each owns some partitions, so
+    // replies of different sagas are applied in parallel while one saga's stay in order.
+    for _ in 0..options.reply_consumers {
+        let replies = ConsumerLoop::new(
+            cluster.brokers(),
+            ConsumerOptions::new(
+                format!("{}.orchestrator", cluster.topics().prefix()),
+                vec![cluster.topics().replies()],
+            ),
+            ReplyHandler::new(engine.clone()),
+            DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
+        )?;
+        let replies_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = replies.run(replies_shutdown).await {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    "reply consumer stopped with an error"
+                );
+            }
+        });
+    }
     if mode == Mode::Dev {
         let deps = workers::Deps {
             database: database.clone(),

@@ -430,13 +430,10 @@ async fn two_orchestrators_finish_two_hundred_sagas_each_exactly_once() {
         *per_saga.entry(id).or_default() += 1;
     }
     assert!(ids.iter().all(|id| per_saga.get(id) == Some(&1)));
-    let finished = |o: &Orchestrator| {
-        std::sync::atomic::AtomicU64::load(
-            &o.running.engine.metrics().completed,
-            std::sync::atomic::Ordering::Relaxed,
-        )
-    };
-    assert_eq!(finished(&first) + finished(&second), 200);
+    assert_eq!(
+        completed(&first.running.engine) + completed(&second.running.engine),
+        200
+    );
     // Each step of each saga was dispatched once.
     let mut dispatched: HashMap<(Uuid, u32), usize> = HashMap::new();
     for command in participants.commands() {

@@ -53,6 +53,7 @@ struct Scripted {
 
 impl Handler<Command> for Scripted {
     async fn handle(&self, batch: &[Delivery<Command>]) -> anyhow::Result<()> {
+        let mut replies = Vec::new();
         for delivery in batch {
             let command = &delivery.message;
             let script = self.script.read().unwrap().clone();
@@ -74,11 +75,16 @@ impl Handler<Command> for Scripted {
                 command_issued_at: command.issued_at,
                 replied_at: Utc::now(),
             };
-            for _ in 0..times {
-                self.producer
-                    .send_json(&self.replies_topic, &reply.saga_id.to_string(), &reply)
-                    .await?;
-            }
+            replies.extend(std::iter::repeat_n(reply, times));
+        }
+        // Enqueued in order, acknowledged together: the producer pipelines the batch.
+        let keys: Vec<String> = replies.iter().map(|r| r.saga_id.to_string()).collect();
+        let sends = replies
+            .iter()
+            .zip(&keys)
+            .map(|(reply, key)| self.producer.send_json(&self.replies_topic, key, reply));
+        for result in futures_util::future::join_all(sends).await {
+            result?;
         }
         Ok(())
     }
@@ -228,6 +234,14 @@ pub fn awaiting_retry(row: &SagaRow) -> bool {
             .iter()
             .any(|s| s["forward"] == "awaiting_retry" || s["compensation"] == "awaiting_retry")
     })
+}
+
+/// Sagas an orchestrator instance finished as COMPLETED.
+pub fn completed(engine: &orchestrator::engine::Engine) -> u64 {
+    std::sync::atomic::AtomicU64::load(
+        &engine.metrics().completed,
+        std::sync::atomic::Ordering::Relaxed,
+    )
 }
 
 /// Waits until `condition` holds, polling.

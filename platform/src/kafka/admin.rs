@@ -1,4 +1,4 @@
-//! Topic creation and deletion.
+//! Topic creation: idempotent, and complete only once the broker lists every partition.
 
 use std::time::{Duration, Instant};
 
