@@ -147,6 +147,7 @@ pub async fn start_with(
             redis: redis.clone(),
             cluster: cluster.clone(),
             producer: producer.clone(),
+            runtime: config.workers.clone(),
         };
         workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;
     }

@@ -8,6 +8,8 @@
 //! - `TOPIC_PREFIX` (default `sagaflow`)
 //! - `HTTP_ADDR` (default `127.0.0.1:8080`)
 //! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
+//! - `CONCURRENCY_STRATEGY`, `LOCK_WAIT_MS`, `LOCK_LEASE_MS`: the participants' settings,
+//!   used by `dev`, which runs them in-process (see `workers::config`)
 
 use std::net::SocketAddr;
 
@@ -19,6 +21,7 @@ pub struct Config {
     pub kafka: KafkaEnv,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
+    pub workers: workers::runtime::RuntimeOptions,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
             kafka: KafkaEnv::from_vars(vars)?,
             http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
+            workers: workers::config::runtime_options(vars)?,
         })
     }
 }

@@ -2,15 +2,23 @@
 //!
 //! Variables: `DATABASE_URL`, `DATABASE_POOL_SIZE`, `REDIS_URL`, `KAFKA_BROKERS` (required:
 //! a worker process joins a real broker), `TOPIC_PREFIX`, `LOG_FORMAT`, `RUST_LOG`; the same
-//! meaning and defaults as for the orchestrator (see README.md).
+//! meaning and defaults as for the orchestrator (see README.md). Plus
+//! `CONCURRENCY_STRATEGY` (`redis-lock`, default, or `postgres`) and `LOCK_WAIT_MS` /
+//! `LOCK_LEASE_MS` (default 5000 / 10000).
+
+use std::time::Duration;
 
 use platform::env::{self, KafkaEnv, LogFormat, StoreEnv, Vars};
+
+use crate::participant::Strategy;
+use crate::runtime::RuntimeOptions;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub stores: StoreEnv,
     pub kafka: KafkaEnv,
     pub log_format: LogFormat,
+    pub runtime: RuntimeOptions,
 }
 
 impl Config {
@@ -23,6 +31,46 @@ impl Config {
             stores: StoreEnv::from_vars(vars)?,
             kafka: KafkaEnv::from_vars(vars)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
+            runtime: runtime_options(vars)?,
         })
+    }
+}
+
+/// The participants' runtime settings; shared with `orchestrator dev`, which runs them too.
+pub fn runtime_options(vars: &Vars) -> Result<RuntimeOptions, env::Error> {
+    let strategy = vars.parse_or("CONCURRENCY_STRATEGY", Strategy::RedisLock)?;
+    if strategy == Strategy::Unprotected {
+        return Err(env::Error::new(
+            "CONCURRENCY_STRATEGY",
+            "unprotected",
+            "loses updates by design; it exists for tests only",
+        ));
+    }
+    let defaults = RuntimeOptions::default();
+    let millis = |name, default: Duration| -> Result<Duration, env::Error> {
+        let ms = vars.parse_or(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+        Ok(Duration::from_millis(ms))
+    };
+    Ok(RuntimeOptions {
+        strategy,
+        lock_wait: millis("LOCK_WAIT_MS", defaults.lock_wait)?,
+        lock_lease: millis("LOCK_LEASE_MS", defaults.lock_lease)?,
+        think_time: Duration::ZERO,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unprotected_strategy_cannot_be_configured() {
+        let vars = Vars::from_pairs([("CONCURRENCY_STRATEGY", "unprotected")]);
+        assert_eq!(
+            runtime_options(&vars).unwrap_err().name,
+            "CONCURRENCY_STRATEGY"
+        );
+        let vars = Vars::from_pairs([("CONCURRENCY_STRATEGY", "postgres")]);
+        assert_eq!(runtime_options(&vars).unwrap().strategy, Strategy::Postgres);
     }
 }

@@ -6,11 +6,20 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables of the `worker` binary.
+//! - [`runtime`]: what every participant shares: inbox, locks, transaction, reply.
+//! - [`participant`]: the trait a participant implements; [`participants`]: one file per role.
+//! - [`guarded`]: counter changes under each concurrency strategy (fencing included).
+//! - [`lock`]: the Redis lock with watchdog and fencing tokens.
 //! - [`notification`]: records every lifecycle event.
 //! - [`schema`]: diesel table definitions of the workers' data.
 
 pub mod config;
+pub mod guarded;
+pub mod lock;
 pub mod notification;
+pub mod participant;
+pub mod participants;
+pub mod runtime;
 pub mod schema;
 
 use platform::contract::Role;
@@ -19,6 +28,10 @@ use platform::{cache, db};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::lock::Locks;
+use crate::participant::Participant;
+use crate::runtime::{CommandRuntime, RuntimeOptions};
+
 /// What every role needs, built once per process.
 #[derive(Clone)]
 pub struct Deps {
@@ -26,6 +39,7 @@ pub struct Deps {
     pub redis: cache::Pool,
     pub cluster: Cluster,
     pub producer: Producer,
+    pub runtime: RuntimeOptions,
 }
 
 impl Deps {
@@ -34,8 +48,37 @@ impl Deps {
         format!("{}.{}", self.cluster.topics().prefix(), role.as_str())
     }
 
+    /// Redis keys (locks, fencing counters) live under the topic prefix, so deployments
+    /// and tests sharing one Redis stay apart.
+    pub fn locks(&self) -> Locks {
+        Locks::new(
+            self.redis.clone(),
+            format!("{}:", self.cluster.topics().prefix()),
+        )
+    }
+
     fn dead_letter(&self) -> DeadLetter {
         DeadLetter::new(self.producer.clone(), self.cluster.topics().dead_letter())
+    }
+
+    fn command_loop<P: Participant>(
+        &self,
+        participant: P,
+    ) -> anyhow::Result<ConsumerLoop<platform::contract::Command, CommandRuntime<P>>> {
+        let role = participant.role();
+        let options = ConsumerOptions::new(
+            self.group_id(role),
+            vec![self.cluster.topics().commands(role)],
+        );
+        let runtime = CommandRuntime::new(
+            participant,
+            self.database.clone(),
+            self.locks(),
+            self.producer.clone(),
+            self.cluster.topics(),
+            self.runtime.clone(),
+        );
+        ConsumerLoop::new(self.cluster.brokers(), options, runtime, self.dead_letter())
     }
 }
 
@@ -46,8 +89,30 @@ pub fn spawn_roles(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    use participants::{coupon, inventory, payment, shipment, vendor};
     for &role in roles {
+        let stop = shutdown.clone();
         match role {
+            Role::Inventory => {
+                let run = deps.command_loop(inventory::Inventory)?.run(stop);
+                tasks.spawn(log_exit(role, run));
+            }
+            Role::Payment => {
+                let run = deps.command_loop(payment::Payment)?.run(stop);
+                tasks.spawn(log_exit(role, run));
+            }
+            Role::Shipment => {
+                let run = deps.command_loop(shipment::Shipment)?.run(stop);
+                tasks.spawn(log_exit(role, run));
+            }
+            Role::Coupon => {
+                let run = deps.command_loop(coupon::Coupon::default())?.run(stop);
+                tasks.spawn(log_exit(role, run));
+            }
+            Role::Vendor => {
+                let run = deps.command_loop(vendor::Vendor)?.run(stop);
+                tasks.spawn(log_exit(role, run));
+            }
             Role::Notification => {
                 let options =
                     ConsumerOptions::new(deps.group_id(role), vec![deps.cluster.topics().events()]);
@@ -58,16 +123,7 @@ pub fn spawn_roles(
                     handler,
                     deps.dead_letter(),
                 )?;
-                tasks.spawn(log_exit(role, consumer.run(shutdown.clone())));
-            }
-            participant => {
-                // The participants arrive with their business logic; until then the role
-                // starts, stays idle and stops cleanly, without consuming commands.
-                tracing::warn!(role = %participant, "role has no participant yet; idle");
-                let shutdown = shutdown.clone();
-                tasks.spawn(async move {
-                    shutdown.cancelled().await;
-                });
+                tasks.spawn(log_exit(role, consumer.run(stop)));
             }
         }
     }

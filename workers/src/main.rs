@@ -98,6 +98,7 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         redis: cache::pool(&config.stores.redis_url)?,
         producer: cluster.producer()?,
         cluster,
+        runtime: config.runtime.clone(),
     };
     let tasks = TaskTracker::new();
     workers::spawn_roles(&roles, &deps, &tasks, &shutdown)?;

@@ -1,0 +1,11 @@
+DROP TABLE compensated_steps;
+DROP TABLE processed_commands;
+DROP TABLE coupon_claims;
+DROP TABLE coupon_campaigns;
+DROP TABLE vendor_ledger;
+DROP TABLE vendors;
+DROP TABLE shipments;
+DROP TABLE payments;
+DROP TABLE users;
+DROP TABLE reservations;
+DROP TABLE products;

@@ -1,0 +1,189 @@
+//! Guarded changes to a counter column (stock, balance, coupons claimed): the one place
+//! where the concurrency strategies differ.
+//!
+//! - Redis lock (and the unprotected test mode): read the value, check the rule, write the
+//!   new value. The lock makes the read-then-write safe; the write also checks the lock's
+//!   fencing token (`fence <= token`, then `fence = token`), so a holder whose lease expired
+//!   and whose resource was since written under a newer token cannot write a stale value.
+//! - Postgres: one conditional `UPDATE ... SET v = v + delta WHERE <rule holds>`, which
+//!   Postgres applies atomically per row.
+//!
+//! Table and column names come from the constants below, never from input.
+
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::{OptionalExtension as _, QueryableByName, sql_query};
+use diesel_async::RunQueryDsl;
+use platform::db::Connection;
+
+use crate::participant::{Context, Failure};
+
+/// A counter column and how its row is found.
+#[derive(Debug, Clone, Copy)]
+pub struct Counter {
+    pub table: &'static str,
+    pub key: &'static str,
+    /// SQL type of the key (`text`, `uuid`).
+    pub key_type: &'static str,
+    pub column: &'static str,
+    /// SQL type of the column (`integer`, `bigint`).
+    pub column_type: &'static str,
+    /// A column the value must not exceed (coupons claimed <= total quantity).
+    pub upper_bound: Option<&'static str>,
+}
+
+pub const STOCK: Counter = Counter {
+    table: "products",
+    key: "sku",
+    key_type: "text",
+    column: "stock",
+    column_type: "integer",
+    upper_bound: None,
+};
+
+pub const USER_BALANCE: Counter = Counter {
+    table: "users",
+    key: "id",
+    key_type: "uuid",
+    column: "balance_cents",
+    column_type: "bigint",
+    upper_bound: None,
+};
+
+pub const VENDOR_BALANCE: Counter = Counter {
+    table: "vendors",
+    key: "id",
+    key_type: "uuid",
+    column: "balance_cents",
+    column_type: "bigint",
+    upper_bound: None,
+};
+
+pub const COUPONS_CLAIMED: Counter = Counter {
+    table: "coupon_campaigns",
+    key: "id",
+    key_type: "uuid",
+    column: "claimed",
+    column_type: "integer",
+    upper_bound: Some("total_quantity"),
+};
+
+/// The result of a guarded change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adjusted {
+    Done {
+        after: i64,
+    },
+    /// No row with that key.
+    Missing,
+    /// The change would leave `[0, upper bound]`; nothing was written.
+    OutOfBounds {
+        current: i64,
+        limit: Option<i64>,
+    },
+}
+
+#[derive(QueryableByName)]
+struct Current {
+    #[diesel(sql_type = BigInt)]
+    value: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    upper: Option<i64>,
+}
+
+/// Adds `delta` to the counter of row `key`, keeping it within bounds. `resource` names the
+/// lock whose fencing token guards the write.
+pub async fn adjust(
+    conn: &mut Connection,
+    context: &Context,
+    counter: Counter,
+    resource: &str,
+    key: &str,
+    delta: i64,
+) -> Result<Adjusted, Failure> {
+    let Counter {
+        table,
+        key: key_column,
+        key_type,
+        column,
+        column_type,
+        upper_bound,
+    } = counter;
+    let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
+    if context.atomic_writes() {
+        let upper_rule =
+            upper_bound.map_or(String::new(), |c| format!(" AND {column} + $2 <= {c}"));
+        let updated: Option<Current> = sql_query(format!(
+            "UPDATE {table} SET {column} = {column} + $2, updated_at = now() \
+             WHERE {key_column} = $1::{key_type} AND {column} + $2 >= 0{upper_rule} \
+             RETURNING {column}::bigint AS value, {upper_sql} AS upper"
+        ))
+        .bind::<Text, _>(key)
+        .bind::<BigInt, _>(delta)
+        .get_result(conn)
+        .await
+        .optional()?;
+        if let Some(row) = updated {
+            return Ok(Adjusted::Done { after: row.value });
+        }
+        return Ok(match read(conn, counter, key).await? {
+            None => Adjusted::Missing,
+            Some(row) => Adjusted::OutOfBounds {
+                current: row.value,
+                limit: row.upper,
+            },
+        });
+    }
+
+    let Some(current) = read(conn, counter, key).await? else {
+        return Ok(Adjusted::Missing);
+    };
+    let after = current.value + delta;
+    if after < 0 || current.upper.is_some_and(|upper| after > upper) {
+        return Ok(Adjusted::OutOfBounds {
+            current: current.value,
+            limit: current.upper,
+        });
+    }
+    context.think().await;
+    let fence = context.fence(resource);
+    let written = sql_query(format!(
+        "UPDATE {table} SET {column} = CAST($2 AS {column_type}), \
+         fence = COALESCE($3, fence), updated_at = now() \
+         WHERE {key_column} = $1::{key_type} AND ($3::bigint IS NULL OR fence <= $3)"
+    ))
+    .bind::<Text, _>(key)
+    .bind::<BigInt, _>(after)
+    .bind::<Nullable<BigInt>, _>(fence)
+    .execute(conn)
+    .await?;
+    if written == 0 {
+        return Err(Failure::Retry(anyhow::anyhow!(
+            "stale fencing token {fence:?} for {resource}: a newer lock holder wrote it"
+        )));
+    }
+    Ok(Adjusted::Done { after })
+}
+
+async fn read(
+    conn: &mut Connection,
+    counter: Counter,
+    key: &str,
+) -> Result<Option<Current>, Failure> {
+    let Counter {
+        table,
+        key: key_column,
+        key_type,
+        column,
+        upper_bound,
+        ..
+    } = counter;
+    let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
+    Ok(sql_query(format!(
+        "SELECT {column}::bigint AS value, {upper_sql} AS upper \
+         FROM {table} WHERE {key_column} = $1::{key_type}"
+    ))
+    .bind::<Text, _>(key)
+    .get_result(conn)
+    .await
+    .optional()?)
+}

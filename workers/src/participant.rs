@@ -1,0 +1,136 @@
+//! What a participant is: the resources a command touches and the change it applies.
+//!
+//! The [runtime](crate::runtime) does everything else (inbox, locks, transaction, reply), so
+//! a participant file holds business rules only. `apply` runs inside a savepoint: returning
+//! [`Failure::Rejected`] rolls back whatever it changed and the rejection becomes the reply;
+//! [`Failure::Retry`] rolls back the whole transaction and the command is processed again.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use platform::contract::{Command, Role};
+use platform::db::Connection;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Why a command did not produce its effect.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// A business rule forbids it; nothing changed; retrying will not help.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Infrastructure trouble (database, stale fencing token); the runtime retries.
+    #[error(transparent)]
+    Retry(#[from] anyhow::Error),
+}
+
+impl Failure {
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Self::Rejected(reason.into())
+    }
+}
+
+impl From<diesel::result::Error> for Failure {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Retry(err.into())
+    }
+}
+
+/// How concurrent changes to one resource are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Redis lock per resource, fencing token checked in the write (the default).
+    RedisLock,
+    /// No lock: every write is one conditional `UPDATE` that Postgres applies atomically.
+    Postgres,
+    /// No protection at all: read, compute, write. Test-only, to show the lost updates the
+    /// other strategies prevent.
+    Unprotected,
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "redis-lock" => Ok(Self::RedisLock),
+            "postgres" => Ok(Self::Postgres),
+            "unprotected" => Ok(Self::Unprotected),
+            other => Err(format!(
+                "expected `redis-lock` or `postgres` (or `unprotected` in tests), got `{other}`"
+            )),
+        }
+    }
+}
+
+/// What `apply` may use besides the connection.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub strategy: Strategy,
+    /// Fencing token per locked resource (`sku:A` -> 17); empty without Redis locks.
+    pub fences: HashMap<String, u64>,
+    pub now: DateTime<Utc>,
+    /// Pause between reading and writing a resource (tests: widens the race window so the
+    /// unprotected strategy reliably shows its lost updates).
+    pub think_time: std::time::Duration,
+}
+
+impl Context {
+    /// The fencing token to check in the write of `resource`, if it was locked.
+    pub fn fence(&self, resource: &str) -> Option<i64> {
+        self.fences
+            .get(resource)
+            .and_then(|token| i64::try_from(*token).ok())
+    }
+
+    /// Whether writes must be single conditional statements (no lock protects a
+    /// read-then-write).
+    pub fn atomic_writes(&self) -> bool {
+        self.strategy == Strategy::Postgres
+    }
+
+    pub async fn think(&self) {
+        if !self.think_time.is_zero() {
+            tokio::time::sleep(self.think_time).await;
+        }
+    }
+}
+
+pub trait Participant: Send + Sync + 'static {
+    fn role(&self) -> Role;
+
+    /// The resources the command changes, as lock names (`sku:A`, `user:<id>`).
+    fn resources(&self, command: &Command) -> Result<Vec<String>, Failure>;
+
+    /// Applies the command (forward or compensation) inside the runtime's savepoint and
+    /// returns the reply's output.
+    fn apply(
+        &self,
+        conn: &mut Connection,
+        command: &Command,
+        context: &Context,
+    ) -> impl Future<Output = Result<Value, Failure>> + Send;
+}
+
+/// Reads `payload.input` as `T`; a payload that does not fit is a rejection (the saga was
+/// started with input this participant cannot act on).
+pub fn input<T: DeserializeOwned>(command: &Command) -> Result<T, Failure> {
+    serde_json::from_value(command.payload["input"].clone())
+        .map_err(|err| Failure::rejected(format!("malformed {} input: {err}", command.name)))
+}
+
+/// Reads the output a previous step produced (`payload.outputs.<step>`).
+pub fn output_of<T: DeserializeOwned>(command: &Command, step: &str) -> Result<T, Failure> {
+    serde_json::from_value(command.payload["outputs"][step].clone()).map_err(|err| {
+        Failure::rejected(format!(
+            "{} needs the output of {step}: {err}",
+            command.name
+        ))
+    })
+}
+
+/// The command name did not match any this role handles.
+pub fn unknown_command(command: &Command) -> Failure {
+    Failure::rejected(format!("unknown command {}", command.name))
+}
