@@ -3,7 +3,7 @@
 //! Variables: `DATABASE_URL`, `DATABASE_POOL_SIZE`, `REDIS_URL`, `KAFKA_BROKERS` (required:
 //! a worker process joins a real broker), `TOPIC_PREFIX`, `LOG_FORMAT`, `RUST_LOG`; the same
 //! meaning and defaults as for the orchestrator (see README.md). Plus
-//! `CONCURRENCY_STRATEGY` (`redis-lock`, default, or `postgres`) and `LOCK_WAIT_MS` /
+//! `CONCURRENCY_STRATEGY` (`redis-lock`, default, `postgres` or `lua-gate`) and `LOCK_WAIT_MS` /
 //! `LOCK_LEASE_MS` (default 5000 / 10000).
 
 use std::time::Duration;

@@ -5,8 +5,8 @@
 //!   new value. The lock makes the read-then-write safe; the write also checks the lock's
 //!   fencing token (`fence <= token`, then `fence = token`), so a holder whose lease expired
 //!   and whose resource was since written under a newer token cannot write a stale value.
-//! - Postgres: one conditional `UPDATE ... SET v = v + delta WHERE <rule holds>`, which
-//!   Postgres applies atomically per row.
+//! - Postgres (and the Lua gate, which filters in front of it): one conditional
+//!   `UPDATE ... SET v = v + delta WHERE <rule holds>`, which Postgres applies atomically.
 //!
 //! Table and column names come from the constants below, never from input.
 
@@ -29,6 +29,8 @@ pub struct Counter {
     pub column_type: &'static str,
     /// A column the value must not exceed (coupons claimed <= total quantity).
     pub upper_bound: Option<&'static str>,
+    /// SQL for the capacity left to take (the Lua gate's seed).
+    pub remaining: &'static str,
 }
 
 pub const STOCK: Counter = Counter {
@@ -38,6 +40,7 @@ pub const STOCK: Counter = Counter {
     column: "stock",
     column_type: "integer",
     upper_bound: None,
+    remaining: "stock",
 };
 
 pub const USER_BALANCE: Counter = Counter {
@@ -47,6 +50,7 @@ pub const USER_BALANCE: Counter = Counter {
     column: "balance_cents",
     column_type: "bigint",
     upper_bound: None,
+    remaining: "balance_cents",
 };
 
 pub const VENDOR_BALANCE: Counter = Counter {
@@ -56,6 +60,7 @@ pub const VENDOR_BALANCE: Counter = Counter {
     column: "balance_cents",
     column_type: "bigint",
     upper_bound: None,
+    remaining: "balance_cents",
 };
 
 pub const COUPONS_CLAIMED: Counter = Counter {
@@ -65,6 +70,7 @@ pub const COUPONS_CLAIMED: Counter = Counter {
     column: "claimed",
     column_type: "integer",
     upper_bound: Some("total_quantity"),
+    remaining: "total_quantity - claimed",
 };
 
 /// The result of a guarded change.
@@ -107,6 +113,7 @@ pub async fn adjust(
         column,
         column_type,
         upper_bound,
+        ..
     } = counter;
     let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
     if context.atomic_writes() {

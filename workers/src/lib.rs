@@ -10,10 +10,12 @@
 //! - [`participant`]: the trait a participant implements; [`participants`]: one file per role.
 //! - [`guarded`]: counter changes under each concurrency strategy (fencing included).
 //! - [`lock`]: the Redis lock with watchdog and fencing tokens.
+//! - [`gate`]: the Lua-script strategy's Redis gate.
 //! - [`notification`]: records every lifecycle event.
 //! - [`schema`]: diesel table definitions of the workers' data.
 
 pub mod config;
+pub mod gate;
 pub mod guarded;
 pub mod lock;
 pub mod notification;
@@ -28,7 +30,6 @@ use platform::{cache, db};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::lock::Locks;
 use crate::participant::Participant;
 use crate::runtime::{CommandRuntime, RuntimeOptions};
 
@@ -48,13 +49,10 @@ impl Deps {
         format!("{}.{}", self.cluster.topics().prefix(), role.as_str())
     }
 
-    /// Redis keys (locks, fencing counters) live under the topic prefix, so deployments
-    /// and tests sharing one Redis stay apart.
-    pub fn locks(&self) -> Locks {
-        Locks::new(
-            self.redis.clone(),
-            format!("{}:", self.cluster.topics().prefix()),
-        )
+    /// Redis keys (locks, fencing counters, gate counters) live under the topic prefix, so
+    /// deployments and tests sharing one Redis stay apart.
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.cluster.topics().prefix())
     }
 
     fn dead_letter(&self) -> DeadLetter {
@@ -73,7 +71,8 @@ impl Deps {
         let runtime = CommandRuntime::new(
             participant,
             self.database.clone(),
-            self.locks(),
+            self.redis.clone(),
+            &self.redis_prefix(),
             self.producer.clone(),
             self.cluster.topics(),
             self.runtime.clone(),

@@ -44,6 +44,9 @@ pub enum Strategy {
     RedisLock,
     /// No lock: every write is one conditional `UPDATE` that Postgres applies atomically.
     Postgres,
+    /// An atomic Lua script takes capacity from Redis-held counters first (see `gate`),
+    /// then the Postgres strategy's conditional write.
+    LuaGate,
     /// No protection at all: read, compute, write. Test-only, to show the lost updates the
     /// other strategies prevent.
     Unprotected,
@@ -56,9 +59,10 @@ impl std::str::FromStr for Strategy {
         match value {
             "redis-lock" => Ok(Self::RedisLock),
             "postgres" => Ok(Self::Postgres),
+            "lua-gate" => Ok(Self::LuaGate),
             "unprotected" => Ok(Self::Unprotected),
             other => Err(format!(
-                "expected `redis-lock` or `postgres` (or `unprotected` in tests), got `{other}`"
+                "expected `redis-lock`, `postgres` or `lua-gate` (or `unprotected` in tests), got `{other}`"
             )),
         }
     }
@@ -87,7 +91,7 @@ impl Context {
     /// Whether writes must be single conditional statements (no lock protects a
     /// read-then-write).
     pub fn atomic_writes(&self) -> bool {
-        self.strategy == Strategy::Postgres
+        matches!(self.strategy, Strategy::Postgres | Strategy::LuaGate)
     }
 
     pub async fn think(&self) {
@@ -102,6 +106,11 @@ pub trait Participant: Send + Sync + 'static {
 
     /// The resources the command changes, as lock names (`sku:A`, `user:<id>`).
     fn resources(&self, command: &Command) -> Result<Vec<String>, Failure>;
+
+    /// Capacity the command takes, for the Lua gate (`Strategy::LuaGate`); none by default.
+    fn gate(&self, _command: &Command) -> Result<Vec<crate::gate::Want>, Failure> {
+        Ok(Vec::new())
+    }
 
     /// Applies the command (forward or compensation) inside the runtime's savepoint and
     /// returns the reply's output.

@@ -21,12 +21,14 @@ use anyhow::Context as _;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use platform::cache;
 use platform::contract::{Command, Direction, Outcome, Reply, Topics};
 use platform::db::{self, Connection};
 use platform::kafka::{Delivery, Handler, Producer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::gate::{Gate, Want};
 use crate::lock::{Guard, Locks};
 use crate::participant::{Context, Failure, Participant, Strategy};
 use crate::schema::{compensated_steps, processed_commands};
@@ -56,16 +58,19 @@ pub struct CommandRuntime<P> {
     participant: P,
     database: db::Pool,
     locks: Locks,
+    gate: Gate,
     producer: Producer,
     replies_topic: String,
     options: RuntimeOptions,
 }
 
 impl<P: Participant> CommandRuntime<P> {
+    /// `redis_prefix` namespaces the locks and gate counters in Redis.
     pub fn new(
         participant: P,
         database: db::Pool,
-        locks: Locks,
+        redis: cache::Pool,
+        redis_prefix: &str,
         producer: Producer,
         topics: &Topics,
         options: RuntimeOptions,
@@ -73,7 +78,8 @@ impl<P: Participant> CommandRuntime<P> {
         Self {
             participant,
             database,
-            locks,
+            locks: Locks::new(redis.clone(), redis_prefix),
+            gate: Gate::new(redis, redis_prefix),
             producer,
             replies_topic: topics.replies(),
             options,
@@ -97,7 +103,21 @@ impl<P: Participant> CommandRuntime<P> {
             }
             Err(Failure::Retry(err)) => return Err(err),
         };
-        let guards = self.lock(&resources).await?;
+        let wants = self.wants(command)?;
+        if !wants.is_empty() && !self.gate.take(conn, &wants).await? {
+            let short: Vec<&str> = wants.iter().map(|w| w.resource.as_str()).collect();
+            let reason = format!("not enough left of {}", short.join(", "));
+            return self
+                .commit_reply(conn, command, Outcome::Rejected { reason })
+                .await;
+        }
+        let guards = match self.lock(&resources).await {
+            Ok(guards) => guards,
+            Err(err) => {
+                self.give_back(&wants).await;
+                return Err(err);
+            }
+        };
         let fences: HashMap<String, u64> = guards
             .iter()
             .map(|guard| (guard.resource().to_owned(), guard.fence()))
@@ -109,6 +129,16 @@ impl<P: Participant> CommandRuntime<P> {
             think_time: self.options.think_time,
         };
         let result = self.transact(conn, command, &context).await;
+        if !matches!(&result, Ok(reply) if matches!(reply.outcome, Outcome::Succeeded { .. })) {
+            self.give_back(&wants).await;
+        }
+        if self.options.strategy == Strategy::LuaGate
+            && command.direction == Direction::Compensate
+            && result.is_ok()
+        {
+            // Capacity came back in Postgres: let the gate reseed from there.
+            self.gate.forget(&resources).await?;
+        }
         for guard in guards {
             if let Err(err) = guard.release().await {
                 // The lease expires by itself; fencing keeps a late holder from writing.
@@ -116,6 +146,29 @@ impl<P: Participant> CommandRuntime<P> {
             }
         }
         result
+    }
+
+    /// What the Lua gate must take for a forward command (nothing under other strategies).
+    fn wants(&self, command: &Command) -> anyhow::Result<Vec<Want>> {
+        if self.options.strategy != Strategy::LuaGate || command.direction != Direction::Forward {
+            return Ok(Vec::new());
+        }
+        match self.participant.gate(command) {
+            Ok(wants) => Ok(wants),
+            // The business call below reports a malformed payload as its rejection.
+            Err(Failure::Rejected(_)) => Ok(Vec::new()),
+            Err(Failure::Retry(err)) => Err(err),
+        }
+    }
+
+    async fn give_back(&self, wants: &[Want]) {
+        if wants.is_empty() {
+            return;
+        }
+        if let Err(err) = self.gate.give_back(wants).await {
+            // Only the filter is off (too strict) until the counter is reseeded.
+            tracing::warn!(error = format!("{err:#}"), "gate capacity not returned");
+        }
     }
 
     async fn lock(&self, resources: &[String]) -> anyhow::Result<Vec<Guard>> {

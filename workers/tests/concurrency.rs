@@ -1,6 +1,6 @@
 //! Business invariants under concurrency, on the real Postgres and Redis: many concurrent
 //! commands spread over several participant runtimes (as several worker processes would run
-//! them). Each invariant is checked under both production strategies, and the same load
+//! them). Each invariant is checked under every production strategy, and the same load
 //! without protection shows the lost updates, which proves the checks can fail.
 
 mod support;
@@ -101,7 +101,7 @@ async fn reserve_stock(strategy: Strategy) -> (i32, i64, usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_orders_of_two_take_exactly_a_stock_of_one_hundred() {
-    for strategy in [Strategy::RedisLock, Strategy::Postgres] {
+    for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
         let (stock, reserved, succeeded) = reserve_stock(strategy).await;
         assert_eq!((stock, reserved, succeeded), (0, 100, 50), "{strategy:?}");
     }
@@ -116,9 +116,9 @@ async fn without_protection_stock_updates_are_lost() {
     );
 }
 
-/// 500 claims by 250 users (each tries twice) on a campaign of 100:
-/// (claims recorded, campaign's claimed counter, most claims held by one user).
-async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64) {
+/// 500 claims by 250 users (each tries twice) on a campaign of 100: (claims recorded,
+/// campaign's claimed counter, most claims held by one user, rejections by the Lua gate).
+async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64, usize) {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let vendor = add_vendor(&db.pool, true).await;
@@ -137,7 +137,11 @@ async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64) {
             )
         })
         .collect();
-    run_all(runtimes(Coupon::default, &db, &redis, strategy), commands).await;
+    let replies = run_all(runtimes(Coupon::default, &db, &redis, strategy), commands).await;
+    let gated = replies
+        .iter()
+        .filter(|r| rejection(r).is_some_and(|reason| reason.starts_with("not enough left")))
+        .count();
     let mut conn = db.pool.get().await.unwrap();
     let claims: Vec<Uuid> = coupon_claims::table
         .filter(coupon_claims::campaign_id.eq(campaign))
@@ -157,24 +161,33 @@ async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64) {
         .map(|user| claims.iter().filter(|c| *c == user).count() as i64)
         .max()
         .unwrap_or(0);
-    (claims.len() as i64, counter, most_per_user)
+    (claims.len() as i64, counter, most_per_user, gated)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_claims_on_one_hundred_coupons_give_exactly_one_hundred() {
-    for strategy in [Strategy::RedisLock, Strategy::Postgres] {
-        let (claims, counter, most_per_user) = claim_coupons(strategy).await;
+    for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
+        let (claims, counter, most_per_user, gated) = claim_coupons(strategy).await;
         assert_eq!(
             (claims, counter, most_per_user),
             (100, 100, 1),
             "{strategy:?}"
         );
+        if strategy == Strategy::LuaGate {
+            // Once the 100 are gone, the gate turns claims away without touching Postgres.
+            assert!(
+                gated >= 200,
+                "only {gated} of 400 rejections came from the gate"
+            );
+        } else {
+            assert_eq!(gated, 0);
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_protection_more_coupons_are_claimed_than_counted() {
-    let (claims, counter, _) = claim_coupons(Strategy::Unprotected).await;
+    let (claims, counter, _, _) = claim_coupons(Strategy::Unprotected).await;
     assert!(
         claims > i64::from(counter),
         "expected lost updates: {claims} claims recorded, counter says {counter}"
@@ -221,7 +234,7 @@ async fn pay_out(strategy: Strategy) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_hundred_payouts_keep_the_balance_equal_to_the_ledger() {
-    for strategy in [Strategy::RedisLock, Strategy::Postgres] {
+    for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
         assert_eq!(pay_out(strategy).await, (180_000, 180_000), "{strategy:?}");
     }
 }

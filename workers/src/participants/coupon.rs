@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::missing;
+use crate::gate::Want;
 use crate::guarded::{self, Adjusted};
 use crate::participant::{Context, Failure, Participant, input, unknown_command};
 use crate::schema::{coupon_campaigns, coupon_claims, users};
@@ -50,6 +51,16 @@ impl Participant for Coupon {
     fn resources(&self, command: &Command) -> Result<Vec<String>, Failure> {
         let coupon_use: Use = input(command)?;
         Ok(vec![resource(coupon_use.campaign_id)])
+    }
+
+    fn gate(&self, command: &Command) -> Result<Vec<Want>, Failure> {
+        let coupon_use: Use = input(command)?;
+        Ok(vec![Want {
+            resource: resource(coupon_use.campaign_id),
+            counter: guarded::COUPONS_CLAIMED,
+            key: coupon_use.campaign_id.to_string(),
+            amount: 1,
+        }])
     }
 
     async fn apply(

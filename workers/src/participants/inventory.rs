@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::missing;
+use crate::gate::Want;
 use crate::guarded::{self, Adjusted};
 use crate::participant::{Context, Failure, Participant, input, unknown_command};
 use crate::schema::reservations;
@@ -58,6 +59,18 @@ impl Participant for Inventory {
 
     fn resources(&self, command: &Command) -> Result<Vec<String>, Failure> {
         Ok(lines(command)?.keys().map(|sku| resource(sku)).collect())
+    }
+
+    fn gate(&self, command: &Command) -> Result<Vec<Want>, Failure> {
+        Ok(lines(command)?
+            .into_iter()
+            .map(|(sku, quantity)| Want {
+                resource: resource(&sku),
+                counter: guarded::STOCK,
+                key: sku,
+                amount: quantity,
+            })
+            .collect())
     }
 
     async fn apply(

@@ -14,7 +14,6 @@ use platform::kafka::Producer;
 use platform::testkit::{TestDb, TestRedis};
 use serde_json::{Value, json};
 use uuid::Uuid;
-use workers::lock::Locks;
 use workers::participant::{Participant, Strategy};
 use workers::runtime::{CommandRuntime, RuntimeOptions};
 use workers::schema::{coupon_campaigns, products, users, vendors};
@@ -124,7 +123,8 @@ pub fn runtime<P: Participant>(
     CommandRuntime::new(
         participant,
         db.pool.clone(),
-        Locks::new(redis.pool.clone(), redis.prefix.clone()),
+        redis.pool.clone(),
+        &redis.prefix,
         producer.clone(),
         &Topics::new("unused").unwrap(),
         options,
