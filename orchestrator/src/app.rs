@@ -15,6 +15,10 @@ use platform::health::Probes;
 use platform::kafka::{Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Producer};
 use platform::{cache, db};
 
+use workers::adjuster::Adjuster;
+use workers::participants::{coupon::Coupon, vendor::Vendor};
+use workers::runtime::CommandRuntime;
+
 use crate::api;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -152,13 +156,7 @@ pub async fn start_with(
         workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;
     }
 
-    let state = api::State {
-        probes: Probes {
-            database,
-            redis,
-            kafka: producer.clone(),
-        },
-    };
+    let state = api_state(config, &cluster, &database, &redis, &producer, &engine);
     let acceptor = TcpListener::bind(config.http_addr.to_string())
         .into_acceptor()
         .await
@@ -184,4 +182,54 @@ pub async fn start_with(
         producer,
         engine,
     })
+}
+
+/// The API's shared state; the direct coupon use and stock/balance changes run the
+/// participants' code in-process, under the same concurrency strategy as the workers.
+fn api_state(
+    config: &Config,
+    cluster: &Cluster,
+    database: &db::Pool,
+    redis: &cache::Pool,
+    producer: &Producer,
+    engine: &Engine,
+) -> api::State {
+    let redis_prefix = format!("{}:", cluster.topics().prefix());
+    let runtime = |participant| {
+        CommandRuntime::new(
+            participant,
+            database.clone(),
+            redis.clone(),
+            &redis_prefix,
+            producer.clone(),
+            cluster.topics(),
+            config.workers.clone(),
+        )
+    };
+    let coupon = runtime(Coupon::default());
+    let vendor = CommandRuntime::new(
+        Vendor,
+        database.clone(),
+        redis.clone(),
+        &redis_prefix,
+        producer.clone(),
+        cluster.topics(),
+        config.workers.clone(),
+    );
+    api::State {
+        probes: Probes {
+            database: database.clone(),
+            redis: redis.clone(),
+            kafka: producer.clone(),
+        },
+        engine: engine.clone(),
+        database: database.clone(),
+        direct: api::DirectUse::new(coupon, vendor),
+        adjuster: Adjuster::new(
+            database.clone(),
+            redis.clone(),
+            &redis_prefix,
+            config.workers.clone(),
+        ),
+    }
 }

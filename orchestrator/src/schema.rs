@@ -51,3 +51,18 @@ diesel::table! {
 
 diesel::joinable!(saga_history -> sagas (saga_id));
 diesel::allow_tables_to_appear_in_same_query!(sagas, saga_history, outbox, processed_replies);
+
+diesel::table! {
+    orders (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        lines -> Jsonb,
+        total_cents -> Int8,
+        shipping_address -> Jsonb,
+        saga_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(orders -> sagas (saga_id));
+diesel::allow_tables_to_appear_in_same_query!(orders, sagas);

@@ -11,3 +11,20 @@ fn checked_in_openapi_document_matches_the_code() {
          cargo run -q -p orchestrator -- openapi > openapi/openapi.json"
     );
 }
+
+/// `problem::catch_all` names a malformed path parameter `id`: true only while every
+/// non-string path parameter is called `id`.
+#[test]
+fn every_typed_path_parameter_is_named_id() {
+    let spec: serde_json::Value = serde_json::from_str(&orchestrator::api::spec_json()).unwrap();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for operation in operations.as_object().unwrap().values() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let typed = parameter["schema"]["format"].is_string();
+                if parameter["in"] == "path" && typed {
+                    assert_eq!(parameter["name"], "id", "{path}");
+                }
+            }
+        }
+    }
+}

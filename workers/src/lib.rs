@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables of the `worker` binary.
+//! - [`adjuster`]: counter changes from outside sagas (API), under the same strategy.
 //! - [`runtime`]: what every participant shares: inbox, locks, transaction, reply.
 //! - [`participant`]: the trait a participant implements; [`participants`]: one file per role.
 //! - [`guarded`]: counter changes under each concurrency strategy (fencing included).
@@ -14,6 +15,7 @@
 //! - [`notification`]: records every lifecycle event.
 //! - [`schema`]: diesel table definitions of the workers' data.
 
+pub mod adjuster;
 pub mod config;
 pub mod gate;
 pub mod guarded;

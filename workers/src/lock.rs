@@ -1,29 +1,43 @@
 //! A Redis lock with Redisson's `tryLock(wait, lease)` semantics, without its pitfalls.
 //!
-//! - Acquire is one Lua script: `SET lock owner NX PX lease` and, only when that succeeded,
-//!   `INCR fence`, so every acquisition returns a strictly larger fencing token.
-//! - The owner is a random token: release and extend are compare-and-delete and
-//!   compare-and-pexpire, so nobody releases or extends a lock it does not hold.
-//! - A watchdog extends the lease every lease/3 while the guard lives; if an extension finds
-//!   the lock gone (the process stalled past its lease), the guard is marked lost.
-//! - Waiting retries with exponential backoff and full jitter, never past `wait`.
+//! A lease-based lock alone cannot make a write safe: a holder that stalls (GC pause, slow
+//! I/O, a Redis failover losing the key) past its lease may still believe it holds the lock
+//! while another holder writes. So every acquisition also yields a fencing token, and the
+//! guarded store, not the lock, has the last word.
 //!
-//! Fencing contract: the guarded write checks the token (`fence <= token`, then stores it),
-//! so a holder whose lease expired, and whose resource a newer holder has written since,
-//! cannot write a stale value (see `guarded`).
+//! - Acquiring is one Lua script: `SET lock owner NX PX lease` and, only when that succeeded,
+//!   `INCR fence`. Both happen atomically, so tokens are strictly increasing per resource and
+//!   no acquisition goes without one.
+//! - The owner is a random token (UUID v4): release and extension are compare-and-delete and
+//!   compare-and-pexpire, so nobody releases or extends a lock it does not hold.
+//! - A watchdog task extends the lease every lease/3 while the guard lives. If an extension
+//!   finds the lock no longer ours, or Redis stays unreachable until the lease has surely
+//!   run out, the guard is marked lost ([`Guard::is_held`]). Dropping the guard stops the
+//!   watchdog; the lock then lapses with its lease.
+//! - Waiting retries with exponential backoff and full jitter, never sleeping past `wait`.
+//!
+//! # Fencing contract
+//! The guarded write must check and store the token in the same statement:
+//! `UPDATE ... SET fence = $token WHERE ... AND fence <= $token` (see `guarded`). A token
+//! lower than the last one stored means a newer holder has written since: the write is
+//! refused. Equal tokens pass, so one holder may write several times. The `fence:` counter
+//! must therefore never expire nor be deleted; if it is lost, it has to be set back to at
+//! least the largest token stored before locks are handed out again.
+//!
+//! Keys are `{prefix}lock:{resource}` and `{prefix}fence:{resource}`. The acquire script
+//! touches both, which needs a single Redis (or both keys in one Cluster slot).
 
-use std::sync::Arc;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis::Script;
 use platform::cache;
 use rand::Rng as _;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// KEYS: lock, fence counter. ARGV: owner, lease ms. Returns the fencing token, or 0.
+/// KEYS: lock, fence counter. ARGV: owner, lease ms. Returns the new fencing token, or 0.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
@@ -33,7 +47,7 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: lock. ARGV: owner. Deletes only our own lock.
+/// KEYS: lock. ARGV: owner. Deletes the lock only while `owner` holds it; returns 1 if so.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -43,7 +57,7 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: lock. ARGV: owner, lease ms. Extends only our own lock.
+/// KEYS: lock. ARGV: owner, lease ms. Extends the lock only while `owner` holds it.
 static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -64,7 +78,7 @@ pub enum Error {
     Pool(#[from] deadpool_redis::PoolError),
 }
 
-/// Lock factory for one key prefix.
+/// Hands out locks under one key prefix. Cheap to clone.
 #[derive(Clone)]
 pub struct Locks {
     pool: cache::Pool,
@@ -81,14 +95,15 @@ impl Locks {
         }
     }
 
-    /// Locks whose lease is never extended: only to demonstrate (in tests) what fencing
-    /// protects against when a holder outlives its lease.
+    /// Locks whose lease is never extended. Test-only: it lets a test show a slow holder
+    /// outliving its lease, which is what fencing tokens protect against.
     pub fn without_watchdog(mut self) -> Self {
         self.watchdog = false;
         self
     }
 
-    /// Tries to take `resource` (e.g. `sku:A`) for `lease`, waiting up to `wait`.
+    /// Tries to take `resource` (e.g. `sku:ABC`) for `lease`, retrying for up to `wait`.
+    /// `Ok(None)` means another holder kept it for the whole wait.
     pub async fn try_lock(
         &self,
         resource: &str,
@@ -98,58 +113,64 @@ impl Locks {
         let key = format!("{}lock:{resource}", self.prefix);
         let fence_key = format!("{}fence:{resource}", self.prefix);
         let owner = Uuid::new_v4().to_string();
-        let lease_ms = lease.as_millis().max(1) as u64;
-        let deadline = Instant::now() + wait;
+        let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // The lease starts on the server somewhere after this instant; counting from
+            // here never overstates how long we hold it.
+            let sent = Instant::now();
             let mut conn = self.pool.get().await?;
-            let token: u64 = ACQUIRE
+            let fence: u64 = ACQUIRE
                 .key(&key)
                 .key(&fence_key)
                 .arg(&owner)
-                .arg(lease_ms)
+                .arg(millis(lease))
                 .invoke_async(&mut conn)
                 .await?;
             drop(conn);
-            if token > 0 {
-                return Ok(Some(self.guard(resource, key, owner, token, lease)));
+            if fence > 0 {
+                let guard = self.guard(resource, key, owner, fence, lease, sent);
+                return Ok(Some(guard));
             }
-            let now = Instant::now();
-            if now >= deadline {
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
                 return Ok(None);
             }
-            let jittered = rand::rng().random_range(Duration::ZERO..=backoff);
-            tokio::time::sleep(jittered.min(deadline - now)).await;
+            // Full jitter: waiters that collided once spread out instead of retrying in step.
+            let pause = rand::rng().random_range(Duration::ZERO..=backoff);
+            tokio::time::sleep(pause.min(left)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    /// Takes several locks in sorted, deduplicated order, so holders of overlapping sets
-    /// cannot deadlock; releases what it took if one is not had within `wait`.
+    /// Takes all of `resources` or none, waiting up to `wait` in total.
+    ///
+    /// Every caller takes them in the same (sorted) order, so two holders of overlapping
+    /// sets can never each hold what the other waits for. Duplicates are dropped: the
+    /// second attempt on a lock we already hold would only wait on ourselves.
     pub async fn lock_all(
         &self,
         resources: &[String],
         wait: Duration,
         lease: Duration,
     ) -> Result<Option<Vec<Guard>>, Error> {
-        let mut sorted: Vec<&String> = resources.iter().collect();
-        sorted.sort();
-        sorted.dedup();
-        let deadline = Instant::now() + wait;
-        let mut guards = Vec::with_capacity(sorted.len());
-        for resource in sorted {
-            let left = deadline.saturating_duration_since(Instant::now());
+        let mut wanted: Vec<&str> = resources.iter().map(String::as_str).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let started = Instant::now();
+        let mut held = Vec::with_capacity(wanted.len());
+        for resource in wanted {
+            let left = wait.saturating_sub(started.elapsed());
             match self.try_lock(resource, left, lease).await {
-                Ok(Some(guard)) => guards.push(guard),
+                Ok(Some(guard)) => held.push(guard),
                 outcome => {
-                    for guard in guards {
-                        let _ = guard.release().await;
-                    }
+                    // Holding part of the set while giving up would block others for nothing.
+                    release_all(held).await;
                     return outcome.map(|_| None);
                 }
             }
         }
-        Ok(Some(guards))
+        Ok(Some(held))
     }
 
     fn guard(
@@ -159,19 +180,23 @@ impl Locks {
         owner: String,
         fence: u64,
         lease: Duration,
+        sent: Instant,
     ) -> Guard {
         let lost = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        if self.watchdog {
-            tokio::spawn(watchdog(
-                self.pool.clone(),
-                key.clone(),
-                owner.clone(),
+        let expires = if self.watchdog {
+            let watchdog = Watchdog {
+                pool: self.pool.clone(),
+                key: key.clone(),
+                owner: owner.clone(),
                 lease,
-                lost.clone(),
-                stop.clone(),
-            ));
-        }
+                lost: lost.clone(),
+            };
+            tokio::spawn(watchdog.run(sent + lease, stop.clone()));
+            None
+        } else {
+            Some(sent + lease)
+        };
         Guard {
             pool: self.pool.clone(),
             resource: resource.to_owned(),
@@ -179,52 +204,79 @@ impl Locks {
             owner,
             fence,
             lost,
-            _watchdog: stop.drop_guard(),
+            expires,
+            stop,
         }
     }
 }
 
-/// Extends the lease every lease/3 until stopped or the lock turns out to be gone.
-async fn watchdog(
+async fn release_all(guards: Vec<Guard>) {
+    for guard in guards.into_iter().rev() {
+        let key = guard.key.clone();
+        if let Err(err) = guard.release().await {
+            tracing::warn!(lock = %key, error = %err, "lock not released; it lapses with its lease");
+        }
+    }
+}
+
+/// Keeps one lease alive.
+struct Watchdog {
     pool: cache::Pool,
     key: String,
     owner: String,
     lease: Duration,
     lost: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    let period = (lease / 3).max(Duration::from_millis(1));
-    let lease_ms = lease.as_millis().max(1) as u64;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        let extended: Result<u64, Error> = async {
-            let mut conn = pool.get().await?;
-            Ok(EXTEND
-                .key(&key)
-                .arg(&owner)
-                .arg(lease_ms)
-                .invoke_async(&mut conn)
-                .await?)
-        }
-        .await;
-        match extended {
-            Ok(1) => {}
-            Ok(_) => {
-                tracing::warn!(lock = %key, "lock lost before release; the lease had expired");
-                lost.store(true, Ordering::SeqCst);
-                return;
+}
+
+impl Watchdog {
+    /// Extends every lease/3 until `stop`; `valid_until` is when the lease runs out unless
+    /// extended. Gives up (marking the guard lost) once the lock is gone.
+    async fn run(self, mut valid_until: Instant, stop: CancellationToken) {
+        let period = (self.lease / 3).max(Duration::from_millis(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
             }
-            // A failed extension is retried at the next period; the lease still runs.
-            Err(err) => tracing::warn!(lock = %key, error = %err, "lock extension failed"),
+            let sent = Instant::now();
+            // Also stop mid-request: a hung Redis must not keep a dropped guard's task alive.
+            let extended = tokio::select! {
+                () = stop.cancelled() => return,
+                extended = self.extend() => extended,
+            };
+            match extended {
+                Ok(true) => valid_until = sent + self.lease,
+                Ok(false) => {
+                    tracing::warn!(lock = %self.key, "lock lost before release: its lease ran out");
+                    self.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(err) if Instant::now() >= valid_until => {
+                    tracing::warn!(lock = %self.key, error = %err, "lock lost: lease ran out while Redis failed");
+                    self.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                // The lease still runs: try again at the next period.
+                Err(err) => tracing::warn!(lock = %self.key, error = %err, "lock extension failed"),
+            }
         }
+    }
+
+    async fn extend(&self) -> Result<bool, Error> {
+        let mut conn = self.pool.get().await?;
+        let extended: u64 = EXTEND
+            .key(&self.key)
+            .arg(&self.owner)
+            .arg(millis(self.lease))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(extended == 1)
     }
 }
 
-/// A held lock. Dropping it stops the watchdog (the lease then runs out); `release` frees
-/// it at once.
+/// A held lock. Dropping it stops the watchdog, and the lock lapses with its lease;
+/// [`Guard::release`] frees it at once.
+#[must_use = "dropping a guard gives the lock up when its lease runs out"]
 pub struct Guard {
     pool: cache::Pool,
     resource: String,
@@ -232,11 +284,13 @@ pub struct Guard {
     owner: String,
     fence: u64,
     lost: Arc<AtomicBool>,
-    _watchdog: DropGuard,
+    /// Without a watchdog, when the lease runs out.
+    expires: Option<Instant>,
+    stop: CancellationToken,
 }
 
 impl Guard {
-    /// The fencing token of this acquisition.
+    /// The fencing token of this acquisition: larger than that of every earlier one.
     pub fn fence(&self) -> u64 {
         self.fence
     }
@@ -245,13 +299,16 @@ impl Guard {
         &self.resource
     }
 
-    /// False once the watchdog found the lock taken away.
+    /// False once the lock is known or presumed lost. Writes still go through the fencing
+    /// check: `true` can be stale by up to one watchdog period.
     pub fn is_held(&self) -> bool {
-        !self.lost.load(Ordering::SeqCst)
+        !self.lost.load(Ordering::SeqCst) && self.expires.is_none_or(|at| Instant::now() < at)
     }
 
     /// Releases the lock; `false` when it was no longer ours (expired, taken by another).
     pub async fn release(self) -> Result<bool, Error> {
+        // Stop the watchdog first, so it cannot report our own release as a lost lock.
+        self.stop.cancel();
         let mut conn = self.pool.get().await?;
         let deleted: u64 = RELEASE
             .key(&self.key)
@@ -260,4 +317,15 @@ impl Guard {
             .await?;
         Ok(deleted == 1)
     }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A lease in whole milliseconds, at least 1: `PX 0` is an error in Redis.
+fn millis(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
 }

@@ -50,7 +50,7 @@ struct Alive {
     status: String,
 }
 
-#[OpenApi(tag = "Tag::Health")]
+#[OpenApi(tag = "super::Tag::Health")]
 impl HealthApi {
     /// Liveness
     ///
@@ -100,10 +100,4 @@ impl HealthApi {
             dependencies,
         }))
     }
-}
-
-#[derive(poem_openapi::Tags)]
-enum Tag {
-    /// Liveness and readiness probes.
-    Health,
 }

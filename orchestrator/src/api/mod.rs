@@ -1,26 +1,107 @@
-//! The REST API: one module per resource, errors as `application/problem+json`
+//! The REST API under `/v1`: one module per resource, errors as `application/problem+json`
 //! ([`problem`]), the OpenAPI document generated from these types, Swagger UI at `/docs`.
 
+// `ApiError` is the problem+json response itself; its size only costs on the cold error
+// path, and boxing would obscure every handler's signature.
+#![allow(clippy::result_large_err)]
+
+mod coupons;
+mod demo;
 mod health;
+mod metrics;
+mod notifications;
+mod orders;
+pub mod pagination;
 pub mod problem;
+mod products;
+mod sagas;
+mod users;
+mod vendors;
 
+use poem::http::StatusCode;
 use poem::middleware::Tracing;
-use poem::{Endpoint, EndpointExt, Route};
-use poem_openapi::OpenApiService;
+use poem::{Endpoint, EndpointExt, Request, Route};
+use poem_openapi::{OpenApiService, Tags};
 
+use platform::db;
 use platform::health::Probes;
+
+use crate::engine::Engine;
+
+pub use coupons::DirectUse;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct State {
     pub probes: Probes,
+    pub engine: Engine,
+    pub database: db::Pool,
+    /// Claim and payout in the request, for the Kafka-vs-direct comparison.
+    pub direct: DirectUse,
+    /// Stock and balance changes under the participants' concurrency strategy.
+    pub adjuster: workers::adjuster::Adjuster,
 }
 
-type Apis = health::HealthApi;
+#[derive(Tags)]
+pub enum Tag {
+    /// Liveness and readiness probes.
+    Health,
+    /// Orders: each starts an order saga (reserve stock, charge payment, prepare shipment).
+    Orders,
+    /// Products and their stock.
+    Products,
+    /// Users and their wallets.
+    Users,
+    /// Vendors, their balances and payout ledgers.
+    Vendors,
+    /// Coupon campaigns, and using a coupon (a saga, or directly).
+    Coupons,
+    /// Saga instances: status, steps, history; operator retry and cancel.
+    Sagas,
+    /// Lifecycle events recorded by the notification worker.
+    Notifications,
+    /// Random demo data.
+    Demo,
+    /// Prometheus metrics.
+    Metrics,
+}
+
+type Apis = (
+    health::HealthApi,
+    orders::OrdersApi,
+    products::ProductsApi,
+    users::UsersApi,
+    vendors::VendorsApi,
+    coupons::CouponsApi,
+    sagas::SagasApi,
+    notifications::NotificationsApi,
+    demo::DemoApi,
+    metrics::MetricsApi,
+);
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(health::HealthApi, "sagaflow", env!("CARGO_PKG_VERSION")).description(
-        "Saga orchestrator: start sagas, inspect their status and history, retry or cancel them.",
+    OpenApiService::new(
+        (
+            health::HealthApi,
+            orders::OrdersApi,
+            products::ProductsApi,
+            users::UsersApi,
+            vendors::VendorsApi,
+            coupons::CouponsApi,
+            sagas::SagasApi,
+            notifications::NotificationsApi,
+            demo::DemoApi,
+            metrics::MetricsApi,
+        ),
+        "sagaflow",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Saga orchestrator: start sagas, inspect their status and history, retry or cancel \
+         them. Every error is `application/problem+json`.",
     )
 }
 
@@ -37,6 +118,47 @@ pub fn routes(state: State) -> impl Endpoint {
         .nest("/", service)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(limit_body)
         .data(state)
+        .catch_all_error(problem::catch_all)
         .with(Tracing)
+}
+
+/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length
+/// (a chunked body is read up to the limit, never further).
+async fn limit_body<E: Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    mut request: Request,
+) -> poem::Result<poem::Response> {
+    use tokio::io::AsyncReadExt as _;
+    let too_large = || {
+        poem::Error::from_string(
+            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
+    let declared = request
+        .header("content-length")
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    if declared.is_none() && request.header("transfer-encoding").is_some() {
+        let mut body = Vec::new();
+        request
+            .take_body()
+            .into_async_read()
+            .take(MAX_BODY_BYTES as u64 + 1)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|err| poem::Error::from_string(err.to_string(), StatusCode::BAD_REQUEST))?;
+        if body.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        request.set_body(body);
+    }
+    endpoint
+        .call(request)
+        .await
+        .map(poem::IntoResponse::into_response)
 }

@@ -1,0 +1,364 @@
+//! Coupon campaigns and coupon use.
+//!
+//! A kind of coupon never goes past 100 in total (the seed's rule): creating a campaign
+//! that would take its kind past 100 is refused, under a per-kind advisory lock so two
+//! concurrent creations cannot both slip under the limit. Using a coupon is a saga
+//! (`coupon.claim` -> `vendor.payout`), or, for the seed's Kafka-vs-direct comparison, the
+//! same two participant calls made synchronously in the request.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use platform::contract::{Command, Direction, Outcome};
+use platform::db::Connection;
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::{Value, json};
+use uuid::Uuid;
+use workers::participants::{coupon::Coupon, vendor::Vendor};
+use workers::runtime::CommandRuntime;
+use workers::schema::{coupon_campaigns, users, vendors};
+
+use super::State;
+use super::problem::{ApiError, ApiResult};
+
+/// Most coupons of one kind, across all its campaigns.
+pub const KIND_LIMIT: i64 = 100;
+
+pub struct CouponsApi;
+
+#[derive(Debug, Object)]
+#[oai(example)]
+pub struct NewCampaign {
+    pub vendor_id: Uuid,
+    /// Coupons of one kind never exceed 100 in total.
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub kind: String,
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub title: String,
+    #[oai(validator(minimum(value = "1"), maximum(value = "100000000")))]
+    pub value_cents: i64,
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub total_quantity: i32,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+}
+
+impl poem_openapi::types::Example for NewCampaign {
+    fn example() -> Self {
+        Self {
+            vendor_id: Uuid::nil(),
+            kind: "WELCOME-10".into(),
+            title: "10% off your first coffee".into(),
+            value_cents: 500,
+            total_quantity: 100,
+            valid_from: DateTime::<Utc>::UNIX_EPOCH,
+            valid_until: DateTime::<Utc>::MAX_UTC,
+        }
+    }
+}
+
+#[derive(Debug, Object, Queryable, Selectable)]
+#[diesel(table_name = coupon_campaigns)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub vendor_id: Uuid,
+    pub kind: String,
+    pub title: String,
+    pub value_cents: i64,
+    /// Coupons issued.
+    pub total_quantity: i32,
+    pub claimed: i32,
+    pub valid_from: DateTime<Utc>,
+    pub valid_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Object)]
+struct CampaignView {
+    #[oai(flatten)]
+    campaign: Campaign,
+    remaining: i32,
+}
+
+/// Who uses a coupon.
+#[derive(Debug, Object)]
+struct CouponUse {
+    user_id: Uuid,
+}
+
+#[derive(Debug, Object)]
+struct UseAccepted {
+    saga_id: Uuid,
+    saga_url: String,
+}
+
+/// The outcome of a direct (synchronous) use.
+#[derive(Debug, Object)]
+struct DirectOutcome {
+    use_id: Uuid,
+    claim: Value,
+    payout: Value,
+}
+
+#[derive(ApiResponse)]
+enum Created {
+    #[oai(status = 201)]
+    Created(Json<CampaignView>),
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    #[oai(status = 200)]
+    Ok(Json<CampaignView>),
+}
+
+#[derive(ApiResponse)]
+enum Used {
+    /// The coupon_use saga started.
+    #[oai(status = 202)]
+    Accepted(Json<UseAccepted>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+enum UsedDirectly {
+    /// Claimed and paid out.
+    #[oai(status = 200)]
+    Ok(Json<DirectOutcome>),
+}
+
+fn view(campaign: Campaign) -> CampaignView {
+    CampaignView {
+        remaining: campaign.total_quantity - campaign.claimed,
+        campaign,
+    }
+}
+
+async fn find(state: &State, id: Uuid) -> ApiResult<Campaign> {
+    let mut conn = state.database.get().await?;
+    coupon_campaigns::table
+        .find(id)
+        .select(Campaign::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("coupon campaign", id))
+}
+
+async fn user_exists(state: &State, id: Uuid) -> ApiResult<()> {
+    let mut conn = state.database.get().await?;
+    let known: i64 = users::table
+        .filter(users::id.eq(id))
+        .count()
+        .get_result(&mut conn)
+        .await?;
+    if known == 0 {
+        return Err(ApiError::unprocessable(
+            "user_id",
+            format!("user {id} does not exist"),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates a campaign if its kind stays within [`KIND_LIMIT`].
+pub async fn create_campaign(state: &State, new: &NewCampaign) -> ApiResult<Campaign> {
+    if new.valid_until <= new.valid_from {
+        return Err(ApiError::invalid(
+            "valid_until",
+            "valid_until must be after valid_from",
+        ));
+    }
+    let mut pooled = state.database.get().await?;
+    let conn: &mut Connection = &mut pooled;
+    conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+        let vendor: i64 = vendors::table
+            .filter(vendors::id.eq(new.vendor_id))
+            .count()
+            .get_result(conn)
+            .await?;
+        if vendor == 0 {
+            return Err(ApiError::unprocessable(
+                "vendor_id",
+                format!("vendor {} does not exist", new.vendor_id),
+            ));
+        }
+        // Serialises creations of one kind until commit.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind::<Text, _>(&new.kind)
+            .execute(conn)
+            .await?;
+        let issued: Option<i64> = coupon_campaigns::table
+            .filter(coupon_campaigns::kind.eq(&new.kind))
+            .select(diesel::dsl::sum(coupon_campaigns::total_quantity))
+            .first(conn)
+            .await?;
+        let issued = issued.unwrap_or(0);
+        if issued + i64::from(new.total_quantity) > KIND_LIMIT {
+            return Err(ApiError::conflict(format!(
+                "kind {} has {issued} coupons issued; {} more would pass the limit of {KIND_LIMIT} per kind",
+                new.kind, new.total_quantity
+            )));
+        }
+        Ok(diesel::insert_into(coupon_campaigns::table)
+            .values((
+                coupon_campaigns::id.eq(Uuid::now_v7()),
+                coupon_campaigns::vendor_id.eq(new.vendor_id),
+                coupon_campaigns::kind.eq(&new.kind),
+                coupon_campaigns::title.eq(&new.title),
+                coupon_campaigns::value_cents.eq(new.value_cents),
+                coupon_campaigns::total_quantity.eq(new.total_quantity),
+                coupon_campaigns::valid_from.eq(new.valid_from),
+                coupon_campaigns::valid_until.eq(new.valid_until),
+            ))
+            .returning(Campaign::as_returning())
+            .get_result(conn)
+            .await?)
+    })
+    .await
+}
+
+/// The coupon and vendor participants, called in-process (no Kafka): the "direct" variant.
+#[derive(Clone)]
+pub struct DirectUse {
+    coupon: Arc<CommandRuntime<Coupon>>,
+    vendor: Arc<CommandRuntime<Vendor>>,
+}
+
+impl DirectUse {
+    pub fn new(coupon: CommandRuntime<Coupon>, vendor: CommandRuntime<Vendor>) -> Self {
+        Self {
+            coupon: Arc::new(coupon),
+            vendor: Arc::new(vendor),
+        }
+    }
+
+    /// Claim, then pay out; a refused payout returns the coupon. `Err` with a reason when
+    /// the use is refused.
+    async fn run(
+        &self,
+        campaign: Uuid,
+        user: Uuid,
+    ) -> anyhow::Result<Result<DirectOutcome, String>> {
+        let use_id = Uuid::now_v7();
+        let input = json!({ "campaign_id": campaign, "user_id": user });
+        let command = |step, direction, name: &str, outputs: Value| Command {
+            id: Uuid::now_v7(),
+            saga_id: use_id,
+            saga: "coupon_use_direct".into(),
+            step,
+            attempt: 1,
+            direction,
+            name: name.into(),
+            payload: json!({ "input": input, "outputs": outputs }),
+            issued_at: Utc::now(),
+        };
+        let claim = self
+            .coupon
+            .process(&command(0, Direction::Forward, "coupon.claim", json!({})))
+            .await?;
+        let claim = match claim.outcome {
+            Outcome::Succeeded { output } => output,
+            Outcome::Rejected { reason } | Outcome::Failed { reason } => return Ok(Err(reason)),
+        };
+        let payout = self
+            .vendor
+            .process(&command(
+                1,
+                Direction::Forward,
+                "vendor.payout",
+                json!({ "claim_coupon": claim }),
+            ))
+            .await?;
+        match payout.outcome {
+            Outcome::Succeeded { output } => Ok(Ok(DirectOutcome {
+                use_id,
+                claim,
+                payout: output,
+            })),
+            Outcome::Rejected { reason } | Outcome::Failed { reason } => {
+                self.coupon
+                    .process(&command(
+                        0,
+                        Direction::Compensate,
+                        "coupon.unclaim",
+                        json!({}),
+                    ))
+                    .await?;
+                Ok(Err(reason))
+            }
+        }
+    }
+}
+
+#[OpenApi(tag = "super::Tag::Coupons")]
+impl CouponsApi {
+    /// Create a coupon campaign
+    ///
+    /// A vendor issues up to 100 coupons of a kind. 409 when the kind would pass 100 coupons
+    /// in total across its campaigns; 422 when the vendor does not exist.
+    #[oai(path = "/v1/coupons", method = "post")]
+    async fn create(&self, state: Data<&State>, body: Json<NewCampaign>) -> ApiResult<Created> {
+        Ok(Created::Created(Json(view(
+            create_campaign(&state, &body).await?,
+        ))))
+    }
+
+    /// Get a coupon campaign
+    ///
+    /// Issued, claimed and remaining coupons.
+    #[oai(path = "/v1/coupons/:id", method = "get")]
+    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+        Ok(Found::Ok(Json(view(find(&state, id.0).await?))))
+    }
+
+    /// Use a coupon (saga)
+    ///
+    /// Starts a coupon_use saga: claim one coupon for the user, then pay the vendor 90% of its
+    /// value. 202 with the saga to poll; a refused claim or payout shows as a COMPENSATED saga.
+    #[oai(path = "/v1/coupons/:id/uses", method = "post")]
+    async fn use_coupon(
+        &self,
+        state: Data<&State>,
+        id: Path<Uuid>,
+        body: Json<CouponUse>,
+    ) -> ApiResult<Used> {
+        find(&state, id.0).await?;
+        user_exists(&state, body.user_id).await?;
+        let payload = json!({ "campaign_id": id.0, "user_id": body.user_id });
+        let started = state.engine.start("coupon_use", &payload, None).await?;
+        let saga_url = format!("/v1/sagas/{}", started.id);
+        Ok(Used::Accepted(
+            Json(UseAccepted {
+                saga_id: started.id,
+                saga_url: saga_url.clone(),
+            }),
+            saga_url,
+        ))
+    }
+
+    /// Use a coupon (direct)
+    ///
+    /// Claims and pays out synchronously in the request, without Kafka: the seed's "direct
+    /// call" variant, kept for comparison. 200 when used; 409 with the reason when refused
+    /// (none left, already held, payouts disabled; a refused payout returns the coupon).
+    #[oai(path = "/v1/coupons/:id/direct-uses", method = "post")]
+    async fn use_directly(
+        &self,
+        state: Data<&State>,
+        id: Path<Uuid>,
+        body: Json<CouponUse>,
+    ) -> ApiResult<UsedDirectly> {
+        find(&state, id.0).await?;
+        user_exists(&state, body.user_id).await?;
+        match state.direct.run(id.0, body.user_id).await? {
+            Ok(outcome) => Ok(UsedDirectly::Ok(Json(outcome))),
+            Err(reason) => Err(ApiError::conflict(reason)),
+        }
+    }
+}

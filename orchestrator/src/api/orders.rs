@@ -1,0 +1,316 @@
+//! Orders: `POST /v1/orders` writes the order, its saga, the saga's first history entry and
+//! its first command in ONE transaction and answers 202; nothing is published in the
+//! request. An `Idempotency-Key` makes a retried request return the first one's ids, also
+//! when the duplicates arrive concurrently (the saga's unique key decides).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use platform::db::Connection;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use uuid::Uuid;
+use workers::schema::{products, users};
+
+use super::State;
+use super::problem::{ApiError, ApiResult};
+use crate::schema::{orders, sagas};
+
+pub struct OrdersApi;
+
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct OrderLine {
+    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub sku: String,
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, Object, Serialize, Deserialize)]
+pub struct Address {
+    /// ISO 3166-1 alpha-2 country code.
+    #[oai(validator(pattern = r"^[A-Za-z]{2}$"))]
+    pub country: String,
+    #[oai(validator(min_length = 1, max_length = 100))]
+    pub city: String,
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub line1: String,
+    #[oai(validator(min_length = 1, max_length = 20))]
+    pub postal_code: String,
+}
+
+/// An order to place.
+#[derive(Debug, Object)]
+#[oai(example)]
+struct NewOrder {
+    user_id: Uuid,
+    #[oai(validator(min_items = 1, max_items = 50))]
+    lines: Vec<OrderLine>,
+    shipping_address: Address,
+}
+
+impl poem_openapi::types::Example for NewOrder {
+    fn example() -> Self {
+        Self {
+            user_id: Uuid::nil(),
+            lines: vec![OrderLine {
+                sku: "MUG-01".into(),
+                quantity: 2,
+            }],
+            shipping_address: Address {
+                country: "KR".into(),
+                city: "Seoul".into(),
+                line1: "1 Seongsu-ro".into(),
+                postal_code: "04790".into(),
+            },
+        }
+    }
+}
+
+/// An accepted order: poll `status_url` (or the saga) for the outcome.
+#[derive(Debug, Object)]
+struct Accepted {
+    order_id: Uuid,
+    saga_id: Uuid,
+    status_url: String,
+    saga_url: String,
+}
+
+/// An order and where its saga stands.
+#[derive(Debug, Object)]
+struct Order {
+    id: Uuid,
+    user_id: Uuid,
+    lines: Vec<OrderLine>,
+    total_cents: i64,
+    shipping_address: Address,
+    /// PENDING, COMPLETED, CANCELLING, REJECTED, CANCELLED or NEEDS_ATTENTION.
+    status: String,
+    /// Why the order did not complete, when it did not.
+    #[oai(skip_serializing_if_is_none)]
+    reason: Option<String>,
+    saga_id: Uuid,
+    saga_status: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(ApiResponse)]
+enum Placed {
+    /// Accepted; the saga runs in the background.
+    #[oai(status = 202)]
+    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+/// An order joined with its saga.
+#[derive(Queryable)]
+struct OrderRow {
+    id: Uuid,
+    user_id: Uuid,
+    lines: serde_json::Value,
+    total_cents: i64,
+    address: serde_json::Value,
+    saga_id: Uuid,
+    created_at: DateTime<Utc>,
+    saga_status: String,
+    saga_state: serde_json::Value,
+}
+
+/// The order's status as a customer sees it, from its saga's.
+fn order_status(saga_status: &str) -> &'static str {
+    match saga_status {
+        "RUNNING" => "PENDING",
+        "COMPLETED" => "COMPLETED",
+        "COMPENSATING" => "CANCELLING",
+        "COMPENSATED" => "REJECTED",
+        "CANCELLED" => "CANCELLED",
+        _ => "NEEDS_ATTENTION",
+    }
+}
+
+fn accepted(order_id: Uuid, saga_id: Uuid) -> Placed {
+    let status_url = format!("/v1/orders/{order_id}");
+    Placed::Accepted(
+        Json(Accepted {
+            order_id,
+            saga_id,
+            status_url: status_url.clone(),
+            saga_url: format!("/v1/sagas/{saga_id}"),
+        }),
+        status_url,
+    )
+}
+
+#[OpenApi(tag = "super::Tag::Orders")]
+impl OrdersApi {
+    /// Place an order
+    ///
+    /// Starts an order saga: reserve stock, charge the user's wallet, prepare the shipment.
+    /// Answers 202 at once with the order and saga ids. With an `Idempotency-Key`, repeating
+    /// the request returns the first request's ids and starts nothing new. Unknown users or
+    /// SKUs are 422, naming the field.
+    #[oai(path = "/v1/orders", method = "post")]
+    async fn place(
+        &self,
+        state: Data<&State>,
+        body: Json<NewOrder>,
+        /// Makes retries safe: the same key always answers with the same order.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Placed> {
+        let mut pooled = state.database.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        let known_user: i64 = users::table
+            .filter(users::id.eq(body.user_id))
+            .count()
+            .get_result(conn)
+            .await?;
+        if known_user == 0 {
+            return Err(ApiError::unprocessable(
+                "user_id",
+                format!("user {} does not exist", body.user_id),
+            ));
+        }
+        let skus: Vec<&str> = body.lines.iter().map(|l| l.sku.as_str()).collect();
+        let prices: HashMap<String, i64> = products::table
+            .filter(products::sku.eq_any(&skus))
+            .select((products::sku, products::price_cents))
+            .load::<(String, i64)>(conn)
+            .await?
+            .into_iter()
+            .collect();
+        let mut total_cents = 0i64;
+        for (index, line) in body.lines.iter().enumerate() {
+            let price = prices.get(&line.sku).ok_or_else(|| {
+                ApiError::unprocessable(
+                    &format!("lines[{index}].sku"),
+                    format!("product {} does not exist", line.sku),
+                )
+            })?;
+            total_cents += price * i64::from(line.quantity);
+        }
+        if total_cents <= 0 {
+            return Err(ApiError::unprocessable(
+                "lines",
+                "the order total must be positive",
+            ));
+        }
+        let order_id = Uuid::now_v7();
+        let payload = json!({
+            "order_id": order_id,
+            "user_id": body.user_id,
+            "lines": body.lines,
+            "total_cents": total_cents,
+            "shipping_address": body.shipping_address,
+        });
+        let engine = &state.engine;
+        let key = idempotency_key.0.as_deref();
+        let (order_id, saga_id) = conn
+            .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+                let started = engine.start_in(conn, "order", &payload, key).await?;
+                if !started.created {
+                    let existing: Uuid = orders::table
+                        .filter(orders::saga_id.eq(started.id))
+                        .select(orders::id)
+                        .first(conn)
+                        .await?;
+                    return Ok((existing, started.id));
+                }
+                diesel::insert_into(orders::table)
+                    .values((
+                        orders::id.eq(order_id),
+                        orders::user_id.eq(body.user_id),
+                        orders::lines.eq(json!(body.lines)),
+                        orders::total_cents.eq(total_cents),
+                        orders::shipping_address.eq(json!(body.shipping_address)),
+                        orders::saga_id.eq(started.id),
+                    ))
+                    .execute(conn)
+                    .await?;
+                Ok((order_id, started.id))
+            })
+            .await?;
+        Ok(accepted(order_id, saga_id))
+    }
+
+    /// Get an order
+    ///
+    /// The order and its status, derived from its saga: PENDING while it runs, COMPLETED,
+    /// REJECTED (compensated after a failure, `reason` says why), CANCELLED, or
+    /// NEEDS_ATTENTION (a compensation is stuck; an operator can retry the saga). Shipping
+    /// is to these countries only: KR, JP, US, CA, GB, DE, FR, NL.
+    #[oai(path = "/v1/orders/:id", method = "get")]
+    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+        let mut conn = state.database.get().await?;
+        let row: Option<OrderRow> = orders::table
+            .inner_join(sagas::table)
+            .filter(orders::id.eq(id.0))
+            .select((
+                orders::id,
+                orders::user_id,
+                orders::lines,
+                orders::total_cents,
+                orders::shipping_address,
+                orders::saga_id,
+                orders::created_at,
+                sagas::status,
+                sagas::state,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()?;
+        let Some(OrderRow {
+            id,
+            user_id,
+            lines,
+            total_cents,
+            address,
+            saga_id,
+            created_at,
+            saga_status,
+            saga_state,
+        }) = row
+        else {
+            return Err(ApiError::not_found("order", id.0));
+        };
+        let status = order_status(&saga_status);
+        let reason = (status != "COMPLETED" && status != "PENDING")
+            .then(|| saga_state["failure"].as_str().map(str::to_owned))
+            .flatten();
+        Ok(Found::Ok(Json(Order {
+            id,
+            user_id,
+            lines: serde_json::from_value(lines).map_err(ApiError::internal)?,
+            total_cents,
+            shipping_address: serde_json::from_value(address).map_err(ApiError::internal)?,
+            status: status.to_owned(),
+            reason,
+            saga_id,
+            saga_status,
+            created_at,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_saga_status_maps_to_an_order_status() {
+        for status in crate::saga::Status::ALL {
+            assert_ne!(super::order_status(status.as_str()), "", "{status}");
+        }
+        assert_eq!(super::order_status("COMPENSATED"), "REJECTED");
+        assert!(workers::participants::shipment::SERVICEABLE_COUNTRIES.contains(&"KR"));
+    }
+}

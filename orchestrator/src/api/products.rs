@@ -1,0 +1,160 @@
+//! Products and their stock. Stock changes go through the participants' concurrency
+//! strategy (see `workers::adjuster`), so an operator's adjustment never races a saga's
+//! reservation.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use workers::guarded::{self, Adjusted};
+use workers::schema::products;
+
+use super::State;
+use super::problem::{ApiError, ApiResult};
+
+pub struct ProductsApi;
+
+/// A new product.
+#[derive(Debug, Object)]
+#[oai(example)]
+struct NewProduct {
+    /// Stock keeping unit: letters, digits, `-` and `_`.
+    #[oai(validator(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    sku: String,
+    #[oai(validator(min_length = 1, max_length = 200))]
+    name: String,
+    /// Unit price in cents.
+    #[oai(validator(minimum(value = "0"), maximum(value = "100000000")))]
+    price_cents: i64,
+    /// Units in stock.
+    #[oai(validator(minimum(value = "0"), maximum(value = "1000000")))]
+    stock: i32,
+}
+
+impl poem_openapi::types::Example for NewProduct {
+    fn example() -> Self {
+        Self {
+            sku: "MUG-01".into(),
+            name: "Enamel mug".into(),
+            price_cents: 1_500,
+            stock: 100,
+        }
+    }
+}
+
+/// A product with its current stock.
+#[derive(Debug, Object, Queryable, Selectable)]
+#[diesel(table_name = products)]
+pub struct Product {
+    sku: String,
+    name: String,
+    price_cents: i64,
+    stock: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// A relative stock change.
+#[derive(Debug, Object)]
+#[oai(example)]
+struct StockChange {
+    /// Units to add (positive) or remove (negative); stock never goes below zero.
+    #[oai(validator(minimum(value = "-1000000"), maximum(value = "1000000")))]
+    delta: i32,
+}
+
+impl poem_openapi::types::Example for StockChange {
+    fn example() -> Self {
+        Self { delta: 25 }
+    }
+}
+
+#[derive(ApiResponse)]
+enum Created {
+    /// The product was created.
+    #[oai(status = 201)]
+    Created(Json<Product>),
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    #[oai(status = 200)]
+    Ok(Json<Product>),
+}
+
+pub async fn find(state: &State, sku: &str) -> ApiResult<Product> {
+    let mut conn = state.database.get().await?;
+    products::table
+        .find(sku)
+        .select(Product::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("product", sku))
+}
+
+#[OpenApi(tag = "super::Tag::Products")]
+impl ProductsApi {
+    /// Create a product
+    ///
+    /// Adds a product with its price and initial stock. 409 when the SKU exists.
+    #[oai(path = "/v1/products", method = "post")]
+    async fn create(&self, state: Data<&State>, body: Json<NewProduct>) -> ApiResult<Created> {
+        let mut conn = state.database.get().await?;
+        let inserted = diesel::insert_into(products::table)
+            .values((
+                products::sku.eq(&body.sku),
+                products::name.eq(&body.name),
+                products::price_cents.eq(body.price_cents),
+                products::stock.eq(body.stock),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await?;
+        if inserted == 0 {
+            return Err(ApiError::conflict(format!(
+                "product {} already exists",
+                body.sku
+            )));
+        }
+        drop(conn);
+        Ok(Created::Created(Json(find(&state, &body.sku).await?)))
+    }
+
+    /// Get a product
+    ///
+    /// The product with its current stock.
+    #[oai(path = "/v1/products/:sku", method = "get")]
+    async fn get(&self, state: Data<&State>, sku: Path<String>) -> ApiResult<Found> {
+        Ok(Found::Ok(Json(find(&state, &sku).await?)))
+    }
+
+    /// Adjust stock
+    ///
+    /// Adds or removes units under the same lock the sagas use. 409 when the change would
+    /// take the stock below zero.
+    #[oai(path = "/v1/products/:sku/stock", method = "post")]
+    async fn adjust_stock(
+        &self,
+        state: Data<&State>,
+        sku: Path<String>,
+        body: Json<StockChange>,
+    ) -> ApiResult<Found> {
+        let resource = format!("sku:{}", sku.0);
+        match state
+            .adjuster
+            .adjust(guarded::STOCK, &resource, &sku, i64::from(body.delta))
+            .await?
+        {
+            Adjusted::Done { .. } => Ok(Found::Ok(Json(find(&state, &sku).await?))),
+            Adjusted::Missing => Err(ApiError::not_found("product", &sku.0)),
+            Adjusted::OutOfBounds { current, .. } => Err(ApiError::conflict(format!(
+                "stock is {current}; a change of {} would take it below zero",
+                body.delta
+            ))),
+        }
+    }
+}

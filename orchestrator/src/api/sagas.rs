@@ -1,0 +1,337 @@
+//! Saga instances for operators: what a saga is doing (its steps as the stored state sees
+//! them, and the timeline from `saga_history`), a filtered list, and the two operator
+//! actions. Retry and cancel go through the engine, never through a direct UPDATE here, so
+//! they take the row lock, pass the state machine's rules and write history and outbox in
+//! the same transaction as any other input.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::State;
+use super::pagination::{self, PageInfo};
+use super::problem::{ApiError, ApiResult};
+use crate::engine::store::SagaRow;
+use crate::saga::{self, SagaState, Status};
+use crate::schema::{saga_history, sagas};
+
+pub struct SagasApi;
+
+/// A saga without its steps and history, as lists show it.
+#[derive(Debug, Object, Queryable, Selectable)]
+#[diesel(table_name = sagas)]
+#[oai(example)]
+struct SagaSummary {
+    id: Uuid,
+    /// The saga kind (`order`, `coupon_use`).
+    definition: String,
+    /// RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED or FAILED.
+    status: String,
+    /// Index of the furthest step reached.
+    current_step: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl poem_openapi::types::Example for SagaSummary {
+    fn example() -> Self {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        Self {
+            id: Uuid::nil(),
+            definition: "order".into(),
+            status: "RUNNING".into(),
+            current_step: 1,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+/// One step of the saga's definition and where it stands.
+#[derive(Debug, Object)]
+struct StepView {
+    index: u32,
+    name: String,
+    /// The participant role that runs the command and its compensation.
+    role: String,
+    command: String,
+    #[oai(skip_serializing_if_is_none)]
+    compensation: Option<String>,
+    /// pending, in_flight, awaiting_retry, succeeded, failed or outcome_unknown.
+    state: String,
+    /// Forward attempts dispatched.
+    attempts: u32,
+    /// not_started, in_flight, awaiting_retry, compensated or exhausted.
+    compensation_state: String,
+    /// Compensation attempts dispatched, over every operator retry.
+    compensation_attempts: u32,
+    /// What the participant answered on success.
+    #[oai(skip_serializing_if_is_none)]
+    output: Option<Value>,
+    #[oai(skip_serializing_if_is_none)]
+    last_error: Option<String>,
+}
+
+/// One entry of the saga's timeline.
+#[derive(Debug, Object, Queryable, Selectable)]
+#[diesel(table_name = saga_history)]
+struct HistoryEntry {
+    /// What happened (`saga.start`, `reply.received`, `command.sent`, `saga.completed`...).
+    kind: String,
+    #[oai(skip_serializing_if_is_none)]
+    step: Option<i32>,
+    #[oai(skip_serializing_if_is_none)]
+    attempt: Option<i32>,
+    /// The saga's status right after the entry.
+    status: String,
+    detail: Value,
+    recorded_at: DateTime<Utc>,
+}
+
+/// A saga with its input, its steps and its timeline.
+#[derive(Debug, Object)]
+struct SagaDetail {
+    id: Uuid,
+    definition: String,
+    status: String,
+    current_step: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// Why the saga left the happy path, when it did.
+    #[oai(skip_serializing_if_is_none)]
+    failure: Option<String>,
+    /// The input the saga was started with.
+    payload: Value,
+    steps: Vec<StepView>,
+    /// Oldest first.
+    history: Vec<HistoryEntry>,
+}
+
+/// A page of sagas, newest first.
+#[derive(Debug, Object)]
+struct SagaPage {
+    items: Vec<SagaSummary>,
+    #[oai(flatten)]
+    page: PageInfo,
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    #[oai(status = 200)]
+    Ok(Json<SagaDetail>),
+}
+
+#[derive(ApiResponse)]
+enum Listed {
+    #[oai(status = 200)]
+    Ok(Json<SagaPage>),
+}
+
+#[derive(ApiResponse)]
+enum Changed {
+    /// Accepted: the saga's next commands are in the outbox; poll the saga for the outcome.
+    #[oai(status = 202)]
+    Accepted(Json<SagaSummary>),
+}
+
+fn example_status() -> Option<String> {
+    Some("FAILED".into())
+}
+
+fn example_definition() -> Option<String> {
+    Some("order".into())
+}
+
+/// The serde (snake_case) name of a phase, the same word the stored state uses.
+fn phase_name(phase: impl serde::Serialize) -> String {
+    match serde_json::to_value(phase) {
+        Ok(Value::String(name)) => name,
+        _ => "unknown".to_owned(),
+    }
+}
+
+fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
+    // A stored saga that cannot be read is a server fault, not the caller's.
+    let definition = saga::definitions::find(&row.definition).ok_or_else(|| {
+        ApiError::internal(format!(
+            "saga {} has unknown definition {}",
+            row.id, row.definition
+        ))
+    })?;
+    let state: SagaState = serde_json::from_value(row.state)
+        .map_err(|err| ApiError::internal(format!("saga {} state unreadable: {err}", row.id)))?;
+    let steps = definition
+        .steps
+        .iter()
+        .zip(state.steps)
+        .zip(0u32..)
+        .map(|((step, progress), index)| StepView {
+            index,
+            name: step.name.to_owned(),
+            role: step.role.to_owned(),
+            command: step.command.to_owned(),
+            compensation: step.compensation.map(str::to_owned),
+            state: phase_name(progress.forward),
+            attempts: progress.attempt,
+            compensation_state: phase_name(progress.compensation),
+            compensation_attempts: progress.compensation_attempt,
+            output: progress.output,
+            last_error: progress.last_error,
+        })
+        .collect();
+    Ok(SagaDetail {
+        id: row.id,
+        definition: row.definition,
+        status: row.status,
+        current_step: row.current_step,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        failure: state.failure,
+        payload: row.payload,
+        steps,
+        history,
+    })
+}
+
+async fn summary(state: &State, id: Uuid) -> ApiResult<SagaSummary> {
+    let mut conn = state.database.get().await?;
+    sagas::table
+        .find(id)
+        .select(SagaSummary::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("saga", id))
+}
+
+#[OpenApi(tag = "super::Tag::Sagas")]
+impl SagasApi {
+    /// Get a saga
+    ///
+    /// The saga's status and input, one entry per step of its definition (forward and
+    /// compensation progress, attempts, output, last error) and its full timeline, oldest
+    /// first. 404 when no saga has this id.
+    #[oai(path = "/v1/sagas/:id", method = "get")]
+    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+        let mut conn = state.database.get().await?;
+        let row = sagas::table
+            .find(id.0)
+            .select(SagaRow::as_select())
+            .first(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| ApiError::not_found("saga", id.0))?;
+        let history = saga_history::table
+            .filter(saga_history::saga_id.eq(id.0))
+            .order(saga_history::id.asc())
+            .select(HistoryEntry::as_select())
+            .load(&mut conn)
+            .await?;
+        Ok(Found::Ok(Json(detail(row, history)?)))
+    }
+
+    /// List sagas
+    ///
+    /// Newest first, filtered by definition, status and creation time. Pages are cut by
+    /// `limit`; pass the answer's `next_cursor` as `cursor` for the next page (absent on the
+    /// last one). An unknown definition or status, or `created_after` later than
+    /// `created_before`, is 400 naming the parameter.
+    #[oai(path = "/v1/sagas", method = "get")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: Data<&State>,
+        /// Only sagas of this kind (`order`, `coupon_use`).
+        #[oai(example = "example_definition")]
+        definition: Query<Option<String>>,
+        /// Only sagas in this status: RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED
+        /// or FAILED.
+        #[oai(example = "example_status")]
+        status: Query<Option<String>>,
+        /// Only sagas created at or after this instant (RFC 3339).
+        created_after: Query<Option<DateTime<Utc>>>,
+        /// Only sagas created before this instant (RFC 3339).
+        created_before: Query<Option<DateTime<Utc>>>,
+        /// Page size, 1 to 200 (default 50).
+        limit: Query<Option<i64>>,
+        /// The `next_cursor` of the previous page.
+        cursor: Query<Option<Uuid>>,
+    ) -> ApiResult<Listed> {
+        let limit = pagination::limit(limit.0)?;
+        let mut query = sagas::table.into_boxed();
+        if let Some(name) = &definition.0 {
+            let known = saga::definitions::find(name).ok_or_else(|| {
+                let names: Vec<_> = saga::definitions::ALL.iter().map(|d| d.name).collect();
+                ApiError::invalid(
+                    "definition",
+                    format!("unknown definition `{name}`; known: {}", names.join(", ")),
+                )
+            })?;
+            query = query.filter(sagas::definition.eq(known.name));
+        }
+        if let Some(status) = &status.0 {
+            let status: Status = status.parse().map_err(|_| {
+                let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::invalid(
+                    "status",
+                    format!("unknown status `{status}`; known: {}", names.join(", ")),
+                )
+            })?;
+            query = query.filter(sagas::status.eq(status.as_str()));
+        }
+        if let (Some(after), Some(before)) = (created_after.0, created_before.0)
+            && after > before
+        {
+            return Err(ApiError::invalid(
+                "created_after",
+                "created_after must not be later than created_before",
+            ));
+        }
+        if let Some(after) = created_after.0 {
+            query = query.filter(sagas::created_at.ge(after));
+        }
+        if let Some(before) = created_before.0 {
+            query = query.filter(sagas::created_at.lt(before));
+        }
+        if let Some(cursor) = cursor.0 {
+            query = query.filter(sagas::id.lt(cursor));
+        }
+        let mut conn = state.database.get().await?;
+        let rows = query
+            .order(sagas::id.desc())
+            .limit(limit + 1)
+            .select(SagaSummary::as_select())
+            .load(&mut conn)
+            .await?;
+        let (items, page) = pagination::split(rows, limit, |saga| saga.id);
+        Ok(Listed::Ok(Json(SagaPage { items, page })))
+    }
+
+    /// Retry a failed saga
+    ///
+    /// Only for a FAILED saga (a compensation exhausted its budget): the pending
+    /// compensation runs again with a fresh budget. Answers 202 with the saga as it is
+    /// now; 409 with `current_status` in any other status, 404 when unknown.
+    #[oai(path = "/v1/sagas/:id/retry", method = "post")]
+    async fn retry(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
+        state.engine.retry(id.0).await?;
+        Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
+    }
+
+    /// Cancel a running saga
+    ///
+    /// Only for a RUNNING saga: its dispatched steps are compensated, newest first, and it
+    /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING); 409 with
+    /// `current_status` in any other status, 404 when unknown.
+    #[oai(path = "/v1/sagas/:id/cancel", method = "post")]
+    async fn cancel(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
+        state.engine.cancel(id.0).await?;
+        Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
+    }
+}

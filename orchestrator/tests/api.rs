@@ -1,0 +1,514 @@
+//! The domain resources over HTTP against the real app in `dev` mode (engine and every
+//! participant in-process) on real Postgres, Redis and Kafka: success paths and error paths,
+//! asserting status codes and bodies.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orchestrator::app::{self, Mode, Options, Running};
+use orchestrator::config::Config;
+use platform::env::Vars;
+use platform::testkit::TestEnv;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Api {
+    _env: TestEnv,
+    running: Option<Running>,
+    shutdown: CancellationToken,
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    async fn start() -> Self {
+        let env = TestEnv::start().await;
+        let config = Config::from_vars(&Vars::from_pairs([
+            ("DATABASE_URL", env.db.url.as_str()),
+            ("HTTP_ADDR", "127.0.0.1:0"),
+        ]))
+        .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = app::start_with(
+            &config,
+            env.kafka.cluster.clone(),
+            Mode::Dev,
+            Options::default(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", running.local_addr);
+        Self {
+            _env: env,
+            running: Some(running),
+            shutdown,
+            base,
+            http: Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `path` until `field` equals `value`.
+    async fn wait_for(&self, path: &str, field: &str, value: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let body: Value = self.get(path).await.json().await.unwrap();
+            if body[field] == value {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{path} stuck: {body}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.wait().await;
+        }
+    }
+}
+
+/// Asserts a problem+json answer with `status`, and the `field` when given.
+async fn problem(response: Response, status: u16, field: Option<&str>) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    if let Some(field) = field {
+        assert_eq!(body["field"], field, "{body}");
+    }
+    body
+}
+
+async fn created(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+fn address(country: &str) -> Value {
+    json!({ "country": country, "city": "Seoul", "line1": "1 Seongsu-ro", "postal_code": "04790" })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn products_users_and_vendors() {
+    let api = Api::start().await;
+
+    let product = created(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1500, "stock": 10 }),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(product["stock"], 10);
+    problem(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1500, "stock": 10 }),
+        )
+        .await,
+        409,
+        None,
+    )
+    .await;
+    problem(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "bad sku", "name": "x", "price_cents": 1, "stock": 1 }),
+        )
+        .await,
+        400,
+        Some("sku"),
+    )
+    .await;
+    problem(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "NEG", "name": "x", "price_cents": 1, "stock": -1 }),
+        )
+        .await,
+        400,
+        Some("stock"),
+    )
+    .await;
+    let adjusted: Value = api
+        .post("/v1/products/MUG-01/stock", json!({ "delta": -4 }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(adjusted["stock"], 6);
+    let body = problem(
+        api.post("/v1/products/MUG-01/stock", json!({ "delta": -7 }))
+            .await,
+        409,
+        None,
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("below zero"));
+    problem(api.get("/v1/products/NOPE").await, 404, None).await;
+
+    let user = created(
+        api.post(
+            "/v1/users",
+            json!({ "name": "Minji", "balance_cents": 1000 }),
+        )
+        .await,
+    )
+    .await;
+    let id = user["id"].as_str().unwrap();
+    let topped: Value = api
+        .post(
+            &format!("/v1/users/{id}/top-ups"),
+            json!({ "amount_cents": 500 }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(topped["balance_cents"], 1500);
+    problem(
+        api.post(
+            &format!("/v1/users/{id}/top-ups"),
+            json!({ "amount_cents": 0 }),
+        )
+        .await,
+        400,
+        Some("amount_cents"),
+    )
+    .await;
+    problem(
+        api.get("/v1/users/01a20f57-0000-7000-8000-000000000000")
+            .await,
+        404,
+        None,
+    )
+    .await;
+    problem(api.get("/v1/users/not-a-uuid").await, 400, Some("id")).await;
+    problem(
+        api.post("/v1/users", json!({ "name": "", "balance_cents": 1 }))
+            .await,
+        400,
+        Some("name"),
+    )
+    .await;
+
+    let vendor = created(api.post("/v1/vendors", json!({ "name": "Roastery" })).await).await;
+    assert_eq!(vendor["payouts_enabled"], true);
+    let detail: Value = api
+        .get(&format!("/v1/vendors/{}", vendor["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            detail["balance_cents"].clone(),
+            detail["ledger_total_cents"].clone()
+        ),
+        (json!(0), json!(0))
+    );
+
+    // Malformed bodies, unknown routes, oversized bodies: precise 4xx, problem+json.
+    let raw = api
+        .http
+        .post(format!("{}/v1/users", api.base))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    problem(raw, 400, None).await;
+    problem(api.get("/v1/nowhere").await, 404, None).await;
+    let huge = json!({ "name": "x".repeat(70_000), "balance_cents": 1 });
+    problem(api.post("/v1/users", huge).await, 413, None).await;
+
+    let users: Value = created(api.post("/v1/demo/users", json!({ "count": 3 })).await).await;
+    assert_eq!(users.as_array().unwrap().len(), 3);
+    let campaign = created(api.post("/v1/demo/coupons", json!({})).await).await;
+    assert!(campaign["total_quantity"].as_i64().unwrap() >= 10);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_complete_compensate_and_honour_idempotency_keys() {
+    let api = Api::start().await;
+    created(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1000, "stock": 100 }),
+        )
+        .await,
+    )
+    .await;
+    let user = created(
+        api.post(
+            "/v1/users",
+            json!({ "name": "Minji", "balance_cents": 100000 }),
+        )
+        .await,
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap();
+    let order = |country: &str| json!({ "user_id": user_id, "lines": [{ "sku": "MUG-01", "quantity": 2 }], "shipping_address": address(country) });
+
+    let placed = api.post("/v1/orders", order("KR")).await;
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+    let location = placed.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = placed.json().await.unwrap();
+    assert_eq!(body["status_url"], location);
+    let done = api.wait_for(&location, "status", "COMPLETED").await;
+    assert_eq!(done["total_cents"], 2000);
+
+    let far: Value = api
+        .post("/v1/orders", order("AQ"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let rejected = api
+        .wait_for(far["status_url"].as_str().unwrap(), "status", "REJECTED")
+        .await;
+    assert!(
+        rejected["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not serviceable")
+    );
+
+    // 20 concurrent requests with one key: one order, one saga, the same ids for all.
+    let requests = (0..20).map(|_| {
+        api.http
+            .post(format!("{}/v1/orders", api.base))
+            .header("Idempotency-Key", "order-42")
+            .json(&order("KR"))
+            .send()
+    });
+    let mut ids = Vec::new();
+    for response in futures_util::future::join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await.unwrap();
+        ids.push((body["order_id"].clone(), body["saga_id"].clone()));
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    api.wait_for(
+        &format!("/v1/orders/{}", ids[0].0.as_str().unwrap()),
+        "status",
+        "COMPLETED",
+    )
+    .await;
+    let product: Value = api.get("/v1/products/MUG-01").await.json().await.unwrap();
+    assert_eq!(
+        product["stock"], 96,
+        "two completed orders of 2, one rejected and released"
+    );
+
+    problem(
+        api.post("/v1/orders", json!({ "user_id": "01a20f57-0000-7000-8000-000000000000", "lines": [{ "sku": "MUG-01", "quantity": 1 }], "shipping_address": address("KR") })).await,
+        422,
+        Some("user_id"),
+    )
+    .await;
+    problem(
+        api.post("/v1/orders", json!({ "user_id": user_id, "lines": [{ "sku": "MUG-01", "quantity": 1 }, { "sku": "NOPE", "quantity": 1 }], "shipping_address": address("KR") })).await,
+        422,
+        Some("lines[1].sku"),
+    )
+    .await;
+    problem(
+        api.post("/v1/orders", json!({ "user_id": user_id, "lines": [{ "sku": "MUG-01", "quantity": 0 }], "shipping_address": address("KR") })).await,
+        400,
+        Some("quantity"),
+    )
+    .await;
+    problem(
+        api.post(
+            "/v1/orders",
+            json!({ "user_id": user_id, "lines": [], "shipping_address": address("KR") }),
+        )
+        .await,
+        400,
+        Some("lines"),
+    )
+    .await;
+    problem(
+        api.get("/v1/orders/01a20f57-0000-7000-8000-000000000000")
+            .await,
+        404,
+        None,
+    )
+    .await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coupon_campaigns_and_their_use() {
+    let api = Api::start().await;
+    let vendor = created(api.post("/v1/vendors", json!({ "name": "Roastery" })).await).await;
+    let vendor_id = vendor["id"].as_str().unwrap();
+    let campaign = |quantity: i64| {
+        json!({
+            "vendor_id": vendor_id, "kind": "WELCOME", "title": "Welcome", "value_cents": 1000,
+            "total_quantity": quantity, "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2100-01-01T00:00:00Z",
+        })
+    };
+    let first = created(api.post("/v1/coupons", campaign(60)).await).await;
+    assert_eq!(
+        (first["remaining"].clone(), first["claimed"].clone()),
+        (json!(60), json!(0))
+    );
+    let over = problem(api.post("/v1/coupons", campaign(41)).await, 409, None).await;
+    assert!(
+        over["detail"].as_str().unwrap().contains("limit of 100"),
+        "{over}"
+    );
+    created(api.post("/v1/coupons", campaign(40)).await).await;
+    problem(
+        api.post("/v1/coupons", campaign(101)).await,
+        400,
+        Some("total_quantity"),
+    )
+    .await;
+    let mut unknown_vendor = campaign(1);
+    unknown_vendor["vendor_id"] = json!("01a20f57-0000-7000-8000-000000000000");
+    problem(
+        api.post("/v1/coupons", unknown_vendor).await,
+        422,
+        Some("vendor_id"),
+    )
+    .await;
+    let mut backwards = campaign(1);
+    backwards["kind"] = json!("OTHER");
+    backwards["valid_until"] = json!("2019-01-01T00:00:00Z");
+    problem(
+        api.post("/v1/coupons", backwards).await,
+        400,
+        Some("valid_until"),
+    )
+    .await;
+
+    let campaign_id = first["id"].as_str().unwrap();
+    let user = created(
+        api.post("/v1/users", json!({ "name": "Minji", "balance_cents": 0 }))
+            .await,
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap();
+
+    // The saga way.
+    let used = api
+        .post(
+            &format!("/v1/coupons/{campaign_id}/uses"),
+            json!({ "user_id": user_id }),
+        )
+        .await;
+    assert_eq!(used.status(), StatusCode::ACCEPTED);
+    let used: Value = used.json().await.unwrap();
+    api.wait_for(used["saga_url"].as_str().unwrap(), "status", "COMPLETED")
+        .await;
+    let held: Value = api
+        .get(&format!("/v1/users/{user_id}/coupons"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(held.as_array().unwrap().len(), 1);
+
+    // The direct way: a second coupon of the same campaign is refused for this user.
+    problem(
+        api.post(
+            &format!("/v1/coupons/{campaign_id}/direct-uses"),
+            json!({ "user_id": user_id }),
+        )
+        .await,
+        409,
+        None,
+    )
+    .await;
+    let other = created(
+        api.post("/v1/users", json!({ "name": "Jisoo", "balance_cents": 0 }))
+            .await,
+    )
+    .await;
+    let direct = api
+        .post(
+            &format!("/v1/coupons/{campaign_id}/direct-uses"),
+            json!({ "user_id": other["id"] }),
+        )
+        .await;
+    assert_eq!(direct.status(), StatusCode::OK);
+    let direct: Value = direct.json().await.unwrap();
+    assert_eq!(direct["payout"]["amount_cents"], 900);
+
+    let campaign_now: Value = api
+        .get(&format!("/v1/coupons/{campaign_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            campaign_now["claimed"].clone(),
+            campaign_now["remaining"].clone()
+        ),
+        (json!(2), json!(58))
+    );
+    let vendor_now: Value = api
+        .get(&format!("/v1/vendors/{vendor_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(vendor_now["balance_cents"], 1800);
+    assert_eq!(vendor_now["ledger_total_cents"], 1800);
+    assert_eq!(vendor_now["ledger"].as_array().unwrap().len(), 2);
+
+    problem(
+        api.post(
+            "/v1/coupons/01a20f57-0000-7000-8000-000000000000/uses",
+            json!({ "user_id": user_id }),
+        )
+        .await,
+        404,
+        None,
+    )
+    .await;
+    problem(
+        api.post(
+            &format!("/v1/coupons/{campaign_id}/uses"),
+            json!({ "user_id": "01a20f57-0000-7000-8000-000000000000" }),
+        )
+        .await,
+        422,
+        Some("user_id"),
+    )
+    .await;
+    api.stop().await;
+}

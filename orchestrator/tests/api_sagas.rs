@@ -1,0 +1,515 @@
+//! The operator endpoints over HTTP (sagas, notifications, metrics) against the real app in
+//! `serve` mode, with scripted participants on the real broker: no business tables are
+//! touched, so each test controls exactly which sagas exist and what state they are in.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use orchestrator::app::Options;
+use platform::contract::Outcome;
+use platform::testkit::TestEnv;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use support::*;
+use uuid::Uuid;
+use workers::schema::notifications;
+
+/// An orchestrator and an HTTP client pointed at it.
+struct Http {
+    orchestrator: Orchestrator,
+    base: String,
+    client: Client,
+}
+
+impl Http {
+    async fn start(env: &TestEnv) -> Self {
+        let orchestrator = Orchestrator::start(env, Options::default()).await;
+        let base = format!("http://{}", orchestrator.running.local_addr);
+        Self {
+            orchestrator,
+            base,
+            client: Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str) -> Response {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn start_saga(&self, payload: Value) -> Uuid {
+        let engine = &self.orchestrator.running.engine;
+        engine.start("order", &payload, None).await.unwrap().id
+    }
+
+    /// Polls the saga over HTTP until it has `status`.
+    async fn wait_for(&self, id: Uuid, status: &str) -> Value {
+        let mut last = Value::Null;
+        eventually(&format!("saga {id} to be {status}"), async || {
+            last = ok(self.get(&format!("/v1/sagas/{id}")).await).await;
+            last["status"] == status
+        })
+        .await;
+        last
+    }
+}
+
+async fn ok(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn accepted(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json().await.unwrap()
+}
+
+/// Asserts a problem+json answer with `status`, and the `field` when given.
+async fn problem(response: Response, status: u16, field: Option<&str>) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["title"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
+    if let Some(field) = field {
+        assert_eq!(body["field"], field, "{body}");
+    }
+    body
+}
+
+fn order() -> Value {
+    json!({ "user_id": 1, "lines": [{ "sku": "A", "quantity": 2 }] })
+}
+
+/// Completes every saga except those whose input asks to `hold` at the charge.
+fn succeed_unless_held() -> Script {
+    script(|command| {
+        if command.name == "payment.charge" && command.payload["input"]["hold"] == true {
+            Reaction::Silence
+        } else {
+            succeed()
+        }
+    })
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completed_saga_shows_its_steps_and_history_and_unknown_ids_are_problems() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+
+    let id = http.start_saga(order()).await;
+    let saga = http.wait_for(id, "COMPLETED").await;
+
+    assert_eq!(saga["id"], id.to_string());
+    assert_eq!(saga["definition"], "order");
+    assert_eq!(saga["payload"], order());
+    assert!(saga.get("failure").is_none(), "{saga}");
+    let steps = saga["steps"].as_array().unwrap();
+    let names: Vec<_> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["reserve_stock", "charge_payment", "prepare_shipment"]
+    );
+    for (index, step) in steps.iter().enumerate() {
+        assert_eq!(step["index"], index);
+        assert_eq!(step["state"], "succeeded", "{step}");
+        assert_eq!(step["attempts"], 1);
+        assert_eq!(step["compensation_state"], "not_started");
+        assert_eq!(step["compensation_attempts"], 0);
+        assert_eq!(step["output"], json!({ "ok": true }));
+    }
+    assert_eq!(steps[1]["role"], "payment");
+    assert_eq!(steps[1]["command"], "payment.charge");
+    assert_eq!(steps[1]["compensation"], "payment.refund");
+    let kinds: Vec<_> = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "saga.start", "{kinds:?}");
+    assert!(kinds.contains(&"saga.completed"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == "reply.received").count(), 3);
+
+    let unknown = Uuid::now_v7();
+    problem(http.get(&format!("/v1/sagas/{unknown}")).await, 404, None).await;
+    problem(
+        http.post(&format!("/v1/sagas/{unknown}/cancel")).await,
+        404,
+        None,
+    )
+    .await;
+    problem(
+        http.post(&format!("/v1/sagas/{unknown}/retry")).await,
+        404,
+        None,
+    )
+    .await;
+    problem(http.get("/v1/sagas/not-a-uuid").await, 400, Some("id")).await;
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sagas_are_listed_newest_first_filtered_and_paged_by_cursor() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let participants = Participants::start(&env.kafka.cluster, succeed_unless_held());
+
+    let held = http.start_saga(json!({ "hold": true })).await;
+    let mut completed = Vec::new();
+    for _ in 0..5 {
+        completed.push(http.start_saga(order()).await);
+    }
+    for id in &completed {
+        http.wait_for(*id, "COMPLETED").await;
+    }
+    let newest_first: Vec<String> = completed.iter().rev().map(Uuid::to_string).collect();
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/sagas?status=COMPLETED&limit=2".to_owned();
+    for page_number in 1..=3 {
+        let page = ok(http.get(&path).await).await;
+        assert_eq!(ids(&page).len(), if page_number < 3 { 2 } else { 1 });
+        for item in page["items"].as_array().unwrap() {
+            assert_eq!(item["status"], "COMPLETED");
+            assert_eq!(item["definition"], "order");
+        }
+        seen.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/sagas?status=COMPLETED&limit=2&cursor={cursor}"),
+            None => assert_eq!(page_number, 3, "only the last page lacks a cursor"),
+        }
+    }
+    assert_eq!(
+        seen, newest_first,
+        "no duplicates, nothing missed, newest first"
+    );
+
+    let running = ok(http.get("/v1/sagas?status=RUNNING").await).await;
+    assert_eq!(ids(&running), [held.to_string()]);
+    let all = ok(http.get("/v1/sagas?definition=order").await).await;
+    assert_eq!(ids(&all).len(), 6);
+    assert_eq!(ids(&all)[0], newest_first[0]);
+    assert!(all.get("next_cursor").is_none());
+    let later = (Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let none = ok(http.get(&format!("/v1/sagas?created_after={later}")).await).await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+    let none = ok(http.get("/v1/sagas?definition=coupon_use").await).await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+
+    problem(http.get("/v1/sagas?limit=0").await, 400, Some("limit")).await;
+    problem(http.get("/v1/sagas?limit=1000").await, 400, Some("limit")).await;
+    problem(
+        http.get("/v1/sagas?status=BOGUS").await,
+        400,
+        Some("status"),
+    )
+    .await;
+    problem(
+        http.get("/v1/sagas?definition=nope").await,
+        400,
+        Some("definition"),
+    )
+    .await;
+    let reversed =
+        "/v1/sagas?created_after=2030-01-02T00:00:00Z&created_before=2030-01-01T00:00:00Z";
+    problem(http.get(reversed).await, 400, Some("created_after")).await;
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_saga_is_cancelled_once_and_cannot_be_retried() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let participants = Participants::start(&env.kafka.cluster, succeed_unless_held());
+    let id = http.start_saga(json!({ "hold": true })).await;
+    eventually("the charge command", async || {
+        participants.names_for(id).len() == 2
+    })
+    .await;
+
+    let conflict = problem(http.post(&format!("/v1/sagas/{id}/retry")).await, 409, None).await;
+    assert_eq!(conflict["current_status"], "RUNNING");
+
+    let saga = accepted(http.post(&format!("/v1/sagas/{id}/cancel")).await).await;
+    assert_eq!(saga["id"], id.to_string());
+    assert!(
+        saga["status"] == "COMPENSATING" || saga["status"] == "CANCELLED",
+        "{saga}"
+    );
+    let saga = http.wait_for(id, "CANCELLED").await;
+    assert_eq!(saga["steps"][1]["compensation_state"], "compensated");
+    assert_eq!(saga["steps"][2]["state"], "pending");
+
+    let again = problem(
+        http.post(&format!("/v1/sagas/{id}/cancel")).await,
+        409,
+        None,
+    )
+    .await;
+    assert_eq!(again["current_status"], "CANCELLED");
+    let retry = problem(http.post(&format!("/v1/sagas/{id}/retry")).await, 409, None).await;
+    assert_eq!(retry["current_status"], "CANCELLED");
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_parked_as_failed_is_retried_over_http_until_compensated() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let refund_fails = script(|command| match command.name.as_str() {
+        "shipment.prepare" => Reaction::Reply(Outcome::Rejected {
+            reason: "address not serviceable".into(),
+        }),
+        "payment.refund" => Reaction::Reply(Outcome::Failed {
+            reason: "bank unavailable".into(),
+        }),
+        _ => succeed(),
+    });
+    let participants = Participants::start(&env.kafka.cluster, refund_fails);
+    let id = http.start_saga(order()).await;
+
+    // Compensation backoff grows to 30 s: move the clock past it while a retry waits, never
+    // while an attempt is in flight (that would time the attempt out instead).
+    let clock = http.orchestrator.running.engine.clock().clone();
+    wait_for_status_with(&env, id, "FAILED", |row| {
+        if awaiting_retry(row) {
+            clock.advance(Duration::from_secs(31));
+        }
+    })
+    .await;
+    let saga = ok(http.get(&format!("/v1/sagas/{id}")).await).await;
+    assert_eq!(saga["status"], "FAILED");
+    assert!(
+        saga["failure"]
+            .as_str()
+            .unwrap()
+            .contains("bank unavailable"),
+        "{saga}"
+    );
+    assert_eq!(saga["steps"][1]["compensation_state"], "exhausted");
+    assert_eq!(saga["steps"][1]["compensation_attempts"], 8);
+    assert_eq!(saga["steps"][1]["last_error"], "bank unavailable");
+    let conflict = problem(
+        http.post(&format!("/v1/sagas/{id}/cancel")).await,
+        409,
+        None,
+    )
+    .await;
+    assert_eq!(conflict["current_status"], "FAILED");
+
+    participants.set_script(script(|_| succeed()));
+    let saga = accepted(http.post(&format!("/v1/sagas/{id}/retry")).await).await;
+    assert_eq!(saga["id"], id.to_string());
+    assert_ne!(saga["status"], "FAILED");
+    let saga = http.wait_for(id, "COMPENSATED").await;
+    assert_eq!(saga["steps"][0]["compensation_state"], "compensated");
+    assert_eq!(saga["steps"][1]["compensation_attempts"], 9);
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notifications_are_filtered_by_saga_and_kind_and_paged() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    // No notification worker runs in serve mode: these rows are all there is.
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    let events = [
+        (first, "saga.started", None),
+        (second, "saga.started", None),
+        (first, "step.dispatched", Some(0)),
+        (first, "step.dispatched", Some(1)),
+        (first, "step.dispatched", Some(2)),
+        (first, "saga.completed", None),
+    ];
+    let rows: Vec<_> = events
+        .iter()
+        .map(|(saga_id, kind, step)| {
+            (
+                notifications::event_id.eq(Uuid::now_v7()),
+                notifications::saga_id.eq(*saga_id),
+                notifications::saga.eq("order"),
+                notifications::kind.eq(*kind),
+                notifications::step.eq(*step),
+                notifications::message.eq(format!("{kind} of {saga_id}")),
+                notifications::occurred_at.eq(Utc::now()),
+            )
+        })
+        .collect();
+    let mut conn = env.db.pool.get().await.unwrap();
+    diesel::insert_into(notifications::table)
+        .values(&rows)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let kinds = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| item["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let of_first = ok(http
+        .get(&format!("/v1/notifications?saga_id={first}"))
+        .await)
+    .await;
+    assert_eq!(
+        kinds(&of_first),
+        [
+            "saga.completed",
+            "step.dispatched",
+            "step.dispatched",
+            "step.dispatched",
+            "saga.started"
+        ]
+    );
+    let newest = &of_first["items"][0];
+    assert_eq!(newest["saga_id"], first.to_string());
+    assert_eq!(newest["saga"], "order");
+    assert_eq!(newest["message"], format!("saga.completed of {first}"));
+    assert!(newest.get("step").is_none() && newest["recorded_at"].is_string());
+
+    let dispatched = format!("/v1/notifications?saga_id={first}&kind=step.dispatched");
+    let dispatched = ok(http.get(&dispatched).await).await;
+    let steps: Vec<_> = dispatched["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["step"].clone())
+        .collect();
+    assert_eq!(steps, [json!(2), json!(1), json!(0)]);
+    let started = ok(http.get("/v1/notifications?kind=saga.started").await).await;
+    let sagas: Vec<_> = started["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["saga_id"].clone())
+        .collect();
+    assert_eq!(sagas, [json!(second.to_string()), json!(first.to_string())]);
+
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/notifications?saga_id={first}&limit=2");
+    loop {
+        let page = ok(http.get(&path).await).await;
+        for item in page["items"].as_array().unwrap() {
+            seen.push(item["event_id"].as_str().unwrap().to_owned());
+        }
+        let Some(cursor) = page["next_cursor"].as_str() else {
+            break;
+        };
+        path = format!("/v1/notifications?saga_id={first}&limit=2&cursor={cursor}");
+    }
+    let expected: Vec<_> = of_first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, expected, "three pages, in order, no duplicates");
+
+    problem(
+        http.get("/v1/notifications?kind=saga.exploded").await,
+        400,
+        Some("kind"),
+    )
+    .await;
+    problem(
+        http.get("/v1/notifications?limit=201").await,
+        400,
+        Some("limit"),
+    )
+    .await;
+
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_expose_engine_counters_and_database_gauges() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+    let id = http.start_saga(order()).await;
+    http.wait_for(id, "COMPLETED").await;
+
+    let response = http.get("/metrics").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let body = response.text().await.unwrap();
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(lines.contains(&"sagaflow_sagas_started_total 1"), "{body}");
+    assert!(
+        lines.contains(&"sagaflow_sagas_completed_total 1"),
+        "{body}"
+    );
+    assert!(
+        lines.contains(&"# TYPE sagaflow_outbox_backlog gauge"),
+        "{body}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("sagaflow_outbox_backlog ")),
+        "{body}"
+    );
+    assert!(
+        lines.contains(&"sagaflow_sagas{status=\"COMPLETED\"} 1"),
+        "{body}"
+    );
+    assert!(
+        lines.contains(&"sagaflow_sagas{status=\"FAILED\"} 0"),
+        "{body}"
+    );
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
