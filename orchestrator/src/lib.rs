@@ -7,6 +7,7 @@
 //! - [`replies`]: applies participants' replies.
 //! - [`timers`]: fires deadlines and retry times.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
+//! - [`seed`]: the demo data set of `orchestrator seed`.
 //! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
 
 pub mod api;
@@ -18,4 +19,5 @@ pub mod relay;
 pub mod replies;
 pub mod saga;
 pub mod schema;
+pub mod seed;
 pub mod timers;

@@ -14,6 +14,7 @@ commands:
             KAFKA_BROKERS is unset (the quick start)
   serve     API and engine (needs KAFKA_BROKERS); workers run as `worker --role ...`
   migrate   create the database if missing and apply migrations, then exit
+  seed      migrate, then add demo data (products, users, vendors, coupon campaigns)
   openapi   print the OpenAPI document
 
 Configuration is read from environment variables; see README.md.";
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
             "dev" => run(&config, Mode::Dev).await,
             "serve" => run(&config, Mode::Serve).await,
             "migrate" => platform::db::prepare(&config.stores.database_url).await,
+            "seed" => seed(&config).await,
             "openapi" => {
                 println!("{}", orchestrator::api::spec_json());
                 Ok(())
@@ -90,5 +92,21 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
     println!("sagaflow is up: API {base}/v1  Swagger UI {base}/docs  readiness {base}/readyz");
     running.wait().await;
     tracing::info!("orchestrator stopped");
+    Ok(())
+}
+
+async fn seed(config: &Config) -> anyhow::Result<()> {
+    platform::db::prepare(&config.stores.database_url).await?;
+    let pool = platform::db::pool(&config.stores.database_url, 2)?;
+    let seeded = orchestrator::seed::run(&pool).await?;
+    println!(
+        "seeded {} products, {} users, {} vendors, {} coupon campaigns",
+        seeded.products,
+        seeded.users.len(),
+        seeded.vendors.len(),
+        seeded.campaigns.len()
+    );
+    println!("users: {:?}", seeded.users);
+    println!("coupon campaigns: {:?}", seeded.campaigns);
     Ok(())
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 mod coupons;
-mod demo;
+pub mod demo;
 mod health;
 mod metrics;
 mod notifications;

@@ -243,6 +243,7 @@ impl SagasApi {
     /// last one). An unknown definition or status, or `created_after` later than
     /// `created_before`, is 400 naming the parameter.
     #[oai(path = "/v1/sagas", method = "get")]
+    // poem-openapi takes each query parameter as its own argument; there is no struct form.
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
@@ -327,7 +328,7 @@ impl SagasApi {
     /// Cancel a running saga
     ///
     /// Only for a RUNNING saga: its dispatched steps are compensated, newest first, and it
-    /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING); 409 with
+    /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING while steps are undone); 409 with
     /// `current_status` in any other status, 404 when unknown.
     #[oai(path = "/v1/sagas/:id/cancel", method = "post")]
     async fn cancel(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
