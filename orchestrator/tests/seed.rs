@@ -10,7 +10,14 @@ async fn seed_creates_products_users_vendors_and_campaigns() {
     let db = TestDb::migrated().await;
     let seeded = orchestrator::seed::run(&db.pool).await.unwrap();
     assert_eq!(seeded.products, 6);
-    assert_eq!((seeded.users.len(), seeded.vendors.len(), seeded.campaigns.len()), (10, 3, 3));
+    assert_eq!(
+        (
+            seeded.users.len(),
+            seeded.vendors.len(),
+            seeded.campaigns.len()
+        ),
+        (10, 3, 3)
+    );
     let mut conn = db.pool.get().await.unwrap();
     let stocked: i64 = products::table
         .filter(products::stock.gt(0))

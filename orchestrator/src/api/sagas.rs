@@ -328,8 +328,8 @@ impl SagasApi {
     /// Cancel a running saga
     ///
     /// Only for a RUNNING saga: its dispatched steps are compensated, newest first, and it
-    /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING while steps are undone); 409 with
-    /// `current_status` in any other status, 404 when unknown.
+    /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING while steps are
+    /// undone); 409 with `current_status` in any other status, 404 when unknown.
     #[oai(path = "/v1/sagas/:id/cancel", method = "post")]
     async fn cancel(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
         state.engine.cancel(id.0).await?;
