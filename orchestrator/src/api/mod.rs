@@ -121,6 +121,7 @@ pub fn routes(state: State) -> impl Endpoint {
         .around(limit_body)
         .data(state)
         .catch_all_error(problem::catch_all)
+        .around(allow_header)
         .with(Tracing)
 }
 
@@ -161,4 +162,55 @@ async fn limit_body<E: Endpoint>(
         .call(request)
         .await
         .map(poem::IntoResponse::into_response)
+}
+
+/// The methods the API declares per path template, from its own OpenAPI document.
+static ROUTES: std::sync::LazyLock<Vec<(Vec<String>, Vec<String>)>> =
+    std::sync::LazyLock::new(|| {
+        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap_or_default();
+        spec["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(path, operations)| {
+                        let segments = path.split('/').map(str::to_owned).collect();
+                        let methods = operations
+                            .as_object()
+                            .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
+                            .unwrap_or_default();
+                        (segments, methods)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+
+/// RFC 9110: a 405 lists the methods the resource supports in `Allow`.
+async fn allow_header<E: Endpoint>(
+    endpoint: std::sync::Arc<E>,
+    request: Request,
+) -> poem::Result<poem::Response> {
+    let path: Vec<String> = request.uri().path().split('/').map(str::to_owned).collect();
+    let mut response = endpoint
+        .call(request)
+        .await
+        .map(poem::IntoResponse::into_response)?;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(template, _)| {
+                template.len() == path.len()
+                    && template
+                        .iter()
+                        .zip(&path)
+                        .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+            })
+            .flat_map(|(_, methods)| methods.iter().map(String::as_str))
+            .collect();
+        if let Ok(value) = allowed.join(", ").parse() {
+            response.headers_mut().insert("allow", value);
+        }
+    }
+    Ok(response)
 }

@@ -60,6 +60,12 @@ pub enum ApiError {
     /// The request conflicts with the resource's state or a limit.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The body is larger than 64 KiB.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    TooLarge(Json<Problem>),
+    /// The body is not `application/json`.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The request is well-formed but refers to something that cannot be used.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
