@@ -245,6 +245,45 @@ async fn products_users_and_vendors() {
         .unwrap();
     problem(raw, 400, None).await;
     problem(api.get("/v1/nowhere").await, 404, None).await;
+    // Wrong JSON types, nulls and missing fields: 400 naming the field (nothing coerced).
+    problem(
+        api.post("/v1/users", json!({ "name": false, "balance_cents": 1 }))
+            .await,
+        400,
+        Some("name"),
+    )
+    .await;
+    problem(
+        api.post("/v1/users", json!({ "name": "x" })).await,
+        400,
+        Some("balance_cents"),
+    )
+    .await;
+    problem(
+        api.post(
+            "/v1/vendors",
+            json!({ "name": "x", "payouts_enabled": null }),
+        )
+        .await,
+        400,
+        Some("payouts_enabled"),
+    )
+    .await;
+    problem(
+        api.post("/v1/orders", json!({ "user_id": id, "lines": [{ "sku": "MUG-01", "quantity": "two" }], "shipping_address": address("KR") })).await,
+        400,
+        Some("lines[0].quantity"),
+    )
+    .await;
+    problem(
+        api.get("/v1/users/01a20f57-0000-7000-8000-000000000000/coupons")
+            .await,
+        404,
+        None,
+    )
+    .await;
+    let vendors: Value = created(api.post("/v1/demo/vendors", json!({ "count": 2 })).await).await;
+    assert_eq!(vendors.as_array().unwrap().len(), 2);
     let huge = json!({ "name": "x".repeat(70_000), "balance_cents": 1 });
     problem(api.post("/v1/users", huge).await, 413, None).await;
 

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -312,12 +310,7 @@ async fn a_saga_parked_as_failed_is_retried_over_http_until_compensated() {
     // Compensation backoff grows to 30 s: move the clock past it while a retry waits, never
     // while an attempt is in flight (that would time the attempt out instead).
     let clock = http.orchestrator.running.engine.clock().clone();
-    wait_for_status_with(&env, id, "FAILED", |row| {
-        if awaiting_retry(row) {
-            clock.advance(Duration::from_secs(31));
-        }
-    })
-    .await;
+    wait_for_status_with(&env, id, "FAILED", |row| skip_retry_wait(&clock, row)).await;
     let saga = http.saga(id).await;
     assert_eq!(saga["status"], "FAILED");
     assert!(

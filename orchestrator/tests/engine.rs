@@ -247,9 +247,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
     // instead of waiting (never while an attempt is in flight, which would time it out).
     let clock = engine.clock().clone();
     wait_for_status_with(&env, started.id, "FAILED", |row| {
-        if awaiting_retry(row) {
-            clock.advance(Duration::from_secs(31));
-        }
+        skip_retry_wait(&clock, row)
     })
     .await;
     let refunds = |names: Vec<String>| names.iter().filter(|n| *n == "payment.refund").count();

@@ -15,6 +15,7 @@ pub mod pagination;
 pub mod problem;
 mod products;
 mod sagas;
+mod strict;
 mod users;
 mod vendors;
 
@@ -118,6 +119,7 @@ pub fn routes(state: State) -> impl Endpoint {
         .nest("/", service)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .around(strict::strict_body)
         .around(limit_body)
         .data(state)
         .catch_all_error(problem::catch_all)

@@ -244,6 +244,27 @@ pub fn completed(engine: &orchestrator::engine::Engine) -> u64 {
     )
 }
 
+/// Moves `clock` just past the saga's pending retry time, when it waits for one, and never
+/// further: a stale read cannot push an attempt already in flight past its deadline.
+pub fn skip_retry_wait(clock: &orchestrator::clock::Clock, row: &SagaRow) {
+    if !awaiting_retry(row) {
+        return;
+    }
+    let retry_at = row.state["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|step| step["retry_at"].as_str())
+        .filter_map(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+        .map(|at| at.with_timezone(&Utc))
+        .min();
+    if let Some(at) = retry_at
+        && let Ok(gap) = (at - clock.now() + chrono::TimeDelta::milliseconds(10)).to_std()
+    {
+        clock.advance(gap);
+    }
+}
+
 /// Waits until `condition` holds, polling.
 pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(120);
