@@ -6,18 +6,14 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use orchestrator::app::{self, Mode, Options, Running};
-use orchestrator::config::Config;
-use platform::env::Vars;
 use platform::testkit::TestEnv;
 use reqwest::{Client, Response, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+use support::Orchestrator;
 
 struct Api {
     _env: TestEnv,
-    running: Option<Running>,
-    shutdown: CancellationToken,
+    orchestrator: Orchestrator,
     base: String,
     http: Client,
 }
@@ -25,27 +21,11 @@ struct Api {
 impl Api {
     async fn start() -> Self {
         let env = TestEnv::start().await;
-        let config = Config::from_vars(&Vars::from_pairs([
-            ("DATABASE_URL", env.db.url.as_str()),
-            ("HTTP_ADDR", "127.0.0.1:0"),
-        ]))
-        .unwrap();
-        let shutdown = CancellationToken::new();
-        let running = app::start_with(
-            &config,
-            env.kafka.cluster.clone(),
-            Mode::Dev,
-            Options::default(),
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        let base = format!("http://{}", running.local_addr);
+        let orchestrator = Orchestrator::dev(&env).await;
         Self {
+            base: orchestrator.base(),
             _env: env,
-            running: Some(running),
-            shutdown,
-            base,
+            orchestrator,
             http: Client::new(),
         }
     }
@@ -80,11 +60,8 @@ impl Api {
         }
     }
 
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(running) = self.running.take() {
-            running.wait().await;
-        }
+    async fn stop(self) {
+        self.orchestrator.stop().await;
     }
 }
 

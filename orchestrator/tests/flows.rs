@@ -3,58 +3,35 @@
 
 mod support;
 
-use chrono::{TimeDelta, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use orchestrator::app::{self, Mode, Options, Running};
-use orchestrator::config::Config;
 use orchestrator::schema::saga_history;
-use platform::env::Vars;
 use platform::testkit::TestEnv;
 use serde_json::{Value, json};
-use support::{eventually, wait_for_status};
-use tokio_util::sync::CancellationToken;
+use support::{Orchestrator, eventually, wait_for_status};
 use uuid::Uuid;
+use workers::fixtures::{add_campaign, add_product, add_user, add_vendor};
 use workers::schema::{coupon_campaigns, notifications, products, shipments, users, vendors};
 
 struct Dev {
     env: TestEnv,
-    running: Running,
-    shutdown: CancellationToken,
+    orchestrator: Orchestrator,
 }
 
 impl Dev {
     async fn start() -> Self {
         let env = TestEnv::start().await;
-        let config = Config::from_vars(&Vars::from_pairs([
-            ("DATABASE_URL", env.db.url.as_str()),
-            ("HTTP_ADDR", "127.0.0.1:0"),
-        ]))
-        .unwrap();
-        let shutdown = CancellationToken::new();
-        let running = app::start_with(
-            &config,
-            env.kafka.cluster.clone(),
-            Mode::Dev,
-            Options::default(),
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
-        Self {
-            env,
-            running,
-            shutdown,
-        }
+        let orchestrator = Orchestrator::dev(&env).await;
+        Self { env, orchestrator }
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        self.running.wait().await;
+        self.orchestrator.stop().await;
     }
 
     async fn start_saga(&self, definition: &str, payload: Value) -> Uuid {
-        self.running
+        self.orchestrator
+            .running
             .engine
             .start(definition, &payload, None)
             .await
@@ -116,8 +93,8 @@ impl Dev {
 }
 
 async fn seed_order(dev: &Dev, stock: i32, balance: i64) -> Uuid {
-    support_fixtures::product(&dev.env.db.pool, "SKU-1", stock, 1_000).await;
-    support_fixtures::user(&dev.env.db.pool, balance).await
+    add_product(&dev.env.db.pool, "SKU-1", stock, 1_000).await;
+    add_user(&dev.env.db.pool, balance).await
 }
 
 fn order(user: Uuid, quantity: i64, country: &str) -> Value {
@@ -186,11 +163,11 @@ async fn order_flows_complete_or_compensate_with_notifications() {
 async fn coupon_use_pays_the_vendor_or_returns_the_coupon() {
     let dev = Dev::start().await;
     let pool = dev.env.db.pool.clone();
-    let user = support_fixtures::user(&pool, 0).await;
-    let paying = support_fixtures::vendor(&pool, true).await;
-    let blocked = support_fixtures::vendor(&pool, false).await;
-    let good = support_fixtures::campaign(&pool, paying, 10, 2_000).await;
-    let bad = support_fixtures::campaign(&pool, blocked, 10, 2_000).await;
+    let user = add_user(&pool, 0).await;
+    let paying = add_vendor(&pool, true).await;
+    let blocked = add_vendor(&pool, false).await;
+    let good = add_campaign(&pool, paying, 10, 2_000).await;
+    let bad = add_campaign(&pool, blocked, 10, 2_000).await;
 
     let used = dev
         .start_saga(
@@ -227,78 +204,4 @@ async fn coupon_use_pays_the_vendor_or_returns_the_coupon() {
     dev.assert_notified(used).await;
     dev.assert_notified(refused).await;
     dev.stop().await;
-}
-
-/// Business rows for the flows (the API creates them in production).
-mod support_fixtures {
-    use super::*;
-
-    pub async fn product(pool: &platform::db::Pool, sku: &str, stock: i32, price: i64) {
-        let mut conn = pool.get().await.unwrap();
-        diesel::insert_into(products::table)
-            .values((
-                products::sku.eq(sku),
-                products::name.eq(sku),
-                products::price_cents.eq(price),
-                products::stock.eq(stock),
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-
-    pub async fn user(pool: &platform::db::Pool, balance: i64) -> Uuid {
-        let id = Uuid::now_v7();
-        let mut conn = pool.get().await.unwrap();
-        diesel::insert_into(users::table)
-            .values((
-                users::id.eq(id),
-                users::name.eq("u"),
-                users::balance_cents.eq(balance),
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        id
-    }
-
-    pub async fn vendor(pool: &platform::db::Pool, payouts_enabled: bool) -> Uuid {
-        let id = Uuid::now_v7();
-        let mut conn = pool.get().await.unwrap();
-        diesel::insert_into(vendors::table)
-            .values((
-                vendors::id.eq(id),
-                vendors::name.eq("v"),
-                vendors::payouts_enabled.eq(payouts_enabled),
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        id
-    }
-
-    pub async fn campaign(
-        pool: &platform::db::Pool,
-        vendor: Uuid,
-        quantity: i32,
-        value: i64,
-    ) -> Uuid {
-        let id = Uuid::now_v7();
-        let mut conn = pool.get().await.unwrap();
-        diesel::insert_into(coupon_campaigns::table)
-            .values((
-                coupon_campaigns::id.eq(id),
-                coupon_campaigns::vendor_id.eq(vendor),
-                coupon_campaigns::kind.eq(format!("kind-{id}")),
-                coupon_campaigns::title.eq("c"),
-                coupon_campaigns::value_cents.eq(value),
-                coupon_campaigns::total_quantity.eq(quantity),
-                coupon_campaigns::valid_from.eq(Utc::now() - TimeDelta::hours(1)),
-                coupon_campaigns::valid_until.eq(Utc::now() + TimeDelta::hours(1)),
-            ))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        id
-    }
 }

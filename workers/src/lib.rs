@@ -14,9 +14,12 @@
 //! - [`gate`]: the Lua-script strategy's Redis gate.
 //! - [`notification`]: records every lifecycle event.
 //! - [`schema`]: diesel table definitions of the workers' data.
+//! - `fixtures` (feature `testkit`): business rows for tests.
 
 pub mod adjuster;
 pub mod config;
+#[cfg(feature = "testkit")]
+pub mod fixtures;
 pub mod gate;
 pub mod guarded;
 pub mod lock;

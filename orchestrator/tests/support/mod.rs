@@ -156,14 +156,29 @@ impl Participants {
     }
 }
 
-/// An orchestrator (`serve` mode) on the test's database and topics.
+/// An orchestrator on the test's database and topics.
 pub struct Orchestrator {
     pub running: Running,
     shutdown: CancellationToken,
 }
 
 impl Orchestrator {
+    /// `serve` mode: API and engine; participants are the test's.
     pub async fn start(env: &TestEnv, options: Options) -> Self {
+        Self::start_mode(env, Mode::Serve, options).await
+    }
+
+    /// `dev` mode: API, engine and every real participant in-process.
+    pub async fn dev(env: &TestEnv) -> Self {
+        Self::start_mode(env, Mode::Dev, Options::default()).await
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.running.local_addr)
+    }
+
+    async fn start_mode(env: &TestEnv, mode: Mode, options: Options) -> Self {
         let config = Config::from_vars(&Vars::from_pairs([
             ("DATABASE_URL", env.db.url.as_str()),
             ("HTTP_ADDR", "127.0.0.1:0"),
@@ -173,7 +188,7 @@ impl Orchestrator {
         let running = app::start_with(
             &config,
             env.kafka.cluster.clone(),
-            Mode::Serve,
+            mode,
             options,
             shutdown.clone(),
         )
