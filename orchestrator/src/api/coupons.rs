@@ -313,7 +313,11 @@ impl CouponsApi {
     ///
     /// Issued, claimed and remaining coupons.
     #[oai(path = "/v1/coupons/:id", method = "get")]
-    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(view(find(&state, id.0).await?))))
     }
 
@@ -325,7 +329,7 @@ impl CouponsApi {
     async fn use_coupon(
         &self,
         state: Data<&State>,
-        id: Path<Uuid>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
     ) -> ApiResult<Used> {
         find(&state, id.0).await?;
@@ -351,7 +355,7 @@ impl CouponsApi {
     async fn use_directly(
         &self,
         state: Data<&State>,
-        id: Path<Uuid>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
     ) -> ApiResult<UsedDirectly> {
         find(&state, id.0).await?;

@@ -32,6 +32,7 @@ const TOWNS: [&str; 5] = ["Seongsu", "Mapo", "Itaewon", "Jongno", "Haeundae"];
 
 /// How many to generate.
 #[derive(Debug, Object)]
+#[oai(example)]
 struct Count {
     #[oai(
         validator(minimum(value = "1"), maximum(value = "100")),
@@ -44,8 +45,21 @@ fn one() -> u32 {
     1
 }
 
+impl poem_openapi::types::Example for Count {
+    fn example() -> Self {
+        Self { count: 5 }
+    }
+}
+
+impl poem_openapi::types::Example for CampaignFor {
+    fn example() -> Self {
+        Self { vendor_id: None }
+    }
+}
+
 /// Which vendor issues the random campaign (a new random vendor when absent).
 #[derive(Debug, Object)]
+#[oai(example)]
 struct CampaignFor {
     vendor_id: Option<Uuid>,
 }

@@ -46,8 +46,17 @@ enum ReadyResponse {
 }
 
 #[derive(Debug, Object)]
+#[oai(example)]
 struct Alive {
     status: String,
+}
+
+impl poem_openapi::types::Example for Alive {
+    fn example() -> Self {
+        Self {
+            status: "alive".to_owned(),
+        }
+    }
 }
 
 #[OpenApi(tag = "super::Tag::Health")]

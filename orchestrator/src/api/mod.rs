@@ -106,6 +106,16 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
     )
 }
 
+/// Example resource id in the OpenAPI document.
+fn example_id() -> uuid::Uuid {
+    uuid::Uuid::from_u128(0x019a_b7c2_5e10_7c3e_9a41_2f6d_8e0b_1c55)
+}
+
+/// Example SKU in the OpenAPI document.
+fn example_sku() -> String {
+    "MUG-01".to_owned()
+}
+
 /// The OpenAPI document as JSON (checked in as `openapi/openapi.json`).
 pub fn spec_json() -> String {
     openapi().spec()

@@ -251,7 +251,11 @@ impl OrdersApi {
     /// NEEDS_ATTENTION (a compensation is stuck; an operator can retry the saga). Shipping
     /// is to these countries only: KR, JP, US, CA, GB, DE, FR, NL.
     #[oai(path = "/v1/orders/:id", method = "get")]
-    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
         let row: Option<OrderRow> = orders::table
             .inner_join(sagas::table)

@@ -128,7 +128,11 @@ impl ProductsApi {
     ///
     /// The product with its current stock.
     #[oai(path = "/v1/products/:sku", method = "get")]
-    async fn get(&self, state: Data<&State>, sku: Path<String>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_sku")] sku: Path<String>,
+    ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(find(&state, &sku).await?)))
     }
 
@@ -140,7 +144,7 @@ impl ProductsApi {
     async fn adjust_stock(
         &self,
         state: Data<&State>,
-        sku: Path<String>,
+        #[oai(example = "super::example_sku")] sku: Path<String>,
         body: Json<StockChange>,
     ) -> ApiResult<Found> {
         let resource = format!("sku:{}", sku.0);

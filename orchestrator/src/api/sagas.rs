@@ -218,7 +218,11 @@ impl SagasApi {
     /// compensation progress, attempts, output, last error) and its full timeline, oldest
     /// first. 404 when no saga has this id.
     #[oai(path = "/v1/sagas/:id", method = "get")]
-    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
         let row = sagas::table
             .find(id.0)
@@ -320,7 +324,11 @@ impl SagasApi {
     /// compensation runs again with a fresh budget. Answers 202 with the saga as it is
     /// now; 409 with `current_status` in any other status, 404 when unknown.
     #[oai(path = "/v1/sagas/:id/retry", method = "post")]
-    async fn retry(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
+    async fn retry(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Changed> {
         state.engine.retry(id.0).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
@@ -331,7 +339,11 @@ impl SagasApi {
     /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING while steps are
     /// undone); 409 with `current_status` in any other status, 404 when unknown.
     #[oai(path = "/v1/sagas/:id/cancel", method = "post")]
-    async fn cancel(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Changed> {
+    async fn cancel(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Changed> {
         state.engine.cancel(id.0).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }

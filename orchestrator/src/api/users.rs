@@ -129,7 +129,11 @@ impl UsersApi {
     ///
     /// The user with the current wallet balance.
     #[oai(path = "/v1/users/:id", method = "get")]
-    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(find(&state, id.0).await?)))
     }
 
@@ -140,7 +144,7 @@ impl UsersApi {
     async fn top_up(
         &self,
         state: Data<&State>,
-        id: Path<Uuid>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<TopUp>,
     ) -> ApiResult<Found> {
         let key = id.0.to_string();
@@ -164,7 +168,11 @@ impl UsersApi {
     ///
     /// The coupons the user holds now (claimed and not returned), newest first.
     #[oai(path = "/v1/users/:id/coupons", method = "get")]
-    async fn coupons(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Coupons> {
+    async fn coupons(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Coupons> {
         find(&state, id.0).await?;
         let mut conn = state.database.get().await?;
         let held: Vec<HeldCoupon> = coupon_claims::table

@@ -107,7 +107,11 @@ impl VendorsApi {
     ///
     /// The vendor's balance and payout ledger.
     #[oai(path = "/v1/vendors/:id", method = "get")]
-    async fn get(&self, state: Data<&State>, id: Path<Uuid>) -> ApiResult<Found> {
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "super::example_id")] id: Path<Uuid>,
+    ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
         let vendor = vendors::table
             .find(id.0)
