@@ -125,13 +125,15 @@ pub async fn start_with(
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
     // Several members of the reply group per process: each owns some partitions, so
     // replies of different sagas are applied in parallel while one saga's stay in order.
-    for _ in 0..options.reply_consumers {
+    for slot in 0..options.reply_consumers {
+        let mut consumer_options = ConsumerOptions::new(
+            format!("{}.orchestrator", cluster.topics().prefix()),
+            vec![cluster.topics().replies()],
+        );
+        consumer_options.instance_id = cluster.member_id(&consumer_options.group_id, slot);
         let replies = ConsumerLoop::new(
             cluster.brokers(),
-            ConsumerOptions::new(
-                format!("{}.orchestrator", cluster.topics().prefix()),
-                vec![cluster.topics().replies()],
-            ),
+            consumer_options,
             ReplyHandler::new(engine.clone()),
             DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
         )?;

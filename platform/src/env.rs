@@ -113,6 +113,11 @@ pub struct KafkaEnv {
     /// `TOPIC_PREFIX`: every topic name starts with it, so several deployments (or tests)
     /// can share one broker.
     pub topic_prefix: String,
+    /// `KAFKA_INSTANCE_ID`: when set, this process's consumers are static group members
+    /// (`group.instance.id`), so a restarted process takes its old members' place at once
+    /// instead of waiting for them to be evicted. It must be stable across restarts and
+    /// unique among live processes.
+    pub instance_id: Option<String>,
 }
 
 impl KafkaEnv {
@@ -138,9 +143,15 @@ impl KafkaEnv {
             .unwrap_or_else(|| "sagaflow".to_owned());
         crate::contract::Topics::new(&topic_prefix)
             .map_err(|reason| Error::new("TOPIC_PREFIX", topic_prefix.clone(), reason))?;
+        let instance_id = vars.optional("KAFKA_INSTANCE_ID")?;
+        if let Some(id) = &instance_id {
+            crate::contract::Topics::new(id)
+                .map_err(|reason| Error::new("KAFKA_INSTANCE_ID", id.clone(), reason))?;
+        }
         Ok(Self {
             brokers,
             topic_prefix,
+            instance_id,
         })
     }
 }

@@ -69,10 +69,11 @@ impl Deps {
         participant: P,
     ) -> anyhow::Result<ConsumerLoop<platform::contract::Command, CommandRuntime<P>>> {
         let role = participant.role();
-        let options = ConsumerOptions::new(
+        let mut options = ConsumerOptions::new(
             self.group_id(role),
             vec![self.cluster.topics().commands(role)],
         );
+        options.instance_id = self.cluster.member_id(&options.group_id, 0);
         let runtime = CommandRuntime::new(
             participant,
             self.database.clone(),

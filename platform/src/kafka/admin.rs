@@ -47,22 +47,28 @@ pub(super) async fn await_topics(brokers: &str, topics: &[String]) -> anyhow::Re
     tokio::task::spawn_blocking(move || wait_for_metadata(&brokers, &topics)).await?
 }
 
-fn wait_for_metadata(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
+/// The topics the broker does not list yet with a leader for every partition.
+fn missing_topics(brokers: &str, topics: &[String]) -> anyhow::Result<Vec<String>> {
     let client: BaseConsumer = Cluster::base_config(brokers).create()?;
+    let metadata = client.fetch_metadata(None, BROKER_TIMEOUT)?;
+    Ok(topics
+        .iter()
+        .filter(|name| {
+            !metadata.topics().iter().any(|topic| {
+                topic.name() == name.as_str()
+                    && topic.error().is_none()
+                    && !topic.partitions().is_empty()
+                    && topic.partitions().iter().all(|p| p.leader() >= 0)
+            })
+        })
+        .cloned()
+        .collect())
+}
+
+fn wait_for_metadata(brokers: &str, topics: &[String]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metadata = client.fetch_metadata(None, BROKER_TIMEOUT)?;
-        let missing: Vec<&String> = topics
-            .iter()
-            .filter(|name| {
-                !metadata.topics().iter().any(|topic| {
-                    topic.name() == name.as_str()
-                        && topic.error().is_none()
-                        && !topic.partitions().is_empty()
-                        && topic.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            })
-            .collect();
+        let missing = missing_topics(brokers, topics)?;
         if missing.is_empty() {
             return Ok(());
         }

@@ -51,6 +51,8 @@ pub struct ConsumerOptions {
     pub linger: Duration,
     /// First and largest pause between retries of a failing batch.
     pub retry_backoff: (Duration, Duration),
+    /// Static membership (`group.instance.id`), see `Cluster::member_id`.
+    pub instance_id: Option<String>,
 }
 
 impl ConsumerOptions {
@@ -61,6 +63,7 @@ impl ConsumerOptions {
             max_batch: 64,
             linger: Duration::from_millis(5),
             retry_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            instance_id: None,
         }
     }
 }
@@ -96,7 +99,11 @@ where
         handler: H,
         dead_letter: DeadLetter,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = Cluster::base_config(brokers)
+        let mut config = Cluster::base_config(brokers);
+        if let Some(instance_id) = &options.instance_id {
+            config.set("group.instance.id", instance_id);
+        }
+        let consumer: StreamConsumer = config
             .set("group.id", &options.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -106,6 +113,10 @@ where
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long a rebalance waits for members that
+            // vanished without leaving (a killed process). The default, 5 minutes, stalls
+            // every partition of the group that long after a kill -9.
+            .set("max.poll.interval.ms", "30000")
             .create()?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;

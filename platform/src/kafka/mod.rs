@@ -27,6 +27,7 @@ pub struct Cluster {
     brokers: String,
     topics: Topics,
     partitions: i32,
+    instance_id: Option<String>,
     embedded: Option<Arc<EmbeddedKafka>>,
 }
 
@@ -39,14 +40,28 @@ impl Cluster {
     /// `allow_embedded` (the `dev` mode) says so.
     pub fn from_env(env: &KafkaEnv, allow_embedded: bool) -> anyhow::Result<Self> {
         let topics = Topics::new(&env.topic_prefix).map_err(anyhow::Error::msg)?;
-        match &env.brokers {
-            Some(brokers) => Ok(Self::external(brokers, topics)),
-            None if allow_embedded => Ok(Self::embedded(EmbeddedKafka::start()?, topics)),
+        let cluster = match &env.brokers {
+            Some(brokers) => Self::external(brokers, topics),
+            None if allow_embedded => Self::embedded(EmbeddedKafka::start()?, topics),
             None => anyhow::bail!(
                 "KAFKA_BROKERS is not set; it is required here (only `orchestrator dev` \
                  starts an embedded Kafka)"
             ),
-        }
+        };
+        Ok(cluster.with_instance_id(env.instance_id.clone()))
+    }
+
+    pub fn with_instance_id(mut self, instance_id: Option<String>) -> Self {
+        self.instance_id = instance_id;
+        self
+    }
+
+    /// The static member id of consumer `slot` of `group` in this process, when the process
+    /// has an instance id (see `KAFKA_INSTANCE_ID`).
+    pub fn member_id(&self, group: &str, slot: usize) -> Option<String> {
+        self.instance_id
+            .as_ref()
+            .map(|id| format!("{group}:{id}:{slot}"))
     }
 
     pub fn external(brokers: &str, topics: Topics) -> Self {
@@ -54,6 +69,7 @@ impl Cluster {
             brokers: brokers.to_owned(),
             topics,
             partitions: Self::DEFAULT_PARTITIONS,
+            instance_id: None,
             embedded: None,
         }
     }
@@ -63,6 +79,7 @@ impl Cluster {
             brokers: embedded.bootstrap_servers().to_owned(),
             topics,
             partitions: Self::DEFAULT_PARTITIONS,
+            instance_id: None,
             embedded: Some(Arc::new(embedded)),
         }
     }
