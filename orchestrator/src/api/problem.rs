@@ -60,6 +60,8 @@ pub enum ApiError {
     /// The request conflicts with the resource's state or a limit.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    // 413 and 415 are produced before any handler runs (see `catch_all`); they are listed
+    // here so the OpenAPI document declares them.
     /// The body is larger than 64 KiB.
     #[oai(status = 413, content_type = "application/problem+json")]
     TooLarge(Json<Problem>),
