@@ -131,18 +131,51 @@ impl Topics {
     }
 }
 
-/// Whether a command moves a saga forward or undoes a step.
+/// Whether a command moves a saga forward, undoes a step, or fences it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Forward,
     Compensate,
+    /// Make the forward command of `step` unable to take effect from now on (a tombstone),
+    /// and report whether it already did: the reply's output is a [`Fenced`]. The saga sends
+    /// it before compensating past a step whose outcome it does not know. Compensations
+    /// fence as well.
+    Fence,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Compensate => "compensate",
+            Direction::Fence => "fence",
+        }
+    }
+}
+
+/// The `Succeeded` output of a fence reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fenced {
+    /// The forward command took effect before the fence (it cannot be undone by a fence).
+    pub applied: bool,
+    /// The forward command's output, when it was applied.
+    pub output: Option<serde_json::Value>,
+}
+
+/// The id of the command `(saga, direction, step, attempt)`: derived rather than random, so
+/// every send of one attempt (a re-send after a timeout, a relay retry) carries the same id
+/// and the participant's inbox applies it once.
+pub fn command_id(saga_id: Uuid, direction: Direction, step: u32, attempt: u32) -> Uuid {
+    let name = format!("{}:{step}:{attempt}", direction.as_str());
+    Uuid::new_v5(&saga_id, name.as_bytes())
 }
 
 /// A command from the orchestrator to a participant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
-    /// Unique per dispatch; the participant's inbox dedups on it.
+    /// Unique per attempt ([`command_id`]); re-sends of one attempt share it, and the
+    /// participant's inbox dedups on it.
     pub id: Uuid,
     pub saga_id: Uuid,
     /// Saga definition name (`order`, `coupon_use`).
@@ -222,6 +255,17 @@ mod tests {
         assert_eq!(topics.all().len(), 8);
         assert!(Topics::new("bad prefix").is_err());
         assert!(Topics::new("").is_err());
+    }
+
+    #[test]
+    fn command_ids_are_stable_per_attempt_and_distinct_across_attempts() {
+        let saga = Uuid::now_v7();
+        let id = command_id(saga, Direction::Forward, 1, 1);
+        assert_eq!(id, command_id(saga, Direction::Forward, 1, 1));
+        assert_ne!(id, command_id(saga, Direction::Forward, 1, 2));
+        assert_ne!(id, command_id(saga, Direction::Fence, 1, 1));
+        assert_ne!(id, command_id(saga, Direction::Forward, 2, 1));
+        assert_ne!(id, command_id(Uuid::now_v7(), Direction::Forward, 1, 1));
     }
 
     #[test]

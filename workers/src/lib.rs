@@ -8,6 +8,7 @@
 //! - [`config`]: environment variables of the `worker` binary.
 //! - [`adjuster`]: counter changes from outside sagas (API), under the same strategy.
 //! - [`runtime`]: what every participant shares: inbox, locks, transaction, reply.
+//! - [`fence`]: step fences, which keep a late forward command from taking effect.
 //! - [`participant`]: the trait a participant implements; [`participants`]: one file per role.
 //! - [`guarded`]: counter changes under each concurrency strategy (fencing included).
 //! - [`lock`]: the Redis lock with watchdog and fencing tokens.
@@ -18,6 +19,7 @@
 
 pub mod adjuster;
 pub mod config;
+pub mod fence;
 #[cfg(feature = "testkit")]
 pub mod fixtures;
 pub mod gate;

@@ -5,9 +5,11 @@
 //! 2. locks: with the Redis strategy, the command's resources are locked (sorted, so
 //!    overlapping holders cannot deadlock) and each lock's fencing token is handed to the
 //!    write; a lock not had within `wait` is a retry, not a rejection;
-//! 3. one Postgres transaction: claim the inbox row, run the participant in a savepoint
-//!    (a rejection rolls back only the business change), write the compensation tombstone
-//!    or refuse a forward command that comes after its compensation, store the reply; commit;
+//! 3. one Postgres transaction: claim the inbox row; in a savepoint (a rejection rolls back
+//!    only the business change), order the command against its step's fence ([`fence`]:
+//!    a forward command after a fence is refused, a fence or compensation records itself)
+//!    and run the participant; store the reply; commit. A fence command runs no business
+//!    change: its reply says whether the original took effect;
 //! 4. release the locks; publish the batch's replies; only then does the consumer loop
 //!    store the offsets.
 //!
@@ -31,7 +33,8 @@ use uuid::Uuid;
 use crate::gate::{Gate, Want};
 use crate::lock::{Guard, Locks};
 use crate::participant::{Context, Failure, Participant, Strategy};
-use crate::schema::{compensated_steps, processed_commands};
+use crate::fence;
+use crate::schema::processed_commands;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -94,7 +97,9 @@ impl<P: Participant> CommandRuntime<P> {
             tracing::info!(command.id = %command.id, saga.id = %command.saga_id, "redelivered command; re-sending its reply");
             return Ok(reply);
         }
+        // A fence touches no business resource: it needs no lock.
         let resources = match self.participant.resources(command) {
+            _ if command.direction == Direction::Fence => Vec::new(),
             Ok(resources) => resources,
             Err(Failure::Rejected(reason)) => {
                 return self
@@ -212,7 +217,16 @@ impl<P: Participant> CommandRuntime<P> {
                 }
                 let change = conn
                     .transaction::<_, Failure, _>(async |conn: &mut Connection| {
-                        guard_compensation_order(conn, command).await?;
+                        match command.direction {
+                            Direction::Forward => fence::claim_forward(conn, command).await?,
+                            Direction::Compensate => {
+                                fence::fence(conn, command).await?;
+                            }
+                            Direction::Fence => {
+                                let fenced = fence::fence(conn, command).await?;
+                                return Ok(serde_json::to_value(fenced).map_err(anyhow::Error::from)?);
+                            }
+                        }
                         participant.apply(conn, command, context).await
                     })
                     .await;
@@ -261,38 +275,6 @@ impl<P: Participant> CommandRuntime<P> {
                 .context("inbox row without a reply");
         }
         Ok(reply)
-    }
-}
-
-/// A compensation leaves a tombstone; a forward command arriving after it is refused, so
-/// a late original cannot leave a reservation or a charge behind.
-async fn guard_compensation_order(conn: &mut Connection, command: &Command) -> Result<(), Failure> {
-    let step = i32::try_from(command.step).map_err(anyhow::Error::from)?;
-    match command.direction {
-        Direction::Compensate => {
-            diesel::insert_into(compensated_steps::table)
-                .values((
-                    compensated_steps::saga_id.eq(command.saga_id),
-                    compensated_steps::step.eq(step),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)
-                .await?;
-            Ok(())
-        }
-        Direction::Forward => {
-            let compensated: i64 = compensated_steps::table
-                .filter(compensated_steps::saga_id.eq(command.saga_id))
-                .filter(compensated_steps::step.eq(step))
-                .count()
-                .get_result(conn)
-                .await?;
-            if compensated > 0 {
-                Err(Failure::rejected("step already compensated"))
-            } else {
-                Ok(())
-            }
-        }
     }
 }
 

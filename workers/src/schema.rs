@@ -127,10 +127,11 @@ diesel::table! {
 }
 
 diesel::table! {
-    compensated_steps (saga_id, step) {
+    step_fences (saga_id, step) {
         saga_id -> Uuid,
         step -> Int4,
-        compensated_at -> Timestamptz,
+        fenced_at -> Nullable<Timestamptz>,
+        applied_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -151,6 +152,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     coupon_campaigns,
     coupon_claims,
     processed_commands,
-    compensated_steps,
+    step_fences,
     notifications,
 );

@@ -3,7 +3,7 @@
 //! no message: the saga row carries them.
 
 use chrono::{DateTime, Utc};
-use platform::contract::{Command, Direction, Event, Role, Topics};
+use platform::contract::{Command, Direction, Event, Role, Topics, command_id};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -32,6 +32,21 @@ pub(super) fn for_action(
             role,
             now,
         )),
+        // Same message, same command id as the first send.
+        Action::Resend {
+            step,
+            attempt,
+            command,
+            role,
+        } => Some(command_message(
+            topics,
+            context,
+            (*step, *attempt),
+            Direction::Forward,
+            command,
+            role,
+            now,
+        )),
         Action::Compensate {
             step,
             attempt,
@@ -42,6 +57,20 @@ pub(super) fn for_action(
             context,
             (*step, *attempt),
             Direction::Compensate,
+            command,
+            role,
+            now,
+        )),
+        Action::Fence {
+            step,
+            attempt,
+            command,
+            role,
+        } => Some(command_message(
+            topics,
+            context,
+            (*step, *attempt),
+            Direction::Fence,
             command,
             role,
             now,
@@ -84,11 +113,12 @@ fn command_message(
     role: &str,
     now: DateTime<Utc>,
 ) -> (NewHistory, Option<NewOutboxMessage>) {
+    let step_number = u32::try_from(step).unwrap_or(u32::MAX);
     let command = Command {
-        id: Uuid::now_v7(),
+        id: command_id(context.id, direction, step_number, attempt),
         saga_id: context.id,
         saga: context.definition.name.to_owned(),
-        step: u32::try_from(step).unwrap_or(u32::MAX),
+        step: step_number,
         attempt,
         direction,
         name: name.to_owned(),
@@ -98,6 +128,7 @@ fn command_message(
     let kind = match direction {
         Direction::Forward => "command.sent",
         Direction::Compensate => "compensation.sent",
+        Direction::Fence => "fence.sent",
     };
     let entry = NewHistory {
         saga_id: context.id,

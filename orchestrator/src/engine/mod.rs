@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
-use platform::contract::{Direction, Outcome as ReplyOutcome, Reply, Topics};
+use platform::contract::{Direction, Fenced, Outcome as ReplyOutcome, Reply, Topics};
 use platform::db::{self, Connection};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -412,13 +412,30 @@ fn reply_input(reply: &Reply) -> Input {
             Input::CompensationSucceeded { step, attempt }
         }
         (
-            Direction::Compensate,
+            Direction::Compensate | Direction::Fence,
             ReplyOutcome::Rejected { reason } | ReplyOutcome::Failed { reason },
         ) => Input::CompensationFailed {
             step,
             attempt,
             reason: reason.clone(),
         },
+        (Direction::Fence, ReplyOutcome::Succeeded { output }) => {
+            match serde_json::from_value::<Fenced>(output.clone()) {
+                Ok(fenced) => Input::StepFenced {
+                    step,
+                    attempt,
+                    applied: fenced
+                        .applied
+                        .then(|| fenced.output.unwrap_or(Value::Null)),
+                },
+                // Counts as a failed fence attempt: it is retried, and parks if it persists.
+                Err(err) => Input::CompensationFailed {
+                    step,
+                    attempt,
+                    reason: format!("unreadable fence reply: {err}"),
+                },
+            }
+        }
     }
 }
 

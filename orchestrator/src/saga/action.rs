@@ -21,6 +21,23 @@ pub enum Action {
         command: &'static str,
         role: &'static str,
     },
+    /// Send the forward command of `(step, attempt)` again, unchanged (same command id): the
+    /// attempt's start-to-close timeout passed without a reply.
+    Resend {
+        step: usize,
+        attempt: u32,
+        command: &'static str,
+        role: &'static str,
+    },
+    /// Fence a step that has no compensation and whose outcome is unknown: the participant
+    /// must refuse the original command from now on, or report that it already took effect.
+    /// `attempt` counts with the step's compensation attempts.
+    Fence {
+        step: usize,
+        attempt: u32,
+        command: &'static str,
+        role: &'static str,
+    },
     /// Send a compensation command; `(step, attempt)` is unique for the life of the saga.
     Compensate {
         step: usize,
@@ -55,6 +72,9 @@ pub enum EventKind {
     StepFailed,
     StepRetryScheduled,
     StepTimedOut,
+    StepRedelivered,
+    FenceDispatched,
+    StepFenced,
     CompensationStarted,
     CompensationDispatched,
     CompensationSucceeded,
@@ -67,13 +87,16 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::SagaStarted,
         EventKind::StepDispatched,
         EventKind::StepSucceeded,
         EventKind::StepFailed,
         EventKind::StepRetryScheduled,
         EventKind::StepTimedOut,
+        EventKind::StepRedelivered,
+        EventKind::FenceDispatched,
+        EventKind::StepFenced,
         EventKind::CompensationStarted,
         EventKind::CompensationDispatched,
         EventKind::CompensationSucceeded,
@@ -94,6 +117,9 @@ impl EventKind {
             EventKind::StepFailed => "step.failed",
             EventKind::StepRetryScheduled => "step.retry_scheduled",
             EventKind::StepTimedOut => "step.timed_out",
+            EventKind::StepRedelivered => "step.redelivered",
+            EventKind::FenceDispatched => "fence.dispatched",
+            EventKind::StepFenced => "step.fenced",
             EventKind::CompensationStarted => "compensation.started",
             EventKind::CompensationDispatched => "compensation.dispatched",
             EventKind::CompensationSucceeded => "compensation.succeeded",

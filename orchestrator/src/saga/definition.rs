@@ -22,20 +22,31 @@ impl Definition {
 }
 
 /// One forward action and, optionally, the action that undoes it.
+///
+/// A step without a compensation is still *fenced* before the saga compensates past it
+/// while its outcome is unknown: a fence command makes the participant refuse the original
+/// for ever, or report that it already took effect. In that case the step is a pivot that
+/// cannot be undone, and the saga goes forward instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     pub name: &'static str,
     /// The participant role that executes both the command and the compensation.
     pub role: &'static str,
     pub command: &'static str,
-    /// `None` means the effect cannot or need not be undone; such a step is skipped during
-    /// compensation, so it should be the last step that can fail for business reasons.
+    /// `None` means the effect cannot be undone: a step that succeeded is skipped during
+    /// compensation, and one whose outcome is unknown is fenced (see above). It should be the
+    /// last step that can fail for business reasons.
     pub compensation: Option<&'static str>,
     pub retry: RetryPolicy,
     pub compensation_retry: RetryPolicy,
     /// Covers every forward attempt together: a step that is still failing when it passes is
     /// given up on, so a saga cannot sit on one step forever.
     pub deadline: Duration,
+    /// Start-to-close timeout of one forward attempt: when no reply came within it, the same
+    /// command (same command id) is sent again, because the command or its reply may have
+    /// been lost with a broker or a worker. The participant's inbox makes the re-send
+    /// harmless. Only the step `deadline` or the retry budget makes the saga compensate.
+    pub attempt_timeout: Duration,
     /// Covers one compensation attempt: compensations must eventually succeed, so each attempt
     /// gets a fresh window and only the attempt budget bounds the total.
     pub compensation_deadline: Duration,
@@ -57,6 +68,7 @@ impl Step {
             retry: RetryPolicy::FORWARD,
             compensation_retry: RetryPolicy::COMPENSATION,
             deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(5),
             compensation_deadline: Duration::from_secs(30),
         }
     }

@@ -104,11 +104,14 @@ impl<'a> Draft<'a> {
     pub(super) fn dispatch_forward(&mut self, index: usize) -> Result<(), Ignored> {
         let step = self.step(index)?;
         let deadline = self.after(step.deadline);
+        let resend_at = self.after(step.attempt_timeout);
         let state = self.step_state(index)?;
         let attempt = next_attempt(state.attempt)?;
         state.attempt = attempt;
+        state.deliveries = 1;
         state.forward = ForwardPhase::InFlight;
         state.retry_at = None;
+        state.resend_at = Some(resend_at);
         state.deadline_at.get_or_insert(deadline);
         self.emit(
             EventKind::StepDispatched,
@@ -116,6 +119,31 @@ impl<'a> Draft<'a> {
             format!("{} attempt {attempt}: {}", step.name, step.command),
         );
         self.actions.push(Action::Dispatch {
+            step: index,
+            attempt,
+            command: step.command,
+            role: step.role,
+        });
+        Ok(())
+    }
+
+    /// The attempt in flight passed its start-to-close timeout: send the same command again.
+    pub(super) fn resend_forward(&mut self, index: usize) -> Result<(), Ignored> {
+        let step = self.step(index)?;
+        let resend_at = self.after(step.attempt_timeout);
+        let state = self.step_state(index)?;
+        state.deliveries = state.deliveries.saturating_add(1);
+        state.resend_at = Some(resend_at);
+        let (attempt, deliveries) = (state.attempt, state.deliveries);
+        self.emit(
+            EventKind::StepRedelivered,
+            Some(index),
+            format!(
+                "{} attempt {attempt}: no reply within {:?}; sent again (delivery {deliveries})",
+                step.name, step.attempt_timeout
+            ),
+        );
+        self.actions.push(Action::Resend {
             step: index,
             attempt,
             command: step.command,
@@ -133,6 +161,11 @@ impl<'a> Draft<'a> {
 
     /// Starts undoing the newest step whose effect may exist, or finishes when none is left.
     /// Steps run strictly in index order, so the highest index is the newest dispatch.
+    ///
+    /// The fence rule: a step whose outcome is unknown is never passed over, compensation or
+    /// not. A step without compensation gets a fence; the compensation of one that has it
+    /// fences as well (the participant's tombstone), so no forward effect can land after the
+    /// saga undid what came before it.
     pub(super) fn compensate_next(&mut self) -> Result<(), Ignored> {
         let definition = self.definition;
         let next = self
@@ -145,8 +178,9 @@ impl<'a> Draft<'a> {
                 let undoable = definition
                     .step(index)
                     .is_some_and(|step| step.compensation.is_some());
+                let unknown = state.forward == ForwardPhase::OutcomeUnknown;
                 let waiting = state.compensation == CompensationPhase::NotStarted;
-                (undoable && waiting && state.may_have_effect()).then_some(index)
+                ((undoable || unknown) && waiting && state.may_have_effect()).then_some(index)
             });
         match next {
             Some(index) => {
@@ -164,11 +198,10 @@ impl<'a> Draft<'a> {
         }
     }
 
+    /// Sends the next compensation attempt of `index`, or the next fence attempt when the step
+    /// has no compensation (both share the attempt counter, budget and deadline).
     pub(super) fn dispatch_compensation(&mut self, index: usize) -> Result<(), Ignored> {
         let step = self.step(index)?;
-        let command = step
-            .compensation
-            .ok_or_else(|| format!("step {} has no compensation", step.name))?;
         let deadline = self.after(step.compensation_deadline);
         let state = self.step_state(index)?;
         let attempt = next_attempt(state.compensation_attempt)?;
@@ -178,17 +211,35 @@ impl<'a> Draft<'a> {
         state.compensation = CompensationPhase::InFlight;
         state.deadline_at = Some(deadline);
         state.retry_at = None;
+        state.resend_at = None;
+        let (kind, action, what) = match step.compensation {
+            Some(command) => (
+                EventKind::CompensationDispatched,
+                Action::Compensate {
+                    step: index,
+                    attempt,
+                    command,
+                    role: step.role,
+                },
+                command,
+            ),
+            None => (
+                EventKind::FenceDispatched,
+                Action::Fence {
+                    step: index,
+                    attempt,
+                    command: step.command,
+                    role: step.role,
+                },
+                "fence",
+            ),
+        };
         self.emit(
-            EventKind::CompensationDispatched,
+            kind,
             Some(index),
-            format!("{} compensation attempt {attempt}: {command}", step.name),
+            format!("{} compensation attempt {attempt}: {what}", step.name),
         );
-        self.actions.push(Action::Compensate {
-            step: index,
-            attempt,
-            command,
-            role: step.role,
-        });
+        self.actions.push(action);
         Ok(())
     }
 
@@ -206,7 +257,7 @@ impl<'a> Draft<'a> {
             state.compensation_attempt,
             state.compensation_attempts_in_budget,
         );
-        let command = step.compensation.unwrap_or(step.name);
+        let command = step.compensation.unwrap_or("fence");
         if policy.allows_another_attempt(used) {
             let retry_at = self.retry_time(&policy, used);
             let state = self.step_state(index)?;

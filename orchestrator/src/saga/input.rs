@@ -30,6 +30,14 @@ pub enum Input {
         attempt: u32,
         reason: String,
     },
+    /// The participant answered a fence of a step without compensation: `applied` holds the
+    /// step's output when the original command took effect before the fence, `None` when it
+    /// never will. `attempt` is the fence's (counted with compensation attempts).
+    StepFenced {
+        step: usize,
+        attempt: u32,
+        applied: Option<Value>,
+    },
     /// Time has passed; whichever deadline or retry is due by `now` is handled.
     Tick,
     CancelRequested,

@@ -83,6 +83,7 @@ pub(super) fn step_failed(
         let state = draft.step_state(index)?;
         state.forward = ForwardPhase::AwaitingRetry;
         state.retry_at = Some(retry_at);
+        state.resend_at = None;
         state.last_error = Some(reason.to_owned());
         let message = format!(
             "{} attempt {attempt} failed: {reason}; attempt {} at {retry_at}",
@@ -120,12 +121,16 @@ pub(super) fn compensation_succeeded(
         state.compensation_attempt,
     )?;
     // A success that arrives after its attempt timed out is still a success: taking it
-    // saves a needless retry.
-    let awaiting = matches!(
-        state.compensation,
-        CompensationPhase::InFlight | CompensationPhase::AwaitingRetry
-    );
-    if status != Status::Compensating || !awaiting {
+    // saves a needless retry. One that arrives after the budget ran out (the saga parked as
+    // FAILED) resumes the compensation: the step is undone, so nothing needs an operator.
+    let awaiting = match (status, state.compensation) {
+        (Status::Compensating, CompensationPhase::InFlight | CompensationPhase::AwaitingRetry) => {
+            true
+        }
+        (Status::Failed, CompensationPhase::Exhausted) => true,
+        _ => false,
+    };
+    if !awaiting || step.compensation.is_none() {
         return Err(not_awaiting(
             step.name,
             "compensation",
@@ -137,7 +142,61 @@ pub(super) fn compensation_succeeded(
     state.clear_timers();
     let message = format!("{} compensation attempt {attempt} succeeded", step.name);
     draft.emit(EventKind::CompensationSucceeded, Some(index), message);
+    draft.state.status = Status::Compensating;
     draft.compensate_next()
+}
+
+/// The answer to a fence of a step without compensation. Not applied: the step can never
+/// take effect, so compensation moves on to older steps. Applied: the step is a pivot whose
+/// effect stands and cannot be undone, so the saga turns around and goes forward (a cancel
+/// that came too late is dropped).
+pub(super) fn step_fenced(
+    draft: &mut Draft,
+    index: usize,
+    attempt: u32,
+    applied: Option<&Value>,
+) -> Result<(), Ignored> {
+    let step = draft.step(index)?;
+    let status = draft.state.status;
+    let state = draft.step_state(index)?;
+    check_attempt(step.name, "fence", attempt, state.compensation_attempt)?;
+    let awaiting = match (status, state.compensation) {
+        (Status::Compensating, CompensationPhase::InFlight | CompensationPhase::AwaitingRetry) => {
+            true
+        }
+        (Status::Failed, CompensationPhase::Exhausted) => true,
+        _ => false,
+    };
+    if !awaiting || step.compensation.is_some() {
+        return Err(not_awaiting(step.name, "fence", state.compensation, status));
+    }
+    state.clear_timers();
+    state.compensation = CompensationPhase::NotStarted;
+    state.compensation_attempts_in_budget = 0;
+    let Some(output) = applied else {
+        state.forward = ForwardPhase::Fenced;
+        let message = format!("{} fenced: it can no longer take effect", step.name);
+        draft.emit(EventKind::StepFenced, Some(index), message);
+        draft.state.status = Status::Compensating;
+        return draft.compensate_next();
+    };
+    state.forward = ForwardPhase::Succeeded;
+    state.output = Some(output.clone());
+    state.last_error = None;
+    let message = format!(
+        "{} had already taken effect and cannot be undone; the saga goes forward",
+        step.name
+    );
+    draft.emit(EventKind::StepSucceeded, Some(index), message);
+    draft.state.status = Status::Running;
+    draft.state.cancel_requested = false;
+    draft.state.failure = None;
+    if index + 1 < draft.definition.steps.len() {
+        draft.dispatch_forward(index + 1)
+    } else {
+        draft.finish(Status::Completed, EventKind::SagaCompleted);
+        Ok(())
+    }
 }
 
 pub(super) fn compensation_failed(

@@ -89,8 +89,10 @@ pub enum ForwardPhase {
     /// A failure reply ended the step: the participant rolled back, so there is nothing to undo.
     Failed,
     /// No reply came (deadline passed, or the saga was cancelled meanwhile): the effect may
-    /// exist, so the step is compensated.
+    /// exist, so the step is compensated, or fenced when it has no compensation.
     OutcomeUnknown,
+    /// The participant confirmed a fence before the command took effect: it never will.
+    Fenced,
 }
 
 /// Progress of undoing a step.
@@ -112,6 +114,9 @@ pub struct StepState {
     pub forward: ForwardPhase,
     /// Number of the latest forward attempt dispatched (0 = never).
     pub attempt: u32,
+    /// How many times the latest forward attempt was sent (re-sends keep its command id).
+    #[serde(default)]
+    pub deliveries: u32,
     pub output: Option<Value>,
     pub compensation: CompensationPhase,
     /// Number of the latest compensation attempt dispatched (0 = never). Never reset, so
@@ -121,6 +126,10 @@ pub struct StepState {
     pub compensation_attempts_in_budget: u32,
     pub deadline_at: Option<DateTime<Utc>>,
     pub retry_at: Option<DateTime<Utc>>,
+    /// When the forward attempt in flight is sent again if no reply came (its
+    /// start-to-close timeout).
+    #[serde(default)]
+    pub resend_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
 }
 
@@ -129,12 +138,14 @@ impl StepState {
         StepState {
             forward: ForwardPhase::Pending,
             attempt: 0,
+            deliveries: 0,
             output: None,
             compensation: CompensationPhase::NotStarted,
             compensation_attempt: 0,
             compensation_attempts_in_budget: 0,
             deadline_at: None,
             retry_at: None,
+            resend_at: None,
             last_error: None,
         }
     }
@@ -149,7 +160,7 @@ impl StepState {
 
     /// The earliest moment something must happen to this step without any reply.
     pub fn next_timer(&self) -> Option<DateTime<Utc>> {
-        [self.deadline_at, self.retry_at]
+        [self.deadline_at, self.retry_at, self.resend_at]
             .into_iter()
             .flatten()
             .min()
@@ -158,6 +169,7 @@ impl StepState {
     pub(super) fn clear_timers(&mut self) {
         self.deadline_at = None;
         self.retry_at = None;
+        self.resend_at = None;
     }
 }
 

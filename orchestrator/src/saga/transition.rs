@@ -12,7 +12,9 @@ use super::action::{Action, EventKind};
 use super::definition::Definition;
 use super::draft::{Draft, Ignored};
 use super::input::Input;
-use super::reply::{compensation_failed, compensation_succeeded, step_failed, step_succeeded};
+use super::reply::{
+    compensation_failed, compensation_succeeded, step_failed, step_fenced, step_succeeded,
+};
 use super::state::{CompensationPhase, ForwardPhase, SagaState, Status, StepState};
 
 /// The result of feeding one input: the state to store and the actions to perform after the
@@ -114,6 +116,11 @@ pub fn transition(
             attempt,
             reason,
         } => compensation_failed(&mut draft, *step, *attempt, reason),
+        Input::StepFenced {
+            step,
+            attempt,
+            applied,
+        } => step_fenced(&mut draft, *step, *attempt, applied.as_ref()),
         Input::Tick => tick(&mut draft),
         Input::CancelRequested => cancel(&mut draft),
         Input::RetryRequested => retry(&mut draft),
@@ -145,6 +152,7 @@ fn tick(draft: &mut Draft) -> Result<(), Ignored> {
     let step = draft.step(index)?;
     let state = draft.step_state(index)?;
     let deadline_passed = state.deadline_at.is_some_and(|at| at <= now);
+    let resend_due = state.resend_at.is_some_and(|at| at <= now);
     match (state.forward, state.compensation) {
         (ForwardPhase::InFlight, _) if deadline_passed => {
             state.forward = ForwardPhase::OutcomeUnknown;
@@ -157,6 +165,8 @@ fn tick(draft: &mut Draft) -> Result<(), Ignored> {
             draft.emit(EventKind::StepTimedOut, Some(index), message.clone());
             draft.begin_compensation(message)
         }
+        // Lost command or lost reply: the same command again, within the step deadline.
+        (ForwardPhase::InFlight, _) if resend_due => draft.resend_forward(index),
         // Every attempt so far replied with a failure, so nothing is left to undo here.
         (ForwardPhase::AwaitingRetry, _) if deadline_passed => {
             state.forward = ForwardPhase::Failed;

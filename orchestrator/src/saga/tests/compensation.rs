@@ -114,10 +114,6 @@ fn exhausted_compensation_budget_parks_the_saga_as_failed() {
     );
     // Parked: only an operator moves it on.
     assert!(run.ignore(Input::Tick).starts_with("nothing due"));
-    run.ignore(Input::CompensationSucceeded {
-        step: 1,
-        attempt: 8,
-    });
     run.ignore(Input::CompensationFailed {
         step: 1,
         attempt: 8,
@@ -170,4 +166,29 @@ fn a_retried_compensation_can_park_again_and_be_retried_again() {
     assert_eq!(run.step(1).compensation_attempt, 16);
     let actions = run.apply(Input::RetryRequested);
     assert!(actions.contains(&"compensate 1#17 payment.refund@payment".to_owned()));
+}
+
+#[test]
+fn a_compensation_success_after_the_budget_ran_out_resumes_the_compensation() {
+    let mut run = refunding();
+    exhaust_refund(&mut run);
+    assert_eq!(run.status(), Status::Failed);
+    // The last attempt's reply was only late: the refund did happen.
+    assert_eq!(
+        run.compensated(1),
+        lines(&[
+            "compensation.succeeded 1",
+            "compensation.dispatched 0",
+            "compensate 0#1 inventory.release@inventory",
+            "timer +30000ms",
+        ])
+    );
+    assert_eq!(run.status(), Status::Compensating);
+    // An older attempt's late success stays stale.
+    run.ignore(Input::CompensationSucceeded {
+        step: 1,
+        attempt: 7,
+    });
+    run.compensated(0);
+    assert_eq!(run.status(), Status::Compensated);
 }

@@ -1,5 +1,7 @@
 //! The coupon-use saga, whose last step (the vendor payout) has no compensation.
 
+use serde_json::json;
+
 use super::super::definitions::COUPON_USE;
 use super::super::{CompensationPhase, ForwardPhase, Input, Status};
 use super::{Run, lines};
@@ -13,7 +15,7 @@ fn happy_path_claims_then_pays_out() {
             "saga.started",
             "step.dispatched 0",
             "dispatch 0#1 coupon.claim@coupon",
-            "timer +30000ms",
+            "timer +5000ms",
         ])
     );
     assert_eq!(
@@ -22,7 +24,7 @@ fn happy_path_claims_then_pays_out() {
             "step.succeeded 0",
             "step.dispatched 1",
             "dispatch 1#1 vendor.payout@vendor",
-            "timer +30000ms",
+            "timer +5000ms",
         ])
     );
     assert_eq!(
@@ -70,21 +72,72 @@ fn claim_rejection_ends_compensated_at_once() {
 }
 
 #[test]
-fn payout_timeout_skips_the_payout_it_cannot_undo_and_unclaims() {
+fn payout_timeout_fences_the_payout_before_it_unclaims() {
     let (mut run, _) = Run::start(&COUPON_USE);
     run.succeed(0);
     assert_eq!(
-        run.tick_when_due(),
+        run.tick_at_deadline(1),
         lines(&[
             "step.timed_out 1",
             "compensation.started",
+            "fence.dispatched 1",
+            "fence 1#1 vendor.payout@vendor",
+            "timer +30000ms",
+        ])
+    );
+    assert_eq!(run.step(1).forward, ForwardPhase::OutcomeUnknown);
+    // The claim is not touched while the payout might still land.
+    assert_eq!(run.step(0).compensation, CompensationPhase::NotStarted);
+    assert_eq!(
+        run.fence_held(1),
+        lines(&[
+            "step.fenced 1",
             "compensation.dispatched 0",
             "compensate 0#1 coupon.unclaim@coupon",
             "timer +30000ms",
         ])
     );
-    assert_eq!(run.step(1).forward, ForwardPhase::OutcomeUnknown);
-    assert_eq!(run.step(1).compensation, CompensationPhase::NotStarted);
+    assert_eq!(run.step(1).forward, ForwardPhase::Fenced);
+    run.compensated(0);
+    assert_eq!(run.status(), Status::Compensated);
+}
+
+#[test]
+fn a_payout_that_landed_before_its_fence_completes_the_saga_and_keeps_the_claim() {
+    let (mut run, _) = Run::start(&COUPON_USE);
+    run.succeed(0);
+    run.tick_at_deadline(1);
+    assert_eq!(
+        run.fence_found_applied(1, json!({ "ledger_id": 9 })),
+        lines(&["step.succeeded 1", "saga.completed", "finish COMPLETED"])
+    );
+    assert_eq!(run.step(1).output, Some(json!({ "ledger_id": 9 })));
+    assert_eq!(run.step(0).compensation, CompensationPhase::NotStarted);
+}
+
+#[test]
+fn a_failing_fence_is_retried_and_parks_like_a_compensation() {
+    let (mut run, _) = Run::start(&COUPON_USE);
+    run.succeed(0);
+    run.tick_at_deadline(1);
+    assert_eq!(
+        run.compensation_fails(1),
+        lines(&["compensation.failed 1", "timer +250ms"])
+    );
+    assert_eq!(
+        run.tick_when_due(),
+        lines(&[
+            "fence.dispatched 1",
+            "fence 1#2 vendor.payout@vendor",
+            "timer +30000ms"
+        ])
+    );
+    // A compensation reply cannot answer a fence.
+    run.ignore(Input::CompensationSucceeded {
+        step: 1,
+        attempt: 2,
+    });
+    run.fence_held(1);
     run.compensated(0);
     assert_eq!(run.status(), Status::Compensated);
 }
@@ -102,7 +155,7 @@ fn payout_retry_then_success_completes() {
         lines(&[
             "step.dispatched 1",
             "dispatch 1#2 vendor.payout@vendor",
-            "timer +28900ms"
+            "timer +5000ms"
         ])
     );
     run.succeed(1);
@@ -110,7 +163,7 @@ fn payout_retry_then_success_completes() {
 }
 
 #[test]
-fn cancel_during_payout_unclaims_and_ends_cancelled() {
+fn cancel_during_payout_fences_it_unclaims_and_ends_cancelled() {
     let (mut run, _) = Run::start(&COUPON_USE);
     run.succeed(0);
     run.advance_ms(1000);
@@ -118,6 +171,15 @@ fn cancel_during_payout_unclaims_and_ends_cancelled() {
         run.apply(Input::CancelRequested),
         lines(&[
             "compensation.started",
+            "fence.dispatched 1",
+            "fence 1#1 vendor.payout@vendor",
+            "timer +30000ms",
+        ])
+    );
+    assert_eq!(
+        run.fence_held(1),
+        lines(&[
+            "step.fenced 1",
             "compensation.dispatched 0",
             "compensate 0#1 coupon.unclaim@coupon",
             "timer +30000ms",
@@ -157,4 +219,18 @@ fn stuck_unclaim_parks_and_operator_retry_finishes() {
     );
     run.compensated(0);
     assert_eq!(run.status(), Status::Compensated);
+}
+
+#[test]
+fn a_cancel_that_comes_after_the_payout_landed_is_dropped() {
+    let (mut run, _) = Run::start(&COUPON_USE);
+    run.succeed(0);
+    run.advance_ms(1000);
+    run.apply(Input::CancelRequested);
+    assert_eq!(
+        run.fence_found_applied(1, json!({})),
+        lines(&["step.succeeded 1", "saga.completed", "finish COMPLETED"])
+    );
+    assert!(!run.state.cancel_requested);
+    assert_eq!(run.state.failure, None);
 }

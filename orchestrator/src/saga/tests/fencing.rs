@@ -83,7 +83,7 @@ fn late_success_of_a_timed_out_step_is_recorded_and_compensation_still_runs() {
     let (mut run, _) = Run::start(&ORDER);
     run.succeed(0);
     run.succeed(1);
-    run.tick_when_due();
+    run.tick_at_deadline(2);
     assert_eq!(run.step(2).forward, ForwardPhase::OutcomeUnknown);
     run.ignore(failed(2, 1, FailureKind::Rejected));
     assert_eq!(
@@ -103,7 +103,7 @@ fn late_success_of_a_timed_out_step_is_recorded_and_compensation_still_runs() {
 fn late_success_after_the_step_was_compensated_is_ignored() {
     let (mut run, _) = Run::start(&ORDER);
     run.succeed(0);
-    run.tick_when_due();
+    run.tick_at_deadline(1);
     run.compensated(1);
     run.ignore(succeeded(1, 1, json!({})));
 }

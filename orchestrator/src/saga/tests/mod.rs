@@ -65,6 +65,12 @@ impl Run {
         self.apply(Input::Tick)
     }
 
+    /// Moves the clock to the step's deadline and ticks: no reply came to any send of it.
+    pub fn tick_at_deadline(&mut self, step: usize) -> Vec<String> {
+        let at = self.step(step).deadline_at.expect("a deadline is set");
+        self.tick_at(at)
+    }
+
     /// Ticks exactly when the next timer is due.
     pub fn tick_when_due(&mut self) -> Vec<String> {
         let at = self.state.next_timer().expect("a timer is set");
@@ -121,6 +127,26 @@ impl Run {
         self.apply(Input::CompensationSucceeded { step, attempt })
     }
 
+    pub fn fence_held(&mut self, step: usize) -> Vec<String> {
+        self.advance_ms(1000);
+        let attempt = self.step(step).compensation_attempt;
+        self.apply(Input::StepFenced {
+            step,
+            attempt,
+            applied: None,
+        })
+    }
+
+    pub fn fence_found_applied(&mut self, step: usize, output: serde_json::Value) -> Vec<String> {
+        self.advance_ms(1000);
+        let attempt = self.step(step).compensation_attempt;
+        self.apply(Input::StepFenced {
+            step,
+            attempt,
+            applied: Some(output),
+        })
+    }
+
     pub fn compensation_fails(&mut self, step: usize) -> Vec<String> {
         self.advance_ms(1000);
         let attempt = self.step(step).compensation_attempt;
@@ -160,12 +186,24 @@ pub(super) fn shape(actions: &[Action], now: DateTime<Utc>) -> Vec<String> {
                 command,
                 role,
             } => format!("dispatch {step}#{attempt} {command}@{role}"),
+            Action::Resend {
+                step,
+                attempt,
+                command,
+                role,
+            } => format!("resend {step}#{attempt} {command}@{role}"),
             Action::Compensate {
                 step,
                 attempt,
                 command,
                 role,
             } => format!("compensate {step}#{attempt} {command}@{role}"),
+            Action::Fence {
+                step,
+                attempt,
+                command,
+                role,
+            } => format!("fence {step}#{attempt} {command}@{role}"),
             Action::ScheduleTimer { at } => {
                 format!("timer +{}ms", (*at - now).num_milliseconds())
             }

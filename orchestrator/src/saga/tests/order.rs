@@ -16,7 +16,7 @@ fn start_dispatches_the_first_step_with_its_deadline() {
             "saga.started",
             "step.dispatched 0",
             "dispatch 0#1 inventory.reserve@inventory",
-            "timer +30000ms",
+            "timer +5000ms",
         ])
     );
     assert_eq!(run.status(), Status::Running);
@@ -25,7 +25,9 @@ fn start_dispatches_the_first_step_with_its_deadline() {
         run.step(0).deadline_at,
         Some(epoch() + TimeDelta::seconds(30))
     );
-    assert_eq!(run.state.next_timer(), run.step(0).deadline_at);
+    // The first timer is the attempt's start-to-close timeout, well before the deadline.
+    assert_eq!(run.step(0).resend_at, Some(epoch() + TimeDelta::seconds(5)));
+    assert_eq!(run.state.next_timer(), run.step(0).resend_at);
     assert_eq!(run.step(1).forward, ForwardPhase::Pending);
 }
 
@@ -38,7 +40,7 @@ fn happy_path_runs_every_step_in_order_and_completes() {
             "step.succeeded 0",
             "step.dispatched 1",
             "dispatch 1#1 payment.charge@payment",
-            "timer +30000ms",
+            "timer +5000ms",
         ])
     );
     assert_eq!(
@@ -47,7 +49,7 @@ fn happy_path_runs_every_step_in_order_and_completes() {
             "step.succeeded 1",
             "step.dispatched 2",
             "dispatch 2#1 shipment.prepare@shipment",
-            "timer +30000ms",
+            "timer +5000ms",
         ])
     );
     assert_eq!(
@@ -165,7 +167,7 @@ fn retryable_failure_is_retried_after_backoff_within_the_same_deadline() {
         lines(&[
             "step.dispatched 1",
             "dispatch 1#2 payment.charge@payment",
-            "timer +28900ms"
+            "timer +5000ms"
         ])
     );
     assert_eq!(run.step(1).deadline_at, deadline);
@@ -178,7 +180,7 @@ fn retryable_failure_is_retried_after_backoff_within_the_same_deadline() {
         lines(&[
             "step.dispatched 1",
             "dispatch 1#3 payment.charge@payment",
-            "timer +27700ms"
+            "timer +5000ms"
         ])
     );
     run.succeed(1);
@@ -225,7 +227,7 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
             run.succeed(step);
         }
         assert_eq!(
-            run.tick_when_due(),
+            run.tick_at_deadline(timed_out),
             lines(&[
                 &format!("step.timed_out {timed_out}"),
                 "compensation.started",
@@ -261,10 +263,11 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
 fn deadline_passing_during_a_retry_wait_fails_the_step_without_compensating_it() {
     let (mut run, _) = Run::start(&ORDER);
     run.advance_ms(29_950);
-    // The retry would be due at 30.05 s, after the 30 s deadline, so the timer stays put.
+    // The retry would be due at 30.05 s, after the 30 s deadline, so the deadline is the
+    // next timer (the attempt's re-send timer is gone with its reply).
     assert_eq!(
         run.apply(failed(0, 1, FailureKind::Retryable)),
-        lines(&["step.retry_scheduled 0"])
+        lines(&["step.retry_scheduled 0", "timer +50ms"])
     );
     assert_eq!(
         run.state.next_timer(),
@@ -285,7 +288,63 @@ fn deadline_passing_during_a_retry_wait_fails_the_step_without_compensating_it()
 #[test]
 fn tick_before_any_deadline_is_ignored() {
     let (mut run, _) = Run::start(&ORDER);
-    run.advance_ms(29_999);
+    run.advance_ms(4_999);
     let reason = run.ignore(Input::Tick);
     assert!(reason.starts_with("nothing due: next timer at"), "{reason}");
+}
+
+#[test]
+fn an_attempt_without_reply_is_sent_again_with_the_same_attempt_until_the_deadline() {
+    let (mut run, _) = Run::start(&ORDER);
+    run.succeed(0);
+    let deadline = run.step(1).deadline_at.expect("deadline");
+    assert_eq!(
+        run.tick_when_due(),
+        lines(&[
+            "step.redelivered 1",
+            "resend 1#1 payment.charge@payment",
+            "timer +5000ms"
+        ])
+    );
+    assert_eq!(run.step(1).attempt, 1);
+    assert_eq!(run.step(1).deliveries, 2);
+    assert_eq!(run.step(1).forward, ForwardPhase::InFlight);
+    // Re-sends continue every attempt timeout; none of them is a new attempt.
+    while run.state.next_timer() < Some(deadline) {
+        run.tick_when_due();
+        assert_eq!(run.step(1).attempt, 1);
+    }
+    assert!(run.step(1).deliveries >= 5, "{:?}", run.step(1));
+    // The reply to any of the sends is the reply to attempt 1.
+    assert_eq!(
+        run.succeed(1),
+        lines(&[
+            "step.succeeded 1",
+            "step.dispatched 2",
+            "dispatch 2#1 shipment.prepare@shipment",
+            "timer +5000ms",
+        ])
+    );
+}
+
+#[test]
+fn only_the_step_deadline_turns_lost_sends_into_compensation() {
+    let (mut run, _) = Run::start(&ORDER);
+    run.succeed(0);
+    let deadline = run.step(1).deadline_at.expect("deadline");
+    while run.state.next_timer() < Some(deadline) {
+        let actions = run.tick_when_due();
+        assert!(actions.contains(&"resend 1#1 payment.charge@payment".to_owned()));
+        assert_eq!(run.status(), Status::Running);
+    }
+    assert_eq!(
+        run.tick_when_due(),
+        lines(&[
+            "step.timed_out 1",
+            "compensation.started",
+            "compensation.dispatched 1",
+            "compensate 1#1 payment.refund@payment",
+            "timer +30000ms",
+        ])
+    );
 }

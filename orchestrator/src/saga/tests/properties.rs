@@ -1,5 +1,7 @@
 //! Property tests: random but plausible input sequences (current and stale attempts, ticks at
-//! advancing times, cancels, operator retries) against the invariants the engine relies on.
+//! advancing times, cancels, operator retries, fence answers) against the invariants the
+//! engine relies on, for the shipped definitions and for generated ones (any number of
+//! steps, each with or without a compensation).
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,7 +12,7 @@ use serde_json::json;
 use super::super::definitions::{COUPON_USE, ORDER};
 use super::super::{
     Action, CompensationPhase, Definition, FailureKind, ForwardPhase, Input, SagaState, Status,
-    start, transition,
+    Step, start, transition,
 };
 use super::epoch;
 
@@ -21,6 +23,9 @@ enum Reply {
     Retryable,
     CompensationSucceeded,
     CompensationFailed,
+    /// A fence answer: the original never took effect, or it did before the fence.
+    FenceHeld,
+    FenceFoundApplied,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +54,8 @@ fn a_move(flaky: u32) -> impl Strategy<Value = Move> {
         1 + flaky => Just(Reply::Retryable),
         3 => Just(Reply::CompensationSucceeded),
         1 + 6 * flaky => Just(Reply::CompensationFailed),
+        2 => Just(Reply::FenceHeld),
+        1 => Just(Reply::FenceFoundApplied),
     ];
     let step = prop_oneof![3 => Just(None), 1 => (0usize..4).prop_map(Some)];
     let attempt = prop_oneof![4 => Just(None), 1 => (0u32..12).prop_map(Some)];
@@ -113,6 +120,16 @@ fn to_input(state: &SagaState, step: Option<usize>, attempt: Option<u32>, reply:
             attempt: compensation,
             reason,
         },
+        Reply::FenceHeld => Input::StepFenced {
+            step,
+            attempt: compensation,
+            applied: None,
+        },
+        Reply::FenceFoundApplied => Input::StepFenced {
+            step,
+            attempt: compensation,
+            applied: Some(json!({ "late": true })),
+        },
     }
 }
 
@@ -145,6 +162,13 @@ impl Observer {
         }
         for (position, action) in actions.iter().enumerate() {
             match action {
+                Action::Resend { step, attempt, .. } => {
+                    assert!(
+                        self.dispatched.contains(&(*step, *attempt, "forward")),
+                        "resend of {step}#{attempt}, which was never sent"
+                    );
+                    assert_eq!(after.steps[*step].forward, ForwardPhase::InFlight);
+                }
                 Action::Dispatch { step, attempt, .. } => {
                     assert!(
                         self.dispatched.insert((*step, *attempt, "forward")),
@@ -154,20 +178,29 @@ impl Observer {
                         self.first_dispatch.push(*step);
                     }
                 }
-                Action::Compensate { step, attempt, .. } => {
+                Action::Compensate { step, attempt, .. } | Action::Fence { step, attempt, .. } => {
                     assert!(
                         self.dispatched.insert((*step, *attempt, "compensation")),
                         "(b) compensation {step}#{attempt} twice"
                     );
                     self.check_compensation_order(definition, after, *step);
+                    check_fenced_past(definition, after, *step + 1);
                 }
                 Action::ScheduleTimer { at } => assert_eq!(Some(*at), after.next_timer()),
                 Action::Finish(status) => {
+                    if matches!(status, Status::Compensated | Status::Cancelled) {
+                        check_fenced_past(definition, after, 0);
+                    }
                     assert_eq!(position + 1, actions.len(), "Finish is not last");
                     assert_eq!(*status, after.status);
                 }
                 Action::Emit(_) => {}
             }
+        }
+        if after.status == Status::Running {
+            // A fence that found its step applied turns the saga forward again (a pivot):
+            // a later compensation starts a new newest-first sequence.
+            self.first_compensation.clear();
         }
         if after.status == Status::Failed {
             let exhausted = after
@@ -247,6 +280,24 @@ impl Observer {
     }
 }
 
+/// (f) The fence rule: when the saga compensates past a step (undoes an older one, or ends
+/// as undone), that step can no longer take effect: it was never sent, every attempt was
+/// answered with a failure, its fence held, its compensation finished, or it is a known
+/// success that has no compensation (a pivot whose effect stands).
+fn check_fenced_past(definition: &Definition, after: &SagaState, from: usize) {
+    for (index, state) in after.steps.iter().enumerate().skip(from) {
+        let settled = state.attempt == 0
+            || matches!(state.forward, ForwardPhase::Failed | ForwardPhase::Fenced)
+            || state.compensation == CompensationPhase::Compensated
+            || (state.forward == ForwardPhase::Succeeded
+                && definition.steps[index].compensation.is_none());
+        assert!(
+            settled,
+            "(f) compensating past step {index} while it may still take effect: {state:?}"
+        );
+    }
+}
+
 /// After the random part, a cooperative world (every reply a success, timers honoured,
 /// operator retries) must bring any saga to a final status: nothing gets stuck.
 fn finish_cooperatively(
@@ -264,6 +315,11 @@ fn finish_cooperatively(
         let input = match (state.status, step.forward, step.compensation) {
             (Status::Failed, _, _) => Input::RetryRequested,
             (_, ForwardPhase::InFlight, _) => to_input(&state, Some(index), None, Reply::Succeeded),
+            (_, _, CompensationPhase::InFlight)
+                if definition.steps[index].compensation.is_none() =>
+            {
+                to_input(&state, Some(index), None, Reply::FenceHeld)
+            }
             (_, _, CompensationPhase::InFlight) => {
                 to_input(&state, Some(index), None, Reply::CompensationSucceeded)
             }
@@ -331,8 +387,37 @@ fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
     finish_cooperatively(definition, &mut observer, state, now);
 }
 
+const NAMES: [&str; 4] = ["first", "second", "third", "fourth"];
+const COMMANDS: [&str; 4] = ["a.do", "b.do", "c.do", "d.do"];
+const UNDO: [&str; 4] = ["a.undo", "b.undo", "c.undo", "d.undo"];
+
+/// A definition of one to four steps, each with or without a compensation. Definitions are
+/// `'static` data, so the generated ones are leaked (a few hundred small values per run).
+fn a_definition() -> impl Strategy<Value = &'static Definition> {
+    prop::collection::vec(any::<bool>(), 1..=4).prop_map(|undoable| {
+        let steps: Vec<Step> = undoable
+            .iter()
+            .enumerate()
+            .map(|(i, has)| Step::new(NAMES[i], "inventory", COMMANDS[i], has.then_some(UNDO[i])))
+            .collect();
+        let definition = Definition {
+            name: "generated",
+            steps: Box::leak(steps.into_boxed_slice()),
+        };
+        &*Box::leak(Box::new(definition))
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_for_any_definition_and_input_sequence(
+        definition in a_definition(),
+        moves in timed_moves(),
+    ) {
+        run_random(definition, moves);
+    }
 
     #[test]
     fn order_invariants_hold_for_any_input_sequence(moves in timed_moves()) {
