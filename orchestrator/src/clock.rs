@@ -10,6 +10,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub struct Clock {
     /// Milliseconds added to the system clock (tests only ever move it forward).
     offset_ms: Arc<AtomicI64>,
+    /// When set, time stands still at this instant (plus the offset): no deadline passes
+    /// while a slow test machine catches up, only when the test advances the clock.
+    frozen_at: Option<DateTime<Utc>>,
 }
 
 impl Clock {
@@ -17,8 +20,17 @@ impl Clock {
         Self::default()
     }
 
+    /// A clock that moves only with [`Clock::advance`] (tests).
+    pub fn frozen() -> Self {
+        Self {
+            frozen_at: Some(Utc::now()),
+            ..Self::default()
+        }
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + TimeDelta::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        let base = self.frozen_at.unwrap_or_else(Utc::now);
+        base + TimeDelta::milliseconds(self.offset_ms.load(Ordering::Relaxed))
     }
 
     /// Moves this clock (and every clone) forward.

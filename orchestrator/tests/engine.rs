@@ -283,10 +283,18 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
     orchestrator.stop().await;
 }
 
+/// Once failed on a loaded machine: the scripted participants joined their group after the
+/// first step's real-time deadline, so the "two commands" it waited for were the reserve and
+/// its release, and the cancel met a COMPENSATING saga. The clock is frozen now, so only the
+/// test moves time, and it waits for the charge itself.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_saga_can_be_cancelled() {
     let env = TestEnv::start().await;
-    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let options = Options {
+        clock: orchestrator::clock::Clock::frozen(),
+        ..Options::default()
+    };
+    let orchestrator = Orchestrator::start(&env, options).await;
     let participants = Participants::start(
         &env.kafka.cluster,
         script(|command| match command.name.as_str() {
@@ -297,7 +305,7 @@ async fn a_running_saga_can_be_cancelled() {
     let engine = orchestrator.running.engine.clone();
     let started = engine.start("order", &order_payload(), None).await.unwrap();
     eventually("the charge command", async || {
-        participants.names_for(started.id).len() == 2
+        participants.names_for(started.id) == ["inventory.reserve", "payment.charge"]
     })
     .await;
 
@@ -445,4 +453,113 @@ async fn two_orchestrators_finish_two_hundred_sagas_each_exactly_once() {
     participants.stop().await;
     first.stop().await;
     second.stop().await;
+}
+
+/// A command lost in transit (here: ignored once) is sent again with the same command id
+/// when its attempt times out, and the saga completes without compensating anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_command_is_sent_again_with_its_id_and_the_saga_completes() {
+    let env = TestEnv::start().await;
+    let options = Options {
+        clock: orchestrator::clock::Clock::frozen(),
+        ..Options::default()
+    };
+    let orchestrator = Orchestrator::start(&env, options).await;
+    let charges = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = charges.clone();
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(move |command| match command.name.as_str() {
+            "payment.charge"
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 =>
+            {
+                Reaction::Silence
+            }
+            _ => succeed(),
+        }),
+    );
+    let engine = orchestrator.running.engine.clone();
+    let started = engine.start("order", &order_payload(), None).await.unwrap();
+    eventually("the first charge", async || {
+        participants.names_for(started.id).len() == 2
+    })
+    .await;
+
+    // Past the attempt's 5 s start-to-close timeout, far from the step's 30 s deadline.
+    engine.clock().advance(Duration::from_secs(6));
+    wait_for_status(&env, started.id, "COMPLETED").await;
+
+    let charges: Vec<_> = participants
+        .deliveries_for(started.id)
+        .into_iter()
+        .filter(|c| c.name == "payment.charge")
+        .collect();
+    assert_eq!(charges.len(), 2, "one loss, one re-send");
+    assert_eq!(charges[0].id, charges[1].id, "the re-send keeps the command id");
+    assert_eq!(charges[0].attempt, charges[1].attempt);
+    let kinds = history_kinds(&env, started.id).await;
+    assert_eq!(count(&kinds, "step.redelivered"), 1);
+    assert_eq!(count(&kinds, "compensation.started"), 0);
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+fn coupon_payload() -> serde_json::Value {
+    json!({ "campaign_id": Uuid::now_v7(), "user_id": Uuid::now_v7() })
+}
+
+/// A payout whose outcome is unknown is fenced before the claim is returned, and the
+/// coupon is returned only when the fence held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payout_of_unknown_outcome_is_fenced_before_its_claim_is_returned() {
+    for (applied, status) in [(false, "COMPENSATED"), (true, "COMPLETED")] {
+        let env = TestEnv::start().await;
+        let options = Options {
+            clock: orchestrator::clock::Clock::frozen(),
+            ..Options::default()
+        };
+        let orchestrator = Orchestrator::start(&env, options).await;
+        let participants = Participants::start(
+            &env.kafka.cluster,
+            script(move |command| match (command.name.as_str(), command.direction) {
+                ("vendor.payout", Direction::Forward) => Reaction::Silence,
+                ("vendor.payout", Direction::Fence) => Reaction::Reply(Outcome::Succeeded {
+                    output: json!({ "applied": applied, "output": applied.then(|| json!({ "ledger_id": 1 })) }),
+                }),
+                _ => succeed(),
+            }),
+        );
+        let engine = orchestrator.running.engine.clone();
+        let started = engine
+            .start("coupon_use", &coupon_payload(), None)
+            .await
+            .unwrap();
+        eventually("the payout", async || {
+            participants.names_for(started.id).len() == 2
+        })
+        .await;
+        engine.clock().advance(Duration::from_secs(31));
+        let row = wait_for_status(&env, started.id, status).await;
+
+        let sent: Vec<(String, Direction)> = participants
+            .deliveries_for(started.id)
+            .into_iter()
+            .map(|c| (c.name, c.direction))
+            .collect();
+        let mut expected = vec![
+            ("coupon.claim".to_owned(), Direction::Forward),
+            ("vendor.payout".to_owned(), Direction::Forward),
+            ("vendor.payout".to_owned(), Direction::Fence),
+        ];
+        if !applied {
+            expected.push(("coupon.unclaim".to_owned(), Direction::Compensate));
+        }
+        assert_eq!(sent, expected, "applied: {applied}");
+        let forward = if applied { "succeeded" } else { "fenced" };
+        assert_eq!(row.state["steps"][1]["forward"], forward);
+
+        participants.stop().await;
+        orchestrator.stop().await;
+    }
 }

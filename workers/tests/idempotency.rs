@@ -87,7 +87,10 @@ async fn a_release_before_its_reserve_makes_the_late_reserve_a_rejection() {
         .process(&forward(saga, 0, "inventory.reserve", lines))
         .await
         .unwrap();
-    assert_eq!(rejection(&late), Some("step already compensated"));
+    assert_eq!(
+        rejection(&late),
+        Some("step fenced: the saga has compensated past it")
+    );
     assert_eq!(stock(&db, "A").await, 10, "no hanging reservation");
 }
 
@@ -143,7 +146,10 @@ async fn payments_charge_at_most_once_and_refund_at_most_once() {
         .process(&forward(early, 1, "payment.charge", order))
         .await
         .unwrap();
-    assert_eq!(rejection(&late), Some("step already compensated"));
+    assert_eq!(
+        rejection(&late),
+        Some("step fenced: the saga has compensated past it")
+    );
     assert_eq!(balance(&db, user).await, 10_000);
 }
 

@@ -141,12 +141,22 @@ impl Participants {
         self.log.lock().unwrap().clone()
     }
 
-    /// The command names one saga received, in order.
+    /// The command names one saga received, in order; a re-send of a command (same id)
+    /// counts once.
     pub fn names_for(&self, saga: Uuid) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.commands()
+            .into_iter()
+            .filter(|c| c.saga_id == saga && seen.insert(c.id))
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// Every delivery one saga received, re-sends included, in arrival order.
+    pub fn deliveries_for(&self, saga: Uuid) -> Vec<Command> {
         self.commands()
             .into_iter()
             .filter(|c| c.saga_id == saga)
-            .map(|c| c.name)
             .collect()
     }
 
