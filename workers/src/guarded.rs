@@ -2,9 +2,10 @@
 //! where the concurrency strategies differ.
 //!
 //! - Redis lock (and the unprotected test mode): read the value, check the rule, write the
-//!   new value. The lock makes the read-then-write safe; the write also checks the lock's
-//!   fencing token (`fence <= token`, then `fence = token`), so a holder whose lease expired
-//!   and whose resource was since written under a newer token cannot write a stale value.
+//!   new value. The lock makes the read-then-write safe while its lease holds; the fencing
+//!   token makes it safe when the lease expires under a slow holder: the *read* registers
+//!   the token on the row (`fence <= token`, then `fence = token`) and the write checks it
+//!   again, so once a newer holder has read the row, an older one can no longer write.
 //! - Postgres (and the Lua gate, which filters in front of it): one conditional
 //!   `UPDATE ... SET v = v + delta WHERE <rule holds>`, which Postgres applies atomically.
 //!
@@ -88,12 +89,13 @@ pub enum Adjusted {
     },
 }
 
-#[derive(QueryableByName)]
-struct Current {
+/// A counter's value and its upper bound, as read.
+#[derive(Debug, QueryableByName)]
+pub struct Current {
     #[diesel(sql_type = BigInt)]
-    value: i64,
+    pub value: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
-    upper: Option<i64>,
+    pub upper: Option<i64>,
 }
 
 /// Adds `delta` to the counter of row `key`, keeping it within bounds. `resource` names the
@@ -111,7 +113,6 @@ pub async fn adjust(
         key: key_column,
         key_type,
         column,
-        column_type,
         upper_bound,
         ..
     } = counter;
@@ -141,7 +142,8 @@ pub async fn adjust(
         });
     }
 
-    let Some(current) = read(conn, counter, key).await? else {
+    let fence = context.fence(resource);
+    let Some(current) = read_fenced(conn, counter, resource, key, fence).await? else {
         return Ok(Adjusted::Missing);
     };
     let after = current.value + delta;
@@ -152,23 +154,90 @@ pub async fn adjust(
         });
     }
     context.think().await;
-    let fence = context.fence(resource);
+    write_fenced(conn, counter, resource, key, after, fence).await?;
+    Ok(Adjusted::Done { after })
+}
+
+/// The value a read-then-write starts from, read by registering `fence` on the row in the
+/// same statement (`fence <= token`, then `fence = token`). From then on a holder with a
+/// smaller token can neither read nor write the row, so two holders whose leases overlap
+/// can never both write a value computed from the same read. Without a token (the
+/// unprotected test strategy) a plain read.
+pub async fn read_fenced(
+    conn: &mut Connection,
+    counter: Counter,
+    resource: &str,
+    key: &str,
+    fence: Option<i64>,
+) -> Result<Option<Current>, Failure> {
+    let Some(token) = fence else {
+        return read(conn, counter, key).await;
+    };
+    let Counter {
+        table,
+        key: key_column,
+        key_type,
+        column,
+        upper_bound,
+        ..
+    } = counter;
+    let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
+    let registered: Option<Current> = sql_query(format!(
+        "UPDATE {table} SET fence = $2 WHERE {key_column} = $1::{key_type} AND fence <= $2 \
+         RETURNING {column}::bigint AS value, {upper_sql} AS upper"
+    ))
+    .bind::<Text, _>(key)
+    .bind::<BigInt, _>(token)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if registered.is_some() {
+        return Ok(registered);
+    }
+    match read(conn, counter, key).await? {
+        None => Ok(None),
+        Some(_) => Err(stale(resource, fence)),
+    }
+}
+
+/// Writes the value computed from [`read_fenced`], unless a newer holder registered its
+/// token since: then the write is refused and the command retried.
+pub async fn write_fenced(
+    conn: &mut Connection,
+    counter: Counter,
+    resource: &str,
+    key: &str,
+    value: i64,
+    fence: Option<i64>,
+) -> Result<(), Failure> {
+    let Counter {
+        table,
+        key: key_column,
+        key_type,
+        column,
+        column_type,
+        ..
+    } = counter;
     let written = sql_query(format!(
         "UPDATE {table} SET {column} = CAST($2 AS {column_type}), \
          fence = COALESCE($3, fence), updated_at = now() \
          WHERE {key_column} = $1::{key_type} AND ($3::bigint IS NULL OR fence <= $3)"
     ))
     .bind::<Text, _>(key)
-    .bind::<BigInt, _>(after)
+    .bind::<BigInt, _>(value)
     .bind::<Nullable<BigInt>, _>(fence)
     .execute(conn)
     .await?;
     if written == 0 {
-        return Err(Failure::Retry(anyhow::anyhow!(
-            "stale fencing token {fence:?} for {resource}: a newer lock holder wrote it"
-        )));
+        return Err(stale(resource, fence));
     }
-    Ok(Adjusted::Done { after })
+    Ok(())
+}
+
+fn stale(resource: &str, fence: Option<i64>) -> Failure {
+    Failure::Retry(anyhow::anyhow!(
+        "stale fencing token {fence:?} for {resource}: a newer lock holder has the row"
+    ))
 }
 
 async fn read(
