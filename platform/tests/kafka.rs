@@ -18,17 +18,23 @@ struct Ping {
     n: u32,
 }
 
-/// Forwards every handled message; fails the first `fail_first` calls.
+/// Forwards every handled message; fails the first `fail_first` calls, and every call that
+/// includes the poisoned number 13.
 struct Recorder {
     seen: mpsc::UnboundedSender<u32>,
     calls: AtomicUsize,
     fail_first: usize,
 }
 
+const POISON: u32 = 13;
+
 impl Handler<Ping> for Arc<Recorder> {
     async fn handle(&self, batch: &[Delivery<Ping>]) -> anyhow::Result<()> {
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.fail_first {
             anyhow::bail!("simulated transient failure");
+        }
+        if batch.iter().any(|d| d.message.n == POISON) {
+            anyhow::bail!("simulated poison");
         }
         for delivery in batch {
             self.seen.send(delivery.message.n)?;
@@ -62,6 +68,17 @@ fn start_loop(
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(consumer.run(shutdown.clone()));
     (rx, recorder, shutdown, task)
+}
+
+fn dead_letter_reader(kafka: &TestKafka) -> StreamConsumer {
+    let reader: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("group.id", unique_name("dlq-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&[&kafka.topics().dead_letter()]).unwrap();
+    reader
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<u32>) -> u32 {
@@ -121,13 +138,7 @@ async fn an_undecodable_message_is_dead_lettered_and_the_next_one_processed() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
-    let reader: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.brokers())
-        .set("group.id", unique_name("dlq-reader"))
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&[&kafka.topics().dead_letter()]).unwrap();
+    let reader = dead_letter_reader(&kafka);
     let message = tokio::time::timeout(Duration::from_secs(60), reader.recv())
         .await
         .expect("nothing on the dead-letter topic")
@@ -143,4 +154,46 @@ async fn an_undecodable_message_is_dead_lettered_and_the_next_one_processed() {
     };
     assert_eq!(header("x-original-topic").as_deref(), Some(topic.as_str()));
     assert!(header("x-error").unwrap().contains("undecodable JSON"));
+}
+
+/// One message that fails every time gets a bounded number of tries, goes to the
+/// dead-letter topic with the error, and the messages behind it (same key, same partition)
+/// are handled; a new member of the group does not see the poisoned message again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_keeps_failing_is_dead_lettered_after_its_budget_and_the_rest_flow() {
+    let kafka = TestKafka::start().await;
+    let producer = kafka.cluster.producer().unwrap();
+    let topic = kafka.topics().replies();
+    let group = unique_name("g");
+    for n in [1, POISON, 2, 3] {
+        producer.send_json(&topic, "k", &Ping { n }).await.unwrap();
+    }
+
+    let (mut seen, recorder, shutdown, task) = start_loop(&kafka, &group, 0);
+    let handled = [next(&mut seen).await, next(&mut seen).await, next(&mut seen).await];
+    assert_eq!(handled, [1, 2, 3]);
+    let reader = dead_letter_reader(&kafka);
+    let message = tokio::time::timeout(Duration::from_secs(60), reader.recv())
+        .await
+        .expect("nothing on the dead-letter topic")
+        .unwrap();
+    let poisoned: Ping = serde_json::from_slice(message.payload().unwrap()).unwrap();
+    assert_eq!(poisoned, Ping { n: POISON });
+    let error = message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "x-error").and_then(|h| h.value))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    assert!(error.contains("failed 5 attempts") && error.contains("simulated poison"), "{error}");
+    // Bounded: the batch, then five tries of the poisoned message alone (plus the healthy
+    // messages handled alone), not an endless loop.
+    assert!(recorder.calls.load(Ordering::SeqCst) <= 1 + 4 + 5, "{:?}", recorder.calls);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    producer.send_json(&topic, "k", &Ping { n: 4 }).await.unwrap();
+    let (mut seen, _recorder, shutdown, task) = start_loop(&kafka, &group, 0);
+    assert_eq!(next(&mut seen).await, 4, "the poisoned message's offset was committed");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }

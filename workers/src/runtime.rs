@@ -13,8 +13,10 @@
 //! 4. release the locks; publish the batch's replies; only then does the consumer loop
 //!    store the offsets.
 //!
-//! Infrastructure errors return `Err`, so the consumer loop retries the batch with backoff
-//! and never skips it; the inbox makes the retry harmless.
+//! Infrastructure errors return `Err`, so the consumer loop retries the command with
+//! backoff; the inbox makes the retry harmless. After the loop's budget, [`Handler::give_up`]
+//! answers the command `Failed` (stored like any reply), so one bad command never holds up
+//! the role.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use platform::cache;
 use platform::contract::{Command, Direction, Outcome, Reply, Topics};
 use platform::db::{self, Connection};
-use platform::kafka::{Delivery, Handler, Producer};
+use platform::kafka::{Delivery, GiveUp, Handler, Producer};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -305,21 +307,9 @@ fn reply_for(command: &Command, outcome: Outcome) -> Reply {
     }
 }
 
-impl<P: Participant> Handler<Command> for CommandRuntime<P> {
-    async fn handle(&self, batch: &[Delivery<Command>]) -> anyhow::Result<()> {
-        let mut replies = Vec::with_capacity(batch.len());
-        for delivery in batch {
-            let command = &delivery.message;
-            let reply = self
-                .process(command)
-                .await
-                .with_context(|| format!("{} for saga {}", command.name, command.saga_id))?;
-            if let Outcome::Rejected { reason } = &reply.outcome {
-                tracing::info!(saga.id = %command.saga_id, command = %command.name, reason, "command rejected");
-            }
-            replies.push(reply);
-        }
-        // Enqueued in order, acknowledged together.
+impl<P: Participant> CommandRuntime<P> {
+    /// Enqueued in order, acknowledged together.
+    async fn publish(&self, replies: &[Reply]) -> anyhow::Result<()> {
         let keys: Vec<String> = replies.iter().map(|r| r.saga_id.to_string()).collect();
         let sends = replies
             .iter()
@@ -329,5 +319,50 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
             result?;
         }
         Ok(())
+    }
+}
+
+impl<P: Participant> Handler<Command> for CommandRuntime<P> {
+    async fn handle(&self, batch: &[Delivery<Command>]) -> anyhow::Result<()> {
+        let mut replies = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            let command = &delivery.message;
+            match self.process(command).await {
+                Ok(reply) => {
+                    if let Outcome::Rejected { reason } = &reply.outcome {
+                        tracing::info!(saga.id = %command.saga_id, command = %command.name, reason, "command rejected");
+                    }
+                    replies.push(reply);
+                }
+                Err(err) => {
+                    // What committed before the failure is answered now, not after the
+                    // failing command's retries.
+                    if let Err(publish) = self.publish(&replies).await {
+                        tracing::warn!(error = format!("{publish:#}"), "early reply publish failed");
+                    }
+                    return Err(err.context(format!(
+                        "{} for saga {}",
+                        command.name, command.saga_id
+                    )));
+                }
+            }
+        }
+        self.publish(&replies).await
+    }
+
+    /// A command that kept failing is answered `Failed`, stored in the inbox like any reply
+    /// (so a redelivery gets the same answer and the attempt can never take effect later),
+    /// and the saga's retry policy takes over.
+    async fn give_up(&self, delivery: &Delivery<Command>, error: &anyhow::Error) -> anyhow::Result<GiveUp> {
+        let command = &delivery.message;
+        let mut pooled = self.database.get().await?;
+        let reason = format!("gave up after repeated failures: {error:#}");
+        let reply = self
+            .commit_reply(&mut pooled, command, Outcome::Failed { reason })
+            .await?;
+        drop(pooled);
+        self.publish(std::slice::from_ref(&reply)).await?;
+        tracing::warn!(saga.id = %command.saga_id, command = %command.name, error = format!("{error:#}"), "command answered Failed after its retry budget");
+        Ok(GiveUp::Settled)
     }
 }

@@ -4,9 +4,14 @@
 //! offset is stored only after the handler returned `Ok` for its batch (its effect is
 //! durable), and offsets are stored strictly in order, so a crash at any point redelivers
 //! rather than skips. A message that cannot be decoded goes to the dead-letter topic (whose
-//! acknowledgement is awaited before its offset is stored) and the loop moves on. A handler
-//! error is never swallowed: the same batch is retried with backoff until it succeeds or the
-//! process shuts down, in which case it is redelivered on the next start.
+//! acknowledgement is awaited before its offset is stored) and the loop moves on.
+//!
+//! A handler error is never swallowed, and never wedges the loop either. A failed batch is
+//! handled again one message at a time, so its healthy messages go through; a message that
+//! keeps failing gets `message_attempts` tries with backoff, then the handler's
+//! [`Handler::give_up`] settles it (a command gets a `Failed` reply) or it goes to the
+//! dead-letter topic. Only when even that fails (the handler's database is down, say) is
+//! the message tried again from the start, since then nothing behind it could succeed.
 //!
 //! Auto-commit periodically commits the *stored* offsets; shutdown commits them
 //! synchronously one last time.
@@ -35,9 +40,29 @@ pub struct Delivery<T> {
 }
 
 /// Applies the effect of a batch of messages. `Ok` means the effect is durable; an error
-/// makes the loop retry the same batch, so implementations must be idempotent (inbox).
+/// makes the loop handle the messages again, so implementations must be idempotent (inbox).
 pub trait Handler<T>: Send + Sync + 'static {
     fn handle(&self, batch: &[Delivery<T>]) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Settles a message that failed its whole retry budget on its own. The default sends
+    /// it to the dead-letter topic. An error means the failure could not even be recorded:
+    /// the loop pauses and tries the message again from the start.
+    fn give_up(
+        &self,
+        _delivery: &Delivery<T>,
+        _error: &anyhow::Error,
+    ) -> impl Future<Output = anyhow::Result<GiveUp>> + Send {
+        async { Ok(GiveUp::DeadLetter) }
+    }
+}
+
+/// What became of a message that failed every attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GiveUp {
+    /// The handler recorded the outcome itself (a command answered with `Failed`).
+    Settled,
+    /// The loop sends the message to the dead-letter topic.
+    DeadLetter,
 }
 
 #[derive(Debug, Clone)]
@@ -49,8 +74,10 @@ pub struct ConsumerOptions {
     pub max_batch: usize,
     /// How long to wait for more messages once one arrived, to fill a batch.
     pub linger: Duration,
-    /// First and largest pause between retries of a failing batch.
+    /// First and largest pause between retries of a failing message.
     pub retry_backoff: (Duration, Duration),
+    /// Tries one message gets on its own before it is given up on (`Handler::give_up`).
+    pub message_attempts: u32,
     /// Static membership (`group.instance.id`), see `Cluster::member_id`.
     pub instance_id: Option<String>,
 }
@@ -63,6 +90,7 @@ impl ConsumerOptions {
             max_batch: 64,
             linger: Duration::from_millis(5),
             retry_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+            message_attempts: 5,
             instance_id: None,
         }
     }
@@ -187,57 +215,128 @@ where
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         let mut pending: Vec<Delivery<T>> = Vec::with_capacity(batch.len());
+        let mut raws: Vec<Raw> = Vec::with_capacity(batch.len());
         for raw in batch {
             match decode::<T>(&raw) {
-                Ok(message) => pending.push(Delivery {
-                    message,
-                    topic: raw.topic,
-                    partition: raw.partition,
-                    offset: raw.offset,
-                    key: raw.key,
-                }),
+                Ok(message) => {
+                    pending.push(Delivery {
+                        message,
+                        topic: raw.topic.clone(),
+                        partition: raw.partition,
+                        offset: raw.offset,
+                        key: raw.key.clone(),
+                    });
+                    raws.push(raw);
+                }
                 Err(reason) => {
-                    self.handle_with_retry(&pending, shutdown).await?;
+                    self.handle_batch(&pending, &raws, shutdown).await?;
                     pending.clear();
+                    raws.clear();
                     self.dead_letter(&raw, &reason, shutdown).await?;
                 }
             }
         }
-        self.handle_with_retry(&pending, shutdown).await
+        self.handle_batch(&pending, &raws, shutdown).await
     }
 
-    async fn handle_with_retry(
+    /// The batch at once; when that fails, each message on its own, so that one bad message
+    /// costs only its own retries.
+    async fn handle_batch(
         &self,
         batch: &[Delivery<T>],
+        raws: &[Raw],
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut attempt = 0u32;
+        match self.handler.handle(batch).await {
+            Ok(()) => {
+                for delivery in batch {
+                    self.store(&delivery.topic, delivery.partition, delivery.offset);
+                }
+                return Ok(());
+            }
+            Err(err) if batch.len() > 1 => tracing::warn!(
+                group = %self.options.group_id,
+                topic = %batch[0].topic,
+                partition = batch[0].partition,
+                offset = batch[0].offset,
+                batch = batch.len(),
+                error = format!("{err:#}"),
+                "batch failed; handling its messages one at a time",
+            ),
+            Err(_) => {}
+        }
+        for (delivery, raw) in batch.iter().zip(raws) {
+            self.handle_alone(delivery, raw, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_alone(
+        &self,
+        delivery: &Delivery<T>,
+        raw: &Raw,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Interrupted> {
+        let attempts = self.options.message_attempts.max(1);
+        let mut round = 0u32;
         loop {
-            match self.handler.handle(batch).await {
-                Ok(()) => break,
-                Err(err) => {
-                    attempt += 1;
+            let mut failure = None;
+            for attempt in 1..=attempts {
+                match self.handler.handle(std::slice::from_ref(delivery)).await {
+                    Ok(()) => {
+                        self.store(&delivery.topic, delivery.partition, delivery.offset);
+                        return Ok(());
+                    }
+                    Err(err) => {
+                        tracing::error!(
+                            group = %self.options.group_id,
+                            topic = %delivery.topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            attempt,
+                            attempts,
+                            error = format!("{err:#}"),
+                            "message failed",
+                        );
+                        failure = Some(err);
+                        if attempt < attempts {
+                            self.pause(attempt, shutdown).await?;
+                        }
+                    }
+                }
+            }
+            let err = failure.unwrap_or_else(|| anyhow::anyhow!("no attempt made"));
+            match self.handler.give_up(delivery, &err).await {
+                Ok(GiveUp::Settled) => {
+                    tracing::warn!(
+                        group = %self.options.group_id,
+                        topic = %delivery.topic,
+                        partition = delivery.partition,
+                        offset = delivery.offset,
+                        "message given up on after {attempts} attempts; settled by its handler",
+                    );
+                    self.store(&delivery.topic, delivery.partition, delivery.offset);
+                    return Ok(());
+                }
+                Ok(GiveUp::DeadLetter) => {
+                    let reason = format!("failed {attempts} attempts: {err:#}");
+                    return self.dead_letter(raw, &reason, shutdown).await;
+                }
+                Err(give_up) => {
+                    round += 1;
                     tracing::error!(
                         group = %self.options.group_id,
-                        topic = %batch[0].topic,
-                        partition = batch[0].partition,
-                        offset = batch[0].offset,
-                        batch = batch.len(),
-                        attempt,
-                        error = format!("{err:#}"),
-                        "handler failed; retrying the batch",
+                        error = format!("{give_up:#}"),
+                        round,
+                        "could not settle a failed message; trying it again",
                     );
-                    self.pause(attempt, shutdown).await?;
+                    self.pause(round, shutdown).await?;
                 }
             }
         }
-        for delivery in batch {
-            self.store(&delivery.topic, delivery.partition, delivery.offset);
-        }
-        Ok(())
     }
 
     async fn dead_letter(
@@ -273,7 +372,7 @@ where
             offset = raw.offset,
             dead_letter = %self.dead_letter.topic(),
             reason,
-            "undecodable message sent to the dead-letter topic",
+            "message sent to the dead-letter topic",
         );
         self.store(&raw.topic, raw.partition, raw.offset);
         Ok(())

@@ -13,7 +13,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 pub use admin::ensure_topics;
-pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, Handler};
+pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, GiveUp, Handler};
 pub use embedded::EmbeddedKafka;
 pub use producer::{DeadLetter, Producer};
 
