@@ -16,8 +16,7 @@ use platform::kafka::{Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Produc
 use platform::{cache, db};
 
 use workers::adjuster::Adjuster;
-use workers::participants::{coupon::Coupon, vendor::Vendor};
-use workers::runtime::CommandRuntime;
+use workers::direct::DirectUse;
 
 use crate::api;
 use crate::clock::Clock;
@@ -197,27 +196,6 @@ fn api_state(
     engine: &Engine,
 ) -> api::State {
     let redis_prefix = format!("{}:", cluster.topics().prefix());
-    let runtime = |participant| {
-        CommandRuntime::new(
-            participant,
-            database.clone(),
-            redis.clone(),
-            &redis_prefix,
-            producer.clone(),
-            cluster.topics(),
-            config.workers.clone(),
-        )
-    };
-    let coupon = runtime(Coupon::default());
-    let vendor = CommandRuntime::new(
-        Vendor,
-        database.clone(),
-        redis.clone(),
-        &redis_prefix,
-        producer.clone(),
-        cluster.topics(),
-        config.workers.clone(),
-    );
     api::State {
         probes: Probes {
             database: database.clone(),
@@ -226,7 +204,12 @@ fn api_state(
         },
         engine: engine.clone(),
         database: database.clone(),
-        direct: api::DirectUse::new(coupon, vendor),
+        direct: DirectUse::new(
+            database.clone(),
+            redis.clone(),
+            &redis_prefix,
+            config.workers.clone(),
+        ),
         adjuster: Adjuster::new(
             database.clone(),
             redis.clone(),

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: environment variables of the `worker` binary.
+//! - [`direct`]: the direct coupon use, claim and payout in one transaction.
 //! - [`adjuster`]: counter changes from outside sagas (API), under the same strategy.
 //! - [`runtime`]: what every participant shares: inbox, locks, transaction, reply.
 //! - [`fence`]: step fences, which keep a late forward command from taking effect.
@@ -19,6 +20,7 @@
 
 pub mod adjuster;
 pub mod config;
+pub mod direct;
 pub mod fence;
 #[cfg(feature = "testkit")]
 pub mod fixtures;

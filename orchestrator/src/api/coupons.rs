@@ -6,13 +6,10 @@
 //! (`coupon.claim` -> `vendor.payout`), or, for the seed's Kafka-vs-direct comparison, the
 //! same two participant calls made synchronously in the request.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
-use platform::contract::{Command, Direction, Outcome};
 use platform::db::Connection;
 use poem::web::Data;
 use poem_openapi::param::Path;
@@ -20,8 +17,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::{Value, json};
 use uuid::Uuid;
-use workers::participants::{coupon::Coupon, vendor::Vendor};
-use workers::runtime::CommandRuntime;
+use workers::direct;
 use workers::schema::{coupon_campaigns, users, vendors};
 
 use super::State;
@@ -223,79 +219,6 @@ pub async fn create_campaign(state: &State, new: &NewCampaign) -> ApiResult<Camp
     .await
 }
 
-/// The coupon and vendor participants, called in-process (no Kafka): the "direct" variant.
-#[derive(Clone)]
-pub struct DirectUse {
-    coupon: Arc<CommandRuntime<Coupon>>,
-    vendor: Arc<CommandRuntime<Vendor>>,
-}
-
-impl DirectUse {
-    pub fn new(coupon: CommandRuntime<Coupon>, vendor: CommandRuntime<Vendor>) -> Self {
-        Self {
-            coupon: Arc::new(coupon),
-            vendor: Arc::new(vendor),
-        }
-    }
-
-    /// Claim, then pay out; a refused payout returns the coupon. `Err` with a reason when
-    /// the use is refused.
-    async fn run(
-        &self,
-        campaign: Uuid,
-        user: Uuid,
-    ) -> anyhow::Result<Result<DirectOutcome, String>> {
-        let use_id = Uuid::now_v7();
-        let input = json!({ "campaign_id": campaign, "user_id": user });
-        let command = |step, direction, name: &str, outputs: Value| Command {
-            id: Uuid::now_v7(),
-            saga_id: use_id,
-            saga: "coupon_use_direct".into(),
-            step,
-            attempt: 1,
-            direction,
-            name: name.into(),
-            payload: json!({ "input": input, "outputs": outputs }),
-            issued_at: Utc::now(),
-        };
-        let claim = self
-            .coupon
-            .process(&command(0, Direction::Forward, "coupon.claim", json!({})))
-            .await?;
-        let claim = match claim.outcome {
-            Outcome::Succeeded { output } => output,
-            Outcome::Rejected { reason } | Outcome::Failed { reason } => return Ok(Err(reason)),
-        };
-        let payout = self
-            .vendor
-            .process(&command(
-                1,
-                Direction::Forward,
-                "vendor.payout",
-                json!({ "claim_coupon": claim }),
-            ))
-            .await?;
-        match payout.outcome {
-            Outcome::Succeeded { output } => Ok(Ok(DirectOutcome {
-                use_id,
-                claim,
-                payout: output,
-            })),
-            Outcome::Rejected { reason } | Outcome::Failed { reason } => {
-                self.coupon
-                    .process(&command(
-                        0,
-                        Direction::Compensate,
-                        "coupon.unclaim",
-                        json!({}),
-                    ))
-                    .await?;
-                Ok(Err(reason))
-            }
-        }
-    }
-}
-
 #[OpenApi(tag = "super::Tag::Coupons")]
 impl CouponsApi {
     /// Create a coupon campaign
@@ -349,8 +272,9 @@ impl CouponsApi {
     /// Use a coupon (direct)
     ///
     /// Claims and pays out synchronously in the request, without Kafka: the seed's "direct
-    /// call" variant, kept for comparison. 200 when used; 409 with the reason when refused
-    /// (none left, already held, payouts disabled; a refused payout returns the coupon).
+    /// call" variant, kept for comparison. The claim and the payout commit together or not
+    /// at all. 200 when used; 409 with the reason when refused (none left, already held,
+    /// payouts disabled); 503 with `Retry-After` when a lock stayed busy.
     #[oai(path = "/v1/coupons/:id/direct-uses", method = "post")]
     async fn use_directly(
         &self,
@@ -358,11 +282,21 @@ impl CouponsApi {
         #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
     ) -> ApiResult<UsedDirectly> {
-        find(&state, id.0).await?;
+        let campaign = find(&state, id.0).await?;
         user_exists(&state, body.user_id).await?;
-        match state.direct.run(id.0, body.user_id).await? {
-            Ok(outcome) => Ok(UsedDirectly::Ok(Json(outcome))),
-            Err(reason) => Err(ApiError::conflict(reason)),
+        match state
+            .direct
+            .run(id.0, campaign.vendor_id, body.user_id)
+            .await
+        {
+            Ok(used) => Ok(UsedDirectly::Ok(Json(DirectOutcome {
+                use_id: used.use_id,
+                claim: used.claim,
+                payout: used.payout,
+            }))),
+            Err(direct::Error::Refused(reason)) => Err(ApiError::conflict(reason)),
+            Err(busy @ direct::Error::Busy(_)) => Err(ApiError::unavailable(busy.to_string(), 1)),
+            Err(direct::Error::Failed(err)) => Err(ApiError::internal(format!("{err:#}"))),
         }
     }
 }

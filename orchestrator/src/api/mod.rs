@@ -29,7 +29,6 @@ use platform::health::Probes;
 
 use crate::engine::Engine;
 
-pub use coupons::DirectUse;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,7 +40,7 @@ pub struct State {
     pub engine: Engine,
     pub database: db::Pool,
     /// Claim and payout in the request, for the Kafka-vs-direct comparison.
-    pub direct: DirectUse,
+    pub direct: workers::direct::DirectUse,
     /// Stock and balance changes under the participants' concurrency strategy.
     pub adjuster: workers::adjuster::Adjuster,
 }

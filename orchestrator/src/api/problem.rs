@@ -74,6 +74,10 @@ pub enum ApiError {
     /// A server fault; the body carries an error id to quote, never internals.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
+    /// Busy for now (a lock or the database); nothing changed. Retry after the given
+    /// number of seconds.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u64),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -102,6 +106,13 @@ impl ApiError {
         let mut problem = Problem::new(422, "unprocessable", "Unprocessable request", detail);
         problem.field = Some(field.to_owned());
         Self::Unprocessable(Json(problem))
+    }
+
+    pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::Unavailable(
+            Json(Problem::new(503, "busy", "Busy, try again", detail)),
+            retry_after_secs,
+        )
     }
 
     /// Logs the cause and answers with an id only.
