@@ -66,3 +66,14 @@ diesel::table! {
 
 diesel::joinable!(orders -> sagas (saga_id));
 diesel::allow_tables_to_appear_in_same_query!(orders, sagas);
+
+diesel::table! {
+    idempotency_keys (caller, key) {
+        caller -> Text,
+        key -> Text,
+        fingerprint -> Text,
+        status -> Int2,
+        response -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}

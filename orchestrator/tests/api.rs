@@ -326,14 +326,43 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
             .send()
     });
     let mut ids = Vec::new();
+    let mut replays = 0;
     for response in futures_util::future::join_all(requests).await {
         let response = response.unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
+        if let Some(replayed) = response.headers().get("idempotent-replayed") {
+            assert_eq!(replayed, "true");
+            replays += 1;
+        }
         let body: Value = response.json().await.unwrap();
         ids.push((body["order_id"].clone(), body["saga_id"].clone()));
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(replays, 19, "every answer but the first is marked as a replay");
+
+    // The same key with another request never hands over the first one's order.
+    let other_user = created(
+        api.post("/v1/users", json!({ "name": "Jun", "balance_cents": 100000 }))
+            .await,
+    )
+    .await;
+    let mut theirs = order("KR");
+    theirs["user_id"] = other_user["id"].clone();
+    let mut bigger = order("KR");
+    bigger["lines"][0]["quantity"] = json!(3);
+    for different in [theirs, bigger] {
+        let reused = api
+            .http
+            .post(format!("{}/v1/orders", api.base))
+            .header("Idempotency-Key", "order-42")
+            .json(&different)
+            .send()
+            .await
+            .unwrap();
+        let body = problem(reused, 422, Some("Idempotency-Key")).await;
+        assert!(!body.to_string().contains(ids[0].0.as_str().unwrap()), "{body}");
+    }
     api.wait_for(
         &format!("/v1/orders/{}", ids[0].0.as_str().unwrap()),
         "status",

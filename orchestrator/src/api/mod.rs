@@ -8,6 +8,7 @@
 mod coupons;
 pub mod demo;
 mod health;
+pub mod idempotency;
 mod metrics;
 mod notifications;
 mod orders;

@@ -1,7 +1,8 @@
 //! Orders: `POST /v1/orders` writes the order, its saga, the saga's first history entry and
 //! its first command in ONE transaction and answers 202; nothing is published in the
-//! request. An `Idempotency-Key` makes a retried request return the first one's ids, also
-//! when the duplicates arrive concurrently (the saga's unique key decides).
+//! request. An `Idempotency-Key` makes a retried request return the first one's answer,
+//! also when the duplicates arrive concurrently; the same key with another request is 422
+//! (see [`super::idempotency`]).
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use workers::schema::{products, users};
 
 use super::State;
+use super::idempotency;
 use super::problem::{ApiError, ApiResult};
 use crate::schema::{orders, sagas};
 
@@ -46,7 +48,7 @@ pub struct Address {
 }
 
 /// An order to place.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(example)]
 struct NewOrder {
     user_id: Uuid,
@@ -74,7 +76,7 @@ impl poem_openapi::types::Example for NewOrder {
 }
 
 /// An accepted order: poll `status_url` (or the saga) for the outcome.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize, Deserialize)]
 struct Accepted {
     order_id: Uuid,
     saga_id: Uuid,
@@ -102,9 +104,14 @@ struct Order {
 
 #[derive(ApiResponse)]
 enum Placed {
-    /// Accepted; the saga runs in the background.
+    /// Accepted; the saga runs in the background. `Idempotent-Replayed: true` marks the
+    /// stored answer to an earlier request with the same `Idempotency-Key`.
     #[oai(status = 202)]
-    Accepted(Json<Accepted>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<Accepted>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -139,17 +146,65 @@ fn order_status(saga_status: &str) -> &'static str {
     }
 }
 
-fn accepted(order_id: Uuid, saga_id: Uuid) -> Placed {
-    let status_url = format!("/v1/orders/{order_id}");
-    Placed::Accepted(
-        Json(Accepted {
-            order_id,
-            saga_id,
-            status_url: status_url.clone(),
-            saga_url: format!("/v1/sagas/{saga_id}"),
-        }),
-        status_url,
-    )
+fn accepted(order_id: Uuid, saga_id: Uuid) -> Accepted {
+    Accepted {
+        order_id,
+        saga_id,
+        status_url: format!("/v1/orders/{order_id}"),
+        saga_url: format!("/v1/sagas/{saga_id}"),
+    }
+}
+
+fn placed(accepted: Accepted, replayed: bool) -> Placed {
+    let location = accepted.status_url.clone();
+    Placed::Accepted(Json(accepted), location, replayed.then_some(true))
+}
+
+/// Checks the user and the SKUs and prices the order: the saga's payload and the total.
+async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<(serde_json::Value, i64)> {
+    let known_user: i64 = users::table
+        .filter(users::id.eq(order.user_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    if known_user == 0 {
+        return Err(ApiError::unprocessable(
+            "user_id",
+            format!("user {} does not exist", order.user_id),
+        ));
+    }
+    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+    let prices: HashMap<String, i64> = products::table
+        .filter(products::sku.eq_any(&skus))
+        .select((products::sku, products::price_cents))
+        .load::<(String, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut total_cents = 0i64;
+    for (index, line) in order.lines.iter().enumerate() {
+        let price = prices.get(&line.sku).ok_or_else(|| {
+            ApiError::unprocessable(
+                &format!("lines[{index}].sku"),
+                format!("product {} does not exist", line.sku),
+            )
+        })?;
+        total_cents += price * i64::from(line.quantity);
+    }
+    if total_cents <= 0 {
+        return Err(ApiError::unprocessable(
+            "lines",
+            "the order total must be positive",
+        ));
+    }
+    let payload = json!({
+        "order_id": Uuid::now_v7(),
+        "user_id": order.user_id,
+        "lines": order.lines,
+        "total_cents": total_cents,
+        "shipping_address": order.shipping_address,
+    });
+    Ok((payload, total_cents))
 }
 
 #[OpenApi(tag = "super::Tag::Orders")]
@@ -158,8 +213,9 @@ impl OrdersApi {
     ///
     /// Starts an order saga: reserve stock, charge the user's wallet, prepare the shipment.
     /// Answers 202 at once with the order and saga ids. With an `Idempotency-Key`, repeating
-    /// the request returns the first request's ids and starts nothing new. Unknown users or
-    /// SKUs are 422, naming the field.
+    /// the request returns the first request's answer (marked `Idempotent-Replayed: true`)
+    /// and starts nothing new; the same key with a different request is 422. Keys are kept
+    /// for 24 hours. Unknown users or SKUs are 422, naming the field.
     #[oai(path = "/v1/orders", method = "post")]
     async fn place(
         &self,
@@ -169,79 +225,45 @@ impl OrdersApi {
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Placed> {
+        let key = idempotency::Key::of(
+            idempotency_key.0.as_deref(),
+            "POST",
+            "/v1/orders",
+            &*body,
+        )?;
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
-        let known_user: i64 = users::table
-            .filter(users::id.eq(body.user_id))
-            .count()
-            .get_result(conn)
-            .await?;
-        if known_user == 0 {
-            return Err(ApiError::unprocessable(
-                "user_id",
-                format!("user {} does not exist", body.user_id),
-            ));
-        }
-        let skus: Vec<&str> = body.lines.iter().map(|l| l.sku.as_str()).collect();
-        let prices: HashMap<String, i64> = products::table
-            .filter(products::sku.eq_any(&skus))
-            .select((products::sku, products::price_cents))
-            .load::<(String, i64)>(conn)
-            .await?
-            .into_iter()
-            .collect();
-        let mut total_cents = 0i64;
-        for (index, line) in body.lines.iter().enumerate() {
-            let price = prices.get(&line.sku).ok_or_else(|| {
-                ApiError::unprocessable(
-                    &format!("lines[{index}].sku"),
-                    format!("product {} does not exist", line.sku),
-                )
-            })?;
-            total_cents += price * i64::from(line.quantity);
-        }
-        if total_cents <= 0 {
-            return Err(ApiError::unprocessable(
-                "lines",
-                "the order total must be positive",
-            ));
-        }
-        let order_id = Uuid::now_v7();
-        let payload = json!({
-            "order_id": order_id,
-            "user_id": body.user_id,
-            "lines": body.lines,
-            "total_cents": total_cents,
-            "shipping_address": body.shipping_address,
-        });
         let engine = &state.engine;
-        let key = idempotency_key.0.as_deref();
-        let (order_id, saga_id) = conn
-            .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
-                let started = engine.start_in(conn, "order", &payload, key).await?;
-                if !started.created {
-                    let existing: Uuid = orders::table
-                        .filter(orders::saga_id.eq(started.id))
-                        .select(orders::id)
-                        .first(conn)
-                        .await?;
-                    return Ok((existing, started.id));
-                }
-                diesel::insert_into(orders::table)
-                    .values((
-                        orders::id.eq(order_id),
-                        orders::user_id.eq(body.user_id),
-                        orders::lines.eq(json!(body.lines)),
-                        orders::total_cents.eq(total_cents),
-                        orders::shipping_address.eq(json!(body.shipping_address)),
-                        orders::saga_id.eq(started.id),
-                    ))
-                    .execute(conn)
-                    .await?;
-                Ok((order_id, started.id))
-            })
-            .await?;
-        Ok(accepted(order_id, saga_id))
+        conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+            if let Some(key) = &key
+                && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
+            {
+                return Ok(placed(first, true));
+            }
+            let (payload, total_cents) = priced(conn, &body).await?;
+            let order_id = payload["order_id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .unwrap_or_default();
+            let started = engine.start_in(conn, "order", &payload, None).await?;
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::id.eq(order_id),
+                    orders::user_id.eq(body.user_id),
+                    orders::lines.eq(json!(body.lines)),
+                    orders::total_cents.eq(total_cents),
+                    orders::shipping_address.eq(json!(body.shipping_address)),
+                    orders::saga_id.eq(started.id),
+                ))
+                .execute(conn)
+                .await?;
+            let accepted = accepted(order_id, started.id);
+            if let Some(key) = &key {
+                idempotency::finish(conn, key, 202, &accepted).await?;
+            }
+            Ok(placed(accepted, false))
+        })
+        .await
     }
 
     /// Get an order
