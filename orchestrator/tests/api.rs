@@ -339,12 +339,18 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
-    assert_eq!(replays, 19, "every answer but the first is marked as a replay");
+    assert_eq!(
+        replays, 19,
+        "every answer but the first is marked as a replay"
+    );
 
     // The same key with another request never hands over the first one's order.
     let other_user = created(
-        api.post("/v1/users", json!({ "name": "Jun", "balance_cents": 100000 }))
-            .await,
+        api.post(
+            "/v1/users",
+            json!({ "name": "Jun", "balance_cents": 100000 }),
+        )
+        .await,
     )
     .await;
     let mut theirs = order("KR");
@@ -361,7 +367,10 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
             .await
             .unwrap();
         let body = problem(reused, 422, Some("Idempotency-Key")).await;
-        assert!(!body.to_string().contains(ids[0].0.as_str().unwrap()), "{body}");
+        assert!(
+            !body.to_string().contains(ids[0].0.as_str().unwrap()),
+            "{body}"
+        );
     }
     api.wait_for(
         &format!("/v1/orders/{}", ids[0].0.as_str().unwrap()),
@@ -555,5 +564,202 @@ async fn coupon_campaigns_and_their_use() {
         Some("user_id"),
     )
     .await;
+    api.stop().await;
+}
+
+/// Every value a client can send ends in a 4xx that names the field: formats and integer
+/// ranges the JSON parser would reject without saying where, and counters pushed past
+/// their column's range in legal steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_values_name_their_field_and_never_reach_a_500() {
+    let api = Api::start().await;
+    let user = created(
+        api.post(
+            "/v1/users",
+            json!({ "name": "Minji", "balance_cents": 100 }),
+        )
+        .await,
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap();
+    created(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1000, "stock": 10 }),
+        )
+        .await,
+    )
+    .await;
+    let vendor = created(api.post("/v1/vendors", json!({ "name": "Roastery" })).await).await;
+    let order = |user: &str, quantity: Value| json!({ "user_id": user, "lines": [{ "sku": "MUG-01", "quantity": quantity }], "shipping_address": address("KR") });
+    let cases = [
+        ("/v1/orders", order("not-a-uuid", json!(1)), "user_id"),
+        (
+            "/v1/orders",
+            order(user_id, json!(4_294_967_296u64)),
+            "lines[0].quantity",
+        ),
+        (
+            "/v1/products",
+            json!({ "sku": "X", "name": "X", "price_cents": 1, "stock": 2_147_483_648u64 }),
+            "stock",
+        ),
+        (
+            "/v1/products/MUG-01/stock",
+            json!({ "delta": -2_147_483_649i64 }),
+            "delta",
+        ),
+        (
+            "/v1/users",
+            json!({ "name": "X", "balance_cents": 9_223_372_036_854_775_808u64 }),
+            "balance_cents",
+        ),
+        (
+            "/v1/coupons",
+            json!({ "vendor_id": vendor["id"], "kind": "K", "title": "T", "value_cents": 100, "total_quantity": 1, "valid_from": "yesterday", "valid_until": "2030-01-01T00:00:00Z" }),
+            "valid_from",
+        ),
+    ];
+    for (path, body, field) in cases {
+        problem(api.post(path, body).await, 400, Some(field)).await;
+    }
+
+    // A stock raised up to its column's maximum in legal steps: the next step is a 409
+    // that says why, not an integer overflow.
+    {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = api._env.db.pool.get().await.unwrap();
+        diesel::update(workers::schema::products::table.find("MUG-01"))
+            .set(workers::schema::products::stock.eq(i32::MAX - 5))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let past = api
+        .post("/v1/products/MUG-01/stock", json!({ "delta": 10 }))
+        .await;
+    let body = problem(past, 409, None).await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("maximum"),
+        "{body}"
+    );
+    let product: Value = api.get("/v1/products/MUG-01").await.json().await.unwrap();
+    assert_eq!(product["stock"], i32::MAX - 5, "nothing changed");
+    api.stop().await;
+}
+
+/// Every POST that moves money or starts a saga takes an `Idempotency-Key`: the repeat
+/// changes nothing and is marked as a replay; the key with another request is 422.
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_guard_every_post_that_moves_money_or_starts_a_saga() {
+    let api = Api::start().await;
+    let user = created(
+        api.post("/v1/users", json!({ "name": "Minji", "balance_cents": 0 }))
+            .await,
+    )
+    .await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+    let other_user = created(
+        api.post("/v1/users", json!({ "name": "Jun", "balance_cents": 0 }))
+            .await,
+    )
+    .await;
+    created(
+        api.post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 1000, "stock": 10 }),
+        )
+        .await,
+    )
+    .await;
+    let vendor = created(api.post("/v1/vendors", json!({ "name": "Roastery" })).await).await;
+    let campaign = created(
+        api.post(
+            "/v1/coupons",
+            json!({ "vendor_id": vendor["id"], "kind": "IDEM", "title": "T", "value_cents": 1000, "total_quantity": 10, "valid_from": "2020-01-01T00:00:00Z", "valid_until": "2099-01-01T00:00:00Z" }),
+        )
+        .await,
+    )
+    .await;
+    let campaign_id = campaign["id"].as_str().unwrap();
+    let keyed = async |path: &str, key: &str, body: Value| {
+        api.http
+            .post(format!("{}{path}", api.base))
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    let requests = [
+        (
+            format!("/v1/users/{user_id}/top-ups"),
+            json!({ "amount_cents": 500 }),
+            json!({ "amount_cents": 501 }),
+        ),
+        (
+            "/v1/products/MUG-01/stock".to_owned(),
+            json!({ "delta": 5 }),
+            json!({ "delta": 6 }),
+        ),
+        (
+            format!("/v1/coupons/{campaign_id}/uses"),
+            json!({ "user_id": user_id }),
+            json!({ "user_id": other_user["id"] }),
+        ),
+        (
+            format!("/v1/coupons/{campaign_id}/direct-uses"),
+            json!({ "user_id": user_id }),
+            json!({ "user_id": other_user["id"] }),
+        ),
+    ];
+    for (index, (path, body, other)) in requests.into_iter().enumerate() {
+        let key = format!("key-{index}");
+        let first = keyed(&path, &key, body.clone()).await;
+        assert!(first.status().is_success(), "{path}: {}", first.status());
+        assert!(
+            first.headers().get("idempotent-replayed").is_none(),
+            "{path}"
+        );
+        let first: Value = first.json().await.unwrap();
+        let again = keyed(&path, &key, body).await;
+        assert!(again.status().is_success(), "{path}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true", "{path}");
+        assert_eq!(again.json::<Value>().await.unwrap(), first, "{path}");
+        problem(
+            keyed(&path, &key, other).await,
+            422,
+            Some("Idempotency-Key"),
+        )
+        .await;
+    }
+    let user_now: Value = api
+        .get(&format!("/v1/users/{user_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(user_now["balance_cents"], 500, "credited once");
+    let product: Value = api.get("/v1/products/MUG-01").await.json().await.unwrap();
+    assert_eq!(product["stock"], 15, "raised once");
+    let campaign_now: Value = api
+        .get(&format!("/v1/coupons/{campaign_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    // One saga use (it may still be running) and one direct use: at most two claims.
+    assert!(
+        campaign_now["claimed"].as_i64().unwrap() <= 2,
+        "{campaign_now}"
+    );
+    let sagas: Value = api
+        .get("/v1/sagas?definition=coupon_use")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sagas["items"].as_array().unwrap().len(), 1, "{sagas}");
     api.stop().await;
 }

@@ -470,9 +470,7 @@ async fn a_lost_command_is_sent_again_with_its_id_and_the_saga_completes() {
     let participants = Participants::start(
         &env.kafka.cluster,
         script(move |command| match command.name.as_str() {
-            "payment.charge"
-                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 =>
-            {
+            "payment.charge" if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 => {
                 Reaction::Silence
             }
             _ => succeed(),
@@ -495,7 +493,10 @@ async fn a_lost_command_is_sent_again_with_its_id_and_the_saga_completes() {
         .filter(|c| c.name == "payment.charge")
         .collect();
     assert_eq!(charges.len(), 2, "one loss, one re-send");
-    assert_eq!(charges[0].id, charges[1].id, "the re-send keeps the command id");
+    assert_eq!(
+        charges[0].id, charges[1].id,
+        "the re-send keeps the command id"
+    );
     assert_eq!(charges[0].attempt, charges[1].attempt);
     let kinds = history_kinds(&env, started.id).await;
     assert_eq!(count(&kinds, "step.redelivered"), 1);
@@ -522,13 +523,15 @@ async fn a_payout_of_unknown_outcome_is_fenced_before_its_claim_is_returned() {
         let orchestrator = Orchestrator::start(&env, options).await;
         let participants = Participants::start(
             &env.kafka.cluster,
-            script(move |command| match (command.name.as_str(), command.direction) {
-                ("vendor.payout", Direction::Forward) => Reaction::Silence,
-                ("vendor.payout", Direction::Fence) => Reaction::Reply(Outcome::Succeeded {
-                    output: json!({ "applied": applied, "output": applied.then(|| json!({ "ledger_id": 1 })) }),
-                }),
-                _ => succeed(),
-            }),
+            script(
+                move |command| match (command.name.as_str(), command.direction) {
+                    ("vendor.payout", Direction::Forward) => Reaction::Silence,
+                    ("vendor.payout", Direction::Fence) => Reaction::Reply(Outcome::Succeeded {
+                        output: json!({ "applied": applied, "output": applied.then(|| json!({ "ledger_id": 1 })) }),
+                    }),
+                    _ => succeed(),
+                },
+            ),
         );
         let engine = orchestrator.running.engine.clone();
         let started = engine

@@ -170,7 +170,11 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_its_budget_and_the_
     }
 
     let (mut seen, recorder, shutdown, task) = start_loop(&kafka, &group, 0);
-    let handled = [next(&mut seen).await, next(&mut seen).await, next(&mut seen).await];
+    let handled = [
+        next(&mut seen).await,
+        next(&mut seen).await,
+        next(&mut seen).await,
+    ];
     assert_eq!(handled, [1, 2, 3]);
     let reader = dead_letter_reader(&kafka);
     let message = tokio::time::timeout(Duration::from_secs(60), reader.recv())
@@ -184,16 +188,30 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_its_budget_and_the_
         .and_then(|h| h.iter().find(|h| h.key == "x-error").and_then(|h| h.value))
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
-    assert!(error.contains("failed 5 attempts") && error.contains("simulated poison"), "{error}");
+    assert!(
+        error.contains("failed 5 attempts") && error.contains("simulated poison"),
+        "{error}"
+    );
     // Bounded: the batch, then five tries of the poisoned message alone (plus the healthy
     // messages handled alone), not an endless loop.
-    assert!(recorder.calls.load(Ordering::SeqCst) <= 1 + 4 + 5, "{:?}", recorder.calls);
+    assert!(
+        recorder.calls.load(Ordering::SeqCst) <= 1 + 4 + 5,
+        "{:?}",
+        recorder.calls
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 
-    producer.send_json(&topic, "k", &Ping { n: 4 }).await.unwrap();
+    producer
+        .send_json(&topic, "k", &Ping { n: 4 })
+        .await
+        .unwrap();
     let (mut seen, _recorder, shutdown, task) = start_loop(&kafka, &group, 0);
-    assert_eq!(next(&mut seen).await, 4, "the poisoned message's offset was committed");
+    assert_eq!(
+        next(&mut seen).await,
+        4,
+        "the poisoned message's offset was committed"
+    );
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }

@@ -7,7 +7,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::Utc;
 use diesel_async::AsyncConnection as _;
 use platform::cache;
@@ -15,7 +14,7 @@ use platform::db::{self, Connection};
 
 use crate::gate::Gate;
 use crate::guarded::{self, Adjusted, Counter};
-use crate::lock::Locks;
+use crate::lock::{Guard, Locks};
 use crate::participant::{Context, Failure, Strategy};
 use crate::runtime::RuntimeOptions;
 
@@ -42,20 +41,42 @@ impl Adjuster {
         }
     }
 
-    /// Adds `delta` to the counter of row `key` (lock name `resource`) within its bounds.
+    /// Adds `delta` to the counter of row `key` (lock name `resource`) within its bounds, in
+    /// a transaction of its own.
     pub async fn adjust(
         &self,
         counter: Counter,
         resource: &str,
         key: &str,
         delta: i64,
-    ) -> anyhow::Result<Adjusted> {
+    ) -> Result<Adjusted, Error> {
+        let held = self.hold(resource).await?;
+        let result = async {
+            let mut pooled = self.database.get().await.map_err(anyhow::Error::from)?;
+            let conn: &mut Connection = &mut pooled;
+            conn.transaction::<_, Failure, _>(async |conn: &mut Connection| {
+                guarded::adjust(conn, &held.context, counter, resource, key, delta).await
+            })
+            .await
+            .map_err(Error::from)
+        }
+        .await;
+        self.release(held).await;
+        result
+    }
+
+    /// Takes what a guarded change of `resource` needs (its lock, under the Redis strategy)
+    /// before any database connection is taken, so waiting for a busy lock holds none. The
+    /// caller runs `guarded::adjust` with [`Held::context`] in its own transaction (with its
+    /// own writes, an idempotency record say), then calls [`Adjuster::release`].
+    pub async fn hold(&self, resource: &str) -> Result<Held, Error> {
         let guard = match self.options.strategy {
             Strategy::RedisLock => Some(
                 self.locks
                     .try_lock(resource, self.options.lock_wait, self.options.lock_lease)
-                    .await?
-                    .with_context(|| format!("{resource} is busy; try again"))?,
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .ok_or_else(|| Error::Busy(resource.to_owned()))?,
             ),
             _ => None,
         };
@@ -68,23 +89,59 @@ impl Adjuster {
             now: Utc::now(),
             think_time: Duration::ZERO,
         };
-        let mut pooled = self.database.get().await?;
-        let conn: &mut Connection = &mut pooled;
-        let result = conn
-            .transaction::<_, Failure, _>(async |conn: &mut Connection| {
-                guarded::adjust(conn, &context, counter, resource, key, delta).await
-            })
-            .await;
-        if let Some(guard) = guard {
-            let _ = guard.release().await;
+        Ok(Held {
+            context,
+            guard,
+            resource: resource.to_owned(),
+        })
+    }
+
+    /// Lets go of a held resource, after its transaction ended either way.
+    pub async fn release(&self, held: Held) {
+        if let Some(guard) = held.guard
+            && let Err(err) = guard.release().await
+        {
+            // The lease runs out by itself; fencing keeps a late holder from writing.
+            tracing::warn!(error = %err, "lock release failed");
         }
-        if self.options.strategy == Strategy::LuaGate {
-            self.gate.forget(&[resource.to_owned()]).await?;
+        if self.options.strategy == Strategy::LuaGate
+            && let Err(err) = self.gate.forget(&[held.resource]).await
+        {
+            tracing::warn!(error = format!("{err:#}"), "gate counter not reset");
         }
-        match result {
-            Ok(adjusted) => Ok(adjusted),
-            Err(Failure::Rejected(reason)) => anyhow::bail!(reason),
-            Err(Failure::Retry(err)) => Err(err),
+    }
+}
+
+/// A resource held for a guarded change.
+pub struct Held {
+    pub context: Context,
+    guard: Option<Guard>,
+    resource: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A business rule refused the change; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// The resource's lock was not had in time; nothing changed, the caller may retry.
+    #[error("{0} is busy; try again")]
+    Busy(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<Failure> for Error {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Rejected(reason) => Error::Refused(reason),
+            Failure::Retry(err) => Error::Failed(err),
         }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(err: diesel::result::Error) -> Self {
+        Error::Failed(err.into())
     }
 }

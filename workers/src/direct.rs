@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::lock::{Guard, Locks};
-use crate::participant::{Context, Failure, Participant, Strategy};
+use crate::participant::{Context, Participant, Strategy};
 use crate::participants::{coupon::Coupon, vendor::Vendor};
 use crate::runtime::RuntimeOptions;
 
@@ -30,23 +30,19 @@ pub struct Used {
     pub payout: Value,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A business rule refused the use; nothing changed.
-    #[error("{0}")]
-    Refused(String),
-    /// A resource's lock was not had in time; nothing changed, the caller may retry.
-    #[error("{0} is busy; try again")]
-    Busy(String),
-    #[error(transparent)]
-    Failed(#[from] anyhow::Error),
-}
+pub use crate::adjuster::Error;
 
 #[derive(Clone)]
 pub struct DirectUse {
     database: db::Pool,
     locks: Locks,
     options: RuntimeOptions,
+}
+
+/// The locks of one direct use, held while its transaction runs.
+pub struct Held {
+    context: Context,
+    guards: Vec<Guard>,
 }
 
 impl DirectUse {
@@ -63,21 +59,45 @@ impl DirectUse {
         }
     }
 
-    /// Claims a coupon of `campaign` (issued by `vendor`) for `user` and pays the vendor.
+    /// Claims a coupon of `campaign` (issued by `vendor`) for `user` and pays the vendor, in
+    /// a transaction of its own.
     pub async fn run(&self, campaign: Uuid, vendor: Uuid, user: Uuid) -> Result<Used, Error> {
-        let use_id = Uuid::now_v7();
+        let held = self.hold(campaign, vendor, user).await?;
+        let result = async {
+            let mut pooled = self.database.get().await.map_err(anyhow::Error::from)?;
+            let conn: &mut Connection = &mut pooled;
+            conn.transaction::<_, Error, _>(async |conn: &mut Connection| {
+                self.apply(conn, &held, campaign, user).await
+            })
+            .await
+        }
+        .await;
+        self.release(held).await;
+        result
+    }
+
+    /// Takes the locks of the campaign and the vendor (sorted), before any connection.
+    pub async fn hold(&self, campaign: Uuid, vendor: Uuid, user: Uuid) -> Result<Held, Error> {
         let input = json!({ "campaign_id": campaign, "user_id": user });
-        let claim = command(use_id, 0, "coupon.claim", &input, json!({}));
-        let planned_payout = command(
-            use_id,
+        let claim = command(Uuid::nil(), 0, "coupon.claim", &input, json!({}));
+        let payout = command(
+            Uuid::nil(),
             1,
             "vendor.payout",
             &input,
             json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 0 } }),
         );
-        let mut resources = refused(Coupon::default().resources(&claim))?;
-        resources.extend(refused(Vendor.resources(&planned_payout))?);
-        let guards = self.lock(&resources).await?;
+        let mut resources = Coupon::default().resources(&claim)?;
+        resources.extend(Vendor.resources(&payout)?);
+        let guards = if self.options.strategy == Strategy::RedisLock {
+            self.locks
+                .lock_all(&resources, self.options.lock_wait, self.options.lock_lease)
+                .await
+                .map_err(anyhow::Error::from)?
+                .ok_or_else(|| Error::Busy(resources.join(", ")))?
+        } else {
+            Vec::new()
+        };
         let context = Context {
             strategy: self.options.strategy,
             fences: guards
@@ -87,66 +107,43 @@ impl DirectUse {
             now: Utc::now(),
             think_time: self.options.think_time,
         };
-        let result = self.transact(&claim, &input, &context).await;
-        for guard in guards {
+        Ok(Held { context, guards })
+    }
+
+    /// The claim and the payout, inside the caller's transaction: an `Err` must roll it back.
+    pub async fn apply(
+        &self,
+        conn: &mut Connection,
+        held: &Held,
+        campaign: Uuid,
+        user: Uuid,
+    ) -> Result<Used, Error> {
+        let use_id = Uuid::now_v7();
+        let input = json!({ "campaign_id": campaign, "user_id": user });
+        let claim = command(use_id, 0, "coupon.claim", &input, json!({}));
+        let claimed = Coupon::default().apply(conn, &claim, &held.context).await?;
+        let payout = command(
+            use_id,
+            1,
+            "vendor.payout",
+            &input,
+            json!({ "claim_coupon": claimed }),
+        );
+        let paid = Vendor.apply(conn, &payout, &held.context).await?;
+        Ok(Used {
+            use_id,
+            claim: claimed,
+            payout: paid,
+        })
+    }
+
+    pub async fn release(&self, held: Held) {
+        for guard in held.guards {
             if let Err(err) = guard.release().await {
                 tracing::warn!(error = %err, "lock release failed");
             }
         }
-        let (claim, payout) = result?;
-        Ok(Used {
-            use_id,
-            claim,
-            payout,
-        })
     }
-
-    async fn lock(&self, resources: &[String]) -> Result<Vec<Guard>, Error> {
-        if self.options.strategy != Strategy::RedisLock {
-            return Ok(Vec::new());
-        }
-        self.locks
-            .lock_all(resources, self.options.lock_wait, self.options.lock_lease)
-            .await
-            .map_err(anyhow::Error::from)?
-            .ok_or_else(|| Error::Busy(resources.join(", ")))
-    }
-
-    async fn transact(
-        &self,
-        claim: &Command,
-        input: &Value,
-        context: &Context,
-    ) -> Result<(Value, Value), Error> {
-        let mut pooled = self.database.get().await.map_err(anyhow::Error::from)?;
-        let conn: &mut Connection = &mut pooled;
-        let result = conn
-            .transaction::<_, Failure, _>(async |conn: &mut Connection| {
-                let claimed = Coupon::default().apply(conn, claim, context).await?;
-                let payout = command(
-                    claim.saga_id,
-                    1,
-                    "vendor.payout",
-                    input,
-                    json!({ "claim_coupon": claimed }),
-                );
-                let paid = Vendor.apply(conn, &payout, context).await?;
-                Ok((claimed, paid))
-            })
-            .await;
-        match result {
-            Ok(used) => Ok(used),
-            Err(Failure::Rejected(reason)) => Err(Error::Refused(reason)),
-            Err(Failure::Retry(err)) => Err(Error::Failed(err)),
-        }
-    }
-}
-
-fn refused<T>(result: Result<T, Failure>) -> Result<T, Error> {
-    result.map_err(|failure| match failure {
-        Failure::Rejected(reason) => Error::Refused(reason),
-        Failure::Retry(err) => Error::Failed(err),
-    })
 }
 
 fn command(use_id: Uuid, step: u32, name: &str, input: &Value, outputs: Value) -> Command {

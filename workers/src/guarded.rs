@@ -28,6 +28,9 @@ pub struct Counter {
     pub column: &'static str,
     /// SQL type of the column (`integer`, `bigint`).
     pub column_type: &'static str,
+    /// The largest value the column holds: a change past it is out of bounds, never an
+    /// overflow error.
+    pub max: i64,
     /// A column the value must not exceed (coupons claimed <= total quantity).
     pub upper_bound: Option<&'static str>,
     /// SQL for the capacity left to take (the Lua gate's seed).
@@ -40,6 +43,7 @@ pub const STOCK: Counter = Counter {
     key_type: "text",
     column: "stock",
     column_type: "integer",
+    max: i32::MAX as i64,
     upper_bound: None,
     remaining: "stock",
 };
@@ -50,6 +54,7 @@ pub const USER_BALANCE: Counter = Counter {
     key_type: "uuid",
     column: "balance_cents",
     column_type: "bigint",
+    max: i64::MAX,
     upper_bound: None,
     remaining: "balance_cents",
 };
@@ -60,6 +65,7 @@ pub const VENDOR_BALANCE: Counter = Counter {
     key_type: "uuid",
     column: "balance_cents",
     column_type: "bigint",
+    max: i64::MAX,
     upper_bound: None,
     remaining: "balance_cents",
 };
@@ -70,6 +76,7 @@ pub const COUPONS_CLAIMED: Counter = Counter {
     key_type: "uuid",
     column: "claimed",
     column_type: "integer",
+    max: i32::MAX as i64,
     upper_bound: Some("total_quantity"),
     remaining: "total_quantity - claimed",
 };
@@ -82,7 +89,8 @@ pub enum Adjusted {
     },
     /// No row with that key.
     Missing,
-    /// The change would leave `[0, upper bound]`; nothing was written.
+    /// The change would leave `[0, limit]` (the upper-bound column, or the column's
+    /// largest value); nothing was written.
     OutOfBounds {
         current: i64,
         limit: Option<i64>,
@@ -114,19 +122,24 @@ pub async fn adjust(
         key_type,
         column,
         upper_bound,
+        max,
         ..
     } = counter;
     let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
     if context.atomic_writes() {
-        let upper_rule =
-            upper_bound.map_or(String::new(), |c| format!(" AND {column} + $2 <= {c}"));
+        // The bounds are checked in numeric, so a huge delta is refused, not overflowed.
+        let upper_rule = upper_bound.map_or(String::new(), |c| {
+            format!(" AND {column}::numeric + $2 <= {c}")
+        });
         let updated: Option<Current> = sql_query(format!(
             "UPDATE {table} SET {column} = {column} + $2, updated_at = now() \
-             WHERE {key_column} = $1::{key_type} AND {column} + $2 >= 0{upper_rule} \
+             WHERE {key_column} = $1::{key_type} \
+               AND {column}::numeric + $2 BETWEEN 0 AND $3{upper_rule} \
              RETURNING {column}::bigint AS value, {upper_sql} AS upper"
         ))
         .bind::<Text, _>(key)
         .bind::<BigInt, _>(delta)
+        .bind::<BigInt, _>(max)
         .get_result(conn)
         .await
         .optional()?;
@@ -135,10 +148,7 @@ pub async fn adjust(
         }
         return Ok(match read(conn, counter, key).await? {
             None => Adjusted::Missing,
-            Some(row) => Adjusted::OutOfBounds {
-                current: row.value,
-                limit: row.upper,
-            },
+            Some(row) => out_of_bounds(row, max),
         });
     }
 
@@ -146,16 +156,21 @@ pub async fn adjust(
     let Some(current) = read_fenced(conn, counter, resource, key, fence).await? else {
         return Ok(Adjusted::Missing);
     };
-    let after = current.value + delta;
-    if after < 0 || current.upper.is_some_and(|upper| after > upper) {
-        return Ok(Adjusted::OutOfBounds {
-            current: current.value,
-            limit: current.upper,
-        });
-    }
+    let limit = current.upper.unwrap_or(max).min(max);
+    let after = match current.value.checked_add(delta) {
+        Some(after) if (0..=limit).contains(&after) => after,
+        _ => return Ok(out_of_bounds(current, max)),
+    };
     context.think().await;
     write_fenced(conn, counter, resource, key, after, fence).await?;
     Ok(Adjusted::Done { after })
+}
+
+fn out_of_bounds(row: Current, max: i64) -> Adjusted {
+    Adjusted::OutOfBounds {
+        current: row.value,
+        limit: Some(row.upper.unwrap_or(max).min(max)),
+    }
 }
 
 /// The value a read-then-write starts from, read by registering `fence` on the row in the

@@ -32,10 +32,10 @@ use platform::kafka::{Delivery, GiveUp, Handler, Producer};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::fence;
 use crate::gate::{Gate, Want};
 use crate::lock::{Guard, Locks};
 use crate::participant::{Context, Failure, Participant, Strategy};
-use crate::fence;
 use crate::schema::processed_commands;
 
 #[derive(Debug, Clone)]
@@ -226,7 +226,9 @@ impl<P: Participant> CommandRuntime<P> {
                             }
                             Direction::Fence => {
                                 let fenced = fence::fence(conn, command).await?;
-                                return Ok(serde_json::to_value(fenced).map_err(anyhow::Error::from)?);
+                                return Ok(
+                                    serde_json::to_value(fenced).map_err(anyhow::Error::from)?
+                                );
                             }
                         }
                         participant.apply(conn, command, context).await
@@ -338,12 +340,14 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
                     // What committed before the failure is answered now, not after the
                     // failing command's retries.
                     if let Err(publish) = self.publish(&replies).await {
-                        tracing::warn!(error = format!("{publish:#}"), "early reply publish failed");
+                        tracing::warn!(
+                            error = format!("{publish:#}"),
+                            "early reply publish failed"
+                        );
                     }
-                    return Err(err.context(format!(
-                        "{} for saga {}",
-                        command.name, command.saga_id
-                    )));
+                    return Err(
+                        err.context(format!("{} for saga {}", command.name, command.saga_id))
+                    );
                 }
             }
         }
@@ -353,7 +357,11 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
     /// A command that kept failing is answered `Failed`, stored in the inbox like any reply
     /// (so a redelivery gets the same answer and the attempt can never take effect later),
     /// and the saga's retry policy takes over.
-    async fn give_up(&self, delivery: &Delivery<Command>, error: &anyhow::Error) -> anyhow::Result<GiveUp> {
+    async fn give_up(
+        &self,
+        delivery: &Delivery<Command>,
+        error: &anyhow::Error,
+    ) -> anyhow::Result<GiveUp> {
         let command = &delivery.message;
         let mut pooled = self.database.get().await?;
         let reason = format!("gave up after repeated failures: {error:#}");

@@ -98,7 +98,12 @@ async fn a_command_that_keeps_failing_is_answered_failed_and_the_role_moves_on()
         options(workers::participant::Strategy::RedisLock, Duration::ZERO),
     );
     let reserved = inventory
-        .process(&forward(poisoned_saga, 0, "inventory.reserve", lines.clone()))
+        .process(&forward(
+            poisoned_saga,
+            0,
+            "inventory.reserve",
+            lines.clone(),
+        ))
         .await
         .unwrap();
     assert!(matches!(reserved.outcome, Outcome::Succeeded { .. }));
@@ -137,7 +142,10 @@ async fn a_command_that_keeps_failing_is_answered_failed_and_the_role_moves_on()
     );
     // One key for both: the healthy command sits right behind the poisoned one.
     for command in [&release, &healthy] {
-        producer.send_json(&topic, "same-partition", command).await.unwrap();
+        producer
+            .send_json(&topic, "same-partition", command)
+            .await
+            .unwrap();
     }
 
     let reader: StreamConsumer = rdkafka::ClientConfig::new()
@@ -156,7 +164,10 @@ async fn a_command_that_keeps_failing_is_answered_failed_and_the_role_moves_on()
         let reply: Reply = serde_json::from_slice(message.payload().unwrap()).unwrap();
         replies.insert(reply.command_id, reply);
     }
-    assert!(matches!(replies[&healthy.id].outcome, Outcome::Succeeded { .. }));
+    assert!(matches!(
+        replies[&healthy.id].outcome,
+        Outcome::Succeeded { .. }
+    ));
     match &replies[&release.id].outcome {
         Outcome::Failed { reason } => assert!(reason.contains("gave up"), "{reason}"),
         other => panic!("poisoned release answered {other:?}"),

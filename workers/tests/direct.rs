@@ -36,7 +36,11 @@ async fn books(db: &TestDb, campaign: Uuid) -> (i32, i64, i64) {
         .get_result(&mut conn)
         .await
         .unwrap();
-    let payouts = vendor_ledger::table.count().get_result(&mut conn).await.unwrap();
+    let payouts = vendor_ledger::table
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap();
     (claimed, claims, payouts)
 }
 
@@ -52,13 +56,21 @@ async fn a_busy_vendor_lock_leaves_no_claim_and_a_retry_succeeds() {
     // Someone else holds the vendor (a payout in flight, say).
     let locks = Locks::new(redis.pool.clone(), redis.prefix.clone());
     let held = locks
-        .try_lock(&format!("vendor:{vendor}"), Duration::ZERO, Duration::from_secs(30))
+        .try_lock(
+            &format!("vendor:{vendor}"),
+            Duration::ZERO,
+            Duration::from_secs(30),
+        )
         .await
         .unwrap()
         .expect("vendor lock");
     let busy = direct.run(campaign, vendor, user).await;
     assert!(matches!(busy, Err(Error::Busy(_))), "{busy:?}");
-    assert_eq!(books(&db, campaign).await, (0, 0, 0), "no claim without its payout");
+    assert_eq!(
+        books(&db, campaign).await,
+        (0, 0, 0),
+        "no claim without its payout"
+    );
 
     held.release().await.unwrap();
     let used = direct.run(campaign, vendor, user).await.unwrap();
@@ -74,7 +86,9 @@ async fn a_refused_payout_rolls_the_claim_back_entirely() {
         let vendor = add_vendor(&db.pool, false).await;
         let campaign = add_campaign(&db.pool, vendor, 5, 1_000).await;
         let user = add_user(&db.pool, 0).await;
-        let refused = direct(&db, &redis, strategy).run(campaign, vendor, user).await;
+        let refused = direct(&db, &redis, strategy)
+            .run(campaign, vendor, user)
+            .await;
         match refused {
             Err(Error::Refused(reason)) => assert!(reason.contains("payouts are disabled")),
             other => panic!("{other:?}"),

@@ -83,7 +83,11 @@ async fn a_fenced_payout_never_lands_even_when_its_command_arrives_later() {
         rejection(&late),
         Some("step fenced: the saga has compensated past it")
     );
-    assert_eq!(ledger(&db, vendor).await, (0, 0), "no payout after the fence");
+    assert_eq!(
+        ledger(&db, vendor).await,
+        (0, 0),
+        "no payout after the fence"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,5 +161,8 @@ async fn a_fence_with_a_step_number_beyond_the_schema_is_rejected_not_retried() 
     let mut fence = payout(Uuid::now_v7(), Direction::Fence, Uuid::now_v7());
     fence.step = u32::MAX;
     let reply = vendor_runtime.process(&fence).await.unwrap();
-    assert!(rejection(&reply).unwrap().contains("out of range"), "{reply:?}");
+    assert!(
+        rejection(&reply).unwrap().contains("out of range"),
+        "{reply:?}"
+    );
 }

@@ -115,15 +115,29 @@ async fn an_expired_holder_that_read_before_the_new_holder_cannot_write_after_it
         .expect("row");
     assert_eq!((read_a.value, read_b.value), (10, 10));
 
-    let write_a =
-        guarded::write_fenced(&mut a, guarded::STOCK, "sku:A", "A", read_a.value - 1, older).await;
+    let write_a = guarded::write_fenced(
+        &mut a,
+        guarded::STOCK,
+        "sku:A",
+        "A",
+        read_a.value - 1,
+        older,
+    )
+    .await;
     match write_a {
         Err(Failure::Retry(err)) => assert!(err.to_string().contains("stale fencing token")),
         other => panic!("the expired holder wrote after the new holder read: {other:?}"),
     }
-    guarded::write_fenced(&mut b, guarded::STOCK, "sku:A", "A", read_b.value - 1, newer)
-        .await
-        .unwrap();
+    guarded::write_fenced(
+        &mut b,
+        guarded::STOCK,
+        "sku:A",
+        "A",
+        read_b.value - 1,
+        newer,
+    )
+    .await
+    .unwrap();
     // The older holder cannot even start over with its token.
     let reread = guarded::read_fenced(&mut a, guarded::STOCK, "sku:A", "A", older).await;
     assert!(matches!(reread, Err(Failure::Retry(_))), "{reread:?}");
@@ -131,5 +145,8 @@ async fn an_expired_holder_that_read_before_the_new_holder_cannot_write_after_it
         .await
         .unwrap()
         .expect("row");
-    assert_eq!(now.value, 9, "exactly one unit taken, by the one reservation");
+    assert_eq!(
+        now.value, 9,
+        "exactly one unit taken, by the one reservation"
+    );
 }

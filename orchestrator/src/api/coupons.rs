@@ -12,15 +12,16 @@ use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use platform::db::Connection;
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
-use workers::direct;
 use workers::schema::{coupon_campaigns, users, vendors};
 
 use super::State;
+use super::idempotency;
 use super::problem::{ApiError, ApiResult};
 
 /// Most coupons of one kind, across all its campaigns.
@@ -83,19 +84,19 @@ struct CampaignView {
 }
 
 /// Who uses a coupon.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 struct CouponUse {
     user_id: Uuid,
 }
 
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize, Deserialize)]
 struct UseAccepted {
     saga_id: Uuid,
     saga_url: String,
 }
 
 /// The outcome of a direct (synchronous) use.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize, Deserialize)]
 struct DirectOutcome {
     use_id: Uuid,
     claim: Value,
@@ -118,14 +119,21 @@ enum Found {
 enum Used {
     /// The coupon_use saga started.
     #[oai(status = 202)]
-    Accepted(Json<UseAccepted>, #[oai(header = "Location")] String),
+    Accepted(
+        Json<UseAccepted>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
 }
 
 #[derive(ApiResponse)]
 enum UsedDirectly {
     /// Claimed and paid out.
     #[oai(status = 200)]
-    Ok(Json<DirectOutcome>),
+    Ok(
+        Json<DirectOutcome>,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
 }
 
 fn view(campaign: Campaign) -> CampaignView {
@@ -254,18 +262,41 @@ impl CouponsApi {
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
+        /// Makes retries safe: the same key always answers with the same saga.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Used> {
+        let path = format!("/v1/coupons/{}/uses", id.0);
+        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         find(&state, id.0).await?;
         user_exists(&state, body.user_id).await?;
         let payload = json!({ "campaign_id": id.0, "user_id": body.user_id });
-        let started = state.engine.start("coupon_use", &payload, None).await?;
-        let saga_url = format!("/v1/sagas/{}", started.id);
+        let engine = &state.engine;
+        let mut pooled = state.database.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        let (accepted, replayed) = conn
+            .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+                if let Some(key) = &key
+                    && let Some(first) = idempotency::begin::<UseAccepted>(conn, key).await?
+                {
+                    return Ok((first, true));
+                }
+                let started = engine.start_in(conn, "coupon_use", &payload, None).await?;
+                let accepted = UseAccepted {
+                    saga_id: started.id,
+                    saga_url: format!("/v1/sagas/{}", started.id),
+                };
+                if let Some(key) = &key {
+                    idempotency::finish(conn, key, 202, &accepted).await?;
+                }
+                Ok((accepted, false))
+            })
+            .await?;
+        let location = accepted.saga_url.clone();
         Ok(Used::Accepted(
-            Json(UseAccepted {
-                saga_id: started.id,
-                saga_url: saga_url.clone(),
-            }),
-            saga_url,
+            Json(accepted),
+            location,
+            replayed.then_some(true),
         ))
     }
 
@@ -281,22 +312,41 @@ impl CouponsApi {
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
+        /// Makes retries safe: the same key always answers with the same use.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
     ) -> ApiResult<UsedDirectly> {
+        let path = format!("/v1/coupons/{}/direct-uses", id.0);
+        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         let campaign = find(&state, id.0).await?;
         user_exists(&state, body.user_id).await?;
-        match state
-            .direct
-            .run(id.0, campaign.vendor_id, body.user_id)
+        let direct = &state.direct;
+        let held = direct.hold(id.0, campaign.vendor_id, body.user_id).await?;
+        let result = async {
+            let mut pooled = state.database.get().await?;
+            let conn: &mut Connection = &mut pooled;
+            conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+                if let Some(key) = &key
+                    && let Some(first) = idempotency::begin::<DirectOutcome>(conn, key).await?
+                {
+                    return Ok((first, true));
+                }
+                let used = direct.apply(conn, &held, id.0, body.user_id).await?;
+                let outcome = DirectOutcome {
+                    use_id: used.use_id,
+                    claim: used.claim,
+                    payout: used.payout,
+                };
+                if let Some(key) = &key {
+                    idempotency::finish(conn, key, 200, &outcome).await?;
+                }
+                Ok((outcome, false))
+            })
             .await
-        {
-            Ok(used) => Ok(UsedDirectly::Ok(Json(DirectOutcome {
-                use_id: used.use_id,
-                claim: used.claim,
-                payout: used.payout,
-            }))),
-            Err(direct::Error::Refused(reason)) => Err(ApiError::conflict(reason)),
-            Err(busy @ direct::Error::Busy(_)) => Err(ApiError::unavailable(busy.to_string(), 1)),
-            Err(direct::Error::Failed(err)) => Err(ApiError::internal(format!("{err:#}"))),
         }
+        .await;
+        direct.release(held).await;
+        let (outcome, replayed) = result?;
+        Ok(UsedDirectly::Ok(Json(outcome), replayed.then_some(true)))
     }
 }

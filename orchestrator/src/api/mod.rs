@@ -5,6 +5,7 @@
 // path, and boxing would obscure every handler's signature.
 #![allow(clippy::result_large_err)]
 
+mod counters;
 mod coupons;
 pub mod demo;
 mod health;
@@ -29,7 +30,6 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

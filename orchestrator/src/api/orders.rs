@@ -225,12 +225,7 @@ impl OrdersApi {
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
     ) -> ApiResult<Placed> {
-        let key = idempotency::Key::of(
-            idempotency_key.0.as_deref(),
-            "POST",
-            "/v1/orders",
-            &*body,
-        )?;
+        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", "/v1/orders", &*body)?;
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &state.engine;

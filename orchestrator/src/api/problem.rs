@@ -139,6 +139,16 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+impl From<workers::adjuster::Error> for ApiError {
+    fn from(err: workers::adjuster::Error) -> Self {
+        match err {
+            workers::adjuster::Error::Refused(reason) => Self::conflict(reason),
+            busy @ workers::adjuster::Error::Busy(_) => Self::unavailable(busy.to_string(), 1),
+            workers::adjuster::Error::Failed(err) => Self::internal(format!("{err:#}")),
+        }
+    }
+}
+
 impl From<engine::Error> for ApiError {
     fn from(err: engine::Error) -> Self {
         match err {

@@ -6,13 +6,16 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
-use workers::guarded::{self, Adjusted};
+use serde::{Deserialize, Serialize};
+use workers::guarded;
 use workers::schema::products;
 
 use super::State;
+use super::counters::{self, Change};
+use super::idempotency;
 use super::problem::{ApiError, ApiResult};
 
 pub struct ProductsApi;
@@ -46,7 +49,7 @@ impl poem_openapi::types::Example for NewProduct {
 }
 
 /// A product with its current stock.
-#[derive(Debug, Object, Queryable, Selectable)]
+#[derive(Debug, Object, Queryable, Selectable, Serialize, Deserialize)]
 #[diesel(table_name = products)]
 pub struct Product {
     sku: String,
@@ -58,7 +61,7 @@ pub struct Product {
 }
 
 /// A relative stock change.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(example)]
 struct StockChange {
     /// Units to add (positive) or remove (negative); stock never goes below zero.
@@ -70,6 +73,16 @@ impl poem_openapi::types::Example for StockChange {
     fn example() -> Self {
         Self { delta: 25 }
     }
+}
+
+#[derive(ApiResponse)]
+enum Adjusted {
+    /// The product after the change.
+    #[oai(status = 200)]
+    Ok(
+        Json<Product>,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -146,19 +159,41 @@ impl ProductsApi {
         state: Data<&State>,
         #[oai(example = "super::example_sku")] sku: Path<String>,
         body: Json<StockChange>,
-    ) -> ApiResult<Found> {
-        let resource = format!("sku:{}", sku.0);
-        match state
-            .adjuster
-            .adjust(guarded::STOCK, &resource, &sku, i64::from(body.delta))
-            .await?
-        {
-            Adjusted::Done { .. } => Ok(Found::Ok(Json(find(&state, &sku).await?))),
-            Adjusted::Missing => Err(ApiError::not_found("product", &sku.0)),
-            Adjusted::OutOfBounds { current, .. } => Err(ApiError::conflict(format!(
-                "stock is {current}; a change of {} would take it below zero",
-                body.delta
-            ))),
-        }
+        /// Makes retries safe: the same key always answers with the same change.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<Adjusted> {
+        let path = format!("/v1/products/{}/stock", sku.0);
+        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let change = Change {
+            counter: guarded::STOCK,
+            resource: &format!("sku:{}", sku.0),
+            row: &sku.0,
+            delta: i64::from(body.delta),
+        };
+        let (sku, delta) = (sku.0.clone(), body.delta);
+        let (product, replayed) = counters::adjust(&state, key, change, |conn, adjusted| {
+            Box::pin(async move {
+                match adjusted {
+                    guarded::Adjusted::Done { .. } => Ok(products::table
+                        .find(&sku)
+                        .select(Product::as_select())
+                        .first(conn)
+                        .await?),
+                    guarded::Adjusted::Missing => Err(ApiError::not_found("product", &sku)),
+                    guarded::Adjusted::OutOfBounds { current, limit } => {
+                        let past = match limit {
+                            Some(max) if delta > 0 => format!("past its maximum of {max}"),
+                            _ => "below zero".to_owned(),
+                        };
+                        Err(ApiError::conflict(format!(
+                            "stock is {current}; a change of {delta} would take it {past}"
+                        )))
+                    }
+                }
+            })
+        })
+        .await?;
+        Ok(Adjusted::Ok(Json(product), replayed.then_some(true)))
     }
 }

@@ -5,8 +5,9 @@
 //! string `"false"` and reads `null` as "absent"), so a request that violates the spec could
 //! be accepted. And its type errors do not say which field is wrong. This check answers 400
 //! with the path of the first offending field (`lines[1].quantity`). It checks JSON types,
-//! nulls and required properties only; formats and validators stay with poem-openapi, whose
-//! messages already name the field. Malformed JSON is left to poem-openapi as well.
+//! nulls, required properties and formats (`uuid`, `date-time`, the ranges of `int32` and
+//! `int64`); validators (bounds, lengths, patterns) stay with poem-openapi, whose messages
+//! already name the field. Malformed JSON is left to poem-openapi as well.
 
 use std::sync::{Arc, LazyLock};
 
@@ -122,9 +123,33 @@ impl Operations {
                     .iter()
                     .find_map(|(name, field)| self.check(field, properties.get(name)?, &join(name)))
             }
-            _ => None,
+            _ => format_error(value, schema["format"].as_str()?).map(|detail| {
+                let field = if path.is_empty() { "body" } else { path };
+                (field.to_owned(), detail)
+            }),
         }
     }
+}
+
+/// What is wrong with a scalar of the given format, if anything.
+fn format_error(value: &Value, format: &str) -> Option<String> {
+    let fits = match format {
+        "uuid" => value
+            .as_str()
+            .is_some_and(|text| uuid::Uuid::parse_str(text).is_ok()),
+        "date-time" => value
+            .as_str()
+            .is_some_and(|text| chrono::DateTime::parse_from_rfc3339(text).is_ok()),
+        "int32" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        "int64" => value.is_i64(),
+        _ => true,
+    };
+    (!fits).then(|| match format {
+        "uuid" => "expected a UUID".to_owned(),
+        "date-time" => "expected an RFC 3339 date-time, e.g. 2026-11-25T09:00:00Z".to_owned(),
+        "int32" => format!("expected an integer from {} to {}", i32::MIN, i32::MAX),
+        _ => format!("expected an integer from {} to {}", i64::MIN, i64::MAX),
+    })
 }
 
 fn kind(value: &Value) -> &'static str {

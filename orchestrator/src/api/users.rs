@@ -4,14 +4,17 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use workers::guarded::{self, Adjusted};
 use workers::schema::{coupon_campaigns, coupon_claims, users};
 
 use super::State;
+use super::counters::{self, Change};
+use super::idempotency;
 use super::problem::{ApiError, ApiResult};
 
 pub struct UsersApi;
@@ -36,7 +39,7 @@ impl poem_openapi::types::Example for NewUser {
     }
 }
 
-#[derive(Debug, Object, Queryable, Selectable)]
+#[derive(Debug, Object, Queryable, Selectable, Serialize, Deserialize)]
 #[diesel(table_name = users)]
 pub struct User {
     pub id: Uuid,
@@ -47,7 +50,7 @@ pub struct User {
 }
 
 /// Money added to a wallet.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, Serialize)]
 #[oai(example)]
 struct TopUp {
     #[oai(validator(minimum(value = "1"), maximum(value = "1000000000")))]
@@ -71,6 +74,16 @@ struct HeldCoupon {
     value_cents: i64,
     valid_until: DateTime<Utc>,
     claimed_at: DateTime<Utc>,
+}
+
+#[derive(ApiResponse)]
+enum ToppedUp {
+    /// The wallet after the top-up.
+    #[oai(status = 200)]
+    Ok(
+        Json<User>,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -139,29 +152,49 @@ impl UsersApi {
 
     /// Top up a wallet
     ///
-    /// Credits the wallet under the same lock the payment participant uses.
+    /// Credits the wallet under the same lock the payment participant uses. With an
+    /// `Idempotency-Key`, a repeated request credits once and answers as the first did
+    /// (marked `Idempotent-Replayed: true`); the same key with another request is 422.
+    /// 409 when the balance would pass its maximum; 503 with `Retry-After` when the wallet
+    /// is busy.
     #[oai(path = "/v1/users/:id/top-ups", method = "post")]
     async fn top_up(
         &self,
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
         body: Json<TopUp>,
-    ) -> ApiResult<Found> {
-        let key = id.0.to_string();
-        match state
-            .adjuster
-            .adjust(
-                guarded::USER_BALANCE,
-                &format!("user:{key}"),
-                &key,
-                body.amount_cents,
-            )
-            .await?
-        {
-            Adjusted::Done { .. } => Ok(Found::Ok(Json(find(&state, id.0).await?))),
-            Adjusted::Missing => Err(ApiError::not_found("user", id.0)),
-            Adjusted::OutOfBounds { .. } => Err(ApiError::conflict("balance out of range")),
-        }
+        /// Makes retries safe: the same key always answers with the same top-up.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<ToppedUp> {
+        let path = format!("/v1/users/{}/top-ups", id.0);
+        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let row = id.0.to_string();
+        let change = Change {
+            counter: guarded::USER_BALANCE,
+            resource: &format!("user:{row}"),
+            row: &row,
+            delta: body.amount_cents,
+        };
+        let amount = body.amount_cents;
+        let (user, replayed) = counters::adjust(&state, key, change, |conn, adjusted| {
+            Box::pin(async move {
+                match adjusted {
+                    Adjusted::Done { .. } => Ok(users::table
+                        .find(id.0)
+                        .select(User::as_select())
+                        .first(conn)
+                        .await?),
+                    Adjusted::Missing => Err(ApiError::not_found("user", id.0)),
+                    Adjusted::OutOfBounds { current, limit } => Err(ApiError::conflict(format!(
+                        "the balance is {current}; adding {amount} would pass its maximum of {}",
+                        limit.unwrap_or(i64::MAX)
+                    ))),
+                }
+            })
+        })
+        .await?;
+        Ok(ToppedUp::Ok(Json(user), replayed.then_some(true)))
     }
 
     /// A user's coupons

@@ -424,9 +424,7 @@ fn reply_input(reply: &Reply) -> Input {
                 Ok(fenced) => Input::StepFenced {
                     step,
                     attempt,
-                    applied: fenced
-                        .applied
-                        .then(|| fenced.output.unwrap_or(Value::Null)),
+                    applied: fenced.applied.then(|| fenced.output.unwrap_or(Value::Null)),
                 },
                 // Counts as a failed fence attempt: it is retried, and parks if it persists.
                 Err(err) => Input::CompensationFailed {

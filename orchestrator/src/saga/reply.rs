@@ -123,13 +123,7 @@ pub(super) fn compensation_succeeded(
     // A success that arrives after its attempt timed out is still a success: taking it
     // saves a needless retry. One that arrives after the budget ran out (the saga parked as
     // FAILED) resumes the compensation: the step is undone, so nothing needs an operator.
-    let awaiting = match (status, state.compensation) {
-        (Status::Compensating, CompensationPhase::InFlight | CompensationPhase::AwaitingRetry) => {
-            true
-        }
-        (Status::Failed, CompensationPhase::Exhausted) => true,
-        _ => false,
-    };
+    let awaiting = awaits_undo_reply(status, state.compensation);
     if !awaiting || step.compensation.is_none() {
         return Err(not_awaiting(
             step.name,
@@ -160,13 +154,7 @@ pub(super) fn step_fenced(
     let status = draft.state.status;
     let state = draft.step_state(index)?;
     check_attempt(step.name, "fence", attempt, state.compensation_attempt)?;
-    let awaiting = match (status, state.compensation) {
-        (Status::Compensating, CompensationPhase::InFlight | CompensationPhase::AwaitingRetry) => {
-            true
-        }
-        (Status::Failed, CompensationPhase::Exhausted) => true,
-        _ => false,
-    };
+    let awaiting = awaits_undo_reply(status, state.compensation);
     if !awaiting || step.compensation.is_some() {
         return Err(not_awaiting(step.name, "fence", state.compensation, status));
     }
@@ -223,6 +211,18 @@ pub(super) fn compensation_failed(
         ));
     }
     draft.compensation_attempt_failed(index, reason.to_owned())
+}
+
+/// Whether a compensation or fence reply can still change the step: while it runs, or
+/// after the budget ran out (the saga parked as FAILED), since a late success is a success.
+fn awaits_undo_reply(status: Status, phase: CompensationPhase) -> bool {
+    matches!(
+        (status, phase),
+        (
+            Status::Compensating,
+            CompensationPhase::InFlight | CompensationPhase::AwaitingRetry
+        ) | (Status::Failed, CompensationPhase::Exhausted)
+    )
 }
 
 fn not_awaiting(name: &str, kind: &str, phase: impl std::fmt::Debug, status: Status) -> Ignored {
