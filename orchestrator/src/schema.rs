@@ -13,6 +13,7 @@ diesel::table! {
         next_timer_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        quarantine -> Nullable<Text>,
     }
 }
 

@@ -566,3 +566,100 @@ async fn a_payout_of_unknown_outcome_is_fenced_before_its_claim_is_returned() {
         orchestrator.stop().await;
     }
 }
+
+/// Inserts a saga this version cannot read, with a timer long due.
+async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::Value) -> Uuid {
+    use orchestrator::schema::sagas;
+    let id = Uuid::now_v7();
+    let mut conn = env.db.pool.get().await.unwrap();
+    diesel::insert_into(sagas::table)
+        .values((
+            sagas::id.eq(id),
+            sagas::definition.eq(definition),
+            sagas::status.eq("RUNNING"),
+            sagas::payload.eq(json!({})),
+            sagas::state.eq(state),
+            sagas::next_timer_at.eq(chrono::Utc::now() - chrono::TimeDelta::hours(1)),
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    id
+}
+
+/// Rows this version cannot decode (an unknown definition, a state from a newer version)
+/// are quarantined with their reason; the timers and replies of every other saga go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
+    let env = TestEnv::start().await;
+    let unknown = insert_unreadable(&env, "from_a_newer_version", json!({})).await;
+    let garbled = insert_unreadable(&env, "order", json!({ "status": "RUNNING", "steps": 7 })).await;
+    let options = Options {
+        clock: orchestrator::clock::Clock::frozen(),
+        ..Options::default()
+    };
+    let orchestrator = Orchestrator::start(&env, options).await;
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(|command| match command.name.as_str() {
+            "payment.charge" => Reaction::Silence,
+            _ => succeed(),
+        }),
+    );
+    let engine = orchestrator.running.engine.clone();
+    let healthy = engine.start("order", &order_payload(), None).await.unwrap();
+    eventually("the charge command", async || {
+        participants.names_for(healthy.id).len() == 2
+    })
+    .await;
+    // The healthy saga's timer is due in the same batches as the unreadable ones.
+    engine.clock().advance(Duration::from_secs(31));
+    wait_for_status(&env, healthy.id, "COMPENSATED").await;
+
+    for (id, reason) in [(unknown, "unknown definition"), (garbled, "invalid type")] {
+        let row = load(&env, id).await;
+        let quarantine = row.quarantine.unwrap_or_default();
+        assert!(quarantine.contains(reason), "{quarantine}");
+        assert_eq!(row.next_timer_at, None, "no timer fires for it again");
+        assert_eq!(count(&history_kinds(&env, id).await, "saga.quarantined"), 1);
+    }
+    let quarantined = std::sync::atomic::AtomicU64::load(
+        &engine.metrics().quarantined,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    assert_eq!(quarantined, 2);
+    // A reply for a quarantined saga is recorded and changes nothing.
+    let producer = env.kafka.cluster.producer().unwrap();
+    let reply = Reply {
+        id: Uuid::now_v7(),
+        command_id: Uuid::now_v7(),
+        saga_id: garbled,
+        step: 0,
+        attempt: 1,
+        direction: Direction::Forward,
+        outcome: Outcome::Succeeded { output: json!({}) },
+        command_issued_at: chrono::Utc::now(),
+        replied_at: chrono::Utc::now(),
+    };
+    producer
+        .send_json(&env.kafka.topics().replies(), &garbled.to_string(), &reply)
+        .await
+        .unwrap();
+    eventually("the reply to the quarantined saga is settled", async || {
+        let mut conn = env.db.pool.get().await.unwrap();
+        processed_replies::table
+            .find(reply.id)
+            .select(processed_replies::outcome)
+            .first::<String>(&mut conn)
+            .await
+            .is_ok_and(|outcome| outcome.contains("quarantined"))
+    })
+    .await;
+    assert!(matches!(
+        engine.retry(garbled).await,
+        Err(engine::Error::Corrupt { .. })
+    ));
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}

@@ -163,6 +163,16 @@ impl From<engine::Error> for ApiError {
                 problem.current_status = Some(status.as_str().to_owned());
                 Self::Conflict(Json(problem))
             }
+            engine::Error::Corrupt { id, reason } => {
+                let mut problem = Problem::new(
+                    409,
+                    "saga-quarantined",
+                    "The saga is quarantined",
+                    format!("saga {id} cannot be moved: {reason}"),
+                );
+                problem.current_status = Some("QUARANTINED".to_owned());
+                Self::Conflict(Json(problem))
+            }
             engine::Error::Concurrent(id) => {
                 Self::conflict(format!("saga {id} changed concurrently; retry the request"))
             }

@@ -37,6 +37,9 @@ struct SagaSummary {
     current_step: i32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Why the engine set this saga aside (it could not be decoded or moved), when it did.
+    #[oai(skip_serializing_if_is_none)]
+    quarantine: Option<String>,
 }
 
 impl poem_openapi::types::Example for SagaSummary {
@@ -49,6 +52,7 @@ impl poem_openapi::types::Example for SagaSummary {
             current_step: 1,
             created_at: at,
             updated_at: at,
+            quarantine: None,
         }
     }
 }
@@ -106,6 +110,10 @@ struct SagaDetail {
     /// Why the saga left the happy path, when it did.
     #[oai(skip_serializing_if_is_none)]
     failure: Option<String>,
+    /// Why the engine set this saga aside (it could not be decoded or moved), when it did;
+    /// its steps are then shown only if they can be read.
+    #[oai(skip_serializing_if_is_none)]
+    quarantine: Option<String>,
     /// The input the saga was started with.
     payload: Value,
     steps: Vec<StepView>,
@@ -157,15 +165,32 @@ fn phase_name(phase: impl serde::Serialize) -> String {
 }
 
 fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
-    // A stored saga that cannot be read is a server fault, not the caller's.
-    let definition = saga::definitions::find(&row.definition).ok_or_else(|| {
-        ApiError::internal(format!(
-            "saga {} has unknown definition {}",
-            row.id, row.definition
-        ))
-    })?;
-    let state: SagaState = serde_json::from_value(row.state)
-        .map_err(|err| ApiError::internal(format!("saga {} state unreadable: {err}", row.id)))?;
+    // A saga this version cannot read is still shown, without its steps, with the reason.
+    let readable = saga::definitions::find(&row.definition)
+        .ok_or_else(|| format!("unknown definition `{}`", row.definition))
+        .and_then(|definition| {
+            serde_json::from_value::<SagaState>(row.state.clone())
+                .map(|state| (definition, state))
+                .map_err(|err| format!("unreadable state: {err}"))
+        });
+    let (definition, state) = match readable {
+        Ok(readable) => readable,
+        Err(reason) => {
+            return Ok(SagaDetail {
+                id: row.id,
+                definition: row.definition,
+                status: row.status,
+                current_step: row.current_step,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
+                failure: None,
+                quarantine: Some(row.quarantine.unwrap_or(reason)),
+                payload: row.payload,
+                steps: Vec::new(),
+                history,
+            });
+        }
+    };
     let steps = definition
         .steps
         .iter()
@@ -193,6 +218,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
         created_at: row.created_at,
         updated_at: row.updated_at,
         failure: state.failure,
+        quarantine: row.quarantine,
         payload: row.payload,
         steps,
         history,

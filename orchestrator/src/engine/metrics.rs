@@ -60,6 +60,7 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     pub failed: AtomicU64,
     pub replies: AtomicU64,
+    pub quarantined: AtomicU64,
     pub saga_duration: Histogram,
     pub step_latency: Histogram,
 }
@@ -107,6 +108,11 @@ impl Metrics {
                 "sagaflow_sagas_failed_total",
                 "Sagas parked as FAILED (a compensation exhausted its budget).",
                 &self.failed,
+            ),
+            (
+                "sagaflow_sagas_quarantined_total",
+                "Sagas set aside because they could not be decoded or moved.",
+                &self.quarantined,
             ),
             (
                 "sagaflow_replies_total",

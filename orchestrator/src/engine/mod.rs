@@ -170,6 +170,11 @@ impl Engine {
             store::settle_reply(conn, reply.id, "ignored: unknown saga").await?;
             return Ok(());
         };
+        if let Some(reason) = &row.quarantine {
+            let outcome = format!("ignored: saga quarantined: {reason}");
+            store::settle_reply(conn, reply.id, &outcome).await?;
+            return Ok(());
+        }
         let input = reply_input(reply);
         let detail = json!({
             "step": reply.step,
@@ -180,9 +185,59 @@ impl Engine {
             "outcome": reply.outcome,
         });
         let outcome = self
-            .apply_locked(conn, &row, &input, "reply.received", detail)
+            .isolated(conn, &row, &input, "reply.received", detail)
             .await?;
         store::settle_reply(conn, reply.id, &outcome).await?;
+        Ok(())
+    }
+
+    /// Applies one input in a savepoint. A saga that cannot be decoded or moved is
+    /// quarantined instead of failing the caller's whole batch: the savepoint undoes what
+    /// the attempt wrote, the quarantine is recorded, and the batch goes on.
+    async fn isolated(
+        &self,
+        conn: &mut Connection,
+        row: &SagaRow,
+        input: &Input,
+        kind: &'static str,
+        detail: Value,
+    ) -> Result<String, Error> {
+        let attempt = conn
+            .transaction::<_, Error, _>(async |conn: &mut Connection| {
+                self.apply_locked(conn, row, input, kind, detail).await
+            })
+            .await;
+        match attempt {
+            Err(Error::Corrupt { id, reason }) => {
+                self.quarantine(conn, row, &reason).await?;
+                Ok(format!("ignored: saga {id} quarantined: {reason}"))
+            }
+            other => other,
+        }
+    }
+
+    async fn quarantine(
+        &self,
+        conn: &mut Connection,
+        row: &SagaRow,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        tracing::error!(saga.id = %row.id, reason, "saga quarantined");
+        store::quarantine(conn, row.id, reason, now).await?;
+        let entry = NewHistory {
+            saga_id: row.id,
+            kind: "saga.quarantined".to_owned(),
+            step: None,
+            attempt: None,
+            status: row.status.clone(),
+            detail: json!({ "reason": reason }),
+            recorded_at: now,
+        };
+        store::append_history(conn, &[entry]).await?;
+        self.metrics
+            .quarantined
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -206,7 +261,7 @@ impl Engine {
             let now = self.clock.now();
             let due = store::lock_due(conn, now, limit).await?;
             for row in &due {
-                self.apply_locked(conn, row, &Input::Tick, "timer.fired", json!({}))
+                self.isolated(conn, row, &Input::Tick, "timer.fired", json!({}))
                     .await?;
             }
             Ok(due.len())
@@ -231,6 +286,12 @@ impl Engine {
         let conn: &mut Connection = &mut pooled;
         conn.transaction(async |conn: &mut Connection| {
             let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
+            if let Some(reason) = &row.quarantine {
+                return Err(Error::Corrupt {
+                    id,
+                    reason: reason.clone(),
+                });
+            }
             let definition = definition_of(&row)?;
             let state = decode_state(&row)?;
             let now = self.clock.now();

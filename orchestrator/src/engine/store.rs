@@ -25,6 +25,8 @@ pub struct SagaRow {
     pub next_timer_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the engine stopped moving this saga, when it did (see [`quarantine`]).
+    pub quarantine: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -188,6 +190,24 @@ pub async fn claim_reply(
 pub async fn settle_reply(conn: &mut Connection, reply_id: Uuid, outcome: &str) -> QueryResult<()> {
     diesel::update(processed_replies::table.find(reply_id))
         .set(processed_replies::outcome.eq(outcome))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets a saga aside with the reason: no timer fires for it and no input moves it.
+pub async fn quarantine(
+    conn: &mut Connection,
+    id: Uuid,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(sagas::table.find(id))
+        .set((
+            sagas::quarantine.eq(reason),
+            sagas::next_timer_at.eq(None::<DateTime<Utc>>),
+            sagas::updated_at.eq(now),
+        ))
         .execute(conn)
         .await?;
     Ok(())

@@ -1,0 +1,2 @@
+DROP INDEX sagas_quarantined;
+ALTER TABLE sagas DROP COLUMN quarantine;
