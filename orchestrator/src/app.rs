@@ -94,9 +94,16 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     db::prepare(&config.stores.database_url).await?;
-    let database = db::pool(
-        &config.stores.database_url,
-        config.stores.database_pool_size,
+    let stores = &config.stores;
+    // The API and the engine loops draw from separate pools, so requests cannot starve the
+    // relay, timers and reply consumers (and in `dev`, the workers get their own too).
+    let database = db::pool_with(
+        &stores.database_url,
+        stores.pool_options(stores.database_pool_size),
+    )?;
+    let engine_database = db::pool_with(
+        &stores.database_url,
+        stores.pool_options(stores.database_engine_pool_size),
     )?;
     let redis = cache::pool(&config.stores.redis_url)?;
     cluster
@@ -107,13 +114,13 @@ pub async fn start_with(
 
     let tasks = TaskTracker::new();
     let engine = Engine::new(
-        database.clone(),
+        engine_database.clone(),
         cluster.topics().clone(),
         options.clock.clone(),
     );
     let relay = Relay::new(
         &config.stores.database_url,
-        database.clone(),
+        engine_database.clone(),
         producer.clone(),
         options.clock.clone(),
         options.relay.clone(),
@@ -148,7 +155,10 @@ pub async fn start_with(
     }
     if mode == Mode::Dev {
         let deps = workers::Deps {
-            database: database.clone(),
+            database: db::pool_with(
+                &stores.database_url,
+                stores.pool_options(stores.database_engine_pool_size),
+            )?,
             redis: redis.clone(),
             cluster: cluster.clone(),
             producer: producer.clone(),

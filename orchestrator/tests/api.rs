@@ -763,3 +763,74 @@ async fn idempotency_keys_guard_every_post_that_moves_money_or_starts_a_saga() {
     assert_eq!(sagas["items"].as_array().unwrap().len(), 1, "{sagas}");
     api.stop().await;
 }
+
+/// The API cannot starve the engine: with its pool exhausted it answers 503 with
+/// `Retry-After` at once, and the sagas it accepted still finish, because the engine loops
+/// have a pool of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_api_pool_answers_503_and_the_engine_keeps_going() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        orchestrator::app::Mode::Dev,
+        orchestrator::app::Options::default(),
+        &[("DATABASE_POOL_SIZE", "1"), ("DATABASE_POOL_WAIT_MS", "1")],
+    )
+    .await;
+    let http = Client::new();
+    let base = orchestrator.base();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let mut user = None;
+    while user.is_none() {
+        // Alone, a request gets the connection; retried in the rare case it did not.
+        let response = post(
+            "/v1/users",
+            json!({ "name": "Minji", "balance_cents": 1_000_000 }),
+        )
+        .await
+        .unwrap();
+        if response.status() == StatusCode::CREATED {
+            user = Some(response.json::<Value>().await.unwrap());
+        }
+    }
+    let user_id = user.unwrap()["id"].clone();
+    loop {
+        let response = post(
+            "/v1/products",
+            json!({ "sku": "MUG-01", "name": "Mug", "price_cents": 100, "stock": 1000 }),
+        )
+        .await
+        .unwrap();
+        if response.status() == StatusCode::CREATED {
+            break;
+        }
+    }
+    let order = json!({ "user_id": user_id, "lines": [{ "sku": "MUG-01", "quantity": 1 }], "shipping_address": address("KR") });
+    let responses =
+        futures_util::future::join_all((0..40).map(|_| post("/v1/orders", order.clone()))).await;
+    let (mut accepted, mut busy) = (Vec::new(), 0);
+    for response in responses {
+        let response = response.unwrap();
+        match response.status() {
+            StatusCode::ACCEPTED => {
+                let body: Value = response.json().await.unwrap();
+                accepted.push(body["saga_id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                problem(response, 503, None).await;
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "40 requests on one connection that nobody may wait for"
+    );
+    for saga in accepted {
+        let row = support::wait_for_status(&env, saga.parse().unwrap(), "COMPLETED").await;
+        assert_eq!(row.status, "COMPLETED");
+    }
+    orchestrator.stop().await;
+}

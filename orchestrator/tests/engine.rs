@@ -593,7 +593,8 @@ async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::V
 async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
     let env = TestEnv::start().await;
     let unknown = insert_unreadable(&env, "from_a_newer_version", json!({})).await;
-    let garbled = insert_unreadable(&env, "order", json!({ "status": "RUNNING", "steps": 7 })).await;
+    let garbled =
+        insert_unreadable(&env, "order", json!({ "status": "RUNNING", "steps": 7 })).await;
     let options = Options {
         clock: orchestrator::clock::Clock::frozen(),
         ..Options::default()

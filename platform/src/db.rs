@@ -6,9 +6,13 @@
 use anyhow::Context as _;
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{QueryableByName, sql_query};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use std::time::Duration;
+
 use diesel_async::pooled_connection::deadpool::Pool as DeadPool;
-use diesel_async::{AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub type Pool = DeadPool<AsyncPgConnection>;
@@ -22,10 +26,51 @@ pub const MIGRATIONS_COUNT: usize = 8;
 /// Serialises concurrent migrators (several replicas starting at once).
 const MIGRATION_LOCK_KEY: i64 = 0x5a6a_f10e;
 
+/// How a pool behaves under pressure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    pub max_size: usize,
+    /// Longest wait for a free connection; past it `get` fails with a timeout, which the
+    /// API answers 503 and the engine loops retry, instead of piling up without bound.
+    pub wait_timeout: Duration,
+    /// `statement_timeout` of every connection: no statement holds a connection longer.
+    pub statement_timeout: Duration,
+}
+
+impl PoolOptions {
+    pub fn new(max_size: usize) -> Self {
+        Self {
+            max_size,
+            wait_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    pool_with(url, PoolOptions::new(max_size))
+}
+
+pub fn pool_with(url: &str, options: PoolOptions) -> anyhow::Result<Pool> {
+    let statement_timeout_ms = options.statement_timeout.as_millis();
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&format!("SET statement_timeout = {statement_timeout_ms}"))
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     Pool::builder(manager)
-        .max_size(max_size)
+        .max_size(options.max_size)
+        .wait_timeout(Some(options.wait_timeout))
+        // Opening a connection is a separate matter: a slow start is not back-pressure.
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
         .context("building the Postgres pool")
 }

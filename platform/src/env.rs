@@ -161,22 +161,50 @@ impl KafkaEnv {
 pub struct StoreEnv {
     /// `DATABASE_URL`
     pub database_url: String,
-    /// `DATABASE_POOL_SIZE`
+    /// `DATABASE_POOL_SIZE`: the API's connections (a worker process: all of its own).
     pub database_pool_size: usize,
+    /// `DATABASE_ENGINE_POOL_SIZE`: the orchestrator's engine loops (relay, timers, reply
+    /// consumers) have their own pool, so a flood of API requests cannot starve them.
+    pub database_engine_pool_size: usize,
+    /// `DATABASE_POOL_WAIT_MS`: longest wait for a free connection.
+    pub database_pool_wait: std::time::Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: Postgres `statement_timeout` of every connection.
+    pub database_statement_timeout: std::time::Duration,
     /// `REDIS_URL`
     pub redis_url: String,
 }
 
 impl StoreEnv {
+    /// Pool settings for a pool of `size` connections.
+    pub fn pool_options(&self, size: usize) -> crate::db::PoolOptions {
+        crate::db::PoolOptions {
+            max_size: size,
+            wait_timeout: self.database_pool_wait,
+            statement_timeout: self.database_statement_timeout,
+        }
+    }
+
     pub const DEFAULT_DATABASE_URL: &'static str = "postgres://postgres@127.0.0.1:5432/sagaflow";
     pub const DEFAULT_REDIS_URL: &'static str = "redis://127.0.0.1:6379";
 
     pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
-        let database_pool_size = vars.parse_or("DATABASE_POOL_SIZE", 16usize)?;
-        if database_pool_size == 0 {
-            return Err(Error::new("DATABASE_POOL_SIZE", "0", "must be at least 1"));
-        }
+        let size = |name: &'static str, default: usize| -> Result<usize, Error> {
+            match vars.parse_or(name, default)? {
+                0 => Err(Error::new(name, "0", "must be at least 1")),
+                size => Ok(size),
+            }
+        };
+        let millis = |name: &'static str, default: u64| -> Result<std::time::Duration, Error> {
+            match vars.parse_or(name, default)? {
+                0 => Err(Error::new(name, "0", "must be at least 1")),
+                ms => Ok(std::time::Duration::from_millis(ms)),
+            }
+        };
+        let database_pool_size = size("DATABASE_POOL_SIZE", 16)?;
         Ok(Self {
+            database_engine_pool_size: size("DATABASE_ENGINE_POOL_SIZE", 8)?,
+            database_pool_wait: millis("DATABASE_POOL_WAIT_MS", 2_000)?,
+            database_statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)?,
             database_url: vars.url_or(
                 "DATABASE_URL",
                 Self::DEFAULT_DATABASE_URL,

@@ -91,9 +91,9 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         .await
         .context("creating Kafka topics")?;
     let deps = workers::Deps {
-        database: db::pool(
+        database: db::pool_with(
             &config.stores.database_url,
-            config.stores.database_pool_size,
+            config.stores.pool_options(config.stores.database_pool_size),
         )?,
         redis: cache::pool(&config.stores.redis_url)?,
         producer: cluster.producer()?,

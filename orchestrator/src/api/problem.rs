@@ -129,7 +129,14 @@ impl From<diesel::result::Error> for ApiError {
 
 impl From<diesel_async::pooled_connection::deadpool::PoolError> for ApiError {
     fn from(err: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
-        Self::internal(err)
+        use diesel_async::pooled_connection::deadpool::PoolError;
+        match err {
+            // Every connection is busy: back-pressure, not a fault.
+            PoolError::Timeout(_) => {
+                Self::unavailable("the database is busy; try again shortly", 1)
+            }
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -173,6 +180,7 @@ impl From<engine::Error> for ApiError {
                 problem.current_status = Some("QUARANTINED".to_owned());
                 Self::Conflict(Json(problem))
             }
+            engine::Error::Pool(err) => Self::from(err),
             engine::Error::Concurrent(id) => {
                 Self::conflict(format!("saga {id} changed concurrently; retry the request"))
             }

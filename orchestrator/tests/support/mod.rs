@@ -189,11 +189,22 @@ impl Orchestrator {
     }
 
     async fn start_mode(env: &TestEnv, mode: Mode, options: Options) -> Self {
-        let config = Config::from_vars(&Vars::from_pairs([
+        Self::start_with_vars(env, mode, options, &[]).await
+    }
+
+    /// Like `start`/`dev`, with extra configuration variables.
+    pub async fn start_with_vars(
+        env: &TestEnv,
+        mode: Mode,
+        options: Options,
+        vars: &[(&str, &str)],
+    ) -> Self {
+        let mut pairs = vec![
             ("DATABASE_URL", env.db.url.as_str()),
             ("HTTP_ADDR", "127.0.0.1:0"),
-        ]))
-        .unwrap();
+        ];
+        pairs.extend_from_slice(vars);
+        let config = Config::from_vars(&Vars::from_pairs(pairs)).unwrap();
         let shutdown = CancellationToken::new();
         let running = app::start_with(
             &config,
