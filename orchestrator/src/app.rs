@@ -129,6 +129,13 @@ pub async fn start_with(
         tasks.spawn(relay.run(shutdown.clone()));
     }
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
+    tasks.spawn(platform::retention::run(
+        engine_database.clone(),
+        crate::retention::RULES,
+        config.retention.clone(),
+        workers::retention::EVERY,
+        shutdown.clone(),
+    ));
     // Several members of the reply group per process: each owns some partitions, so
     // replies of different sagas are applied in parallel while one saga's stay in order.
     for slot in 0..options.reply_consumers {
@@ -164,6 +171,13 @@ pub async fn start_with(
             producer: producer.clone(),
             runtime: config.workers.clone(),
         };
+        tasks.spawn(platform::retention::run(
+            deps.database.clone(),
+            workers::retention::RULES,
+            config.retention.clone(),
+            workers::retention::EVERY,
+            shutdown.clone(),
+        ));
         workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Variables (all optional; defaults suit a machine with local Postgres and Redis):
 //! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sagaflow`; created if missing)
-//! - `DATABASE_POOL_SIZE` (default 16)
+//! - `DATABASE_POOL_SIZE` (default 16), `DATABASE_ENGINE_POOL_SIZE` (default 8),
+//!   `DATABASE_POOL_WAIT_MS` (default 2000), `DATABASE_STATEMENT_TIMEOUT_MS` (default 30000)
+//! - `RETENTION_INBOX_DAYS` (default 14), `RETENTION_HISTORY_DAYS` (default 90)
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`)
 //! - `KAFKA_BROKERS` (`host:port,...`; unset: `dev` starts an embedded Kafka, `serve` refuses)
 //! - `TOPIC_PREFIX` (default `sagaflow`)
@@ -13,7 +15,7 @@
 
 use std::net::SocketAddr;
 
-use platform::env::{self, KafkaEnv, LogFormat, StoreEnv, Vars};
+use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -22,6 +24,7 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub workers: workers::runtime::RuntimeOptions,
+    pub retention: RetentionEnv,
 }
 
 impl Config {
@@ -41,6 +44,7 @@ impl Config {
             http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             workers: workers::config::runtime_options(vars)?,
+            retention: RetentionEnv::from_vars(vars)?,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! - [`replies`]: applies participants' replies.
 //! - [`timers`]: fires deadlines and retry times.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
+//! - [`retention`]: the orchestrator's tables that age out.
 //! - [`seed`]: the demo data set of `orchestrator seed`.
 //! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod relay;
 pub mod replies;
+pub mod retention;
 pub mod saga;
 pub mod schema;
 pub mod seed;

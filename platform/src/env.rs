@@ -216,6 +216,36 @@ impl StoreEnv {
     }
 }
 
+/// How long old rows are kept (see `platform::retention`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionEnv {
+    /// `RETENTION_INBOX_DAYS` (default 14): inbox and fence rows. Keep it longer than the
+    /// broker's retention (Kafka's default is 7 days).
+    pub inbox: chrono::TimeDelta,
+    /// `RETENTION_HISTORY_DAYS` (default 90): the history of finished sagas, notifications.
+    pub history: chrono::TimeDelta,
+}
+
+impl RetentionEnv {
+    pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
+        let days = |name: &'static str, default: i64| -> Result<chrono::TimeDelta, Error> {
+            let days: i64 = vars.parse_or(name, default)?;
+            if !(1..=36_500).contains(&days) {
+                return Err(Error::new(
+                    name,
+                    days.to_string(),
+                    "must be 1 to 36500 days",
+                ));
+            }
+            Ok(chrono::TimeDelta::days(days))
+        };
+        Ok(Self {
+            inbox: days("RETENTION_INBOX_DAYS", 14)?,
+            history: days("RETENTION_HISTORY_DAYS", 90)?,
+        })
+    }
+}
+
 /// Log output format (`LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {

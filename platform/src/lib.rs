@@ -12,6 +12,7 @@
 //! - [`cache`]: the Redis pool.
 //! - [`env`]: reading typed configuration from environment variables, failing fast.
 //! - [`health`]: dependency probes behind `/readyz`.
+//! - [`retention`]: deletes old inbox, history and bookkeeping rows in batches.
 //! - [`shutdown`]: the process-wide shutdown signal (SIGINT/SIGTERM).
 //! - [`telemetry`]: tracing set-up (text or JSON).
 //! - `testkit` (feature `testkit`): a private database, topic prefix and key prefix per test.
@@ -22,6 +23,7 @@ pub mod db;
 pub mod env;
 pub mod health;
 pub mod kafka;
+pub mod retention;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

@@ -4,11 +4,12 @@
 //! a worker process joins a real broker), `TOPIC_PREFIX`, `LOG_FORMAT`, `RUST_LOG`; the same
 //! meaning and defaults as for the orchestrator (see README.md). Plus
 //! `CONCURRENCY_STRATEGY` (`redis-lock`, default, `postgres` or `lua-gate`) and `LOCK_WAIT_MS` /
-//! `LOCK_LEASE_MS` (default 5000 / 10000).
+//! `LOCK_LEASE_MS` (default 5000 / 10000), and the retention windows `RETENTION_INBOX_DAYS` /
+//! `RETENTION_HISTORY_DAYS` (default 14 / 90).
 
 use std::time::Duration;
 
-use platform::env::{self, KafkaEnv, LogFormat, StoreEnv, Vars};
+use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
 
 use crate::participant::Strategy;
 use crate::runtime::RuntimeOptions;
@@ -19,6 +20,7 @@ pub struct Config {
     pub kafka: KafkaEnv,
     pub log_format: LogFormat,
     pub runtime: RuntimeOptions,
+    pub retention: RetentionEnv,
 }
 
 impl Config {
@@ -32,6 +34,7 @@ impl Config {
             kafka: KafkaEnv::from_vars(vars)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             runtime: runtime_options(vars)?,
+            retention: RetentionEnv::from_vars(vars)?,
         })
     }
 }

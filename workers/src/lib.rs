@@ -15,6 +15,7 @@
 //! - [`lock`]: the Redis lock with watchdog and fencing tokens.
 //! - [`gate`]: the Lua-script strategy's Redis gate.
 //! - [`notification`]: records every lifecycle event.
+//! - [`retention`]: the workers' tables that age out.
 //! - [`schema`]: diesel table definitions of the workers' data.
 //! - `fixtures` (feature `testkit`): business rows for tests.
 
@@ -30,6 +31,7 @@ pub mod lock;
 pub mod notification;
 pub mod participant;
 pub mod participants;
+pub mod retention;
 pub mod runtime;
 pub mod schema;
 

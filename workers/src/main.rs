@@ -102,6 +102,13 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     };
     let tasks = TaskTracker::new();
     workers::spawn_roles(&roles, &deps, &tasks, &shutdown)?;
+    tasks.spawn(platform::retention::run(
+        deps.database.clone(),
+        workers::retention::RULES,
+        config.retention.clone(),
+        workers::retention::EVERY,
+        shutdown.clone(),
+    ));
     tracing::info!(roles = ?roles, "worker started");
     tasks.close();
     tasks.wait().await;
