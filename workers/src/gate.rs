@@ -7,12 +7,18 @@
 //! capacity already taken).
 //!
 //! The gate is a filter, not the authority: the write behind it is the Postgres strategy's
-//! conditional `UPDATE`, so an over-generous gate (after a crash between gate and commit,
-//! or a reseed while operations are in flight) can never break an invariant. Capacity taken
-//! by an operation that then fails is given back; a compensation forgets the counters of
-//! what it touched, which are reseeded from Postgres on next use.
+//! conditional `UPDATE`, so an over-generous gate (a reseed while operations are in flight)
+//! can never break an invariant. It must not stay stricter than Postgres either: each take
+//! is a lease that its operation settles (kept after a commit, returned after a failure);
+//! the lease of an operation that crashed in between expires and its capacity is returned
+//! (see `TAKE`). A compensation forgets the counters of what it touched, which are reseeded
+//! from Postgres on next use.
 
 use std::sync::LazyLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use deadpool_redis::redis::Script;
 use diesel::sql_types::{BigInt, Text};
@@ -23,25 +29,71 @@ use platform::db::Connection;
 
 use crate::guarded::Counter;
 
-/// KEYS: gate counters. ARGV: amounts, then seeds (one each per key).
-/// Returns 1 and takes every amount, or 0 and takes nothing.
+/// KEYS: gate counters. ARGV: the operation's id, now (ms), the lease (ms), then the
+/// amounts, then the seeds (one each per key). Returns 1 and takes every amount, or 0 and
+/// takes nothing.
+///
+/// Every take is recorded as a lease (`<counter>:leases`, by expiry, and `<counter>:taken`,
+/// the amount) until the operation settles it. A lease still there at its expiry belongs to
+/// an operation that crashed between the gate and its commit: its amount goes back to the
+/// counter first, so a crash never leaves the gate stricter than Postgres for longer than
+/// one lease.
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local n = #KEYS
+          local op, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
           for i = 1, n do
-              redis.call('SET', KEYS[i], ARGV[n + i], 'NX')
+              local key = KEYS[i]
+              redis.call('SET', key, ARGV[3 + n + i], 'NX')
+              local expired = redis.call('ZRANGEBYSCORE', key .. ':leases', '-inf', now)
+              for _, member in ipairs(expired) do
+                  local amount = redis.call('HGET', key .. ':taken', member)
+                  if amount then
+                      redis.call('INCRBY', key, amount)
+                  end
+                  redis.call('HDEL', key .. ':taken', member)
+                  redis.call('ZREM', key .. ':leases', member)
+              end
           end
           for i = 1, n do
-              if tonumber(redis.call('GET', KEYS[i])) < tonumber(ARGV[i]) then
+              if tonumber(redis.call('GET', KEYS[i])) < tonumber(ARGV[3 + i]) then
                   return 0
               end
           end
           for i = 1, n do
-              redis.call('DECRBY', KEYS[i], ARGV[i])
+              local key = KEYS[i]
+              redis.call('DECRBY', key, ARGV[3 + i])
+              redis.call('ZADD', key .. ':leases', now + lease, op)
+              redis.call('HSET', key .. ':taken', op, ARGV[3 + i])
           end
           return 1",
     )
 });
+
+/// KEYS: gate counters. ARGV: the operation's id, then `1` to return its amounts (it
+/// failed) or `0` to keep them taken (it committed). A lease already reclaimed at its
+/// expiry is not returned twice.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"for i = 1, #KEYS do
+              local key = KEYS[i]
+              local amount = redis.call('HGET', key .. ':taken', ARGV[1])
+              if amount then
+                  if ARGV[2] == '1' then
+                      redis.call('INCRBY', key, amount)
+                  end
+                  redis.call('HDEL', key .. ':taken', ARGV[1])
+                  redis.call('ZREM', key .. ':leases', ARGV[1])
+              end
+          end
+          return 1",
+    )
+});
+
+/// How long capacity taken at the gate may wait for its operation to settle before it
+/// counts as left behind by a crash. Longer than any operation: Postgres statements time
+/// out after 30 s.
+pub const LEASE: Duration = Duration::from_secs(60);
 
 /// Capacity an operation wants from one resource.
 #[derive(Debug, Clone)]
@@ -78,10 +130,27 @@ impl Gate {
         format!("{}gate:{resource}", self.prefix)
     }
 
-    /// Takes every wanted amount atomically; `false` (nothing taken) when any is short.
-    /// A resource missing from Postgres seeds as 0, so the operation is turned away here
-    /// and its rejection comes from the participant.
-    pub async fn take(&self, conn: &mut Connection, wants: &[Want]) -> anyhow::Result<bool> {
+    /// Takes every wanted amount atomically for operation `op`; `false` (nothing taken)
+    /// when any is short. A resource missing from Postgres seeds as 0, so the operation is
+    /// turned away here and its rejection comes from the participant. The operation must
+    /// [`settle`](Gate::settle) what it took.
+    pub async fn take(
+        &self,
+        conn: &mut Connection,
+        wants: &[Want],
+        op: Uuid,
+    ) -> anyhow::Result<bool> {
+        self.take_at(conn, wants, op, Utc::now()).await
+    }
+
+    /// [`Gate::take`] as of `now` (tests move it to let leases expire).
+    pub async fn take_at(
+        &self,
+        conn: &mut Connection,
+        wants: &[Want],
+        op: Uuid,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
         let mut seeds = Vec::with_capacity(wants.len());
         for want in wants {
             seeds.push(remaining(conn, want).await?);
@@ -90,6 +159,10 @@ impl Gate {
         for want in wants {
             script.key(self.key(&want.resource));
         }
+        script
+            .arg(op.to_string())
+            .arg(now.timestamp_millis())
+            .arg(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
         for want in wants {
             script.arg(want.amount);
         }
@@ -101,17 +174,21 @@ impl Gate {
         Ok(taken == 1)
     }
 
-    /// Returns what `take` took, after the operation behind it did not happen.
-    pub async fn give_back(&self, wants: &[Want]) -> anyhow::Result<()> {
-        let mut redis = self.pool.get().await?;
-        let mut pipe = deadpool_redis::redis::pipe();
-        for want in wants {
-            pipe.cmd("INCRBY")
-                .arg(self.key(&want.resource))
-                .arg(want.amount)
-                .ignore();
+    /// Ends operation `op`'s leases: `committed` keeps what it took (Postgres has it now),
+    /// otherwise it goes back to the counters.
+    pub async fn settle(&self, wants: &[Want], op: Uuid, committed: bool) -> anyhow::Result<()> {
+        if wants.is_empty() {
+            return Ok(());
         }
-        pipe.query_async::<()>(&mut redis).await?;
+        let mut script = SETTLE.prepare_invoke();
+        for want in wants {
+            script.key(self.key(&want.resource));
+        }
+        script
+            .arg(op.to_string())
+            .arg(if committed { "0" } else { "1" });
+        let mut redis = self.pool.get().await?;
+        script.invoke_async::<i64>(&mut redis).await?;
         Ok(())
     }
 
@@ -120,7 +197,11 @@ impl Gate {
         if resources.is_empty() {
             return Ok(());
         }
-        let keys: Vec<String> = resources.iter().map(|r| self.key(r)).collect();
+        let keys: Vec<String> = resources
+            .iter()
+            .map(|r| self.key(r))
+            .flat_map(|key| [format!("{key}:leases"), format!("{key}:taken"), key])
+            .collect();
         let mut redis = self.pool.get().await?;
         deadpool_redis::redis::cmd("DEL")
             .arg(keys)

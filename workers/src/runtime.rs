@@ -111,7 +111,9 @@ impl<P: Participant> CommandRuntime<P> {
             Err(Failure::Retry(err)) => return Err(err),
         };
         let wants = self.wants(command)?;
-        if !wants.is_empty() && !self.gate.take(conn, &wants).await? {
+        // Each take is a lease of its own, settled below whatever happens to the command.
+        let op = Uuid::now_v7();
+        if !wants.is_empty() && !self.gate.take(conn, &wants, op).await? {
             let short: Vec<&str> = wants.iter().map(|w| w.resource.as_str()).collect();
             let reason = format!("not enough left of {}", short.join(", "));
             return self
@@ -121,7 +123,7 @@ impl<P: Participant> CommandRuntime<P> {
         let guards = match self.lock(&resources).await {
             Ok(guards) => guards,
             Err(err) => {
-                self.give_back(&wants).await;
+                self.settle(&wants, op, false).await;
                 return Err(err);
             }
         };
@@ -136,9 +138,9 @@ impl<P: Participant> CommandRuntime<P> {
             think_time: self.options.think_time,
         };
         let result = self.transact(conn, command, &context).await;
-        if !matches!(&result, Ok(reply) if matches!(reply.outcome, Outcome::Succeeded { .. })) {
-            self.give_back(&wants).await;
-        }
+        let committed =
+            matches!(&result, Ok(reply) if matches!(reply.outcome, Outcome::Succeeded { .. }));
+        self.settle(&wants, op, committed).await;
         if self.options.strategy == Strategy::LuaGate
             && command.direction == Direction::Compensate
             && result.is_ok()
@@ -168,13 +170,13 @@ impl<P: Participant> CommandRuntime<P> {
         }
     }
 
-    async fn give_back(&self, wants: &[Want]) {
+    async fn settle(&self, wants: &[Want], op: Uuid, committed: bool) {
         if wants.is_empty() {
             return;
         }
-        if let Err(err) = self.gate.give_back(wants).await {
-            // Only the filter is off (too strict) until the counter is reseeded.
-            tracing::warn!(error = format!("{err:#}"), "gate capacity not returned");
+        if let Err(err) = self.gate.settle(wants, op, committed).await {
+            // The lease expires and is settled by a later take: late, never lost.
+            tracing::warn!(error = format!("{err:#}"), "gate lease not settled");
         }
     }
 
