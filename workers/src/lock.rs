@@ -20,9 +20,10 @@
 //! The guarded write must check and store the token in the same statement:
 //! `UPDATE ... SET fence = $token WHERE ... AND fence <= $token` (see `guarded`). A token
 //! lower than the last one stored means a newer holder has written since: the write is
-//! refused. Equal tokens pass, so one holder may write several times. The `fence:` counter
-//! must therefore never expire nor be deleted; if it is lost, it has to be set back to at
-//! least the largest token stored before locks are handed out again.
+//! refused. Equal tokens pass, so one holder may write several times. Tokens must therefore
+//! never go down, not even when Redis loses the `fence:` counter (a restart without
+//! persistence): each token is at least Redis's clock in microseconds, which is above every
+//! token handed out before, as long as that clock does not go back.
 //!
 //! Keys are `{prefix}lock:{resource}` and `{prefix}fence:{resource}`. The acquire script
 //! touches both, which needs a single Redis (or both keys in one Cluster slot).
@@ -38,10 +39,21 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// KEYS: lock, fence counter. ARGV: owner, lease ms. Returns the new fencing token, or 0.
+///
+/// The token is never below Redis's clock in microseconds: a Redis that restarted without
+/// its data (or lost the counter) hands out tokens above every one issued before it, not
+/// from 1 again, so the guarded stores do not refuse every write from then on.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-              return redis.call('INCR', KEYS[2])
+              local token = redis.call('INCR', KEYS[2])
+              local now = redis.call('TIME')
+              local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
+              if token < floor then
+                  redis.call('SET', KEYS[2], string.format('%d', floor))
+                  token = floor
+              end
+              return token
           end
           return 0",
     )

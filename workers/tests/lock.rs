@@ -261,3 +261,21 @@ async fn overlapping_lock_sets_neither_deadlock_nor_overlap() {
         );
     }
 }
+
+/// A Redis restarted without persistence loses the fence counters. The next token must
+/// still be above every token handed out before, or every guarded write would be refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn fencing_tokens_keep_growing_after_redis_lost_its_counters() {
+    let redis = TestRedis::start();
+    let locks = locks(&redis);
+    let first = locks.try_lock("sku:A", NOW, LONG).await.unwrap().unwrap();
+    let before = first.fence();
+    first.release().await.unwrap();
+    let mut conn = redis.pool.get().await.unwrap();
+    let _: () = conn
+        .del(format!("{}fence:sku:A", redis.prefix))
+        .await
+        .unwrap();
+    let after = locks.try_lock("sku:A", NOW, LONG).await.unwrap().unwrap();
+    assert!(after.fence() > before, "{} after {before}", after.fence());
+}
