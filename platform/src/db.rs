@@ -108,6 +108,20 @@ struct Exists {
     exists: bool,
 }
 
+/// Drops the database named in `url` (its connections are closed first).
+pub async fn drop_database(url: &str) -> anyhow::Result<()> {
+    let (admin_url, name) = split_database_url(url)?;
+    let mut conn = AsyncPgConnection::establish(&admin_url)
+        .await
+        .with_context(|| format!("connecting to {}", redact(&admin_url)))?;
+    let statement = format!(
+        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+        quote_identifier(&name)
+    );
+    sql_query(statement).execute(&mut conn).await?;
+    Ok(())
+}
+
 /// Creates the database named in `url` when it does not exist yet. Returns whether it did.
 pub async fn ensure_database(url: &str) -> anyhow::Result<bool> {
     let (admin_url, name) = split_database_url(url)?;

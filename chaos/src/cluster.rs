@@ -1,0 +1,112 @@
+//! The processes under test: two `orchestrator serve` replicas, one `worker` per role, and
+//! (when chaos owns them) a tansu broker with SQLite storage and a Redis without persistence.
+//! Each can be killed with SIGKILL and started again with the same settings.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// What a process is, for spreading kills over every kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Orchestrator,
+    Worker,
+    Broker,
+    Redis,
+}
+
+pub struct Proc {
+    pub name: String,
+    pub kind: Kind,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    /// The HTTP port, for orchestrators.
+    pub port: Option<u16>,
+}
+
+impl Proc {
+    pub fn new(name: &str, kind: Kind, program: &Path, args: &[&str], dir: &Path) -> Self {
+        Self {
+            name: name.to_owned(),
+            kind,
+            program: program.to_owned(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            env: Vec::new(),
+            cwd: dir.to_owned(),
+            log: dir.join(format!("{name}.log")),
+            child: None,
+            port: None,
+        }
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.cwd)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown hook, no flush, no offset commit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is alive (a process that exited on its own is reaped).
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
