@@ -30,6 +30,24 @@ pub async fn unfinished(conn: &mut Connection) -> anyhow::Result<i64> {
     .await
 }
 
+#[derive(QueryableByName)]
+struct Tally {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    label: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Sagas by definition and final status.
+pub async fn by_status(conn: &mut Connection) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows: Vec<Tally> = sql_query(
+        "SELECT definition || ' ' || status AS label, count(*) AS n FROM sagas GROUP BY 1 ORDER BY 1",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.label, row.n)).collect())
+}
+
 /// (name, rows breaking it) for every invariant.
 pub async fn all(conn: &mut Connection, record: &Record) -> anyhow::Result<Vec<(String, i64)>> {
     let live_reservation =

@@ -7,7 +7,10 @@
 //! ```text
 //! cargo build -p orchestrator -p workers -p chaos
 //! target/debug/chaos [--sagas 10000] [--rate 40] [--kill-every 3] [--tansu PATH] [--kill-broker]
+//! target/debug/chaos --dev [--sagas 1000]
 //! ```
+//! `--dev` runs one `orchestrator dev` (embedded broker, every worker in-process) instead,
+//! and kills it and Redis.
 //! With `--tansu` (or `TANSU`), chaos runs its own tansu; otherwise it uses `KAFKA_BROKERS`.
 //! `--kill-broker` adds the broker to the kills, on SQLite storage so that it survives
 //! them. (With tansu 0.6.0 a consumer group can stay stuck in `Forming` after such a
@@ -38,6 +41,8 @@ struct Args {
     tansu: Option<PathBuf>,
     /// Kill the broker too (with SQLite storage, so it survives).
     kill_broker: bool,
+    /// One `orchestrator dev` process with its embedded broker instead.
+    dev: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -47,11 +52,13 @@ fn args() -> anyhow::Result<Args> {
         kill_every: Duration::from_secs(3),
         tansu: std::env::var_os("TANSU").map(PathBuf::from),
         kill_broker: false,
+        dev: false,
     };
     let mut list = std::env::args().skip(1);
     while let Some(flag) = list.next() {
-        if flag == "--kill-broker" {
-            args.kill_broker = true;
+        if flag == "--kill-broker" || flag == "--dev" {
+            args.kill_broker |= flag == "--kill-broker";
+            args.dev |= flag == "--dev";
             continue;
         }
         let value = list
@@ -123,83 +130,104 @@ async fn run() -> anyhow::Result<bool> {
     redis.start()?;
     wait_for_port(redis_port, Duration::from_secs(10)).await?;
     procs.push(redis);
-    let brokers = match &args.tansu {
-        Some(tansu) => {
-            let port = free_port()?;
-            let listener = format!("tcp://127.0.0.1:{port}");
-            // Only a broker that is killed needs storage that survives it.
-            let storage = if args.kill_broker {
-                "sqlite://data/tansu.db"
-            } else {
-                "memory://tansu/"
-            };
-            let mut broker = Proc::new(
-                "broker",
-                Kind::Broker,
-                tansu,
-                &[
-                    "broker",
-                    "--listener-url",
-                    &listener,
-                    "--advertised-listener-url",
-                    &listener,
-                    "--storage-engine",
-                    storage,
-                ],
-                &dir,
-            );
-            broker.start()?;
-            wait_for_port(port, Duration::from_secs(30)).await?;
-            procs.push(broker);
-            format!("127.0.0.1:{port}")
-        }
-        None => std::env::var("KAFKA_BROKERS")
-            .context("give --tansu PATH (or TANSU), or KAFKA_BROKERS")?,
-    };
-    let common = |proc: Proc| {
-        proc.env("DATABASE_URL", &database_url)
-            .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-            .env("KAFKA_BROKERS", &brokers)
-            .env("TOPIC_PREFIX", &prefix)
-            .env("RUST_LOG", "warn")
-    };
     let mut ports = Vec::new();
-    for name in ["orchestrator-a", "orchestrator-b"] {
+    if args.dev {
+        // One `orchestrator dev`: API, engine and every worker, with the embedded broker,
+        // which dies with the process: what it held is lost and must be sent again.
         let port = free_port()?;
-        let mut proc = common(Proc::new(
-            name,
+        let mut dev = Proc::new(
+            "dev",
             Kind::Orchestrator,
             &bin.join("orchestrator"),
-            &["serve"],
+            &["dev"],
             &dir,
-        ))
+        )
+        .env("DATABASE_URL", &database_url)
+        .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+        .env("TOPIC_PREFIX", &prefix)
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("KAFKA_INSTANCE_ID", name)
-        .env("DATABASE_POOL_SIZE", "8")
-        .env("DATABASE_ENGINE_POOL_SIZE", "6");
-        proc.port = Some(port);
+        .env("RUST_LOG", "warn");
+        dev.port = Some(port);
         ports.push(port);
-        procs.push(proc);
-    }
-    for role in [
-        "inventory",
-        "payment",
-        "shipment",
-        "coupon",
-        "vendor",
-        "notification",
-    ] {
-        let name = format!("worker-{role}");
-        let proc = common(Proc::new(
-            &name,
-            Kind::Worker,
-            &bin.join("worker"),
-            &["--role", role],
-            &dir,
-        ))
-        .env("KAFKA_INSTANCE_ID", &name)
-        .env("DATABASE_POOL_SIZE", "4");
-        procs.push(proc);
+        procs.push(dev);
+    } else {
+        let brokers = match &args.tansu {
+            Some(tansu) => {
+                let port = free_port()?;
+                let listener = format!("tcp://127.0.0.1:{port}");
+                // Only a broker that is killed needs storage that survives it.
+                let storage = if args.kill_broker {
+                    "sqlite://data/tansu.db"
+                } else {
+                    "memory://tansu/"
+                };
+                let mut broker = Proc::new(
+                    "broker",
+                    Kind::Broker,
+                    tansu,
+                    &[
+                        "broker",
+                        "--listener-url",
+                        &listener,
+                        "--advertised-listener-url",
+                        &listener,
+                        "--storage-engine",
+                        storage,
+                    ],
+                    &dir,
+                );
+                broker.start()?;
+                wait_for_port(port, Duration::from_secs(30)).await?;
+                procs.push(broker);
+                format!("127.0.0.1:{port}")
+            }
+            None => std::env::var("KAFKA_BROKERS")
+                .context("give --tansu PATH (or TANSU), or KAFKA_BROKERS")?,
+        };
+        let common = |proc: Proc| {
+            proc.env("DATABASE_URL", &database_url)
+                .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+                .env("KAFKA_BROKERS", &brokers)
+                .env("TOPIC_PREFIX", &prefix)
+                .env("RUST_LOG", "warn")
+        };
+        for name in ["orchestrator-a", "orchestrator-b"] {
+            let port = free_port()?;
+            let mut proc = common(Proc::new(
+                name,
+                Kind::Orchestrator,
+                &bin.join("orchestrator"),
+                &["serve"],
+                &dir,
+            ))
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("KAFKA_INSTANCE_ID", name)
+            .env("DATABASE_POOL_SIZE", "8")
+            .env("DATABASE_ENGINE_POOL_SIZE", "6");
+            proc.port = Some(port);
+            ports.push(port);
+            procs.push(proc);
+        }
+        for role in [
+            "inventory",
+            "payment",
+            "shipment",
+            "coupon",
+            "vendor",
+            "notification",
+        ] {
+            let name = format!("worker-{role}");
+            let proc = common(Proc::new(
+                &name,
+                Kind::Worker,
+                &bin.join("worker"),
+                &["--role", role],
+                &dir,
+            ))
+            .env("KAFKA_INSTANCE_ID", &name)
+            .env("DATABASE_POOL_SIZE", "4");
+            procs.push(proc);
+        }
     }
     for proc in procs
         .iter_mut()
@@ -278,7 +306,7 @@ async fn run() -> anyhow::Result<bool> {
     let started = Instant::now();
     let mut requests = tokio::task::JoinSet::new();
     let mut issued = 0usize;
-    while record.lock().expect("record").sagas.len() + in_flight_count(&in_flight) < args.sagas {
+    while record.lock().expect("record").sagas.len() < args.sagas {
         let due = started + Duration::from_secs_f64(issued as f64 / args.rate);
         tokio::time::sleep_until(due.into()).await;
         issued += 1;
@@ -318,19 +346,17 @@ async fn run() -> anyhow::Result<bool> {
 
     let record = std::mem::take(&mut *record.lock().expect("record"));
     let results = check::all(&mut conn, &record).await?;
+    let statuses = check::by_status(&mut conn).await?;
     let kills = kills.lock().expect("kills").clone();
     for proc in procs.lock().expect("procs").iter_mut() {
         proc.kill();
     }
     let failures = std::mem::take(&mut *failures.lock().expect("failures"));
-    report(
-        &record,
-        &kills,
-        &results,
-        load_took,
-        quiet_after,
-        &failures,
-    );
+    println!("\n== sagas");
+    for (label, n) in &statuses {
+        println!("  {label:<26} {n}");
+    }
+    report(&record, &kills, &results, load_took, quiet_after, &failures);
     let violations = results.iter().filter(|(_, n)| *n != 0).count();
     if violations > 0 {
         println!(
@@ -344,10 +370,6 @@ async fn run() -> anyhow::Result<bool> {
         platform::db::drop_database(&database_url).await?;
     }
     Ok(violations == 0 && failures.is_empty())
-}
-
-fn in_flight_count(semaphore: &Semaphore) -> usize {
-    64 - semaphore.available_permits()
 }
 
 async fn wait_ready(port: u16, within: Duration) -> anyhow::Result<()> {
