@@ -129,11 +129,9 @@ pub async fn start_with(
         tasks.spawn(relay.run(shutdown.clone()));
     }
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
-    tasks.spawn(platform::retention::run(
+    tasks.spawn(crate::retention::run(
         engine_database.clone(),
-        crate::retention::RULES,
         config.retention.clone(),
-        workers::retention::EVERY,
         shutdown.clone(),
     ));
     // Several members of the reply group per process: each owns some partitions, so
@@ -171,11 +169,9 @@ pub async fn start_with(
             producer: producer.clone(),
             runtime: config.workers.clone(),
         };
-        tasks.spawn(platform::retention::run(
+        tasks.spawn(workers::retention::run(
             deps.database.clone(),
-            workers::retention::RULES,
             config.retention.clone(),
-            workers::retention::EVERY,
             shutdown.clone(),
         ));
         workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;

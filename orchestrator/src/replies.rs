@@ -5,7 +5,7 @@
 use diesel_async::AsyncConnection as _;
 use platform::contract::Reply;
 use platform::db::Connection;
-use platform::kafka::{Delivery, Handler};
+use platform::kafka::{Delivery, GiveUp, Handler};
 
 use crate::engine::{self, Engine};
 
@@ -35,5 +35,14 @@ impl Handler<Reply> for ReplyHandler {
             engine.record_reply_metrics(&delivery.message);
         }
         Ok(())
+    }
+
+    /// A reply that kept failing goes to the dead-letter topic, unless the database is what
+    /// failed: then nothing could be applied, and the loop tries the reply again later.
+    async fn give_up(&self, _: &Delivery<Reply>, error: &anyhow::Error) -> anyhow::Result<GiveUp> {
+        platform::db::ping(self.engine.pool())
+            .await
+            .map_err(|down| down.context(format!("reply not applied: {error:#}")))?;
+        Ok(GiveUp::DeadLetter)
     }
 }

@@ -2,7 +2,10 @@
 //! the history of sagas that finished long ago (the saga rows stay: orders refer to them),
 //! and expired idempotency keys.
 
+use platform::db::Pool;
+use platform::env::RetentionEnv;
 use platform::retention::{Rule, Window};
+use tokio_util::sync::CancellationToken;
 
 pub static RULES: &[Rule] = &[
     Rule {
@@ -24,3 +27,9 @@ pub static RULES: &[Rule] = &[
         window: Window::Fixed(crate::api::idempotency::RETENTION),
     },
 ];
+
+/// Sweeps the orchestrator's tables every `workers::retention::EVERY` until shutdown.
+pub async fn run(pool: Pool, windows: RetentionEnv, shutdown: CancellationToken) {
+    let every = workers::retention::EVERY;
+    platform::retention::run(pool, RULES, windows, every, shutdown).await;
+}

@@ -4,18 +4,17 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
 
 use platform::testkit::TestEnv;
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use support::Orchestrator;
+use support::http::{Http, problem};
 
 struct Api {
     _env: TestEnv,
     orchestrator: Orchestrator,
-    base: String,
-    http: Client,
+    http: Http,
 }
 
 impl Api {
@@ -23,62 +22,33 @@ impl Api {
         let env = TestEnv::start().await;
         let orchestrator = Orchestrator::dev(&env).await;
         Self {
-            base: orchestrator.base(),
+            http: Http::new(orchestrator.base()),
             _env: env,
             orchestrator,
-            http: Client::new(),
         }
     }
 
     async fn post(&self, path: &str, body: Value) -> Response {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
+        self.http.post(path, &body).await
     }
 
     async fn get(&self, path: &str) -> Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
+        self.http.get(path).await
     }
 
     /// Polls `path` until `field` equals `value`.
     async fn wait_for(&self, path: &str, field: &str, value: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let body: Value = self.get(path).await.json().await.unwrap();
-            if body[field] == value {
-                return body;
-            }
-            assert!(Instant::now() < deadline, "{path} stuck: {body}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let reached = platform::testkit::poll_until(support::WAIT, async || {
+            let body: Value = self.get(path).await.json().await.ok()?;
+            (body[field] == value).then_some(body)
+        })
+        .await;
+        reached.unwrap_or_else(|| panic!("{path}: {field} never became {value}"))
     }
 
     async fn stop(self) {
         self.orchestrator.stop().await;
     }
-}
-
-/// Asserts a problem+json answer with `status`, and the `field` when given.
-async fn problem(response: Response, status: u16, field: Option<&str>) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
-    if let Some(field) = field {
-        assert_eq!(body["field"], field, "{body}");
-    }
-    body
 }
 
 async fn created(response: Response) -> Value {
@@ -214,7 +184,8 @@ async fn products_users_and_vendors() {
     // Malformed bodies, unknown routes, oversized bodies: precise 4xx, problem+json.
     let raw = api
         .http
-        .post(format!("{}/v1/users", api.base))
+        .client
+        .post(format!("{}/v1/users", api.http.base))
         .header("content-type", "application/json")
         .body("{not json")
         .send()
@@ -320,7 +291,8 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
     // 20 concurrent requests with one key: one order, one saga, the same ids for all.
     let requests = (0..20).map(|_| {
         api.http
-            .post(format!("{}/v1/orders", api.base))
+            .client
+            .post(format!("{}/v1/orders", api.http.base))
             .header("Idempotency-Key", "order-42")
             .json(&order("KR"))
             .send()
@@ -360,12 +332,8 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
     for different in [theirs, bigger] {
         let reused = api
             .http
-            .post(format!("{}/v1/orders", api.base))
-            .header("Idempotency-Key", "order-42")
-            .json(&different)
-            .send()
-            .await
-            .unwrap();
+            .post_keyed("/v1/orders", "order-42", &different)
+            .await;
         let body = problem(reused, 422, Some("Idempotency-Key")).await;
         assert!(
             !body.to_string().contains(ids[0].0.as_str().unwrap()),
@@ -683,15 +651,8 @@ async fn idempotency_keys_guard_every_post_that_moves_money_or_starts_a_saga() {
     )
     .await;
     let campaign_id = campaign["id"].as_str().unwrap();
-    let keyed = async |path: &str, key: &str, body: Value| {
-        api.http
-            .post(format!("{}{path}", api.base))
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-    };
+    let keyed =
+        async |path: &str, key: &str, body: Value| api.http.post_keyed(path, key, &body).await;
     let requests = [
         (
             format!("/v1/users/{user_id}/top-ups"),
@@ -777,9 +738,11 @@ async fn an_exhausted_api_pool_answers_503_and_the_engine_keeps_going() {
         &[("DATABASE_POOL_SIZE", "1"), ("DATABASE_POOL_WAIT_MS", "1")],
     )
     .await;
-    let http = Client::new();
-    let base = orchestrator.base();
-    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    let http = Http::new(orchestrator.base());
+    let post = |path: &str, body: Value| {
+        let request = http.client.post(format!("{}{path}", http.base));
+        request.json(&body).send()
+    };
     let mut user = None;
     while user.is_none() {
         // Alone, a request gets the connection; retried in the rare case it did not.

@@ -10,8 +10,9 @@ use diesel_async::RunQueryDsl;
 use orchestrator::app::Options;
 use platform::contract::Outcome;
 use platform::testkit::TestEnv;
-use reqwest::{Client, Response, StatusCode};
+use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
+use support::http::{answer, problem};
 use support::*;
 use uuid::Uuid;
 use workers::schema::notifications;
@@ -19,29 +20,22 @@ use workers::schema::notifications;
 /// An orchestrator and an HTTP client pointed at it.
 struct Http {
     orchestrator: Orchestrator,
-    base: String,
-    client: Client,
+    api: support::http::Http,
 }
 
 impl Http {
     async fn start(env: &TestEnv) -> Self {
         let orchestrator = Orchestrator::start(env, Options::default()).await;
-        let base = format!("http://{}", orchestrator.running.local_addr);
-        Self {
-            orchestrator,
-            base,
-            client: Client::new(),
-        }
+        let api = support::http::Http::new(orchestrator.base());
+        Self { orchestrator, api }
     }
 
     async fn get(&self, path: &str) -> Response {
-        let url = format!("{}{path}", self.base);
-        self.client.get(url).send().await.unwrap()
+        self.api.get(path).await
     }
 
     async fn post(&self, path: &str) -> Response {
-        let url = format!("{}{path}", self.base);
-        self.client.post(url).send().await.unwrap()
+        self.api.post_empty(path).await
     }
 
     async fn start_saga(&self, payload: Value) -> Uuid {
@@ -88,32 +82,11 @@ impl Http {
 }
 
 async fn ok(response: Response) -> Value {
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
+    answer(response, StatusCode::OK).await
 }
 
 async fn accepted(response: Response) -> Value {
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    response.json().await.unwrap()
-}
-
-/// Asserts a problem+json answer with `status`, and the `field` when given.
-async fn problem(response: Response, status: u16, field: Option<&str>) -> Value {
-    assert_eq!(response.status().as_u16(), status);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["status"], status, "{body}");
-    assert!(
-        body["title"].is_string() && body["detail"].is_string(),
-        "{body}"
-    );
-    if let Some(field) = field {
-        assert_eq!(body["field"], field, "{body}");
-    }
-    body
+    answer(response, StatusCode::ACCEPTED).await
 }
 
 /// `key` of every item of the pages, in order; strings unquoted.

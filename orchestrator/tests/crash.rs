@@ -6,7 +6,7 @@
 //! (0 of 30 sagas finished); without the inboxes, redelivered commands would double-charge.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -41,24 +41,26 @@ impl Dev {
             // dynamic member that died without leaving).
             .env("KAFKA_INSTANCE_ID", "crash-test")
             .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            // A loaded test machine must not turn requests into 503s.
+            .env("DATABASE_POOL_WAIT_MS", "60000")
             .env("RUST_LOG", "warn")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let dev = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !reqwest::get(dev.url("/readyz"))
-            .await
-            .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "dev did not become ready:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let ready = platform::testkit::poll_until(Duration::from_secs(60), async || {
+            let answer = reqwest::get(dev.url("/readyz")).await;
+            answer
+                .is_ok_and(|r| r.status() == reqwest::StatusCode::OK)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "dev did not become ready:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         let _ = std::fs::remove_file(&log);
         dev
     }
@@ -120,15 +122,11 @@ async fn sagas_survive_repeated_kill_9_of_the_whole_system() {
         dev = Dev::start(&env).await;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while completed(&env).await < ORDERS as i64 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {ORDERS} sagas finished",
-            completed(&env).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let every_saga = format!("all {ORDERS} sagas to finish");
+    platform::testkit::eventually(&every_saga, Duration::from_secs(180), async || {
+        completed(&env).await >= ORDERS as i64
+    })
+    .await;
     dev.kill();
 
     let mut conn = env.db.pool.get().await.unwrap();

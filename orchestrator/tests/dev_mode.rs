@@ -3,7 +3,7 @@
 //! `/readyz` with 200, and exit 0 on SIGTERM.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use platform::testkit::{TestDb, unique_name};
 
@@ -31,19 +31,13 @@ async fn dev_mode_starts_with_embedded_kafka_and_stops_cleanly() {
         .unwrap();
 
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let ready = loop {
-        if let Ok(response) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "dev mode never answered");
+    let ready = platform::testkit::poll_until(Duration::from_secs(90), async || {
         assert!(child.try_wait().unwrap().is_none(), "dev mode exited early");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        let readyz = format!("http://127.0.0.1:{port}/readyz");
+        client.get(readyz).send().await.ok()
+    })
+    .await
+    .expect("dev mode never answered");
     assert_eq!(ready.status(), 200);
 
     let docs = client
@@ -58,16 +52,12 @@ async fn dev_mode_starts_with_embedded_kafka_and_stops_cleanly() {
         .status()
         .unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("dev mode did not stop within 30 s of SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped =
+        platform::testkit::poll_until(Duration::from_secs(30), async || child.try_wait().unwrap())
+            .await;
+    let Some(status) = stopped else {
+        let _ = child.kill();
+        panic!("dev mode did not stop within 30 s of SIGTERM");
     };
     assert!(status.success(), "exit status {status}");
 

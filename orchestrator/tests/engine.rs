@@ -31,6 +31,15 @@ async fn history_kinds(env: &TestEnv, saga: Uuid) -> Vec<String> {
         .unwrap()
 }
 
+/// Engine options whose clock moves only when the test says so: no deadline passes while a
+/// loaded machine catches up.
+fn frozen_clock() -> Options {
+    Options {
+        clock: orchestrator::clock::Clock::frozen(),
+        ..Options::default()
+    }
+}
+
 fn count(kinds: &[String], kind: &str) -> usize {
     kinds.iter().filter(|k| *k == kind).count()
 }
@@ -290,10 +299,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_saga_can_be_cancelled() {
     let env = TestEnv::start().await;
-    let options = Options {
-        clock: orchestrator::clock::Clock::frozen(),
-        ..Options::default()
-    };
+    let options = frozen_clock();
     let orchestrator = Orchestrator::start(&env, options).await;
     let participants = Participants::start(
         &env.kafka.cluster,
@@ -460,10 +466,7 @@ async fn two_orchestrators_finish_two_hundred_sagas_each_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_command_is_sent_again_with_its_id_and_the_saga_completes() {
     let env = TestEnv::start().await;
-    let options = Options {
-        clock: orchestrator::clock::Clock::frozen(),
-        ..Options::default()
-    };
+    let options = frozen_clock();
     let orchestrator = Orchestrator::start(&env, options).await;
     let charges = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = charges.clone();
@@ -516,10 +519,7 @@ fn coupon_payload() -> serde_json::Value {
 async fn a_payout_of_unknown_outcome_is_fenced_before_its_claim_is_returned() {
     for (applied, status) in [(false, "COMPENSATED"), (true, "COMPLETED")] {
         let env = TestEnv::start().await;
-        let options = Options {
-            clock: orchestrator::clock::Clock::frozen(),
-            ..Options::default()
-        };
+        let options = frozen_clock();
         let orchestrator = Orchestrator::start(&env, options).await;
         let participants = Participants::start(
             &env.kafka.cluster,
@@ -595,10 +595,7 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
     let unknown = insert_unreadable(&env, "from_a_newer_version", json!({})).await;
     let garbled =
         insert_unreadable(&env, "order", json!({ "status": "RUNNING", "steps": 7 })).await;
-    let options = Options {
-        clock: orchestrator::clock::Clock::frozen(),
-        ..Options::default()
-    };
+    let options = frozen_clock();
     let orchestrator = Orchestrator::start(&env, options).await;
     let participants = Participants::start(
         &env.kafka.cluster,

@@ -12,12 +12,42 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `TEST_REDIS_URL` (default
 //! `redis://127.0.0.1:6379`), `KAFKA_BROKERS` (unset: embedded cluster per test).
 
+use std::time::{Duration, Instant};
+
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use crate::contract::Topics;
 use crate::kafka::{Cluster, EmbeddedKafka};
 use crate::{cache, db};
+
+/// Polls `probe` every 50 ms until it yields a value and returns it, or `None` once `within`
+/// has passed. Tests wait for conditions with this, never for a fixed time; give `within`
+/// room, since a loaded machine is slow.
+pub async fn poll_until<T>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `condition` holds; panics naming `what` when `within` passes first.
+pub async fn eventually(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let held = poll_until(within, async || condition().await.then_some(())).await;
+    assert!(
+        held.is_some(),
+        "timed out after {within:?} waiting for {what}"
+    );
+}
 
 /// A short unique name, e.g. `t_1a2b3c4d5e6f`.
 pub fn unique_name(label: &str) -> String {
@@ -49,7 +79,7 @@ impl TestDb {
             .await
             .expect("create test database");
         assert!(created, "test database {name} already existed");
-        let pool = db::pool(&url, 8).expect("test pool");
+        let pool = test_pool(&url);
         Self {
             url,
             pool,
@@ -58,18 +88,142 @@ impl TestDb {
         }
     }
 
-    /// A new database with every migration applied.
+    /// A new database with every migration applied: a copy of a template database that
+    /// was migrated once (the first time the migrations are seen), which is much faster
+    /// than migrating every test's database from scratch.
     pub async fn migrated() -> Self {
-        let test_db = Self::empty().await;
-        db::migrate(&test_db.url)
+        let server_url = server_url();
+        let (admin_url, _) = db::split_database_url(&server_url).expect("TEST_DATABASE_URL");
+        let template = TEMPLATE
+            .get_or_init(|| async { template(&server_url, &admin_url).await })
+            .await;
+        let name = unique_name("sagaflow_test");
+        let mut admin = AsyncPgConnection::establish(&admin_url)
             .await
-            .expect("migrate test database");
-        test_db
+            .expect("connect to the test server");
+        diesel::sql_query(format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            db::quote_identifier(&name),
+            db::quote_identifier(template)
+        ))
+        .execute(&mut admin)
+        .await
+        .expect("copy the template database");
+        let url = replace_database(&server_url, &name);
+        let pool = test_pool(&url);
+        Self {
+            url,
+            pool,
+            name,
+            server_url: admin_url,
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Tests send bursts no process sends (hundreds of commands at once into eight connections),
+/// so their pools wait longer for a connection than a service would.
+fn test_pool(url: &str) -> db::Pool {
+    let options = db::PoolOptions {
+        wait_timeout: Duration::from_secs(120),
+        ..db::PoolOptions::new(8)
+    };
+    db::pool_with(url, options).expect("test pool")
+}
+
+static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+/// The template database for the migrations as they are now, created and migrated if it
+/// does not exist yet. Its name carries a hash of the migration files, so a changed or new
+/// migration gets a new template (and the old ones are dropped). Test processes that start
+/// together serialise on an advisory lock.
+async fn template(server_url: &str, admin_url: &str) -> String {
+    let name = format!("sagaflow_template_{:016x}", migrations_hash());
+    let mut admin = AsyncPgConnection::establish(admin_url)
+        .await
+        .expect("connect to the test server");
+    diesel::sql_query("SELECT pg_advisory_lock(7226359121)")
+        .execute(&mut admin)
+        .await
+        .expect("template lock");
+    let ready: Vec<Named> = diesel::sql_query(
+        "SELECT datname AS name FROM pg_database WHERE datname LIKE 'sagaflow_template_%'",
+    )
+    .load(&mut admin)
+    .await
+    .expect("list templates");
+    let exists = ready.iter().any(|db| db.name == name);
+    for stale in ready.iter().filter(|db| db.name != name) {
+        let quoted = db::quote_identifier(&stale.name);
+        for statement in [
+            format!("ALTER DATABASE {quoted} WITH IS_TEMPLATE false"),
+            format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"),
+        ] {
+            let _ = diesel::sql_query(statement).execute(&mut admin).await;
+        }
+    }
+    if !exists {
+        let url = replace_database(server_url, &name);
+        // Built under a temporary name, renamed only when complete: a run that dies half
+        // way leaves no template that looks ready.
+        let building = format!("{name}_building");
+        let quoted = db::quote_identifier(&building);
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        diesel::sql_query(format!("CREATE DATABASE {quoted}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the template database");
+        db::migrate(&replace_database(server_url, &building))
+            .await
+            .expect("migrate the template database");
+        diesel::sql_query(format!(
+            "ALTER DATABASE {quoted} RENAME TO {}",
+            db::quote_identifier(&name)
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|err| panic!("finish the template {url}: {err}"));
+    }
+    diesel::sql_query("SELECT pg_advisory_unlock(7226359121)")
+        .execute(&mut admin)
+        .await
+        .expect("template unlock");
+    name
+}
+
+#[derive(diesel::QueryableByName)]
+struct Named {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    name: String,
+}
+
+/// A hash of every migration file, in name order.
+fn migrations_hash() -> u64 {
+    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("migrations directory")
+        .flatten()
+        .flat_map(|entry| {
+            std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|entry| entry.path())
+        .collect();
+    files.sort();
+    let mut hasher = DefaultHasher::new();
+    for file in files {
+        file.file_name().hash(&mut hasher);
+        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 fn replace_database(url: &str, name: &str) -> String {

@@ -102,11 +102,9 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     };
     let tasks = TaskTracker::new();
     workers::spawn_roles(&roles, &deps, &tasks, &shutdown)?;
-    tasks.spawn(platform::retention::run(
+    tasks.spawn(workers::retention::run(
         deps.database.clone(),
-        workers::retention::RULES,
         config.retention.clone(),
-        workers::retention::EVERY,
         shutdown.clone(),
     ));
     tracing::info!(roles = ?roles, "worker started");

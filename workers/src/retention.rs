@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
+use platform::db::Pool;
+use platform::env::RetentionEnv;
 use platform::retention::{Rule, Window};
+use tokio_util::sync::CancellationToken;
 
 /// How often the sweep runs.
 pub const EVERY: Duration = Duration::from_secs(600);
@@ -29,3 +32,8 @@ pub static RULES: &[Rule] = &[
         window: Window::History,
     },
 ];
+
+/// Sweeps the workers' tables every [`EVERY`] until shutdown.
+pub async fn run(pool: Pool, windows: RetentionEnv, shutdown: CancellationToken) {
+    platform::retention::run(pool, RULES, windows, EVERY, shutdown).await;
+}

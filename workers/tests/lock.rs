@@ -17,18 +17,6 @@ fn locks(redis: &TestRedis) -> Locks {
     Locks::new(redis.pool.clone(), redis.prefix.clone())
 }
 
-/// Polls `condition` until it holds or `within` has passed; returns whether it held.
-async fn eventually(within: Duration, condition: impl Fn() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if condition() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    condition()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_acquisition_gets_a_larger_fencing_token() {
     let redis = TestRedis::start();
@@ -162,7 +150,10 @@ async fn the_watchdog_notices_a_lost_lock_and_leaves_the_new_owner_alone() {
     let mut conn = redis.pool.get().await.unwrap();
     let _: () = conn.set_ex(&key, "someone-else", 5).await.unwrap();
 
-    assert!(eventually(Duration::from_secs(2), || !guard.is_held()).await);
+    platform::testkit::eventually("the guard to notice", Duration::from_secs(10), async || {
+        !guard.is_held()
+    })
+    .await;
     assert!(!guard.release().await.unwrap());
     let owner: Option<String> = conn.get(&key).await.unwrap();
     assert_eq!(owner.as_deref(), Some("someone-else"));

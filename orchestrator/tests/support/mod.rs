@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::Utc;
 use diesel::prelude::*;
@@ -19,7 +21,7 @@ use platform::env::Vars;
 use platform::kafka::{
     Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Delivery, Handler, Producer,
 };
-use platform::testkit::TestEnv;
+use platform::testkit::{self, TestEnv};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -202,6 +204,9 @@ impl Orchestrator {
         let mut pairs = vec![
             ("DATABASE_URL", env.db.url.as_str()),
             ("HTTP_ADDR", "127.0.0.1:0"),
+            // Tests send bursts past a service's budget; a loaded machine must not turn
+            // them into 503s (the one test of that sets its own wait).
+            ("DATABASE_POOL_WAIT_MS", "60000"),
         ];
         pairs.extend_from_slice(vars);
         let config = Config::from_vars(&Vars::from_pairs(pairs)).unwrap();
@@ -234,6 +239,9 @@ pub async fn load(env: &TestEnv, id: Uuid) -> SagaRow {
         .unwrap()
 }
 
+/// How long a test waits for a condition before it fails.
+pub const WAIT: Duration = Duration::from_secs(120);
+
 /// Waits until the saga reaches `status`; each round, `tick` sees the row and may move the
 /// clock.
 pub async fn wait_for_status_with(
@@ -242,20 +250,24 @@ pub async fn wait_for_status_with(
     status: &str,
     mut tick: impl FnMut(&SagaRow),
 ) -> SagaRow {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let reached = testkit::poll_until(WAIT, async || {
         let row = load(env, id).await;
         if row.status == status {
-            return row;
+            return Some(row);
         }
-        assert!(
-            Instant::now() < deadline,
-            "saga {id} stuck in {} (wanted {status}): {}",
-            row.status,
-            row.state
-        );
         tick(&row);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        None
+    })
+    .await;
+    match reached {
+        Some(row) => row,
+        None => {
+            let row = load(env, id).await;
+            panic!(
+                "saga {id} stuck in {} (wanted {status}): {}",
+                row.status, row.state
+            )
+        }
     }
 }
 
@@ -301,11 +313,7 @@ pub fn skip_retry_wait(clock: &orchestrator::clock::Clock, row: &SagaRow) {
     }
 }
 
-/// Waits until `condition` holds, polling.
-pub async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !condition().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits (up to [`WAIT`]) until `condition` holds.
+pub async fn eventually(what: &str, condition: impl AsyncFnMut() -> bool) {
+    testkit::eventually(what, WAIT, condition).await;
 }
