@@ -4,7 +4,6 @@
 
 mod support;
 
-
 use platform::testkit::TestEnv;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
