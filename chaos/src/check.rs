@@ -9,7 +9,7 @@ use diesel_async::RunQueryDsl;
 use platform::db::Connection;
 use uuid::Uuid;
 
-use crate::load::{BALANCE, Record, STOCK};
+use crate::load::{Record, Sizes};
 
 #[derive(QueryableByName)]
 struct Count {
@@ -49,7 +49,12 @@ pub async fn by_status(conn: &mut Connection) -> anyhow::Result<Vec<(String, i64
 }
 
 /// (name, rows breaking it) for every invariant.
-pub async fn all(conn: &mut Connection, record: &Record) -> anyhow::Result<Vec<(String, i64)>> {
+pub async fn all(
+    conn: &mut Connection,
+    record: &Record,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let stock = sizes.stock;
     let live_reservation =
         "EXISTS (SELECT 1 FROM reservations r WHERE r.saga_id = s.id AND r.released_at IS NULL)";
     let live_payment =
@@ -69,7 +74,7 @@ pub async fn all(conn: &mut Connection, record: &Record) -> anyhow::Result<Vec<(
         ("sagas not final", "SELECT count(*) AS n FROM sagas WHERE status NOT IN ('COMPLETED', 'COMPENSATED', 'CANCELLED')".to_owned()),
         ("sagas quarantined", "SELECT count(*) AS n FROM sagas WHERE quarantine IS NOT NULL".to_owned()),
         ("stock + reserved != initial", format!(
-            "SELECT count(*) AS n FROM products p WHERE p.sku LIKE 'CHAOS-%' AND p.stock + COALESCE((SELECT sum(quantity) FROM reservations r WHERE r.sku = p.sku AND r.released_at IS NULL), 0) <> {STOCK}")),
+            "SELECT count(*) AS n FROM products p WHERE p.sku LIKE 'CHAOS-%' AND p.stock + COALESCE((SELECT sum(quantity) FROM reservations r WHERE r.sku = p.sku AND r.released_at IS NULL), 0) <> {stock}")),
         ("vendor balance != its ledger", "SELECT count(*) AS n FROM vendors v WHERE v.balance_cents <> COALESCE((SELECT sum(amount_cents) FROM vendor_ledger l WHERE l.vendor_id = v.id), 0)".to_owned()),
         ("vendor balance != 90% of its live claims", "SELECT count(*) AS n FROM vendors v WHERE v.balance_cents <> COALESCE((SELECT sum(cc.value_cents * 90 / 100) FROM coupon_claims c JOIN coupon_campaigns cc ON cc.id = c.campaign_id WHERE cc.vendor_id = v.id AND c.unclaimed_at IS NULL), 0)".to_owned()),
         ("payout without a live claim", "SELECT count(*) AS n FROM vendor_ledger l WHERE NOT EXISTS (SELECT 1 FROM coupon_claims c WHERE c.saga_id = l.saga_id AND c.unclaimed_at IS NULL)".to_owned()),
@@ -110,7 +115,7 @@ pub async fn all(conn: &mut Connection, record: &Record) -> anyhow::Result<Vec<(
     ));
     results.push((
         "wallets != initial + top-ups - charges + refunds".to_owned(),
-        wallets(conn, &record.top_ups).await?,
+        wallets(conn, &record.top_ups, sizes.balance).await?,
     ));
     Ok(results)
 }
@@ -125,7 +130,11 @@ struct Wallet {
     charged: i64,
 }
 
-async fn wallets(conn: &mut Connection, top_ups: &HashMap<Uuid, i64>) -> anyhow::Result<i64> {
+async fn wallets(
+    conn: &mut Connection,
+    top_ups: &HashMap<Uuid, i64>,
+    balance: i64,
+) -> anyhow::Result<i64> {
     let wallets: Vec<Wallet> = sql_query(
         "SELECT u.id, u.balance_cents AS balance, \
          COALESCE((SELECT sum(amount_cents) FROM payments p WHERE p.user_id = u.id AND p.refunded_at IS NULL), 0)::bigint AS charged \
@@ -137,7 +146,7 @@ async fn wallets(conn: &mut Connection, top_ups: &HashMap<Uuid, i64>) -> anyhow:
         .iter()
         .filter(|w| {
             let topped = top_ups.get(&w.id).copied().unwrap_or(0);
-            w.balance != BALANCE + topped - w.charged
+            w.balance != balance + topped - w.charged
         })
         .count() as i64)
 }

@@ -76,6 +76,16 @@ impl Proc {
         }
     }
 
+    /// The peak resident set size of the live process (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Whether the process is alive (a process that exited on its own is reaped).
     pub fn running(&mut self) -> bool {
         match &mut self.child {

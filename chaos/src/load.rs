@@ -13,14 +13,35 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Starting figures of the data set; the checks compare against them.
-pub const PRODUCTS: usize = 20;
-pub const STOCK: i64 = 150;
-pub const USERS: usize = 200;
-pub const BALANCE: i64 = 30_000;
-pub const VENDORS: usize = 10;
-pub const CAMPAIGNS: usize = 20;
-pub const COUPONS: i64 = 100;
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub products: usize,
+    pub stock: i64,
+    pub users: usize,
+    pub balance: i64,
+    pub vendors: usize,
+    pub campaigns: usize,
+    pub coupons: i64,
+}
+
+/// The coupon value every campaign pays (90% of it to its vendor).
 pub const COUPON_VALUE: i64 = 1_000;
+
+impl Default for Sizes {
+    /// Small enough that stock, wallets and coupons run out under the chaos load, so
+    /// refusals and compensations happen too.
+    fn default() -> Self {
+        Self {
+            products: 20,
+            stock: 150,
+            users: 200,
+            balance: 30_000,
+            vendors: 10,
+            campaigns: 20,
+            coupons: 100,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct Api {
@@ -71,6 +92,23 @@ impl Api {
         }
     }
 
+    /// GETs a JSON document from one replica, trying the others while one is down.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut attempt = 0usize;
+        loop {
+            let base = &self.bases[attempt % self.bases.len()];
+            attempt += 1;
+            if let Ok(response) = self.http.get(format!("{base}{path}")).send().await
+                && response.status().is_success()
+            {
+                return Ok(response.json().await?);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "GET {path}: no replica answered");
+            tokio::time::sleep(Duration::from_millis(100 * attempt.min(10) as u64)).await;
+        }
+    }
+
     async fn created(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let (status, body) = self.post(path, &body, &Uuid::now_v7().to_string()).await?;
         anyhow::ensure!(status == 201, "POST {path}: {status} {body}");
@@ -85,48 +123,48 @@ pub struct Data {
     pub campaigns: Vec<Uuid>,
 }
 
-pub async fn seed(api: &Api) -> anyhow::Result<Data> {
+pub async fn seed(api: &Api, sizes: &Sizes) -> anyhow::Result<Data> {
     let mut data = Data {
         users: Vec::new(),
         skus: Vec::new(),
         campaigns: Vec::new(),
     };
-    for i in 0..PRODUCTS {
+    for i in 0..sizes.products {
         let sku = format!("CHAOS-{i:02}");
         let price = 1_000 + 200 * i as i64;
         api.created(
             "/v1/products",
-            json!({ "sku": sku, "name": sku, "price_cents": price, "stock": STOCK }),
+            json!({ "sku": sku, "name": sku, "price_cents": price, "stock": sizes.stock }),
         )
         .await?;
         data.skus.push(sku);
     }
-    for i in 0..USERS {
+    for i in 0..sizes.users {
         let user = api
             .created(
                 "/v1/users",
-                json!({ "name": format!("user {i}"), "balance_cents": BALANCE }),
+                json!({ "name": format!("user {i}"), "balance_cents": sizes.balance }),
             )
             .await?;
         data.users.push(id(&user)?);
     }
     let mut vendors = Vec::new();
-    for i in 0..VENDORS {
+    for i in 0..sizes.vendors {
         let vendor = api
             .created("/v1/vendors", json!({ "name": format!("vendor {i}") }))
             .await?;
         vendors.push(id(&vendor)?);
     }
-    for i in 0..CAMPAIGNS {
+    for i in 0..sizes.campaigns {
         let campaign = api
             .created(
                 "/v1/coupons",
                 json!({
-                    "vendor_id": vendors[i % VENDORS],
+                    "vendor_id": vendors[i % sizes.vendors],
                     "kind": format!("CHAOS-{}-{i}", Uuid::now_v7().simple()),
                     "title": format!("campaign {i}"),
                     "value_cents": COUPON_VALUE,
-                    "total_quantity": COUPONS,
+                    "total_quantity": sizes.coupons,
                     "valid_from": "2020-01-01T00:00:00Z",
                     "valid_until": "2099-01-01T00:00:00Z",
                 }),

@@ -18,9 +18,9 @@
 //! `DATABASE_URL` names the Postgres server (default `postgres://postgres@127.0.0.1:5432/`);
 //! each run makes a database of its own.
 
-mod check;
-mod cluster;
-mod load;
+use chaos::cluster::Kind;
+use chaos::system::System;
+use chaos::{check, load, system};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +31,6 @@ use anyhow::Context as _;
 use rand::Rng as _;
 use rand::seq::SliceRandom as _;
 use tokio::sync::Semaphore;
-
-use cluster::{Kind, Proc, free_port, wait_for_port};
 
 struct Args {
     sagas: usize,
@@ -96,150 +94,20 @@ async fn run() -> anyhow::Result<bool> {
         .parent()
         .context("executable directory")?
         .to_owned();
-    let dir = std::env::temp_dir().join(format!("sagaflow-chaos-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("data"))?;
-    let server = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let (admin, _) = platform::db::split_database_url(&server)?;
-    let server_root = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(root, _)| root);
-    let database_url = format!("{server_root}/sagaflow_chaos_{}", std::process::id());
-    platform::db::prepare(&database_url).await?;
-    let prefix = format!("chaos{}", std::process::id());
+    let mut options = system::Options::new("chaos", bin);
+    options.dev = args.dev;
+    options.tansu = args.tansu.clone();
+    options.durable_broker = args.kill_broker;
+    let System {
+        procs,
+        ports,
+        database_url,
+        dir,
+        ..
+    } = System::start(&options).await?;
     println!("chaos: database {database_url}, logs in {}", dir.display());
-
-    let mut procs: Vec<Proc> = Vec::new();
-    let redis_port = free_port()?;
-    let mut redis = Proc::new(
-        "redis",
-        Kind::Redis,
-        &PathBuf::from("redis-server"),
-        &[
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        &dir,
-    );
-    redis.start()?;
-    wait_for_port(redis_port, Duration::from_secs(10)).await?;
-    procs.push(redis);
-    let mut ports = Vec::new();
-    if args.dev {
-        // One `orchestrator dev`: API, engine and every worker, with the embedded broker,
-        // which dies with the process: what it held is lost and must be sent again.
-        let port = free_port()?;
-        let mut dev = Proc::new(
-            "dev",
-            Kind::Orchestrator,
-            &bin.join("orchestrator"),
-            &["dev"],
-            &dir,
-        )
-        .env("DATABASE_URL", &database_url)
-        .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-        .env("TOPIC_PREFIX", &prefix)
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn");
-        dev.port = Some(port);
-        ports.push(port);
-        procs.push(dev);
-    } else {
-        let brokers = match &args.tansu {
-            Some(tansu) => {
-                let port = free_port()?;
-                let listener = format!("tcp://127.0.0.1:{port}");
-                // Only a broker that is killed needs storage that survives it.
-                let storage = if args.kill_broker {
-                    "sqlite://data/tansu.db"
-                } else {
-                    "memory://tansu/"
-                };
-                let mut broker = Proc::new(
-                    "broker",
-                    Kind::Broker,
-                    tansu,
-                    &[
-                        "broker",
-                        "--listener-url",
-                        &listener,
-                        "--advertised-listener-url",
-                        &listener,
-                        "--storage-engine",
-                        storage,
-                    ],
-                    &dir,
-                );
-                broker.start()?;
-                wait_for_port(port, Duration::from_secs(30)).await?;
-                procs.push(broker);
-                format!("127.0.0.1:{port}")
-            }
-            None => std::env::var("KAFKA_BROKERS")
-                .context("give --tansu PATH (or TANSU), or KAFKA_BROKERS")?,
-        };
-        let common = |proc: Proc| {
-            proc.env("DATABASE_URL", &database_url)
-                .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
-                .env("KAFKA_BROKERS", &brokers)
-                .env("TOPIC_PREFIX", &prefix)
-                .env("RUST_LOG", "warn")
-        };
-        for name in ["orchestrator-a", "orchestrator-b"] {
-            let port = free_port()?;
-            let mut proc = common(Proc::new(
-                name,
-                Kind::Orchestrator,
-                &bin.join("orchestrator"),
-                &["serve"],
-                &dir,
-            ))
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-            .env("KAFKA_INSTANCE_ID", name)
-            .env("DATABASE_POOL_SIZE", "8")
-            .env("DATABASE_ENGINE_POOL_SIZE", "6");
-            proc.port = Some(port);
-            ports.push(port);
-            procs.push(proc);
-        }
-        for role in [
-            "inventory",
-            "payment",
-            "shipment",
-            "coupon",
-            "vendor",
-            "notification",
-        ] {
-            let name = format!("worker-{role}");
-            let proc = common(Proc::new(
-                &name,
-                Kind::Worker,
-                &bin.join("worker"),
-                &["--role", role],
-                &dir,
-            ))
-            .env("KAFKA_INSTANCE_ID", &name)
-            .env("DATABASE_POOL_SIZE", "4");
-            procs.push(proc);
-        }
-    }
-    for proc in procs
-        .iter_mut()
-        .filter(|p| matches!(p.kind, Kind::Orchestrator | Kind::Worker))
-    {
-        proc.start()?;
-    }
-    for port in &ports {
-        wait_ready(*port, Duration::from_secs(120)).await?;
-    }
     let api = load::Api::new(&ports);
-    let data = Arc::new(load::seed(&api).await?);
+    let data = Arc::new(load::seed(&api, &load::Sizes::default()).await?);
     println!(
         "chaos: {} processes up; {} sagas at {}/s, a kill every {:?}",
         procs.len(),
@@ -345,7 +213,7 @@ async fn run() -> anyhow::Result<bool> {
     let quiet_after = last_kill.lock().expect("last kill").elapsed();
 
     let record = std::mem::take(&mut *record.lock().expect("record"));
-    let results = check::all(&mut conn, &record).await?;
+    let results = check::all(&mut conn, &record, &load::Sizes::default()).await?;
     let statuses = check::by_status(&mut conn).await?;
     let kills = kills.lock().expect("kills").clone();
     for proc in procs.lock().expect("procs").iter_mut() {
@@ -370,21 +238,6 @@ async fn run() -> anyhow::Result<bool> {
         platform::db::drop_database(&database_url).await?;
     }
     Ok(violations == 0 && failures.is_empty())
-}
-
-async fn wait_ready(port: u16, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    let url = format!("http://127.0.0.1:{port}/readyz");
-    loop {
-        if reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{url} not ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn report(

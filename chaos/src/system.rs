@@ -1,0 +1,249 @@
+//! sagaflow started as separate processes for a run: a Redis of its own, a database of its
+//! own, and either one `orchestrator dev` (embedded broker, every worker in-process) or
+//! `orchestrator serve` replicas plus `worker` processes on a real broker (a tansu of its own,
+//! or `KAFKA_BROKERS`). Used by the chaos run and by the load generator.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::cluster::{Kind, Proc, free_port, wait_for_port};
+
+/// Every worker role, in the order processes are started.
+pub const ROLES: [&str; 6] = [
+    "inventory",
+    "payment",
+    "shipment",
+    "coupon",
+    "vendor",
+    "notification",
+];
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Names the run's directory, database and topic prefix (`chaos`, `load`).
+    pub name: &'static str,
+    /// Where the `orchestrator` and `worker` binaries are.
+    pub bin: PathBuf,
+    /// One `orchestrator dev` instead of separate processes.
+    pub dev: bool,
+    /// `orchestrator serve` replicas (not with `dev`).
+    pub replicas: usize,
+    /// Worker processes per role (not with `dev`); roles not named get one.
+    pub workers: Vec<(String, usize)>,
+    /// Run this tansu as the broker; else `KAFKA_BROKERS` (not with `dev`).
+    pub tansu: Option<PathBuf>,
+    /// The broker keeps its data on disk (SQLite), so that it survives a kill.
+    pub durable_broker: bool,
+    /// Extra environment for every sagaflow process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    pub fn new(name: &'static str, bin: PathBuf) -> Self {
+        Self {
+            name,
+            bin,
+            dev: false,
+            replicas: 2,
+            workers: Vec::new(),
+            tansu: std::env::var_os("TANSU").map(PathBuf::from),
+            durable_broker: false,
+            env: Vec::new(),
+        }
+    }
+
+    fn workers_of(&self, role: &str) -> usize {
+        self.workers
+            .iter()
+            .find(|(name, _)| name == role)
+            .map_or(1, |(_, n)| *n)
+    }
+}
+
+pub struct System {
+    pub procs: Vec<Proc>,
+    /// HTTP ports of the orchestrators.
+    pub ports: Vec<u16>,
+    pub database_url: String,
+    pub dir: PathBuf,
+    /// What the broker is: `embedded`, `tansu` or `KAFKA_BROKERS`.
+    pub broker: &'static str,
+}
+
+impl System {
+    /// Starts every process and waits until each orchestrator is ready.
+    pub async fn start(options: &Options) -> anyhow::Result<Self> {
+        let run = format!("{}{}", options.name, std::process::id());
+        let dir = std::env::temp_dir().join(format!("sagaflow-{run}"));
+        std::fs::create_dir_all(dir.join("data"))?;
+        let server = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let (admin, _) = platform::db::split_database_url(&server)?;
+        let server_root = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(root, _)| root);
+        let database_url = format!("{server_root}/sagaflow_{run}");
+        platform::db::prepare(&database_url).await?;
+
+        let mut procs: Vec<Proc> = Vec::new();
+        let redis_port = free_port()?;
+        let mut redis = Proc::new(
+            "redis",
+            Kind::Redis,
+            &PathBuf::from("redis-server"),
+            &[
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            &dir,
+        );
+        redis.start()?;
+        wait_for_port(redis_port, Duration::from_secs(10)).await?;
+        procs.push(redis);
+
+        let common = |proc: Proc| {
+            let proc = proc
+                .env("DATABASE_URL", &database_url)
+                .env("REDIS_URL", format!("redis://127.0.0.1:{redis_port}"))
+                .env("TOPIC_PREFIX", &run)
+                .env("RUST_LOG", "warn");
+            options
+                .env
+                .iter()
+                .fold(proc, |proc, (name, value)| proc.env(name, value))
+        };
+        let mut ports = Vec::new();
+        let broker;
+        if options.dev {
+            broker = "embedded";
+            let port = free_port()?;
+            let mut dev = common(Proc::new(
+                "dev",
+                Kind::Orchestrator,
+                &options.bin.join("orchestrator"),
+                &["dev"],
+                &dir,
+            ))
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"));
+            dev.port = Some(port);
+            ports.push(port);
+            procs.push(dev);
+        } else {
+            let brokers = match &options.tansu {
+                Some(tansu) => {
+                    broker = "tansu";
+                    let (proc, brokers) = start_tansu(tansu, &dir, options.durable_broker).await?;
+                    procs.push(proc);
+                    brokers
+                }
+                None => {
+                    broker = "KAFKA_BROKERS";
+                    std::env::var("KAFKA_BROKERS")
+                        .context("give --tansu PATH (or TANSU), or KAFKA_BROKERS")?
+                }
+            };
+            for replica in 0..options.replicas {
+                let name = format!("orchestrator-{}", char::from(b'a' + replica as u8));
+                let port = free_port()?;
+                let mut proc = common(Proc::new(
+                    &name,
+                    Kind::Orchestrator,
+                    &options.bin.join("orchestrator"),
+                    &["serve"],
+                    &dir,
+                ))
+                .env("KAFKA_BROKERS", &brokers)
+                .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .env("KAFKA_INSTANCE_ID", &name)
+                .env("DATABASE_POOL_SIZE", "8")
+                .env("DATABASE_ENGINE_POOL_SIZE", "6");
+                proc.port = Some(port);
+                ports.push(port);
+                procs.push(proc);
+            }
+            for role in ROLES {
+                for n in 1..=options.workers_of(role) {
+                    let name = format!("worker-{role}-{n}");
+                    let proc = common(Proc::new(
+                        &name,
+                        Kind::Worker,
+                        &options.bin.join("worker"),
+                        &["--role", role],
+                        &dir,
+                    ))
+                    .env("KAFKA_BROKERS", &brokers)
+                    .env("KAFKA_INSTANCE_ID", &name)
+                    .env("DATABASE_POOL_SIZE", "4");
+                    procs.push(proc);
+                }
+            }
+        }
+        for proc in procs
+            .iter_mut()
+            .filter(|p| matches!(p.kind, Kind::Orchestrator | Kind::Worker))
+        {
+            proc.start()?;
+        }
+        for port in &ports {
+            wait_ready(*port, Duration::from_secs(120)).await?;
+        }
+        Ok(Self {
+            procs,
+            ports,
+            database_url,
+            dir,
+            broker,
+        })
+    }
+}
+
+async fn start_tansu(tansu: &Path, dir: &Path, durable: bool) -> anyhow::Result<(Proc, String)> {
+    let port = free_port()?;
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let storage = if durable {
+        "sqlite://data/tansu.db"
+    } else {
+        "memory://tansu/"
+    };
+    let mut broker = Proc::new(
+        "broker",
+        Kind::Broker,
+        tansu,
+        &[
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+            "--storage-engine",
+            storage,
+        ],
+        dir,
+    );
+    broker.start()?;
+    wait_for_port(port, Duration::from_secs(30)).await?;
+    Ok((broker, format!("127.0.0.1:{port}")))
+}
+
+async fn wait_ready(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    let url = format!("http://127.0.0.1:{port}/readyz");
+    loop {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{url} not ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

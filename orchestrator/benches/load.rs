@@ -1,0 +1,488 @@
+//! The load generator: sagaflow as separate processes with real participants (Redis locks,
+//! Postgres), driven through its HTTP API the way users drive it, reporting what they feel.
+//!
+//! ```text
+//! cargo bench -p orchestrator --bench load -- [--dev] [--clients N | --rate R] [--sagas N]
+//!     [--flow order|coupon|mix] [--workers ROLE=N,...] [--poll-ms MS] [--env NAME=VALUE]...
+//! ```
+//! - `--dev`: one `orchestrator dev` process with its embedded broker. Otherwise one
+//!   `orchestrator serve` and one `worker` per role (`--workers payment=3` for more) on a
+//!   tansu of its own (`--tansu PATH` or `TANSU`), or on `KAFKA_BROKERS`.
+//! - Closed loop (`--clients N`, default 1): N clients, each starts a saga and waits for its
+//!   end before the next. Open loop (`--rate R`): a saga starts every 1/R s whatever the
+//!   system does, so queueing shows in the latency.
+//! - Latency is measured from the POST to the first GET that shows a final status; GETs are
+//!   `--poll-ms` apart (default 2), which bounds the resolution.
+//!
+//! It reports sagas/s, completion latency percentiles, step latency per role (from the saga
+//! history), peak RSS per process, Postgres transactions per saga, and the invariants of
+//! the chaos run (exit code 1 when one is broken).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chaos::cluster::Kind;
+use chaos::load::{Api, Data, Record, Sizes};
+use chaos::system::{self, System};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Double, Text};
+use diesel_async::RunQueryDsl;
+use rand::Rng as _;
+use rand::seq::IndexedRandom as _;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Flow {
+    Order,
+    Coupon,
+    Mix,
+}
+
+#[derive(Debug)]
+struct Args {
+    dev: bool,
+    clients: usize,
+    rate: Option<f64>,
+    sagas: usize,
+    warmup: usize,
+    flow: Flow,
+    poll: Duration,
+    workers: Vec<(String, usize)>,
+    tansu: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        dev: false,
+        clients: 1,
+        rate: None,
+        sagas: 200,
+        warmup: 20,
+        flow: Flow::Order,
+        poll: Duration::from_millis(2),
+        workers: Vec::new(),
+        tansu: std::env::var_os("TANSU").map(PathBuf::from),
+        env: Vec::new(),
+    };
+    // `cargo bench` passes `--bench` to every bench target.
+    let mut list = std::env::args().skip(1).filter(|arg| arg != "--bench");
+    while let Some(flag) = list.next() {
+        if flag == "--dev" {
+            args.dev = true;
+            continue;
+        }
+        let value = list
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--clients" => args.clients = value.parse().context("--clients")?,
+            "--rate" => args.rate = Some(value.parse().context("--rate")?),
+            "--sagas" => args.sagas = value.parse().context("--sagas")?,
+            "--warmup" => args.warmup = value.parse().context("--warmup")?,
+            "--poll-ms" => args.poll = Duration::from_millis(value.parse().context("--poll-ms")?),
+            "--tansu" => args.tansu = Some(value.into()),
+            "--flow" => {
+                args.flow = match value.as_str() {
+                    "order" => Flow::Order,
+                    "coupon" => Flow::Coupon,
+                    "mix" => Flow::Mix,
+                    other => anyhow::bail!("--flow {other}: order, coupon or mix"),
+                }
+            }
+            "--workers" => {
+                for pair in value.split(',') {
+                    let (role, n) = pair.split_once('=').context("--workers ROLE=N,...")?;
+                    anyhow::ensure!(system::ROLES.contains(&role), "--workers: no role {role}");
+                    args.workers
+                        .push((role.to_owned(), n.parse().context("--workers count")?));
+                }
+            }
+            "--env" => {
+                let (name, value) = value.split_once('=').context("--env NAME=VALUE")?;
+                args.env.push((name.to_owned(), value.to_owned()));
+            }
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    anyhow::ensure!(args.clients > 0, "--clients must be positive");
+    anyhow::ensure!(args.rate.is_none_or(|r| r > 0.0), "--rate must be positive");
+    Ok(args)
+}
+
+fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    match runtime.block_on(run()) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("load: {err:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// The `worker` binary is another package's: build it beside this profile's `orchestrator`.
+fn binaries() -> anyhow::Result<PathBuf> {
+    let orchestrator = PathBuf::from(env!("CARGO_BIN_EXE_orchestrator"));
+    let bin = orchestrator
+        .parent()
+        .context("binary directory")?
+        .to_owned();
+    let release = bin.ends_with("release");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "-q", "-p", "workers", "--bin", "worker"]);
+    if release {
+        build.arg("--release");
+    }
+    let status = build.status().context("building the worker binary")?;
+    anyhow::ensure!(status.success(), "building the worker binary failed");
+    Ok(bin)
+}
+
+async fn run() -> anyhow::Result<bool> {
+    let args = args()?;
+    let mut options = system::Options::new("load", binaries()?);
+    options.dev = args.dev;
+    options.replicas = 1;
+    options.workers = args.workers.clone();
+    options.tansu = args.tansu.clone();
+    options.env = args.env.clone();
+    let system = System::start(&options).await?;
+    let api = Api::new(&system.ports);
+    // Plenty of everything: a load run measures the happy path, not refusals.
+    let sizes = Sizes {
+        products: 20,
+        stock: 1_000_000_000,
+        users: 500,
+        balance: 1_000_000_000_000,
+        vendors: 10,
+        campaigns: (args.sagas + args.warmup).div_ceil(100) * 2 + 2,
+        coupons: 100,
+    };
+    let data = Arc::new(chaos::load::seed(&api, &sizes).await?);
+    let pool = platform::db::pool(&system.database_url, 2)?;
+
+    let client = Client {
+        api: api.clone(),
+        data: data.clone(),
+        flow: args.flow,
+        poll: args.poll,
+        users: Arc::new(Mutex::new(0)),
+    };
+    // Warm-up: consumer groups joined, connections open, the first sagas done.
+    for _ in 0..args.warmup {
+        client.one().await?;
+    }
+
+    let xacts_before = transactions(&pool).await?;
+    let started = Instant::now();
+    let outcomes = match args.rate {
+        None => closed_loop(&client, args.clients, args.sagas).await,
+        Some(rate) => open_loop(&client, rate, args.sagas).await,
+    };
+    let elapsed = started.elapsed();
+    // Postgres publishes a backend's counters at most once a second.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let xacts = transactions(&pool).await? - xacts_before;
+
+    let mut record = Record::default();
+    let mut latencies = Vec::with_capacity(outcomes.len());
+    let mut statuses: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut polls = 0usize;
+    for outcome in &outcomes {
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(err) => anyhow::bail!("a saga failed to run: {err:#}"),
+        };
+        record.sagas.push(outcome.saga);
+        latencies.push(outcome.latency);
+        polls += outcome.polls;
+        *statuses.entry(outcome.status.clone()).or_default() += 1;
+    }
+    latencies.sort();
+
+    let mut conn = pool.get().await?;
+    let steps = step_latencies(&mut conn).await?;
+    let results = chaos::check::all(&mut conn, &record, &sizes).await?;
+    let mode = match args.rate {
+        None => format!("closed loop, {} clients", args.clients),
+        Some(rate) => format!("open loop, {rate}/s"),
+    };
+    let topology = if args.dev {
+        "one `orchestrator dev`, embedded broker".to_owned()
+    } else {
+        let workers: usize = system
+            .procs
+            .iter()
+            .filter(|p| p.kind == Kind::Worker)
+            .count();
+        format!(
+            "`orchestrator serve` + {workers} `worker` processes, {}",
+            system.broker
+        )
+    };
+    println!(
+        "load: {} {:?} sagas, {mode}; {topology}",
+        args.sagas, args.flow
+    );
+    println!(
+        "  throughput        {:>9.1} sagas/s ({} in {:.2} s)",
+        outcomes.len() as f64 / elapsed.as_secs_f64(),
+        outcomes.len(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (POST to final status, polled every {} ms)",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.95)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        args.poll.as_millis()
+    );
+    println!("  final statuses    {statuses:?}");
+    println!("  step latency ms   (dispatch to success, from the history)");
+    for step in &steps {
+        println!(
+            "    {:<13} p50 {:.1}  p99 {:.1}  ({} steps)",
+            step.role, step.p50, step.p99, step.n
+        );
+    }
+    println!(
+        "  Postgres          {:.1} transactions per saga ({} status GETs per saga included)",
+        xacts as f64 / outcomes.len().max(1) as f64,
+        polls as f64 / outcomes.len().max(1) as f64
+    );
+    println!("  peak RSS MiB");
+    for proc in &system.procs {
+        if let Some(kib) = proc.peak_rss_kib() {
+            println!("    {:<22} {:>7.1}", proc.name, kib as f64 / 1024.0);
+        }
+    }
+    let broken: Vec<_> = results.iter().filter(|(_, n)| *n != 0).collect();
+    if broken.is_empty() {
+        println!("  invariants        all {} hold", results.len());
+    } else {
+        for (name, n) in &broken {
+            println!("  VIOLATED          {name}: {n}");
+        }
+        println!(
+            "  logs and database kept: {}, {}",
+            system.dir.display(),
+            system.database_url
+        );
+        return Ok(false);
+    }
+    drop(conn);
+    pool.close();
+    let System {
+        procs,
+        dir,
+        database_url,
+        ..
+    } = system;
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+    platform::db::drop_database(&database_url).await?;
+    Ok(true)
+}
+
+#[derive(Clone)]
+struct Client {
+    api: Api,
+    data: Arc<Data>,
+    flow: Flow,
+    poll: Duration,
+    /// Coupon uses go round the users, so that no user claims one campaign twice.
+    users: Arc<Mutex<usize>>,
+}
+
+struct Outcome {
+    saga: Uuid,
+    status: String,
+    latency: Duration,
+    polls: usize,
+}
+
+impl Client {
+    /// Starts one saga and waits for its final status.
+    async fn one(&self) -> anyhow::Result<Outcome> {
+        let coupon = match self.flow {
+            Flow::Order => false,
+            Flow::Coupon => true,
+            Flow::Mix => rand::rng().random_range(0..4) == 0,
+        };
+        let (path, body) = if coupon {
+            let n = {
+                let mut users = self.users.lock().expect("users");
+                *users += 1;
+                *users
+            };
+            let users = self.data.users.len();
+            // Each campaign takes 100 claims; user n % users, campaign n / 100 (two sets).
+            let campaign = self.data.campaigns[(n / 100) % self.data.campaigns.len()];
+            let user = self.data.users[n % users];
+            (
+                format!("/v1/coupons/{campaign}/uses"),
+                json!({ "user_id": user }),
+            )
+        } else {
+            let (user, sku) = {
+                let mut rng = rand::rng();
+                (
+                    *self.data.users.choose(&mut rng).expect("users"),
+                    self.data.skus.choose(&mut rng).expect("skus").clone(),
+                )
+            };
+            (
+                "/v1/orders".to_owned(),
+                json!({
+                    "user_id": user,
+                    "lines": [{ "sku": sku, "quantity": 1 }],
+                    "shipping_address": { "country": "KR", "city": "Seoul", "line1": "1 Road", "postal_code": "04790" },
+                }),
+            )
+        };
+        let started = Instant::now();
+        let (status, answer) = self
+            .api
+            .post(&path, &body, &Uuid::now_v7().to_string())
+            .await?;
+        anyhow::ensure!(status == 202, "POST {path}: {status} {answer}");
+        let saga: Uuid = answer["saga_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .with_context(|| format!("no saga_id in {answer}"))?;
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let view: Value = self.api.get(&format!("/v1/sagas/{saga}")).await?;
+            let status = view["status"].as_str().unwrap_or_default();
+            if matches!(status, "COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED") {
+                return Ok(Outcome {
+                    saga,
+                    status: status.to_owned(),
+                    latency: started.elapsed(),
+                    polls,
+                });
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "saga {saga} not final after 120 s"
+            );
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+async fn closed_loop(
+    client: &Client,
+    clients: usize,
+    sagas: usize,
+) -> Vec<anyhow::Result<Outcome>> {
+    let left = Arc::new(Mutex::new(sagas));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (client, left) = (client.clone(), left.clone());
+        tasks.spawn(async move {
+            let mut outcomes = Vec::new();
+            loop {
+                {
+                    let mut left = left.lock().expect("left");
+                    if *left == 0 {
+                        break;
+                    }
+                    *left -= 1;
+                }
+                outcomes.push(client.one().await);
+            }
+            outcomes
+        });
+    }
+    let mut outcomes = Vec::with_capacity(sagas);
+    while let Some(done) = tasks.join_next().await {
+        outcomes.extend(done.expect("client task"));
+    }
+    outcomes
+}
+
+async fn open_loop(client: &Client, rate: f64, sagas: usize) -> Vec<anyhow::Result<Outcome>> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..sagas {
+        let due = started + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let client = client.clone();
+        tasks.spawn(async move { client.one().await });
+    }
+    let mut outcomes = Vec::with_capacity(sagas);
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done.expect("saga task"));
+    }
+    outcomes
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1_000.0
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Committed and rolled-back transactions in this run's database so far.
+async fn transactions(pool: &platform::db::Pool) -> anyhow::Result<i64> {
+    let mut conn = pool.get().await?;
+    let row: Count = diesel::sql_query(
+        "SELECT (xact_commit + xact_rollback)::bigint AS n FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.n)
+}
+
+#[derive(QueryableByName)]
+struct StepLatency {
+    #[diesel(sql_type = Text)]
+    role: String,
+    #[diesel(sql_type = Double)]
+    p50: f64,
+    #[diesel(sql_type = Double)]
+    p99: f64,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Dispatch to success of every forward step, per role, from the saga history.
+async fn step_latencies(conn: &mut platform::db::Connection) -> anyhow::Result<Vec<StepLatency>> {
+    Ok(diesel::sql_query(
+        "SELECT d.detail ->> 'role' AS role, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM s.recorded_at - d.recorded_at)) * 1000 AS p50, \
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM s.recorded_at - d.recorded_at)) * 1000 AS p99, \
+           count(*) AS n \
+         FROM saga_history d JOIN saga_history s \
+           ON s.saga_id = d.saga_id AND s.step = d.step AND s.attempt = d.attempt AND s.kind = 'step.succeeded' \
+         WHERE d.kind = 'step.dispatched' \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .load(conn)
+    .await?)
+}
