@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use platform::contract::Role;
 use platform::health::Probes;
-use platform::kafka::{Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Producer};
+use platform::kafka::{Cluster, ConsumerLoop, DeadLetter, Producer};
 use platform::{cache, db};
 
 use workers::adjuster::Adjuster;
@@ -137,7 +137,7 @@ pub async fn start_with(
     // Several members of the reply group per process: each owns some partitions, so
     // replies of different sagas are applied in parallel while one saga's stay in order.
     for slot in 0..options.reply_consumers {
-        let mut consumer_options = ConsumerOptions::new(
+        let mut consumer_options = cluster.consumer_options(
             format!("{}.orchestrator", cluster.topics().prefix()),
             vec![cluster.topics().replies()],
         );

@@ -118,9 +118,21 @@ pub struct KafkaEnv {
     /// instead of waiting for them to be evicted. It must be stable across restarts and
     /// unique among live processes.
     pub instance_id: Option<String>,
+    /// `KAFKA_FETCH_WAIT_MS`: how long a consumer's fetch may wait at the broker when there
+    /// is no data (`fetch.wait.max.ms`). tansu and the embedded cluster do not answer a
+    /// waiting fetch early when data arrives, so this is added to every hop at low load;
+    /// lower costs idle CPU (README, "Latency settings").
+    pub fetch_wait: std::time::Duration,
+    /// `KAFKA_CONSUMER_CONCURRENCY`: batches of different keys one consumer runs at once.
+    pub consumer_concurrency: usize,
 }
 
 impl KafkaEnv {
+    /// Default of `KAFKA_FETCH_WAIT_MS`, measured (README, "Latency settings").
+    pub const DEFAULT_FETCH_WAIT_MS: u64 = 10;
+    /// Default of `KAFKA_CONSUMER_CONCURRENCY`.
+    pub const DEFAULT_CONSUMER_CONCURRENCY: usize = 8;
+
     pub fn from_vars(vars: &Vars) -> Result<Self, Error> {
         let brokers = vars.optional("KAFKA_BROKERS")?;
         if let Some(list) = &brokers {
@@ -148,10 +160,35 @@ impl KafkaEnv {
             crate::contract::Topics::new(id)
                 .map_err(|reason| Error::new("KAFKA_INSTANCE_ID", id.clone(), reason))?;
         }
+        let fetch_wait = match vars.parse_or("KAFKA_FETCH_WAIT_MS", Self::DEFAULT_FETCH_WAIT_MS)? {
+            ms @ 1..=10_000 => std::time::Duration::from_millis(ms),
+            ms => {
+                return Err(Error::new(
+                    "KAFKA_FETCH_WAIT_MS",
+                    ms.to_string(),
+                    "must be 1 to 10000",
+                ));
+            }
+        };
+        let consumer_concurrency = match vars.parse_or(
+            "KAFKA_CONSUMER_CONCURRENCY",
+            Self::DEFAULT_CONSUMER_CONCURRENCY,
+        )? {
+            n @ 1..=1024 => n,
+            n => {
+                return Err(Error::new(
+                    "KAFKA_CONSUMER_CONCURRENCY",
+                    n.to_string(),
+                    "must be 1 to 1024",
+                ));
+            }
+        };
         Ok(Self {
             brokers,
             topic_prefix,
             instance_id,
+            fetch_wait,
+            consumer_concurrency,
         })
     }
 }
@@ -288,6 +325,8 @@ mod tests {
             ("DATABASE_POOL_SIZE", "many"),
             ("KAFKA_BROKERS", "localhost"),
             ("TOPIC_PREFIX", "has space"),
+            ("KAFKA_FETCH_WAIT_MS", "0"),
+            ("KAFKA_CONSUMER_CONCURRENCY", "none"),
         ];
         for (name, value) in cases {
             let vars = Vars::from_pairs([(name, value)]);

@@ -215,3 +215,161 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_its_budget_and_the_
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// Records each handled message with its key, and how many batches ran at once; fails every
+/// message numbered `fail` (until shutdown interrupts its retries).
+struct Parallel {
+    seen: mpsc::UnboundedSender<(String, u32)>,
+    running: AtomicUsize,
+    most_at_once: AtomicUsize,
+    fail: Option<u32>,
+}
+
+impl Handler<Ping> for Arc<Parallel> {
+    async fn handle(&self, batch: &[Delivery<Ping>]) -> anyhow::Result<()> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_at_once.fetch_max(now, Ordering::SeqCst);
+        // Work that takes a while, so that batches overlap.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if batch.iter().any(|d| Some(d.message.n) == self.fail) {
+            anyhow::bail!("simulated failure");
+        }
+        for delivery in batch {
+            let key = String::from_utf8_lossy(delivery.key.as_deref().unwrap_or_default());
+            self.seen.send((key.into_owned(), delivery.message.n))?;
+        }
+        Ok(())
+    }
+}
+
+fn start_parallel(
+    kafka: &TestKafka,
+    group: &str,
+    fail: Option<u32>,
+    configure: impl FnOnce(&mut ConsumerOptions),
+) -> (
+    mpsc::UnboundedReceiver<(String, u32)>,
+    Arc<Parallel>,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handler = Arc::new(Parallel {
+        seen: tx,
+        running: AtomicUsize::new(0),
+        most_at_once: AtomicUsize::new(0),
+        fail,
+    });
+    let producer = kafka.cluster.producer().unwrap();
+    let dead_letter = DeadLetter::new(producer, kafka.topics().dead_letter());
+    let mut options = ConsumerOptions::new(group, vec![kafka.topics().replies()]);
+    options.concurrency = 4;
+    configure(&mut options);
+    let consumer =
+        ConsumerLoop::new(kafka.brokers(), options, handler.clone(), dead_letter).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(shutdown.clone()));
+    (rx, handler, shutdown, task)
+}
+
+async fn next_keyed(rx: &mut mpsc::UnboundedReceiver<(String, u32)>) -> (String, u32) {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("no message within 60 s")
+        .expect("handler gone")
+}
+
+/// Different keys run in concurrent batches; one key's messages are handled strictly in the
+/// order they were produced.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_run_in_parallel_and_each_key_stays_in_order() {
+    let kafka = TestKafka::start().await;
+    let producer = kafka.cluster.producer().unwrap();
+    let topic = kafka.topics().replies();
+    let (keys, per_key) = (12u32, 15u32);
+    for seq in 0..per_key {
+        for key in 0..keys {
+            let ping = Ping { n: seq };
+            producer
+                .send_json(&topic, &format!("saga-{key}"), &ping)
+                .await
+                .unwrap();
+        }
+    }
+
+    let (mut seen, handler, shutdown, task) =
+        start_parallel(&kafka, &unique_name("g"), None, |options| {
+            options.max_batch = 2
+        });
+    let mut order: std::collections::HashMap<String, Vec<u32>> = Default::default();
+    for _ in 0..keys * per_key {
+        let (key, n) = next_keyed(&mut seen).await;
+        order.entry(key).or_default().push(n);
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(order.len(), keys as usize);
+    for (key, ns) in &order {
+        assert_eq!(*ns, (0..per_key).collect::<Vec<_>>(), "{key} out of order");
+    }
+    assert!(
+        handler.most_at_once.load(Ordering::SeqCst) > 1,
+        "batches never overlapped"
+    );
+}
+
+/// Messages behind an unfinished one (other keys, same partition) finish first, but the
+/// committed offset stops at the unfinished message: after a shutdown it is read again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_committed_offset_never_passes_an_unfinished_message() {
+    let kafka = TestKafka::start().await;
+    let topic = kafka.topics().replies();
+    // Everything in partition 0, so that the stuck message sits below the others.
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .create()
+        .unwrap();
+    const STUCK: u32 = 100;
+    for (key, n) in [("a", 1), ("stuck", STUCK), ("b", 2), ("c", 3), ("d", 4)] {
+        let payload = serde_json::to_vec(&Ping { n }).unwrap();
+        let record = rdkafka::producer::FutureRecord::to(&topic)
+            .partition(0)
+            .key(key)
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(err, _)| err)
+            .unwrap();
+    }
+
+    let group = unique_name("g");
+    // The stuck message fails and then waits an hour before its next try.
+    let (mut seen, _handler, shutdown, task) = start_parallel(&kafka, &group, Some(STUCK), |o| {
+        o.max_batch = 1;
+        o.retry_backoff = (Duration::from_secs(3600), Duration::from_secs(3600));
+    });
+    let mut finished: Vec<u32> = Vec::new();
+    for _ in 0..4 {
+        finished.push(next_keyed(&mut seen).await.1);
+    }
+    finished.sort();
+    assert_eq!(finished, vec![1, 2, 3, 4], "the others finished around it");
+    // Shutdown interrupts the stuck message's backoff and commits what is finished.
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let (mut seen, _handler, shutdown, task) = start_parallel(&kafka, &group, None, |_| {});
+    let mut again = Vec::new();
+    while !again.contains(&STUCK) {
+        again.push(next_keyed(&mut seen).await.1);
+    }
+    assert!(
+        !again.contains(&1),
+        "committed past the finished prefix: {again:?}"
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

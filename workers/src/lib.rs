@@ -36,7 +36,7 @@ pub mod runtime;
 pub mod schema;
 
 use platform::contract::Role;
-use platform::kafka::{Cluster, ConsumerLoop, ConsumerOptions, DeadLetter, Producer};
+use platform::kafka::{Cluster, ConsumerLoop, DeadLetter, Producer};
 use platform::{cache, db};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -75,7 +75,7 @@ impl Deps {
         participant: P,
     ) -> anyhow::Result<ConsumerLoop<platform::contract::Command, CommandRuntime<P>>> {
         let role = participant.role();
-        let mut options = ConsumerOptions::new(
+        let mut options = self.cluster.consumer_options(
             self.group_id(role),
             vec![self.cluster.topics().commands(role)],
         );
@@ -125,8 +125,9 @@ pub fn spawn_roles(
                 tasks.spawn(log_exit(role, run));
             }
             Role::Notification => {
-                let options =
-                    ConsumerOptions::new(deps.group_id(role), vec![deps.cluster.topics().events()]);
+                let options = deps
+                    .cluster
+                    .consumer_options(deps.group_id(role), vec![deps.cluster.topics().events()]);
                 let handler = notification::Recorder::new(deps.database.clone());
                 let consumer = ConsumerLoop::new(
                     deps.cluster.brokers(),

@@ -1,32 +1,45 @@
-//! The at-least-once consumer loop.
+//! The at-least-once consumer loop, key-ordered and parallel.
 //!
-//! Messages are read in order, decoded, and handed to a [`Handler`] in small batches. An
-//! offset is stored only after the handler returned `Ok` for its batch (its effect is
-//! durable), and offsets are stored strictly in order, so a crash at any point redelivers
-//! rather than skips. A message that cannot be decoded goes to the dead-letter topic (whose
-//! acknowledgement is awaited before its offset is stored) and the loop moves on.
+//! Messages are read continuously and handed to a [`Handler`] in batches. Messages with
+//! different keys (saga ids) run in concurrent batches, up to `concurrency`; messages with
+//! one key run strictly in order, never in two batches at once (see `lanes`). Batches form
+//! by themselves: whatever arrived while every slot was busy goes out together, so an idle
+//! loop adds no wait and a busy one amortises its round trips.
+//!
+//! A partition's offset is stored only over its contiguous prefix of finished messages (the
+//! handler returned `Ok`, so the effect is durable), so a crash at any point redelivers
+//! rather than skips, whatever finished out of order. A message that cannot be decoded goes
+//! to the dead-letter topic (whose acknowledgement is awaited before it counts as finished).
 //!
 //! A handler error is never swallowed, and never wedges the loop either. A failed batch is
 //! handled again one message at a time, so its healthy messages go through; a message that
 //! keeps failing gets `message_attempts` tries with backoff, then the handler's
 //! [`Handler::give_up`] settles it (a command gets a `Failed` reply) or it goes to the
 //! dead-letter topic. Only when even that fails (the handler's database is down, say) is
-//! the message tried again from the start, since then nothing behind it could succeed.
+//! the message tried again from the start; other keys keep moving meanwhile.
 //!
-//! Auto-commit periodically commits the *stored* offsets; shutdown commits them
-//! synchronously one last time.
+//! On a rebalance, work in flight on a revoked partition finishes but stores nothing, and
+//! what waited of it is dropped: its new owner reads it again from the committed offset.
+//! Auto-commit periodically commits the *stored* offsets; shutdown lets the batches in
+//! flight finish and commits synchronously one last time.
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
+use super::lanes::{Lane, Lanes, Position};
 use super::producer::{DeadLetter, Origin};
 
 /// One decoded message with its position.
@@ -72,8 +85,12 @@ pub struct ConsumerOptions {
     pub topics: Vec<String>,
     /// Most messages handed to the handler at once.
     pub max_batch: usize,
-    /// How long to wait for more messages once one arrived, to fill a batch.
-    pub linger: Duration,
+    /// Batches in flight at once (each with keys no other batch in flight has).
+    pub concurrency: usize,
+    /// `fetch.wait.max.ms`: how long the broker may hold a fetch that found no data. Brokers
+    /// that do not answer a waiting fetch early (tansu, the embedded cluster) add up to this
+    /// much to every hop; see `KAFKA_FETCH_WAIT_MS`.
+    pub fetch_wait: Duration,
     /// First and largest pause between retries of a failing message.
     pub retry_backoff: (Duration, Duration),
     /// Tries one message gets on its own before it is given up on (`Handler::give_up`).
@@ -88,7 +105,8 @@ impl ConsumerOptions {
             group_id: group_id.into(),
             topics,
             max_batch: 64,
-            linger: Duration::from_millis(5),
+            concurrency: crate::env::KafkaEnv::DEFAULT_CONSUMER_CONCURRENCY,
+            fetch_wait: Duration::from_millis(crate::env::KafkaEnv::DEFAULT_FETCH_WAIT_MS),
             retry_backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             message_attempts: 5,
             instance_id: None,
@@ -105,8 +123,38 @@ struct Raw {
     payload: Option<Vec<u8>>,
 }
 
+/// A received message: decoded, or not decodable (it goes to the dead-letter topic).
+enum Entry<T> {
+    Decoded(Delivery<T>, Raw),
+    Undecodable(Raw, String),
+}
+
+/// Tells the loop which partitions a rebalance took away.
+#[derive(Default)]
+pub struct RebalanceContext {
+    revoked: Mutex<Vec<(String, i32)>>,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut revoked = self.revoked.lock().expect("revoked partitions");
+            for element in partitions.elements() {
+                revoked.push((element.topic().to_owned(), element.partition()));
+            }
+        }
+    }
+}
+
 pub struct ConsumerLoop<T, H> {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<RebalanceContext>,
+    work: Arc<Work<T, H>>,
+}
+
+/// What a batch needs to run on its own task.
+struct Work<T, H> {
     handler: H,
     dead_letter: DeadLetter,
     options: ConsumerOptions,
@@ -115,6 +163,9 @@ pub struct ConsumerLoop<T, H> {
 
 /// Why processing stopped before a batch was done.
 struct Interrupted;
+
+/// A batch's end: what finished, and the lanes it held.
+type Finished = (Vec<Position>, Vec<Lane>);
 
 impl<T, H> ConsumerLoop<T, H>
 where
@@ -131,7 +182,7 @@ where
         if let Some(instance_id) = &options.instance_id {
             config.set("group.instance.id", instance_id);
         }
-        let consumer: StreamConsumer = config
+        let consumer: StreamConsumer<RebalanceContext> = config
             .set("group.id", &options.group_id)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
@@ -145,25 +196,77 @@ where
             // vanished without leaving (a killed process). The default, 5 minutes, stalls
             // every partition of the group that long after a kill -9.
             .set("max.poll.interval.ms", "30000")
-            .create()?;
+            .set(
+                "fetch.wait.max.ms",
+                options.fetch_wait.as_millis().max(1).to_string(),
+            )
+            .create_with_context(RebalanceContext::default())?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
             consumer,
-            handler,
-            dead_letter,
-            options,
-            _message: PhantomData,
+            work: Arc::new(Work {
+                handler,
+                dead_letter,
+                options,
+                _message: PhantomData,
+            }),
         })
     }
 
-    /// Runs until `shutdown` is cancelled; the batch in flight is finished and its offsets
-    /// committed before returning.
+    /// Runs until `shutdown` is cancelled; the batches in flight are finished and their
+    /// offsets committed before returning.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(group = %self.options.group_id, topics = ?self.options.topics, "consumer started");
-        while let Some(batch) = self.next_batch(&shutdown).await {
-            if self.process(batch, &shutdown).await.is_err() {
-                break;
+        let options = &self.work.options;
+        tracing::info!(group = %options.group_id, topics = ?options.topics, concurrency = options.concurrency, "consumer started");
+        let concurrency = options.concurrency.max(1);
+        let max_batch = options.max_batch.max(1);
+        // Read ahead at most this much, so a slow handler holds back the fetch.
+        let read_ahead = concurrency * max_batch * 2;
+        let mut lanes: Lanes<Entry<T>> = Lanes::default();
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut failure = None;
+        loop {
+            while running.len() < concurrency {
+                let Some(batch) = lanes.next_batch(max_batch) else {
+                    break;
+                };
+                let work = self.work.clone();
+                let shutdown = shutdown.clone();
+                running.spawn(async move { work.run_batch(batch.items, &shutdown).await });
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                joined = running.join_next(), if !running.is_empty() => match joined {
+                    Some(Ok((done, used))) => self.finish(&mut lanes, &done, used),
+                    Some(Err(err)) => {
+                        failure = Some(anyhow::anyhow!("a batch task failed: {err}"));
+                        break;
+                    }
+                    None => {}
+                },
+                received = self.consumer.recv(), if lanes.waiting() < read_ahead => match received {
+                    Ok(message) => {
+                        let raw = raw(&message);
+                        drop(message);
+                        self.revoke(&mut lanes);
+                        let (topic, partition, offset) = (raw.topic.clone(), raw.partition, raw.offset);
+                        let key = raw.key.clone();
+                        lanes.push(&topic, partition, offset, key.as_deref(), entry(raw));
+                    }
+                    Err(err) => self.log_receive_error(err).await,
+                },
+            }
+            self.revoke(&mut lanes);
+        }
+        // Let what is in flight finish (a handler pausing between retries stops at once).
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok((done, used)) => self.finish(&mut lanes, &done, used),
+                Err(err) => {
+                    failure.get_or_insert(anyhow::anyhow!("a batch task failed: {err}"));
+                }
             }
         }
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
@@ -172,71 +275,105 @@ where
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(err) => tracing::warn!(error = %err, "final offset commit failed"),
         }
-        tracing::info!(group = %self.options.group_id, "consumer stopped");
-        Ok(())
+        tracing::info!(group = %self.work.options.group_id, "consumer stopped");
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
-    /// Waits for one message, then takes whatever else arrives within `linger`.
-    async fn next_batch(&self, shutdown: &CancellationToken) -> Option<Vec<Raw>> {
-        let mut batch = Vec::new();
-        while batch.is_empty() {
-            let received = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                received = self.consumer.recv() => received,
-            };
-            match received {
-                Ok(message) => batch.push(raw(&message)),
-                Err(err) => self.log_receive_error(err).await,
+    /// Partitions a rebalance took away since the last look.
+    fn revoke(&self, lanes: &mut Lanes<Entry<T>>) {
+        let revoked = std::mem::take(
+            &mut *self
+                .consumer
+                .context()
+                .revoked
+                .lock()
+                .expect("revoked partitions"),
+        );
+        if !revoked.is_empty() {
+            tracing::info!(partitions = ?revoked, "partitions revoked; their waiting messages dropped");
+            lanes.revoke(&revoked);
+        }
+    }
+
+    fn finish(&self, lanes: &mut Lanes<Entry<T>>, done: &[Position], used: Vec<Lane>) {
+        for (topic, partition, offset) in lanes.finish(done, used) {
+            // Fails only when the partition was revoked meanwhile: its new owner re-reads
+            // the message, which the inbox makes harmless.
+            if let Err(err) = self.consumer.store_offset(&topic, partition, offset) {
+                tracing::warn!(topic, partition, offset, error = %err, "could not store offset");
             }
         }
-        while batch.len() < self.options.max_batch {
-            match tokio::time::timeout(self.options.linger, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(raw(&message)),
-                Ok(Err(err)) => {
-                    self.log_receive_error(err).await;
-                    break;
-                }
-                Err(_elapsed) => break,
-            }
-        }
-        Some(batch)
     }
 
     async fn log_receive_error(&self, err: KafkaError) {
-        tracing::warn!(group = %self.options.group_id, error = %err, "receive failed; retrying");
+        tracing::warn!(group = %self.work.options.group_id, error = %err, "receive failed; retrying");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
 
-    /// Decodes the batch; runs of decodable messages go to the handler, undecodable ones to
-    /// the dead-letter topic, in offset order.
-    async fn process(
+fn entry<T: DeserializeOwned>(raw: Raw) -> Entry<T> {
+    match decode::<T>(&raw) {
+        Ok(message) => Entry::Decoded(
+            Delivery {
+                message,
+                topic: raw.topic.clone(),
+                partition: raw.partition,
+                offset: raw.offset,
+                key: raw.key.clone(),
+            },
+            raw,
+        ),
+        Err(reason) => Entry::Undecodable(raw, reason),
+    }
+}
+
+impl<T, H> Work<T, H>
+where
+    T: DeserializeOwned + Send + Sync + 'static,
+    H: Handler<T>,
+{
+    /// Runs one batch: runs of decodable messages go to the handler, undecodable ones to
+    /// the dead-letter topic, in order. Returns what finished (all of it, unless shutdown
+    /// interrupted a retry) and the lanes the batch held.
+    async fn run_batch(
         &self,
-        batch: Vec<Raw>,
+        items: Vec<super::lanes::Item<Entry<T>>>,
         shutdown: &CancellationToken,
-    ) -> Result<(), Interrupted> {
-        let mut pending: Vec<Delivery<T>> = Vec::with_capacity(batch.len());
-        let mut raws: Vec<Raw> = Vec::with_capacity(batch.len());
-        for raw in batch {
-            match decode::<T>(&raw) {
-                Ok(message) => {
-                    pending.push(Delivery {
-                        message,
-                        topic: raw.topic.clone(),
-                        partition: raw.partition,
-                        offset: raw.offset,
-                        key: raw.key.clone(),
-                    });
+    ) -> Finished {
+        let used: Vec<Lane> = items.iter().map(|item| item.lane().clone()).collect();
+        let mut done = Vec::with_capacity(items.len());
+        let mut pending: Vec<Delivery<T>> = Vec::new();
+        let mut raws: Vec<Raw> = Vec::new();
+        let mut positions: Vec<Position> = Vec::new();
+        for item in items {
+            match item.entry {
+                Entry::Decoded(delivery, raw) => {
+                    pending.push(delivery);
                     raws.push(raw);
+                    positions.push(item.position);
                 }
-                Err(reason) => {
-                    self.handle_batch(&pending, &raws, shutdown).await?;
+                Entry::Undecodable(raw, reason) => {
+                    let handled = self
+                        .handle_batch(&pending, &raws, &positions, &mut done, shutdown)
+                        .await;
                     pending.clear();
                     raws.clear();
-                    self.dead_letter(&raw, &reason, shutdown).await?;
+                    positions.clear();
+                    if handled.is_err() || self.dead_letter(&raw, &reason, shutdown).await.is_err()
+                    {
+                        return (done, used);
+                    }
+                    done.push(item.position);
                 }
             }
         }
-        self.handle_batch(&pending, &raws, shutdown).await
+        let _ = self
+            .handle_batch(&pending, &raws, &positions, &mut done, shutdown)
+            .await;
+        (done, used)
     }
 
     /// The batch at once; when that fails, each message on its own, so that one bad message
@@ -245,6 +382,8 @@ where
         &self,
         batch: &[Delivery<T>],
         raws: &[Raw],
+        positions: &[Position],
+        done: &mut Vec<Position>,
         shutdown: &CancellationToken,
     ) -> Result<(), Interrupted> {
         if batch.is_empty() {
@@ -252,9 +391,7 @@ where
         }
         match self.handler.handle(batch).await {
             Ok(()) => {
-                for delivery in batch {
-                    self.store(&delivery.topic, delivery.partition, delivery.offset);
-                }
+                done.extend_from_slice(positions);
                 return Ok(());
             }
             Err(err) if batch.len() > 1 => tracing::warn!(
@@ -268,8 +405,9 @@ where
             ),
             Err(_) => {}
         }
-        for (delivery, raw) in batch.iter().zip(raws) {
+        for ((delivery, raw), position) in batch.iter().zip(raws).zip(positions) {
             self.handle_alone(delivery, raw, shutdown).await?;
+            done.push(position.clone());
         }
         Ok(())
     }
@@ -286,10 +424,7 @@ where
             let mut failure = None;
             for attempt in 1..=attempts {
                 match self.handler.handle(std::slice::from_ref(delivery)).await {
-                    Ok(()) => {
-                        self.store(&delivery.topic, delivery.partition, delivery.offset);
-                        return Ok(());
-                    }
+                    Ok(()) => return Ok(()),
                     Err(err) => {
                         tracing::error!(
                             group = %self.options.group_id,
@@ -318,7 +453,6 @@ where
                         offset = delivery.offset,
                         "message given up on after {attempts} attempts; settled by its handler",
                     );
-                    self.store(&delivery.topic, delivery.partition, delivery.offset);
                     return Ok(());
                 }
                 Ok(GiveUp::DeadLetter) => {
@@ -374,16 +508,7 @@ where
             reason,
             "message sent to the dead-letter topic",
         );
-        self.store(&raw.topic, raw.partition, raw.offset);
         Ok(())
-    }
-
-    fn store(&self, topic: &str, partition: i32, offset: i64) {
-        // Fails only when the partition was revoked meanwhile: its new owner re-reads the
-        // message, which the inbox makes harmless.
-        if let Err(err) = self.consumer.store_offset(topic, partition, offset) {
-            tracing::warn!(topic, partition, offset, error = %err, "could not store offset");
-        }
     }
 
     async fn pause(&self, attempt: u32, shutdown: &CancellationToken) -> Result<(), Interrupted> {

@@ -5,6 +5,7 @@
 mod admin;
 pub mod consumer;
 mod embedded;
+mod lanes;
 mod producer;
 
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct Cluster {
     topics: Topics,
     partitions: i32,
     instance_id: Option<String>,
+    fetch_wait: Duration,
+    consumer_concurrency: usize,
     embedded: Option<Arc<EmbeddedKafka>>,
 }
 
@@ -48,7 +51,29 @@ impl Cluster {
                  starts an embedded Kafka)"
             ),
         };
-        Ok(cluster.with_instance_id(env.instance_id.clone()))
+        Ok(cluster
+            .with_instance_id(env.instance_id.clone())
+            .with_consumer_settings(env.fetch_wait, env.consumer_concurrency))
+    }
+
+    /// `KAFKA_FETCH_WAIT_MS` and `KAFKA_CONSUMER_CONCURRENCY` for every consumer.
+    pub fn with_consumer_settings(mut self, fetch_wait: Duration, concurrency: usize) -> Self {
+        self.fetch_wait = fetch_wait;
+        self.consumer_concurrency = concurrency;
+        self
+    }
+
+    /// Consumer settings for `group` on `topics`, with this cluster's fetch wait and
+    /// concurrency.
+    pub fn consumer_options(
+        &self,
+        group: impl Into<String>,
+        topics: Vec<String>,
+    ) -> ConsumerOptions {
+        let mut options = ConsumerOptions::new(group, topics);
+        options.fetch_wait = self.fetch_wait;
+        options.concurrency = self.consumer_concurrency;
+        options
     }
 
     pub fn with_instance_id(mut self, instance_id: Option<String>) -> Self {
@@ -70,6 +95,8 @@ impl Cluster {
             topics,
             partitions: Self::DEFAULT_PARTITIONS,
             instance_id: None,
+            fetch_wait: Duration::from_millis(KafkaEnv::DEFAULT_FETCH_WAIT_MS),
+            consumer_concurrency: KafkaEnv::DEFAULT_CONSUMER_CONCURRENCY,
             embedded: None,
         }
     }
@@ -80,6 +107,8 @@ impl Cluster {
             topics,
             partitions: Self::DEFAULT_PARTITIONS,
             instance_id: None,
+            fetch_wait: Duration::from_millis(KafkaEnv::DEFAULT_FETCH_WAIT_MS),
+            consumer_concurrency: KafkaEnv::DEFAULT_CONSUMER_CONCURRENCY,
             embedded: Some(Arc::new(embedded)),
         }
     }
