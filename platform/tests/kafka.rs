@@ -47,12 +47,7 @@ fn start_loop(
     kafka: &TestKafka,
     group: &str,
     fail_first: usize,
-) -> (
-    mpsc::UnboundedReceiver<u32>,
-    Arc<Recorder>,
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+) -> Running<u32, Recorder> {
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = Arc::new(Recorder {
         seen: tx,
@@ -216,6 +211,14 @@ async fn a_message_that_keeps_failing_is_dead_lettered_after_its_budget_and_the_
     task.await.unwrap().unwrap();
 }
 
+/// What a started loop hands the test: what it handled, its handler, and its controls.
+type Running<Seen, H> = (
+    mpsc::UnboundedReceiver<Seen>,
+    Arc<H>,
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
 /// Records each handled message with its key, and how many batches ran at once; fails every
 /// message numbered `fail` (until shutdown interrupts its retries).
 struct Parallel {
@@ -248,12 +251,7 @@ fn start_parallel(
     group: &str,
     fail: Option<u32>,
     configure: impl FnOnce(&mut ConsumerOptions),
-) -> (
-    mpsc::UnboundedReceiver<(String, u32)>,
-    Arc<Parallel>,
-    CancellationToken,
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-) {
+) -> Running<(String, u32), Parallel> {
     let (tx, rx) = mpsc::unbounded_channel();
     let handler = Arc::new(Parallel {
         seen: tx,
