@@ -24,11 +24,9 @@ impl Handler<Reply> for ReplyHandler {
         let mut pooled = self.engine.pool().get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &self.engine;
+        let replies: Vec<Reply> = batch.iter().map(|d| d.message.clone()).collect();
         conn.transaction::<_, engine::Error, _>(async |conn: &mut Connection| {
-            for delivery in batch {
-                engine.apply_reply(conn, &delivery.message).await?;
-            }
-            Ok(())
+            engine.apply_replies(conn, &replies).await
         })
         .await?;
         for delivery in batch {

@@ -43,11 +43,7 @@ impl Handler<Ping> for Arc<Recorder> {
     }
 }
 
-fn start_loop(
-    kafka: &TestKafka,
-    group: &str,
-    fail_first: usize,
-) -> Running<u32, Recorder> {
+fn start_loop(kafka: &TestKafka, group: &str, fail_first: usize) -> Running<u32, Recorder> {
     let (tx, rx) = mpsc::unbounded_channel();
     let recorder = Arc::new(Recorder {
         seen: tx,

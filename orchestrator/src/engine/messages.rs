@@ -9,7 +9,28 @@ use uuid::Uuid;
 
 use super::SagaContext;
 use super::store::{NewHistory, NewOutboxMessage};
-use crate::saga::Action;
+use crate::saga::{Action, SagaState};
+
+/// The history entry of an input that moved (or did not move) a saga to `state`.
+pub(super) fn history(
+    saga_id: Uuid,
+    kind: &str,
+    step: Option<i32>,
+    attempt: Option<i32>,
+    state: &SagaState,
+    detail: Value,
+    now: DateTime<Utc>,
+) -> NewHistory {
+    NewHistory {
+        saga_id,
+        kind: kind.to_owned(),
+        step,
+        attempt,
+        status: state.status.as_str().to_owned(),
+        detail,
+        recorded_at: now,
+    }
+}
 
 pub(super) fn for_action(
     topics: &Topics,

@@ -1,28 +1,33 @@
 //! The saga engine: runs the pure state machine ([`crate::saga`]) against Postgres.
 //!
-//! Every change follows one pattern, inside one transaction: lock the saga row, compute the
-//! transition, write the new state (guarded by the row version), the history entries and
-//! the outbox messages the transition asks for, commit. Nothing is published here: the
+//! Every change follows one pattern, inside one transaction: lock the saga rows, compute
+//! the transitions in memory, write the new states (guarded by the row versions), the
+//! history entries and the outbox messages the transitions ask for, commit. A batch of
+//! inputs costs a constant number of statements ([`batch`]). Nothing is published here: the
 //! [relay](crate::relay) publishes the outbox after the commit, so there is no state without
 //! its message and no message without its state.
 
+mod batch;
+mod codec;
 mod messages;
 pub mod metrics;
 pub mod store;
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
-use platform::contract::{Direction, Fenced, Outcome as ReplyOutcome, Reply, Topics};
+use platform::contract::{Reply, Topics};
 use platform::db::{self, Connection};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::clock::Clock;
-use crate::saga::{self, Action, Definition, FailureKind, Input, SagaState, Status};
+use crate::saga::{self, Definition, Input, SagaState, Status};
+use batch::{Arrival, Writes};
+use codec::{current_step, encode_state, reply_input};
+use messages::history;
 use metrics::Metrics;
-use store::{NewHistory, NewSaga, SagaRow, SagaUpdate};
+use store::NewSaga;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -142,7 +147,8 @@ impl Engine {
             payload,
             state: &transition.state,
         };
-        let entry = history(
+        let mut writes = Writes::default();
+        writes.history.push(history(
             id,
             "saga.start",
             None,
@@ -150,94 +156,69 @@ impl Engine {
             &transition.state,
             json!({}),
             now,
-        );
-        self.persist_effects(conn, &context, entry, &transition.actions, now)
-            .await?;
+        ));
+        for action in &transition.actions {
+            if let Some((entry, message)) =
+                messages::for_action(&self.topics, &context, action, now)
+            {
+                writes.history.push(entry);
+                writes.outbox.extend(message);
+            }
+        }
+        writes.flush(conn).await?;
         self.metrics.saga_started();
         Ok(Started { id, created: true })
     }
 
-    /// Applies a participant's reply inside the caller's transaction. A redelivered reply
-    /// (same id) changes nothing; a reply for an unknown saga or a stale attempt is recorded
-    /// and ignored.
-    pub async fn apply_reply(&self, conn: &mut Connection, reply: &Reply) -> Result<(), Error> {
-        if !store::claim_reply(conn, reply.id, reply.saga_id).await? {
-            tracing::debug!(reply.id = %reply.id, "duplicate reply ignored");
-            return Ok(());
-        }
-        let Some(row) = store::lock(conn, reply.saga_id).await? else {
-            tracing::warn!(saga.id = %reply.saga_id, reply.id = %reply.id, "reply for an unknown saga");
-            store::settle_reply(conn, reply.id, "ignored: unknown saga").await?;
-            return Ok(());
-        };
-        if let Some(reason) = &row.quarantine {
-            let outcome = format!("ignored: saga quarantined: {reason}");
-            store::settle_reply(conn, reply.id, &outcome).await?;
-            return Ok(());
-        }
-        let input = reply_input(reply);
-        let detail = json!({
-            "step": reply.step,
-            "attempt": reply.attempt,
-            "reply_id": reply.id,
-            "command_id": reply.command_id,
-            "direction": reply.direction,
-            "outcome": reply.outcome,
-        });
-        let outcome = self
-            .isolated(conn, &row, &input, "reply.received", detail)
-            .await?;
-        store::settle_reply(conn, reply.id, &outcome).await?;
-        Ok(())
-    }
-
-    /// Applies one input in a savepoint. A saga that cannot be decoded or moved is
-    /// quarantined instead of failing the caller's whole batch: the savepoint undoes what
-    /// the attempt wrote, the quarantine is recorded, and the batch goes on.
-    async fn isolated(
+    /// Applies a batch of participants' replies inside the caller's transaction, with a
+    /// constant number of statements: the replies claimed in the inbox (a redelivered reply
+    /// changes nothing), their sagas locked in id order (so that replicas cannot deadlock),
+    /// the transitions computed in memory in the batch's order, and the changes written.
+    /// A reply for an unknown, quarantined or stale saga is recorded and ignored.
+    pub async fn apply_replies(
         &self,
         conn: &mut Connection,
-        row: &SagaRow,
-        input: &Input,
-        kind: &'static str,
-        detail: Value,
-    ) -> Result<String, Error> {
-        let attempt = conn
-            .transaction::<_, Error, _>(async |conn: &mut Connection| {
-                self.apply_locked(conn, row, input, kind, detail).await
-            })
-            .await;
-        match attempt {
-            Err(Error::Corrupt { id, reason }) => {
-                self.quarantine(conn, row, &reason).await?;
-                Ok(format!("ignored: saga {id} quarantined: {reason}"))
-            }
-            other => other,
-        }
-    }
-
-    async fn quarantine(
-        &self,
-        conn: &mut Connection,
-        row: &SagaRow,
-        reason: &str,
+        replies: &[Reply],
     ) -> Result<(), Error> {
-        let now = self.clock.now();
-        tracing::error!(saga.id = %row.id, reason, "saga quarantined");
-        store::quarantine(conn, row.id, reason, now).await?;
-        let entry = NewHistory {
-            saga_id: row.id,
-            kind: "saga.quarantined".to_owned(),
-            step: None,
-            attempt: None,
-            status: row.status.clone(),
-            detail: json!({ "reason": reason }),
-            recorded_at: now,
-        };
-        store::append_history(conn, &[entry]).await?;
-        self.metrics
-            .quarantined
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<&Reply> = replies.iter().filter(|r| seen.insert(r.id)).collect();
+        let fresh = store::claim_replies(conn, &unique).await?;
+        let arrivals: Vec<Arrival> = unique
+            .into_iter()
+            .filter(|reply| fresh.contains(&reply.id))
+            .map(|reply| Arrival {
+                saga_id: reply.saga_id,
+                input: reply_input(reply),
+                kind: "reply.received",
+                detail: json!({
+                    "step": reply.step,
+                    "attempt": reply.attempt,
+                    "reply_id": reply.id,
+                    "command_id": reply.command_id,
+                    "direction": reply.direction,
+                    "outcome": reply.outcome,
+                }),
+                step: i32::try_from(reply.step).ok(),
+                attempt: i32::try_from(reply.attempt).ok(),
+                reply_id: Some(reply.id),
+            })
+            .collect();
+        if arrivals.len() < replies.len() {
+            tracing::debug!(
+                duplicates = replies.len() - arrivals.len(),
+                "duplicate replies ignored"
+            );
+        }
+        if arrivals.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<Uuid> = arrivals.iter().map(|a| a.saga_id).collect();
+        ids.sort();
+        ids.dedup();
+        let rows = store::lock_all(conn, &ids).await?;
+        let writes = self.apply_in_memory(&rows, arrivals, self.clock.now());
+        writes.flush(conn).await?;
+        self.record(&writes);
         Ok(())
     }
 
@@ -253,20 +234,25 @@ impl Engine {
     }
 
     /// Feeds a timer tick to every saga whose timer is due (at most `limit`), skipping sagas
-    /// another replica is working on. Returns how many were processed.
+    /// another replica is working on, as one batch. Returns how many were processed.
     pub async fn fire_due_timers(&self, limit: i64) -> Result<usize, Error> {
         let mut pooled = self.pool.get().await?;
         let conn: &mut Connection = &mut pooled;
-        conn.transaction(async |conn: &mut Connection| {
-            let now = self.clock.now();
-            let due = store::lock_due(conn, now, limit).await?;
-            for row in &due {
-                self.isolated(conn, row, &Input::Tick, "timer.fired", json!({}))
-                    .await?;
-            }
-            Ok(due.len())
-        })
-        .await
+        let writes = conn
+            .transaction(async |conn: &mut Connection| {
+                let now = self.clock.now();
+                let due = store::lock_due(conn, now, limit).await?;
+                let ticks = due
+                    .iter()
+                    .map(|row| Arrival::new(row.id, Input::Tick, "timer.fired"))
+                    .collect();
+                let writes = self.apply_in_memory(&due, ticks, now);
+                writes.flush(conn).await?;
+                Ok::<_, Error>((due.len(), writes))
+            })
+            .await?;
+        self.record(&writes.1);
+        Ok(writes.0)
     }
 
     /// Operator: cancel a RUNNING saga (its dispatched steps are compensated).
@@ -284,130 +270,37 @@ impl Engine {
     async fn operator(&self, id: Uuid, input: Input, kind: &'static str) -> Result<(), Error> {
         let mut pooled = self.pool.get().await?;
         let conn: &mut Connection = &mut pooled;
-        conn.transaction(async |conn: &mut Connection| {
-            let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
-            if let Some(reason) = &row.quarantine {
-                return Err(Error::Corrupt {
-                    id,
-                    reason: reason.clone(),
-                });
-            }
-            let definition = definition_of(&row)?;
-            let state = decode_state(&row)?;
-            let now = self.clock.now();
-            let transition = saga::transition(definition, &state, &input, now, jitter());
-            if let saga::Outcome::Ignored { reason } = transition.outcome {
-                return Err(Error::Conflict {
-                    status: state.status,
-                    reason,
-                });
-            }
-            self.persist(conn, &row, definition, kind, json!({}), transition, now)
-                .await?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Runs one input against a locked row; returns a short outcome for the reply inbox.
-    async fn apply_locked(
-        &self,
-        conn: &mut Connection,
-        row: &SagaRow,
-        input: &Input,
-        kind: &'static str,
-        detail: Value,
-    ) -> Result<String, Error> {
-        let definition = definition_of(row)?;
-        let state = decode_state(row)?;
-        let now = self.clock.now();
-        let transition = saga::transition(definition, &state, input, now, jitter());
-        match &transition.outcome {
-            saga::Outcome::Applied => {
-                self.persist(conn, row, definition, kind, detail, transition, now)
-                    .await?;
-                Ok("applied".to_owned())
-            }
-            saga::Outcome::Ignored { reason } => {
-                if matches!(input, Input::Tick) {
-                    // Nothing was due: bring the timer column back in line with the state so
-                    // the timer loop does not pick this saga up again.
-                    store::set_timer(conn, row.id, state.next_timer()).await?;
-                } else {
-                    let mut detail = detail;
-                    detail["ignored"] = json!(reason);
-                    let entry = history(row.id, kind, None, None, &state, detail, now);
-                    store::append_history(conn, &[entry]).await?;
-                    tracing::info!(saga.id = %row.id, reason = %reason, "input ignored");
+        let writes = conn
+            .transaction(async |conn: &mut Connection| {
+                let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
+                if let Some(reason) = &row.quarantine {
+                    return Err(Error::Corrupt {
+                        id,
+                        reason: reason.clone(),
+                    });
                 }
-                Ok(format!("ignored: {reason}"))
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn persist(
-        &self,
-        conn: &mut Connection,
-        row: &SagaRow,
-        definition: &'static Definition,
-        kind: &'static str,
-        detail: Value,
-        transition: saga::Transition,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let state = &transition.state;
-        let change = SagaUpdate {
-            status: state.status.as_str(),
-            current_step: current_step(state),
-            state: encode_state(state),
-            next_timer_at: state.next_timer(),
-            updated_at: now,
-        };
-        if !store::update(conn, row.id, row.version, change).await? {
-            return Err(Error::Concurrent(row.id));
-        }
-        let (step, attempt) = input_position(&detail);
-        let entry = history(row.id, kind, step, attempt, state, detail, now);
-        let context = SagaContext {
-            id: row.id,
-            definition,
-            payload: &row.payload,
-            state,
-        };
-        self.persist_effects(conn, &context, entry, &transition.actions, now)
+                let rows = [row];
+                let writes = self.apply_in_memory(
+                    &rows,
+                    vec![Arrival::new(id, input, kind)],
+                    self.clock.now(),
+                );
+                if writes.quarantined > 0 {
+                    writes.flush(conn).await?;
+                    return Ok(writes);
+                }
+                if let Some((status, reason)) = writes.refused {
+                    return Err(Error::Conflict { status, reason });
+                }
+                writes.flush(conn).await?;
+                Ok(writes)
+            })
             .await?;
-        for action in &transition.actions {
-            if let Action::Finish(status) = action {
-                self.metrics
-                    .saga_finished(*status, (now - row.created_at).to_std().unwrap_or_default());
-            }
+        self.record(&writes);
+        match writes.rows.iter().find_map(|row| row.quarantine.clone()) {
+            Some(reason) => Err(Error::Corrupt { id, reason }),
+            None => Ok(()),
         }
-        Ok(())
-    }
-
-    /// Writes the input's history entry plus, for each action, its history entry and its
-    /// outbox message.
-    async fn persist_effects(
-        &self,
-        conn: &mut Connection,
-        context: &SagaContext<'_>,
-        input_entry: NewHistory,
-        actions: &[Action],
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let mut entries = vec![input_entry];
-        let mut outgoing = Vec::new();
-        for action in actions {
-            if let Some((entry, message)) = messages::for_action(&self.topics, context, action, now)
-            {
-                entries.push(entry);
-                outgoing.extend(message);
-            }
-        }
-        store::append_history(conn, &entries).await?;
-        store::enqueue(conn, &outgoing).await?;
-        Ok(())
     }
 }
 
@@ -417,118 +310,4 @@ pub(crate) struct SagaContext<'a> {
     pub definition: &'static Definition,
     pub payload: &'a Value,
     pub state: &'a SagaState,
-}
-
-fn definition_of(row: &SagaRow) -> Result<&'static Definition, Error> {
-    saga::definitions::find(&row.definition).ok_or_else(|| Error::Corrupt {
-        id: row.id,
-        reason: format!("unknown definition `{}`", row.definition),
-    })
-}
-
-fn decode_state(row: &SagaRow) -> Result<SagaState, Error> {
-    serde_json::from_value(row.state.clone()).map_err(|err| Error::Corrupt {
-        id: row.id,
-        reason: err.to_string(),
-    })
-}
-
-fn encode_state(state: &SagaState) -> Value {
-    // SagaState is plain data (strings, numbers, timestamps): serialising cannot fail.
-    serde_json::to_value(state).unwrap_or(Value::Null)
-}
-
-/// The furthest step the saga has reached, for display and filtering.
-fn current_step(state: &SagaState) -> i32 {
-    let reached = state
-        .steps
-        .iter()
-        .rposition(|step| step.forward != saga::ForwardPhase::Pending)
-        .unwrap_or(0);
-    i32::try_from(reached).unwrap_or(i32::MAX)
-}
-
-fn reply_input(reply: &Reply) -> Input {
-    let step = reply.step as usize;
-    let attempt = reply.attempt;
-    match (reply.direction, &reply.outcome) {
-        (Direction::Forward, ReplyOutcome::Succeeded { output }) => Input::StepSucceeded {
-            step,
-            attempt,
-            output: output.clone(),
-        },
-        (Direction::Forward, ReplyOutcome::Rejected { reason }) => Input::StepFailed {
-            step,
-            attempt,
-            kind: FailureKind::Rejected,
-            reason: reason.clone(),
-        },
-        (Direction::Forward, ReplyOutcome::Failed { reason }) => Input::StepFailed {
-            step,
-            attempt,
-            kind: FailureKind::Retryable,
-            reason: reason.clone(),
-        },
-        (Direction::Compensate, ReplyOutcome::Succeeded { .. }) => {
-            Input::CompensationSucceeded { step, attempt }
-        }
-        (
-            Direction::Compensate | Direction::Fence,
-            ReplyOutcome::Rejected { reason } | ReplyOutcome::Failed { reason },
-        ) => Input::CompensationFailed {
-            step,
-            attempt,
-            reason: reason.clone(),
-        },
-        (Direction::Fence, ReplyOutcome::Succeeded { output }) => {
-            match serde_json::from_value::<Fenced>(output.clone()) {
-                Ok(fenced) => Input::StepFenced {
-                    step,
-                    attempt,
-                    applied: fenced.applied.then(|| fenced.output.unwrap_or(Value::Null)),
-                },
-                // Counts as a failed fence attempt: it is retried, and parks if it persists.
-                Err(err) => Input::CompensationFailed {
-                    step,
-                    attempt,
-                    reason: format!("unreadable fence reply: {err}"),
-                },
-            }
-        }
-    }
-}
-
-/// Step and attempt named in a reply's detail, for the history entry.
-fn input_position(detail: &Value) -> (Option<i32>, Option<i32>) {
-    let number = |key: &str| {
-        detail
-            .get(key)
-            .and_then(Value::as_i64)
-            .and_then(|n| i32::try_from(n).ok())
-    };
-    (number("step"), number("attempt"))
-}
-
-fn history(
-    saga_id: Uuid,
-    kind: &str,
-    step: Option<i32>,
-    attempt: Option<i32>,
-    state: &SagaState,
-    detail: Value,
-    now: DateTime<Utc>,
-) -> NewHistory {
-    NewHistory {
-        saga_id,
-        kind: kind.to_owned(),
-        step,
-        attempt,
-        status: state.status.as_str().to_owned(),
-        detail,
-        recorded_at: now,
-    }
-}
-
-fn jitter() -> f64 {
-    rand::random::<f64>()
 }

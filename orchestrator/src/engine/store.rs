@@ -2,12 +2,20 @@
 //! takes a connection that the caller has inside a transaction: the engine decides what
 //! belongs together, this module only knows how to write it.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
 use diesel_async::RunQueryDsl;
+use platform::contract::Reply;
 use platform::db::Connection;
 use serde_json::Value;
 use uuid::Uuid;
+
+use super::batch::RowChange;
 
 use crate::schema::{outbox, processed_replies, saga_history, sagas};
 
@@ -92,6 +100,112 @@ pub async fn find_by_key(
         .optional()
 }
 
+/// Loads sagas and locks their rows until the transaction ends, in id order, so that two
+/// transactions locking overlapping sets cannot deadlock.
+pub async fn lock_all(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<SagaRow>> {
+    sagas::table
+        .filter(sagas::id.eq_any(ids))
+        .order(sagas::id.asc())
+        .select(SagaRow::as_select())
+        .for_update()
+        .load(conn)
+        .await
+}
+
+/// Writes each saga's new row if it is still at the version it was read at; returns how
+/// many were written (fewer means another writer got there first).
+pub(crate) async fn update_all(conn: &mut Connection, rows: &[RowChange]) -> QueryResult<usize> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
+    let mut statuses = Vec::with_capacity(rows.len());
+    let mut steps = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    let mut timers = Vec::with_capacity(rows.len());
+    let mut quarantines = Vec::with_capacity(rows.len());
+    let mut updated = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.id);
+        versions.push(row.version);
+        statuses.push(row.status.as_str());
+        steps.push(row.current_step);
+        states.push(&row.state);
+        timers.push(row.next_timer_at);
+        quarantines.push(row.quarantine.as_deref());
+        updated.push(row.updated_at);
+    }
+    diesel::sql_query(
+        "UPDATE sagas AS s SET status = u.status, current_step = u.current_step, state = u.state, \
+           next_timer_at = u.next_timer_at, quarantine = u.quarantine, updated_at = u.updated_at, \
+           version = s.version + 1 \
+         FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], \
+                     $6::timestamptz[], $7::text[], $8::timestamptz[]) \
+           AS u(id, version, status, current_step, state, next_timer_at, quarantine, updated_at) \
+         WHERE s.id = u.id AND s.version = u.version",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&versions)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Integer>, _>(&steps)
+    .bind::<Array<Jsonb>, _>(&states)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&timers)
+    .bind::<Array<Nullable<Text>>, _>(&quarantines)
+    .bind::<Array<Timestamptz>, _>(&updated)
+    .execute(conn)
+    .await
+}
+
+/// Records reply ids in the inbox (in id order, so that two batches sharing a redelivered
+/// reply cannot deadlock); returns the ids that were new. The others are redeliveries.
+pub async fn claim_replies(
+    conn: &mut Connection,
+    replies: &[&Reply],
+) -> QueryResult<HashSet<Uuid>> {
+    if replies.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut rows: Vec<(Uuid, Uuid)> = replies.iter().map(|r| (r.id, r.saga_id)).collect();
+    rows.sort();
+    let values: Vec<_> = rows
+        .iter()
+        .map(|(reply_id, saga_id)| {
+            (
+                processed_replies::reply_id.eq(*reply_id),
+                processed_replies::saga_id.eq(*saga_id),
+                processed_replies::outcome.eq("received"),
+            )
+        })
+        .collect();
+    let fresh: Vec<Uuid> = diesel::insert_into(processed_replies::table)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(processed_replies::reply_id)
+        .get_results(conn)
+        .await?;
+    Ok(fresh.into_iter().collect())
+}
+
+/// Records what became of each reply.
+pub async fn settle_replies(conn: &mut Connection, settled: &[(Uuid, String)]) -> QueryResult<()> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = settled.iter().map(|(id, _)| *id).collect();
+    let outcomes: Vec<&str> = settled
+        .iter()
+        .map(|(_, outcome)| outcome.as_str())
+        .collect();
+    diesel::sql_query(
+        "UPDATE processed_replies AS p SET outcome = u.outcome \
+         FROM unnest($1::uuid[], $2::text[]) AS u(reply_id, outcome) \
+         WHERE p.reply_id = u.reply_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&outcomes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Loads a saga and locks its row until the transaction ends.
 pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow>> {
     sagas::table
@@ -101,52 +215,6 @@ pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow
         .first(conn)
         .await
         .optional()
-}
-
-/// What changes on a saga row with a transition.
-pub struct SagaUpdate<'a> {
-    pub status: &'a str,
-    pub current_step: i32,
-    pub state: Value,
-    pub next_timer_at: Option<DateTime<Utc>>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Writes the new state if the row is still at `version`; `false` means another writer got
-/// there first and the caller must start over.
-pub async fn update(
-    conn: &mut Connection,
-    id: Uuid,
-    version: i64,
-    change: SagaUpdate<'_>,
-) -> QueryResult<bool> {
-    let updated = diesel::update(sagas::table)
-        .filter(sagas::id.eq(id))
-        .filter(sagas::version.eq(version))
-        .set((
-            sagas::status.eq(change.status),
-            sagas::current_step.eq(change.current_step),
-            sagas::state.eq(change.state),
-            sagas::next_timer_at.eq(change.next_timer_at),
-            sagas::updated_at.eq(change.updated_at),
-            sagas::version.eq(version + 1),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(updated == 1)
-}
-
-/// Corrects the timer column without a state change (a tick found nothing due).
-pub async fn set_timer(
-    conn: &mut Connection,
-    id: Uuid,
-    next_timer_at: Option<DateTime<Utc>>,
-) -> QueryResult<()> {
-    diesel::update(sagas::table.find(id))
-        .set(sagas::next_timer_at.eq(next_timer_at))
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 pub async fn append_history(conn: &mut Connection, entries: &[NewHistory]) -> QueryResult<()> {
@@ -166,50 +234,6 @@ pub async fn enqueue(conn: &mut Connection, messages: &[NewOutboxMessage]) -> Qu
             .execute(conn)
             .await?;
     }
-    Ok(())
-}
-
-/// Records a reply id; `false` when it was recorded before (a redelivery).
-pub async fn claim_reply(
-    conn: &mut Connection,
-    reply_id: Uuid,
-    saga_id: Uuid,
-) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(processed_replies::table)
-        .values((
-            processed_replies::reply_id.eq(reply_id),
-            processed_replies::saga_id.eq(saga_id),
-            processed_replies::outcome.eq("received"),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    Ok(inserted == 1)
-}
-
-pub async fn settle_reply(conn: &mut Connection, reply_id: Uuid, outcome: &str) -> QueryResult<()> {
-    diesel::update(processed_replies::table.find(reply_id))
-        .set(processed_replies::outcome.eq(outcome))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// Sets a saga aside with the reason: no timer fires for it and no input moves it.
-pub async fn quarantine(
-    conn: &mut Connection,
-    id: Uuid,
-    reason: &str,
-    now: DateTime<Utc>,
-) -> QueryResult<()> {
-    diesel::update(sagas::table.find(id))
-        .set((
-            sagas::quarantine.eq(reason),
-            sagas::next_timer_at.eq(None::<DateTime<Utc>>),
-            sagas::updated_at.eq(now),
-        ))
-        .execute(conn)
-        .await?;
     Ok(())
 }
 
