@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p orchestrator --bench load -- [--dev] [--clients N | --rate R] [--sagas N]
 //!     [--flow order|coupon|mix] [--workers ROLE=N,...] [--poll-ms MS] [--env NAME=VALUE]...
+//!     [--bin DIR]
 //! ```
 //! - `--dev`: one `orchestrator dev` process with its embedded broker. Otherwise one
 //!   `orchestrator serve` and one `worker` per role (`--workers payment=3` for more) on a
@@ -11,6 +12,8 @@
 //! - Closed loop (`--clients N`, default 1): N clients, each starts a saga and waits for its
 //!   end before the next. Open loop (`--rate R`): a saga starts every 1/R s whatever the
 //!   system does, so queueing shows in the latency.
+//! - `--bin DIR` runs the `orchestrator` and `worker` binaries in DIR (another build, to
+//!   compare before and after) instead of this build's.
 //! - Latency is measured from the POST to the first GET that shows a final status; GETs are
 //!   `--poll-ms` apart (default 2), which bounds the resolution.
 //!
@@ -53,6 +56,8 @@ struct Args {
     workers: Vec<(String, usize)>,
     tansu: Option<PathBuf>,
     env: Vec<(String, String)>,
+    /// Run these `orchestrator` and `worker` binaries (another build, for a before/after).
+    bin: Option<PathBuf>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -67,6 +72,7 @@ fn args() -> anyhow::Result<Args> {
         workers: Vec::new(),
         tansu: std::env::var_os("TANSU").map(PathBuf::from),
         env: Vec::new(),
+        bin: None,
     };
     // `cargo bench` passes `--bench` to every bench target.
     let mut list = std::env::args().skip(1).filter(|arg| arg != "--bench");
@@ -85,6 +91,7 @@ fn args() -> anyhow::Result<Args> {
             "--warmup" => args.warmup = value.parse().context("--warmup")?,
             "--poll-ms" => args.poll = Duration::from_millis(value.parse().context("--poll-ms")?),
             "--tansu" => args.tansu = Some(value.into()),
+            "--bin" => args.bin = Some(value.into()),
             "--flow" => {
                 args.flow = match value.as_str() {
                     "order" => Flow::Order,
@@ -149,7 +156,11 @@ fn binaries() -> anyhow::Result<PathBuf> {
 
 async fn run() -> anyhow::Result<bool> {
     let args = args()?;
-    let mut options = system::Options::new("load", binaries()?);
+    let bin = match &args.bin {
+        Some(bin) => bin.clone(),
+        None => binaries()?,
+    };
+    let mut options = system::Options::new("load", bin);
     options.dev = args.dev;
     options.replicas = 1;
     options.workers = args.workers.clone();

@@ -61,7 +61,8 @@ pub struct Options {
     /// commit and publish).
     pub relay_enabled: bool,
     pub timer_interval: Duration,
-    /// Reply consumers (members of one group) in this process.
+    /// Reply consumers (members of one group) in this process. One is enough: it applies
+    /// replies of different sagas in parallel batches (`KAFKA_CONSUMER_CONCURRENCY`).
     pub reply_consumers: usize,
 }
 
@@ -72,7 +73,7 @@ impl Default for Options {
             relay: RelayOptions::default(),
             relay_enabled: true,
             timer_interval: Duration::from_millis(250),
-            reply_consumers: 2,
+            reply_consumers: 1,
         }
     }
 }
@@ -134,13 +135,16 @@ pub async fn start_with(
         config.retention.clone(),
         shutdown.clone(),
     ));
-    // Several members of the reply group per process: each owns some partitions, so
-    // replies of different sagas are applied in parallel while one saga's stay in order.
+    // Replies of different sagas are applied in parallel batches, one saga's in order; no
+    // more batches at once than the engine pool has connections.
     for slot in 0..options.reply_consumers {
         let mut consumer_options = cluster.consumer_options(
             format!("{}.orchestrator", cluster.topics().prefix()),
             vec![cluster.topics().replies()],
         );
+        consumer_options.concurrency = consumer_options
+            .concurrency
+            .min(engine.pool().status().max_size);
         consumer_options.instance_id = cluster.member_id(&consumer_options.group_id, slot);
         let replies = ConsumerLoop::new(
             cluster.brokers(),

@@ -80,6 +80,8 @@ impl Deps {
             vec![self.cluster.topics().commands(role)],
         );
         options.instance_id = self.cluster.member_id(&options.group_id, 0);
+        // A command holds a connection while it runs: no more at once than the pool has.
+        options.concurrency = options.concurrency.min(self.database.status().max_size);
         let runtime = CommandRuntime::new(
             participant,
             self.database.clone(),
