@@ -86,6 +86,18 @@ impl Proc {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// CPU time the live process has used so far (user + system).
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which is in parentheses and may hold spaces).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Linux reports in USER_HZ, 100 per second on every mainstream platform.
+        Some(Duration::from_millis(ticks * 10))
+    }
+
     /// Whether the process is alive (a process that exited on its own is reaped).
     pub fn running(&mut self) -> bool {
         match &mut self.child {

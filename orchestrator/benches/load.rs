@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench -p orchestrator --bench load -- [--dev] [--clients N | --rate R] [--sagas N]
 //!     [--flow order|coupon|mix] [--workers ROLE=N,...] [--poll-ms MS] [--env NAME=VALUE]...
-//!     [--bin DIR]
+//!     [--bin DIR] [--idle S] [--keep]
 //! ```
 //! - `--dev`: one `orchestrator dev` process with its embedded broker. Otherwise one
 //!   `orchestrator serve` and one `worker` per role (`--workers payment=3` for more) on a
@@ -12,6 +12,9 @@
 //! - Closed loop (`--clients N`, default 1): N clients, each starts a saga and waits for its
 //!   end before the next. Open loop (`--rate R`): a saga starts every 1/R s whatever the
 //!   system does, so queueing shows in the latency.
+//! - `--idle S` first measures each process's CPU use over S seconds with no requests (what
+//!   consumer polling costs, see `KAFKA_FETCH_WAIT_MS`).
+//! - `--keep` keeps the run's database and logs.
 //! - `--bin DIR` runs the `orchestrator` and `worker` binaries in DIR (another build, to
 //!   compare before and after) instead of this build's.
 //! - Latency is measured from the POST to the first GET that shows a final status; GETs are
@@ -58,6 +61,10 @@ struct Args {
     env: Vec<(String, String)>,
     /// Run these `orchestrator` and `worker` binaries (another build, for a before/after).
     bin: Option<PathBuf>,
+    /// Measure each process's CPU use while idle for this long first.
+    idle: Duration,
+    /// Keep the database and logs for a look afterwards.
+    keep: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -73,12 +80,15 @@ fn args() -> anyhow::Result<Args> {
         tansu: std::env::var_os("TANSU").map(PathBuf::from),
         env: Vec::new(),
         bin: None,
+        idle: Duration::ZERO,
+        keep: false,
     };
     // `cargo bench` passes `--bench` to every bench target.
     let mut list = std::env::args().skip(1).filter(|arg| arg != "--bench");
     while let Some(flag) = list.next() {
-        if flag == "--dev" {
-            args.dev = true;
+        if flag == "--dev" || flag == "--keep" {
+            args.dev |= flag == "--dev";
+            args.keep |= flag == "--keep";
             continue;
         }
         let value = list
@@ -92,6 +102,7 @@ fn args() -> anyhow::Result<Args> {
             "--poll-ms" => args.poll = Duration::from_millis(value.parse().context("--poll-ms")?),
             "--tansu" => args.tansu = Some(value.into()),
             "--bin" => args.bin = Some(value.into()),
+            "--idle" => args.idle = Duration::from_secs_f64(value.parse().context("--idle")?),
             "--flow" => {
                 args.flow = match value.as_str() {
                     "order" => Flow::Order,
@@ -171,9 +182,9 @@ async fn run() -> anyhow::Result<bool> {
     // Plenty of everything: a load run measures the happy path, not refusals.
     let sizes = Sizes {
         products: 20,
-        stock: 1_000_000_000,
+        stock: 1_000_000,
         users: 500,
-        balance: 1_000_000_000_000,
+        balance: 1_000_000_000,
         vendors: 10,
         campaigns: (args.sagas + args.warmup).div_ceil(100) * 2 + 2,
         coupons: 100,
@@ -193,16 +204,26 @@ async fn run() -> anyhow::Result<bool> {
         client.one().await?;
     }
 
-    let xacts_before = transactions(&pool).await?;
+    let idle = if args.idle.is_zero() {
+        Vec::new()
+    } else {
+        idle_cpu(&system, args.idle).await
+    };
+
+    // What the background loops (timers, relay, retention) commit per second when idle.
+    let quiet = Duration::from_secs(3);
+    let background = {
+        let before = transactions(&pool).await?;
+        tokio::time::sleep(quiet).await;
+        (transactions(&pool).await? - before) as f64 / quiet.as_secs_f64()
+    };
     let started = Instant::now();
     let outcomes = match args.rate {
         None => closed_loop(&client, args.clients, args.sagas).await,
         Some(rate) => open_loop(&client, rate, args.sagas).await,
     };
     let elapsed = started.elapsed();
-    // Postgres publishes a backend's counters at most once a second.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let xacts = transactions(&pool).await? - xacts_before;
+    let per_saga = transactions_per_saga(&client, &pool, 50, background).await?;
 
     let mut record = Record::default();
     let mut latencies = Vec::with_capacity(outcomes.len());
@@ -251,15 +272,16 @@ async fn run() -> anyhow::Result<bool> {
         elapsed.as_secs_f64()
     );
     println!(
-        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (POST to final status, polled every {} ms)",
+        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (POST to final status; GET every {} ms, {:.1} per saga)",
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.95)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
-        args.poll.as_millis()
+        args.poll.as_millis(),
+        polls as f64 / outcomes.len().max(1) as f64
     );
     println!("  final statuses    {statuses:?}");
-    println!("  step latency ms   (dispatch to success, from the history)");
+    println!("  step latency ms   (first send to success, from the history)");
     for step in &steps {
         println!(
             "    {:<13} p50 {:.1}  p99 {:.1}  ({} steps)",
@@ -267,10 +289,17 @@ async fn run() -> anyhow::Result<bool> {
         );
     }
     println!(
-        "  Postgres          {:.1} transactions per saga ({} status GETs per saga included)",
-        xacts as f64 / outcomes.len().max(1) as f64,
-        polls as f64 / outcomes.len().max(1) as f64
+        "  Postgres          {per_saga:.1} transactions per saga (50 more sagas, no status polling, idle loops' {background:.1}/s taken out)"
     );
+    if !idle.is_empty() {
+        println!(
+            "  idle CPU          (% of one core over {:.0} s, nothing running)",
+            args.idle.as_secs_f64()
+        );
+        for (name, share) in &idle {
+            println!("    {name:<22} {:>6.2} %", share * 100.0);
+        }
+    }
     println!("  peak RSS MiB");
     for proc in &system.procs {
         if let Some(kib) = proc.peak_rss_kib() {
@@ -278,6 +307,14 @@ async fn run() -> anyhow::Result<bool> {
         }
     }
     let broken: Vec<_> = results.iter().filter(|(_, n)| *n != 0).collect();
+    if args.keep {
+        println!(
+            "  kept              {}, {}",
+            system.dir.display(),
+            system.database_url
+        );
+        return Ok(broken.is_empty());
+    }
     if broken.is_empty() {
         println!("  invariants        all {} hold", results.len());
     } else {
@@ -325,6 +362,31 @@ struct Outcome {
 impl Client {
     /// Starts one saga and waits for its final status.
     async fn one(&self) -> anyhow::Result<Outcome> {
+        let started = Instant::now();
+        let saga = self.start().await?;
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let view: Value = self.api.get(&format!("/v1/sagas/{saga}")).await?;
+            let status = view["status"].as_str().unwrap_or_default();
+            if matches!(status, "COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED") {
+                return Ok(Outcome {
+                    saga,
+                    status: status.to_owned(),
+                    latency: started.elapsed(),
+                    polls,
+                });
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(120),
+                "saga {saga} not final after 120 s"
+            );
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    /// Starts one saga (POST) and returns its id.
+    async fn start(&self) -> anyhow::Result<Uuid> {
         let coupon = match self.flow {
             Flow::Order => false,
             Flow::Coupon => true,
@@ -361,36 +423,58 @@ impl Client {
                 }),
             )
         };
-        let started = Instant::now();
         let (status, answer) = self
             .api
             .post(&path, &body, &Uuid::now_v7().to_string())
             .await?;
         anyhow::ensure!(status == 202, "POST {path}: {status} {answer}");
-        let saga: Uuid = answer["saga_id"]
+        answer["saga_id"]
             .as_str()
             .and_then(|id| id.parse().ok())
-            .with_context(|| format!("no saga_id in {answer}"))?;
-        let mut polls = 0;
-        loop {
-            polls += 1;
-            let view: Value = self.api.get(&format!("/v1/sagas/{saga}")).await?;
-            let status = view["status"].as_str().unwrap_or_default();
-            if matches!(status, "COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED") {
-                return Ok(Outcome {
-                    saga,
-                    status: status.to_owned(),
-                    latency: started.elapsed(),
-                    polls,
-                });
-            }
-            anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(120),
-                "saga {saga} not final after 120 s"
-            );
-            tokio::time::sleep(self.poll).await;
-        }
+            .with_context(|| format!("no saga_id in {answer}"))
     }
+}
+
+/// Postgres transactions per saga, on their own: `n` sagas started at once with no status
+/// polling, waited for from the database, the waits and the idle loops' share taken out.
+async fn transactions_per_saga(
+    client: &Client,
+    pool: &platform::db::Pool,
+    n: usize,
+    background: f64,
+) -> anyhow::Result<f64> {
+    let before = transactions(pool).await?;
+    let started = Instant::now();
+    let ids = futures_util::future::try_join_all((0..n).map(|_| client.start())).await?;
+    let mut waits = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waits += 1;
+        if unfinished(pool, &ids).await? == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "sagas not final after 120 s"
+        );
+    }
+    let elapsed = started.elapsed();
+    // Our own: the waits, and the reading of the counter itself.
+    let spent = (transactions(pool).await? - before - waits - 1) as f64
+        - background * elapsed.as_secs_f64();
+    Ok(spent / n as f64)
+}
+
+async fn unfinished(pool: &platform::db::Pool, ids: &[Uuid]) -> anyhow::Result<i64> {
+    let mut conn = pool.get().await?;
+    let row: Count = diesel::sql_query(
+        "SELECT count(*) AS n FROM sagas WHERE id = ANY($1) \
+         AND status NOT IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'FAILED')",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+    .get_result(&mut conn)
+    .await?;
+    Ok(row.n)
 }
 
 async fn closed_loop(
@@ -440,6 +524,24 @@ async fn open_loop(client: &Client, rate: f64, sagas: usize) -> Vec<anyhow::Resu
     outcomes
 }
 
+/// Each sagaflow process's CPU use over `period` with no requests: what polling costs.
+async fn idle_cpu(system: &System, period: Duration) -> Vec<(String, f64)> {
+    let sagaflow = |kind: Kind| matches!(kind, Kind::Orchestrator | Kind::Worker);
+    // The broker too: a short fetch wait costs it as much as its clients.
+    let before: Vec<Option<Duration>> = system.procs.iter().map(|p| p.cpu_time()).collect();
+    tokio::time::sleep(period).await;
+    system
+        .procs
+        .iter()
+        .zip(before)
+        .filter(|(proc, _)| sagaflow(proc.kind) || proc.kind == Kind::Broker)
+        .filter_map(|(proc, before)| {
+            let used = proc.cpu_time()?.checked_sub(before?)?;
+            Some((proc.name.clone(), used.as_secs_f64() / period.as_secs_f64()))
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -458,8 +560,10 @@ struct Count {
     n: i64,
 }
 
-/// Committed and rolled-back transactions in this run's database so far.
+/// Committed and rolled-back transactions in this run's database so far. Backends publish
+/// their counters at most once a second, so this first waits that long.
 async fn transactions(pool: &platform::db::Pool) -> anyhow::Result<i64> {
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
     let mut conn = pool.get().await?;
     let row: Count = diesel::sql_query(
         "SELECT (xact_commit + xact_rollback)::bigint AS n FROM pg_stat_database \
@@ -482,16 +586,21 @@ struct StepLatency {
     n: i64,
 }
 
-/// Dispatch to success of every forward step, per role, from the saga history.
+/// First send to success of every forward step (re-sends and retries included), per role,
+/// from the saga history.
 async fn step_latencies(conn: &mut platform::db::Connection) -> anyhow::Result<Vec<StepLatency>> {
     Ok(diesel::sql_query(
-        "SELECT d.detail ->> 'role' AS role, \
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM s.recorded_at - d.recorded_at)) * 1000 AS p50, \
-           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM s.recorded_at - d.recorded_at)) * 1000 AS p99, \
+        "WITH sent AS ( \
+           SELECT saga_id, step, min(detail ->> 'role') AS role, min(recorded_at) AS at \
+           FROM saga_history WHERE kind = 'command.sent' GROUP BY saga_id, step), \
+         done AS ( \
+           SELECT saga_id, step, min(recorded_at) AS at \
+           FROM saga_history WHERE kind = 'step.succeeded' GROUP BY saga_id, step) \
+         SELECT sent.role, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM done.at - sent.at)) * 1000 AS p50, \
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM done.at - sent.at)) * 1000 AS p99, \
            count(*) AS n \
-         FROM saga_history d JOIN saga_history s \
-           ON s.saga_id = d.saga_id AND s.step = d.step AND s.attempt = d.attempt AND s.kind = 'step.succeeded' \
-         WHERE d.kind = 'step.dispatched' \
+         FROM sent JOIN done USING (saga_id, step) \
          GROUP BY 1 ORDER BY 1",
     )
     .load(conn)
