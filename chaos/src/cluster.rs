@@ -132,3 +132,30 @@ pub async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// CPU time process `pid` has used so far (user + system), from `/proc`.
+pub fn cpu_time_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // Linux counts in USER_HZ, 100 per second on every mainstream platform.
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time used so far by every process whose command name is `name` (all of a Postgres
+/// server's backends, say), live ones only.
+pub fn cpu_time_named(name: &str) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == name)
+        })
+        .filter_map(cpu_time_of)
+        .sum()
+}

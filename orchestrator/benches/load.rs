@@ -217,12 +217,14 @@ async fn run() -> anyhow::Result<bool> {
         tokio::time::sleep(quiet).await;
         (transactions(&pool).await? - before) as f64 / quiet.as_secs_f64()
     };
+    let cpu_before = cpu_times(&system);
     let started = Instant::now();
     let outcomes = match args.rate {
         None => closed_loop(&client, args.clients, args.sagas).await,
         Some(rate) => open_loop(&client, rate, args.sagas).await,
     };
     let elapsed = started.elapsed();
+    let cpu_after = cpu_times(&system);
     let per_saga = transactions_per_saga(&client, &pool, 50, background).await?;
 
     let mut record = Record::default();
@@ -290,6 +292,19 @@ async fn run() -> anyhow::Result<bool> {
     }
     println!(
         "  Postgres          {per_saga:.1} transactions per saga (50 more sagas, no status polling, idle loops' {background:.1}/s taken out)"
+    );
+    println!("  CPU ms per saga   (while measured; the backends of Postgres and this client too)");
+    let mut total = 0.0;
+    for ((name, before), (_, after)) in cpu_before.iter().zip(&cpu_after) {
+        let per_saga = ms(after.saturating_sub(*before)) / outcomes.len().max(1) as f64;
+        total += per_saga;
+        println!("    {name:<22} {per_saga:>7.2}");
+    }
+    println!(
+        "    {:<22} {total:>7.2}  ({:.0}% of the machine's {} cores)",
+        "all",
+        total * outcomes.len() as f64 / ms(elapsed) / cores() as f64 * 100.0,
+        cores()
     );
     if !idle.is_empty() {
         println!(
@@ -540,6 +555,28 @@ async fn idle_cpu(system: &System, period: Duration) -> Vec<(String, f64)> {
             Some((proc.name.clone(), used.as_secs_f64() / period.as_secs_f64()))
         })
         .collect()
+}
+
+/// CPU time so far of every process of the run, the Postgres server's, and this client's.
+fn cpu_times(system: &System) -> Vec<(String, Duration)> {
+    let mut times: Vec<(String, Duration)> = system
+        .procs
+        .iter()
+        .map(|proc| (proc.name.clone(), proc.cpu_time().unwrap_or_default()))
+        .collect();
+    times.push((
+        "postgres".to_owned(),
+        chaos::cluster::cpu_time_named("postgres"),
+    ));
+    times.push((
+        "load client".to_owned(),
+        chaos::cluster::cpu_time_of(std::process::id()).unwrap_or_default(),
+    ));
+    times
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
