@@ -23,6 +23,8 @@ pub struct Proc {
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// Variables of this process's own environment the child must not inherit.
+    unset: Vec<String>,
     cwd: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -38,6 +40,7 @@ impl Proc {
             program: program.to_owned(),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
             env: Vec::new(),
+            unset: Vec::new(),
             cwd: dir.to_owned(),
             log: dir.join(format!("{name}.log")),
             child: None,
@@ -50,12 +53,22 @@ impl Proc {
         self
     }
 
+    /// The child does not inherit `name` from this process.
+    pub fn unset(mut self, name: &str) -> Self {
+        self.unset.push(name.to_owned());
+        self
+    }
+
     pub fn start(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        for name in &self.unset {
+            command.env_remove(name);
+        }
+        let child = command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)

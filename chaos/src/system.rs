@@ -132,7 +132,11 @@ impl System {
                 &["dev"],
                 &dir,
             ))
-            .env("HTTP_ADDR", format!("127.0.0.1:{port}"));
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            // `dev` means its embedded broker, even where KAFKA_BROKERS is set (as in CI):
+            // a real broker outlives the killed process and, with tansu, keeps its dead
+            // group members.
+            .unset("KAFKA_BROKERS");
             dev.port = Some(port);
             ports.push(port);
             procs.push(dev);
