@@ -135,16 +135,15 @@ pub async fn start_with(
         config.retention.clone(),
         shutdown.clone(),
     ));
-    // Replies of different sagas are applied in parallel batches, one saga's in order; no
-    // more batches at once than the engine pool has connections.
+    // Replies of different sagas are applied in parallel batches, one saga's in order; the
+    // batches leave two of the engine pool's connections to the relay and the timers.
     for slot in 0..options.reply_consumers {
         let mut consumer_options = cluster.consumer_options(
             format!("{}.orchestrator", cluster.topics().prefix()),
             vec![cluster.topics().replies()],
         );
-        consumer_options.concurrency = consumer_options
-            .concurrency
-            .min(engine.pool().status().max_size);
+        let spare = engine.pool().status().max_size.saturating_sub(2).max(1);
+        consumer_options.concurrency = consumer_options.concurrency.min(spare);
         consumer_options.instance_id = cluster.member_id(&consumer_options.group_id, slot);
         let replies = ConsumerLoop::new(
             cluster.brokers(),
