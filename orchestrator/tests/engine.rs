@@ -363,13 +363,16 @@ async fn an_orchestrator_stopped_between_commit_and_publish_loses_nothing() {
     let env = TestEnv::start().await;
     let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
 
-    // This one commits sagas but never publishes: a crash right after commit.
-    let crashed = Orchestrator::start(
+    // This one commits sagas but never publishes: a crash right after commit. It and its
+    // replacement are one static member of the reply group, as a restarted process with
+    // `KAFKA_INSTANCE_ID` is.
+    let crashed = Orchestrator::start_as(
         &env,
         Options {
             relay_enabled: false,
             ..Options::default()
         },
+        "replica",
     )
     .await;
     let mut ids = Vec::new();
@@ -395,7 +398,7 @@ async fn an_orchestrator_stopped_between_commit_and_publish_loses_nothing() {
     crashed.stop().await;
     assert!(participants.commands().is_empty());
 
-    let restarted = Orchestrator::start(&env, Options::default()).await;
+    let restarted = Orchestrator::start_as(&env, Options::default(), "replica").await;
     for id in &ids {
         wait_for_status(&env, *id, "COMPLETED").await;
     }

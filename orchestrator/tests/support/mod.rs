@@ -194,9 +194,32 @@ impl Orchestrator {
         Self::start_with_vars(env, mode, options, &[]).await
     }
 
+    /// Like `start`, as a static group member named `instance` (what `KAFKA_INSTANCE_ID`
+    /// does for a process): a restart under the same name takes the old member's place at
+    /// once. A broker that never evicts a member (tansu) needs it when a stop can come
+    /// while the member is still joining.
+    pub async fn start_as(env: &TestEnv, options: Options, instance: &str) -> Self {
+        let cluster = env
+            .kafka
+            .cluster
+            .clone()
+            .with_instance_id(Some(instance.to_owned()));
+        Self::launch(env, cluster, Mode::Serve, options, &[]).await
+    }
+
     /// Like `start`/`dev`, with extra configuration variables.
     pub async fn start_with_vars(
         env: &TestEnv,
+        mode: Mode,
+        options: Options,
+        vars: &[(&str, &str)],
+    ) -> Self {
+        Self::launch(env, env.kafka.cluster.clone(), mode, options, vars).await
+    }
+
+    async fn launch(
+        env: &TestEnv,
+        cluster: platform::kafka::Cluster,
         mode: Mode,
         options: Options,
         vars: &[(&str, &str)],
@@ -211,15 +234,9 @@ impl Orchestrator {
         pairs.extend_from_slice(vars);
         let config = Config::from_vars(&Vars::from_pairs(pairs)).unwrap();
         let shutdown = CancellationToken::new();
-        let running = app::start_with(
-            &config,
-            env.kafka.cluster.clone(),
-            mode,
-            options,
-            shutdown.clone(),
-        )
-        .await
-        .unwrap();
+        let running = app::start_with(&config, cluster, mode, options, shutdown.clone())
+            .await
+            .unwrap();
         Self { running, shutdown }
     }
 
