@@ -24,9 +24,10 @@ impl Handler<Reply> for ReplyHandler {
         let mut pooled = self.engine.pool().get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &self.engine;
-        let replies: Vec<Reply> = batch.iter().map(|d| d.message.clone()).collect();
         conn.transaction::<_, engine::Error, _>(async |conn: &mut Connection| {
-            engine.apply_replies(conn, &replies).await
+            engine
+                .apply_replies(conn, batch.iter().map(|d| &d.message))
+                .await
         })
         .await?;
         for delivery in batch {

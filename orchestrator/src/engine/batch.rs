@@ -19,6 +19,7 @@ use super::messages::{self, history};
 use super::store::{self, NewHistory, NewOutboxMessage, SagaRow};
 use super::{Engine, Error, SagaContext};
 use crate::saga::{self, Action, Input, Status};
+use platform::contract::Topics;
 
 /// One input for one saga, in the order the batch received it.
 pub(crate) struct Arrival {
@@ -69,12 +70,38 @@ pub(crate) struct Writes {
     pub settled: Vec<(Uuid, String)>,
     /// Sagas that reached a final status, with their age, for the metrics.
     pub finished: Vec<(Status, Duration)>,
-    pub quarantined: u64,
     /// For a single operator action: why the saga refused it.
     pub refused: Option<(Status, String)>,
 }
 
 impl Writes {
+    /// Why a saga of the batch was quarantined, for the first one that was.
+    pub fn quarantine(&self) -> Option<&str> {
+        self.rows.iter().find_map(|row| row.quarantine.as_deref())
+    }
+
+    /// The history entries and outbox messages of a transition's actions; a finished saga
+    /// is counted for the metrics.
+    pub fn effects(
+        &mut self,
+        topics: &Topics,
+        context: &SagaContext<'_>,
+        actions: &[Action],
+        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
+        for action in actions {
+            if let Some((entry, message)) = messages::for_action(topics, context, action, now) {
+                self.history.push(entry);
+                self.outbox.extend(message);
+            }
+            if let Action::Finish(status) = action {
+                let age = (now - created_at).to_std().unwrap_or_default();
+                self.finished.push((*status, age));
+            }
+        }
+    }
+
     /// Writes the batch: one versioned multi-row update of the sagas, one insert each for
     /// history and outbox, one update of the reply inbox. A saga changed by someone else
     /// since it was locked (impossible under the row lock, but checked) fails the batch.
@@ -184,18 +211,13 @@ impl Engine {
                         payload: &row.payload,
                         state: state_after,
                     };
-                    for action in &transition.actions {
-                        if let Some((entry, message)) =
-                            messages::for_action(&self.topics, &context, action, now)
-                        {
-                            writes.history.push(entry);
-                            writes.outbox.extend(message);
-                        }
-                        if let Action::Finish(status) = action {
-                            let age = (now - row.created_at).to_std().unwrap_or_default();
-                            writes.finished.push((*status, age));
-                        }
-                    }
+                    writes.effects(
+                        &self.topics,
+                        &context,
+                        &transition.actions,
+                        row.created_at,
+                        now,
+                    );
                     settle(writes, &arrival, "applied".to_owned());
                     state = transition.state;
                     changed = true;
@@ -264,7 +286,6 @@ impl Engine {
             detail: json!({ "reason": reason }),
             recorded_at: now,
         });
-        writes.quarantined += 1;
     }
 
     /// Counts what a committed batch did.
@@ -272,11 +293,11 @@ impl Engine {
         for (status, age) in &writes.finished {
             self.metrics.saga_finished(*status, *age);
         }
-        if writes.quarantined > 0 {
-            self.metrics
-                .quarantined
-                .fetch_add(writes.quarantined, std::sync::atomic::Ordering::Relaxed);
-        }
+        let quarantined = writes.rows.iter().filter(|row| row.quarantine.is_some());
+        self.metrics.quarantined.fetch_add(
+            quarantined.count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

@@ -157,14 +157,7 @@ impl Engine {
             json!({}),
             now,
         ));
-        for action in &transition.actions {
-            if let Some((entry, message)) =
-                messages::for_action(&self.topics, &context, action, now)
-            {
-                writes.history.push(entry);
-                writes.outbox.extend(message);
-            }
-        }
+        writes.effects(&self.topics, &context, &transition.actions, now, now);
         writes.flush(conn).await?;
         self.metrics.saga_started();
         Ok(Started { id, created: true })
@@ -175,13 +168,18 @@ impl Engine {
     /// changes nothing), their sagas locked in id order (so that replicas cannot deadlock),
     /// the transitions computed in memory in the batch's order, and the changes written.
     /// A reply for an unknown, quarantined or stale saga is recorded and ignored.
-    pub async fn apply_replies(
+    pub async fn apply_replies<'a>(
         &self,
         conn: &mut Connection,
-        replies: &[Reply],
+        replies: impl IntoIterator<Item = &'a Reply>,
     ) -> Result<(), Error> {
         let mut seen = std::collections::HashSet::new();
-        let unique: Vec<&Reply> = replies.iter().filter(|r| seen.insert(r.id)).collect();
+        let mut received = 0;
+        let unique: Vec<&Reply> = replies
+            .into_iter()
+            .inspect(|_| received += 1)
+            .filter(|r| seen.insert(r.id))
+            .collect();
         let fresh = store::claim_replies(conn, &unique).await?;
         let arrivals: Vec<Arrival> = unique
             .into_iter()
@@ -203,9 +201,9 @@ impl Engine {
                 reply_id: Some(reply.id),
             })
             .collect();
-        if arrivals.len() < replies.len() {
+        if arrivals.len() < received {
             tracing::debug!(
-                duplicates = replies.len() - arrivals.len(),
+                duplicates = received - arrivals.len(),
                 "duplicate replies ignored"
             );
         }
@@ -251,8 +249,9 @@ impl Engine {
                 Ok::<_, Error>((due.len(), writes))
             })
             .await?;
-        self.record(&writes.1);
-        Ok(writes.0)
+        let (fired, writes) = writes;
+        self.record(&writes);
+        Ok(fired)
     }
 
     /// Operator: cancel a RUNNING saga (its dispatched steps are compensated).
@@ -285,11 +284,8 @@ impl Engine {
                     vec![Arrival::new(id, input, kind)],
                     self.clock.now(),
                 );
-                if writes.quarantined > 0 {
-                    writes.flush(conn).await?;
-                    return Ok(writes);
-                }
-                if let Some((status, reason)) = writes.refused {
+                // A saga found unreadable is quarantined (written) rather than refused.
+                if let Some((status, reason)) = writes.refused.clone() {
                     return Err(Error::Conflict { status, reason });
                 }
                 writes.flush(conn).await?;
@@ -297,8 +293,11 @@ impl Engine {
             })
             .await?;
         self.record(&writes);
-        match writes.rows.iter().find_map(|row| row.quarantine.clone()) {
-            Some(reason) => Err(Error::Corrupt { id, reason }),
+        match writes.quarantine() {
+            Some(reason) => Err(Error::Corrupt {
+                id,
+                reason: reason.to_owned(),
+            }),
             None => Ok(()),
         }
     }
