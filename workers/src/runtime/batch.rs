@@ -1,0 +1,311 @@
+//! A batch of commands, as the consumer loop hands it over, processed together.
+//!
+//! What a command costs on its own (an inbox read, the locks, a transaction with its claim,
+//! its reply and its commit) is paid once per batch:
+//! 1. one inbox read finds the commands answered before (redeliveries): they get their
+//!    stored reply and nothing else;
+//! 2. with the Lua gate, each forward command takes its capacity (a lease of its own);
+//! 3. with Redis locks, the union of the batch's resources is locked once, in sorted order
+//!    (see [`Locks::lock_all`](crate::lock::Locks::lock_all)), so two batches with
+//!    overlapping resources cannot deadlock;
+//! 4. one transaction: one claim of every command, then each command in its own savepoint
+//!    in batch order (which keeps each saga's commands in order), then one statement
+//!    storing every reply, and one commit.
+//!
+//! A command that fails (a business rule is not a failure; an infrastructure error is)
+//! rolls back its savepoint only and gives its claim back: its neighbours commit, and the
+//! consumer loop retries it on its own.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use diesel_async::AsyncConnection as _;
+use platform::contract::{Command, Direction, Outcome, Reply};
+use platform::db::Connection;
+use uuid::Uuid;
+
+use super::{CommandRuntime, inbox, reply_for};
+use crate::fence;
+use crate::gate::Want;
+use crate::participant::{Context, Failure, Participant, Strategy};
+
+/// What became of one command of a batch: its reply (stored, not yet published), or the
+/// error that keeps it for a retry.
+pub type Answer = anyhow::Result<Reply>;
+
+/// A command that still needs its transaction.
+struct Work<'a> {
+    /// Its place in the batch.
+    index: usize,
+    command: &'a Command,
+    resources: Vec<String>,
+    /// Capacity taken from the Lua gate, settled after the transaction.
+    wants: Vec<Want>,
+    op: Uuid,
+    /// A reply decided before any business change (a rejection).
+    early: Option<Reply>,
+}
+
+/// How a claimed command ended inside the transaction.
+enum Ended {
+    Replied(Reply),
+    Failed(anyhow::Error),
+    /// Another replica's transaction claimed it first; its stored reply is read after ours.
+    Elsewhere,
+}
+
+impl<P: Participant> CommandRuntime<P> {
+    /// Processes `commands` (in order per saga) and answers each, in the same order. `Err`
+    /// means the batch as a whole could not run (database down, locks not had in time);
+    /// nothing of it took effect.
+    pub async fn process_batch(&self, commands: &[&Command]) -> anyhow::Result<Vec<Answer>> {
+        let mut pooled = self.database.get().await?;
+        self.process_batch_on(&mut pooled, commands).await
+    }
+
+    /// [`CommandRuntime::process_batch`] on a given connection (tests count its statements).
+    pub async fn process_batch_on(
+        &self,
+        conn: &mut Connection,
+        commands: &[&Command],
+    ) -> anyhow::Result<Vec<Answer>> {
+        let ids: Vec<Uuid> = commands.iter().map(|command| command.id).collect();
+        let stored = inbox::stored_replies(conn, &ids).await?;
+        let mut answers: Vec<Option<Answer>> = commands.iter().map(|_| None).collect();
+        // A command id twice in one batch (a producer retry, a re-send) is processed once.
+        let mut first: HashMap<Uuid, usize> = HashMap::new();
+        let mut works = Vec::new();
+        for (index, command) in commands.iter().enumerate() {
+            if let Some(reply) = stored.get(&command.id) {
+                tracing::info!(command.id = %command.id, saga.id = %command.saga_id, "redelivered command; re-sending its reply");
+                answers[index] = Some(Ok(reply.clone()));
+            } else if let std::collections::hash_map::Entry::Vacant(entry) = first.entry(command.id)
+            {
+                entry.insert(index);
+                match self.prepare(index, command) {
+                    Ok(work) => works.push(work),
+                    Err(err) => answers[index] = Some(Err(err)),
+                }
+            }
+        }
+        self.take_capacity(conn, &mut works, &mut answers).await;
+        let ended = self.run(conn, &works).await;
+        for work in &works {
+            let committed = matches!(&ended, Ok(ends) if matches!(
+                ends.get(&work.index),
+                Some(Ended::Replied(Reply { outcome: Outcome::Succeeded { .. }, .. }))
+            ));
+            self.settle(&work.wants, work.op, committed).await;
+        }
+        let mut ended = ended?;
+        let elsewhere: Vec<Uuid> = works
+            .iter()
+            .filter(|work| matches!(ended.get(&work.index), Some(Ended::Elsewhere)))
+            .map(|work| work.command.id)
+            .collect();
+        let mut theirs = inbox::stored_replies(conn, &elsewhere).await?;
+        for work in &works {
+            let answer = match ended.remove(&work.index) {
+                Some(Ended::Replied(reply)) => Ok(reply),
+                Some(Ended::Failed(err)) => Err(err),
+                Some(Ended::Elsewhere) | None => theirs
+                    .remove(&work.command.id)
+                    .context("inbox row without a reply"),
+            };
+            if self.options.strategy == Strategy::LuaGate
+                && work.command.direction == Direction::Compensate
+                && answer.is_ok()
+            {
+                // Capacity came back in Postgres: let the gate reseed from there. Until it
+                // does, the gate admits less, never more.
+                if let Err(err) = self.gate.forget(&work.resources).await {
+                    tracing::warn!(error = format!("{err:#}"), "gate counters not reset");
+                }
+            }
+            answers[work.index] = Some(answer);
+        }
+        for index in 0..commands.len() {
+            if answers[index].is_none() {
+                // The second copy of a command gets the first copy's answer.
+                let copied = match &answers[first[&commands[index].id]] {
+                    Some(Ok(reply)) => Ok(reply.clone()),
+                    Some(Err(err)) => Err(anyhow::anyhow!("{err:#}")),
+                    None => Err(anyhow::anyhow!("command {} was not answered", ids[index])),
+                };
+                answers[index] = Some(copied);
+            }
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
+    /// What a command needs before its transaction: its resources, and what it would take
+    /// from the Lua gate.
+    fn prepare<'a>(&self, index: usize, command: &'a Command) -> anyhow::Result<Work<'a>> {
+        let mut work = Work {
+            index,
+            command,
+            resources: Vec::new(),
+            wants: Vec::new(),
+            op: Uuid::now_v7(),
+            early: None,
+        };
+        // A fence touches no business resource: it needs no lock.
+        if command.direction == Direction::Fence {
+            return Ok(work);
+        }
+        match self.participant.resources(command) {
+            Ok(resources) => work.resources = resources,
+            Err(Failure::Rejected(reason)) => {
+                work.early = Some(reply_for(command, Outcome::Rejected { reason }));
+                return Ok(work);
+            }
+            Err(Failure::Retry(err)) => return Err(err),
+        }
+        work.wants = self.wants(command)?;
+        Ok(work)
+    }
+
+    /// Takes each forward command's capacity from the Lua gate (a no-op under the other
+    /// strategies). A command turned away is rejected; one whose take failed is answered
+    /// with the error and leaves the batch.
+    async fn take_capacity(
+        &self,
+        conn: &mut Connection,
+        works: &mut Vec<Work<'_>>,
+        answers: &mut [Option<Answer>],
+    ) {
+        for work in works.iter_mut().filter(|work| !work.wants.is_empty()) {
+            match self.gate.take(conn, &work.wants, work.op).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    let short: Vec<&str> = work.wants.iter().map(|w| w.resource.as_str()).collect();
+                    let reason = format!("not enough left of {}", short.join(", "));
+                    work.wants.clear(); // nothing was taken
+                    work.early = Some(reply_for(work.command, Outcome::Rejected { reason }));
+                }
+                Err(err) => {
+                    work.wants.clear();
+                    answers[work.index] = Some(Err(err));
+                }
+            }
+        }
+        works.retain(|work| answers[work.index].is_none());
+    }
+
+    /// Locks the batch's resources, runs its transaction, releases the locks.
+    async fn run(
+        &self,
+        conn: &mut Connection,
+        works: &[Work<'_>],
+    ) -> anyhow::Result<HashMap<usize, Ended>> {
+        if works.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let resources: Vec<String> = works
+            .iter()
+            .filter(|work| work.early.is_none())
+            .flat_map(|work| work.resources.iter().cloned())
+            .collect();
+        let guards = self.lock(&resources).await?;
+        let context = Context {
+            strategy: self.options.strategy,
+            fences: guards
+                .iter()
+                .map(|guard| (guard.resource().to_owned(), guard.fence()))
+                .collect(),
+            now: Utc::now(),
+            think_time: self.options.think_time,
+        };
+        let ended = self.transact(conn, works, &context).await;
+        for guard in guards {
+            if let Err(err) = guard.release().await {
+                // The lease expires by itself; fencing keeps a late holder from writing.
+                tracing::warn!(error = %err, "lock release failed");
+            }
+        }
+        ended
+    }
+
+    /// The batch's transaction: one claim, a savepoint per command, one reply store.
+    async fn transact(
+        &self,
+        conn: &mut Connection,
+        works: &[Work<'_>],
+        context: &Context,
+    ) -> anyhow::Result<HashMap<usize, Ended>> {
+        let participant = &self.participant;
+        conn.transaction::<_, anyhow::Error, _>(async |conn: &mut Connection| {
+            let claims: Vec<(&Command, Option<&Reply>)> = works
+                .iter()
+                .map(|work| (work.command, work.early.as_ref()))
+                .collect();
+            let claimed = inbox::claim(conn, participant.role(), &claims).await?;
+            let mut ended = HashMap::with_capacity(works.len());
+            let mut unstored: Vec<Reply> = Vec::new();
+            let mut failed: Vec<Uuid> = Vec::new();
+            for work in works {
+                let command = work.command;
+                let end = if !claimed.contains(&command.id) {
+                    Ended::Elsewhere
+                } else if let Some(reply) = &work.early {
+                    Ended::Replied(reply.clone()) // stored with its claim
+                } else {
+                    if command.direction == Direction::Fence && !unstored.is_empty() {
+                        // A fence reports its step's forward output, which may be a reply
+                        // of this very batch.
+                        inbox::store_replies(conn, &unstored).await?;
+                        unstored.clear();
+                    }
+                    match apply(participant, conn, command, context).await {
+                        Ok(outcome) => {
+                            let reply = reply_for(command, outcome);
+                            unstored.push(reply.clone());
+                            Ended::Replied(reply)
+                        }
+                        Err(err) => {
+                            failed.push(command.id);
+                            Ended::Failed(err)
+                        }
+                    }
+                };
+                ended.insert(work.index, end);
+            }
+            inbox::store_replies(conn, &unstored).await?;
+            inbox::release(conn, &failed).await?;
+            Ok(ended)
+        })
+        .await
+    }
+}
+
+/// One command in its own savepoint: a rejection or a failure rolls back only its own
+/// business change. The step fence orders it against its step's fence or compensation; a
+/// fence command runs no business change, its reply says whether the original took effect.
+async fn apply<P: Participant>(
+    participant: &P,
+    conn: &mut Connection,
+    command: &Command,
+    context: &Context,
+) -> anyhow::Result<Outcome> {
+    let change = conn
+        .transaction::<_, Failure, _>(async |conn: &mut Connection| {
+            match command.direction {
+                Direction::Forward => fence::claim_forward(conn, command).await?,
+                Direction::Compensate => {
+                    fence::fence(conn, command).await?;
+                }
+                Direction::Fence => {
+                    let fenced = fence::fence(conn, command).await?;
+                    return Ok(serde_json::to_value(fenced).map_err(anyhow::Error::from)?);
+                }
+            }
+            participant.apply(conn, command, context).await
+        })
+        .await;
+    match change {
+        Ok(output) => Ok(Outcome::Succeeded { output }),
+        Err(Failure::Rejected(reason)) => Ok(Outcome::Rejected { reason }),
+        Err(Failure::Retry(err)) => Err(err),
+    }
+}

@@ -1,0 +1,105 @@
+//! The worker inbox (`processed_commands`), set-based: reading the stored replies of a
+//! batch, claiming its commands, storing their replies and giving back the claims of the
+//! commands that failed each cost one statement, whatever the batch size.
+//!
+//! A claimed row holds JSON `null` until its reply is stored in the same transaction, so a
+//! committed row always has its reply.
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Jsonb, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use platform::contract::{Command, Reply, Role};
+use platform::db::Connection;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::schema::processed_commands;
+
+/// The stored replies of whichever of `ids` were answered before.
+pub async fn stored_replies(
+    conn: &mut Connection,
+    ids: &[Uuid],
+) -> anyhow::Result<HashMap<Uuid, Reply>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, Value)> = processed_commands::table
+        .filter(processed_commands::command_id.eq_any(ids))
+        .select((processed_commands::command_id, processed_commands::reply))
+        .load(conn)
+        .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for (id, reply) in rows {
+        if !reply.is_null() {
+            stored.insert(id, serde_json::from_value(reply)?);
+        }
+    }
+    Ok(stored)
+}
+
+/// Claims each command for this transaction, with its reply when it is already known (a
+/// rejection before any business change). Returns the ids claimed: a command missing from
+/// it was processed by someone else, whose transaction committed first.
+pub async fn claim(
+    conn: &mut Connection,
+    role: Role,
+    claims: &[(&Command, Option<&Reply>)],
+) -> anyhow::Result<HashSet<Uuid>> {
+    if claims.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut rows = Vec::with_capacity(claims.len());
+    for (command, reply) in claims {
+        let reply = match reply {
+            Some(reply) => serde_json::to_value(reply)?,
+            None => Value::Null,
+        };
+        rows.push((
+            processed_commands::command_id.eq(command.id),
+            processed_commands::saga_id.eq(command.saga_id),
+            processed_commands::role.eq(role.as_str()),
+            processed_commands::reply.eq(reply),
+        ));
+    }
+    let claimed: Vec<Uuid> = diesel::insert_into(processed_commands::table)
+        .values(rows)
+        .on_conflict_do_nothing()
+        .returning(processed_commands::command_id)
+        .get_results(conn)
+        .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+/// Stores the replies of claimed commands.
+pub async fn store_replies(conn: &mut Connection, replies: &[Reply]) -> anyhow::Result<()> {
+    if replies.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = replies.iter().map(|reply| reply.command_id).collect();
+    let values = replies
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<Vec<Value>, _>>()?;
+    diesel::sql_query(
+        "UPDATE processed_commands AS p SET reply = u.reply \
+         FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, reply) WHERE p.command_id = u.id",
+    )
+    .bind::<Array<SqlUuid>, _>(ids)
+    .bind::<Array<Jsonb>, _>(values)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives back the claims of commands that failed, so that their retry can claim them again.
+pub async fn release(conn: &mut Connection, ids: &[Uuid]) -> anyhow::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    diesel::delete(processed_commands::table.filter(processed_commands::command_id.eq_any(ids)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
