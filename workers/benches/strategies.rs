@@ -2,16 +2,23 @@
 //! concurrency strategy, on the real Postgres and Redis. Reports wall time, claims per
 //! second, and whether the invariant held (exactly `quantity` claimed).
 //!
-//! cargo bench -p workers --bench strategies [-- CLAIMS [QUANTITY [INSTANCES]]]
+//! cargo bench -p workers --bench strategies [-- CLAIMS [QUANTITY [INSTANCES]]] [--one-by-one]
+//!
+//! Each instance takes the waiting claims as its consumer loop would: up to 8 batches at
+//! once, each of up to 64 commands (`ConsumerOptions`' defaults). `--one-by-one` processes
+//! every command on its own instead, as the workers did before batches.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use platform::contract::Command;
+use platform::kafka::ConsumerOptions;
 use platform::testkit::{TestDb, TestRedis};
 use serde_json::json;
 use support::*;
@@ -28,19 +35,42 @@ fn main() {
     let claims = args.as_slice().first().copied().unwrap_or(1_000);
     let quantity = args.get(1).copied().unwrap_or(100);
     let instances = args.get(2).copied().unwrap_or(4);
+    let one_by_one = std::env::args().any(|arg| arg == "--one-by-one");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    let defaults = ConsumerOptions::new("bench", Vec::new());
+    let shape = if one_by_one {
+        Shape {
+            concurrency: claims.div_ceil(instances),
+            max_batch: 1,
+        }
+    } else {
+        Shape {
+            concurrency: defaults.concurrency,
+            max_batch: defaults.max_batch,
+        }
+    };
     println!(
-        "{claims} claims by {claims} users on one campaign of {quantity}, {instances} worker instances"
+        "{claims} claims by {claims} users on one campaign of {quantity}, {instances} worker instances, \
+         each {} batches of up to {} at once",
+        shape.concurrency, shape.max_batch
     );
     for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
-        runtime.block_on(rush(strategy, claims, quantity, instances));
+        runtime.block_on(rush(strategy, claims, quantity, instances, shape));
     }
 }
 
-async fn rush(strategy: Strategy, claims: usize, quantity: usize, instances: usize) {
+/// How an instance takes waiting commands: `concurrency` batches at once, each of up to
+/// `max_batch` commands.
+#[derive(Clone, Copy)]
+struct Shape {
+    concurrency: usize,
+    max_batch: usize,
+}
+
+async fn rush(strategy: Strategy, claims: usize, quantity: usize, instances: usize, shape: Shape) {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let vendor = add_vendor(&db.pool, true).await;
@@ -63,31 +93,51 @@ async fn rush(strategy: Strategy, claims: usize, quantity: usize, instances: usi
             })
             .collect(),
     );
-    let started = Instant::now();
-    let tasks: Vec<_> = users
+    let waiting: VecDeque<Command> = users
         .into_iter()
-        .enumerate()
-        .map(|(n, user)| {
-            let runtimes = runtimes.clone();
-            tokio::spawn(async move {
-                let command = forward(
-                    Uuid::now_v7(),
-                    0,
-                    "coupon.claim",
-                    json!({ "campaign_id": campaign, "user_id": user }),
-                );
-                runtimes[n % runtimes.len()]
-                    .process(&command)
-                    .await
-                    .expect("claim")
-            })
+        .map(|user| {
+            forward(
+                Uuid::now_v7(),
+                0,
+                "coupon.claim",
+                json!({ "campaign_id": campaign, "user_id": user }),
+            )
         })
         .collect();
+    let waiting = Arc::new(Mutex::new(waiting));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for instance in 0..instances {
+        for _ in 0..shape.concurrency {
+            let (runtimes, waiting) = (runtimes.clone(), waiting.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut won = 0;
+                loop {
+                    let batch: Vec<Command> = {
+                        let mut waiting = waiting.lock().expect("queue");
+                        let take = shape.max_batch.min(waiting.len());
+                        waiting.drain(..take).collect()
+                    };
+                    if batch.is_empty() {
+                        return won;
+                    }
+                    let commands: Vec<&Command> = batch.iter().collect();
+                    let answers = runtimes[instance]
+                        .process_batch(&commands)
+                        .await
+                        .expect("batch");
+                    for answer in answers {
+                        if succeeded(&answer.expect("claim")) {
+                            won += 1;
+                        }
+                    }
+                }
+            }));
+        }
+    }
     let mut won = 0;
     for task in tasks {
-        if succeeded(&task.await.expect("task")) {
-            won += 1;
-        }
+        won += task.await.expect("task");
     }
     let elapsed = started.elapsed();
     let mut conn = db.pool.get().await.expect("connection");
