@@ -43,6 +43,11 @@ impl Default for Sizes {
     }
 }
 
+/// The harness's API key, with every scope, as `serve` is given it (`dev` runs open and
+/// ignores it).
+pub const API_KEY_ENTRY: &str = "harness:client+operator+admin:harness-key-0123456789";
+const API_KEY: &str = "harness-key-0123456789";
+
 #[derive(Clone)]
 pub struct Api {
     http: reqwest::Client,
@@ -53,6 +58,14 @@ impl Api {
     pub fn new(ports: &[u16]) -> Self {
         Self {
             http: reqwest::Client::builder()
+                .default_headers(
+                    [(
+                        reqwest::header::AUTHORIZATION,
+                        format!("Bearer {API_KEY}").parse().expect("header value"),
+                    )]
+                    .into_iter()
+                    .collect(),
+                )
                 .timeout(Duration::from_secs(10))
                 .build()
                 .expect("HTTP client"),

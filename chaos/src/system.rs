@@ -167,6 +167,7 @@ impl System {
                 .env("KAFKA_BROKERS", &brokers)
                 .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("KAFKA_INSTANCE_ID", &name)
+                .env("API_KEYS", crate::load::API_KEY_ENTRY)
                 .env("DATABASE_POOL_SIZE", "8")
                 .env("DATABASE_ENGINE_POOL_SIZE", "6");
                 proc.port = Some(port);
@@ -185,6 +186,7 @@ impl System {
                     ))
                     .env("KAFKA_BROKERS", &brokers)
                     .env("KAFKA_INSTANCE_ID", &name)
+                    .env("API_KEYS", crate::load::API_KEY_ENTRY)
                     .env("DATABASE_POOL_SIZE", "4");
                     procs.push(proc);
                 }

@@ -94,6 +94,19 @@ pub async fn start_with(
     options: Options,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    let auth = &config.auth;
+    if mode == Mode::Serve && auth.enabled && auth.keys.is_empty() {
+        anyhow::bail!(
+            "no API keys: set API_KEYS or API_KEYS_FILE (see README, \"Access control\"), \
+             or AUTH=off to serve without access control"
+        );
+    }
+    if !auth.enforced() {
+        tracing::warn!(
+            "access control is off: anyone who reaches the port may do everything \
+             (set API_KEYS to switch it on)"
+        );
+    }
     db::prepare(&config.stores.database_url).await?;
     let stores = &config.stores;
     // The API and the engine loops draw from separate pools, so requests cannot starve the
@@ -180,7 +193,9 @@ pub async fn start_with(
         workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;
     }
 
-    let state = api_state(config, &cluster, &database, &redis, &producer, &engine);
+    let mut state = api_state(config, &cluster, &database, &redis, &producer, &engine);
+    state.demo = mode == Mode::Dev;
+    state.auth_enforced = config.auth.enforced();
     let acceptor = TcpListener::bind(config.http_addr.to_string())
         .into_acceptor()
         .await
@@ -191,7 +206,7 @@ pub async fn start_with(
         .find_map(|addr| addr.as_socket_addr().copied())
         .context("listener has no socket address")?;
     let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-        api::routes(state),
+        api::routes(state, crate::auth::Gate::new(config.auth.clone())),
         shutdown.clone().cancelled_owned(),
         Some(Duration::from_secs(10)),
     );
@@ -227,6 +242,8 @@ fn api_state(
         },
         engine: engine.clone(),
         database: database.clone(),
+        demo: false,
+        auth_enforced: false,
         direct: DirectUse::new(
             database.clone(),
             redis.clone(),

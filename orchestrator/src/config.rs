@@ -10,12 +10,16 @@
 //! - `TOPIC_PREFIX` (default `sagaflow`)
 //! - `HTTP_ADDR` (default `127.0.0.1:8080`)
 //! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
+//! - `AUTH` (`on`/`off`, default `on`), `API_KEYS`, `API_KEYS_FILE`, `METRICS_AUTH`
+//!   (`open`/`operator`, default `open`): access control (see [`crate::auth`])
 //! - `CONCURRENCY_STRATEGY`, `LOCK_WAIT_MS`, `LOCK_LEASE_MS`: the participants' settings,
 //!   used by `dev`, which runs them in-process (see `workers::config`)
 
 use std::net::SocketAddr;
 
 use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
+
+use crate::auth::AuthConfig;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -25,6 +29,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub workers: workers::runtime::RuntimeOptions,
     pub retention: RetentionEnv,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -45,6 +50,7 @@ impl Config {
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             workers: workers::config::runtime_options(vars)?,
             retention: RetentionEnv::from_vars(vars)?,
+            auth: AuthConfig::from_vars(vars)?,
         })
     }
 }

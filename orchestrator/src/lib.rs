@@ -7,12 +7,14 @@
 //! - [`replies`]: applies participants' replies.
 //! - [`timers`]: fires deadlines and retry times.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
+//! - [`auth`]: API keys, scopes, and what each operation needs.
 //! - [`retention`]: the orchestrator's tables that age out.
 //! - [`seed`]: the demo data set of `orchestrator seed`.
 //! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod engine;

@@ -90,6 +90,12 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
         "sagaflow orchestrator ready",
     );
     println!("sagaflow is up: API {base}/v1  Swagger UI {base}/docs  readiness {base}/readyz");
+    if !config.auth.enforced() {
+        println!(
+            "!! ACCESS CONTROL IS OFF: anyone who reaches {base} may do everything, \
+             minting money included. Fine on a laptop; set API_KEYS before sharing the port. !!"
+        );
+    }
     running.wait().await;
     tracing::info!("orchestrator stopped");
     Ok(())

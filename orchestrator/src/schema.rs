@@ -14,6 +14,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         quarantine -> Nullable<Text>,
+        started_by -> Nullable<Text>,
     }
 }
 

@@ -68,6 +68,7 @@ async fn readiness_names_a_stopped_dependency() {
         ("DATABASE_URL", test_db.url.as_str()),
         ("REDIS_URL", redis.url.as_str()),
         ("HTTP_ADDR", "127.0.0.1:0"),
+        ("API_KEYS", "ops:operator:ops-secret-00000000003"),
     ]))
     .unwrap();
     let shutdown = CancellationToken::new();
@@ -107,6 +108,26 @@ async fn readiness_names_a_stopped_dependency() {
         .find(|d| d["name"] == "redis")
         .unwrap();
     assert_eq!(redis_status["up"], false);
+    // An anonymous caller learns that it is down, not why (no error chains, hosts, ports).
+    assert_eq!(redis_status["error"], "down");
+    let as_operator = client
+        .get(format!("{base}/readyz"))
+        .bearer_auth("ops-secret-00000000003")
+        .send()
+        .await
+        .unwrap();
+    let body_for_operator: serde_json::Value = as_operator.json().await.unwrap();
+    let reason = body_for_operator["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "redis")
+        .unwrap()["error"]
+        .clone();
+    assert!(
+        reason.as_str().is_some_and(|reason| reason != "down"),
+        "an operator sees why: {reason}"
+    );
     let postgres_status = body["dependencies"]
         .as_array()
         .unwrap()

@@ -23,6 +23,7 @@ use workers::schema::{coupon_campaigns, users, vendors};
 use super::State;
 use super::idempotency;
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
 
 /// Most coupons of one kind, across all its campaigns.
 pub const KIND_LIMIT: i64 = 100;
@@ -265,9 +266,11 @@ impl CouponsApi {
         /// Makes retries safe: the same key always answers with the same saga.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Used> {
         let path = format!("/v1/coupons/{}/uses", id.0);
-        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let key =
+            idempotency::Key::of(&caller, idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         find(&state, id.0).await?;
         user_exists(&state, body.user_id).await?;
         let payload = json!({ "campaign_id": id.0, "user_id": body.user_id });
@@ -281,7 +284,9 @@ impl CouponsApi {
                 {
                     return Ok((first, true));
                 }
-                let started = engine.start_in(conn, "coupon_use", &payload, None).await?;
+                let started = engine
+                    .start_for_in(conn, "coupon_use", &payload, caller.owner())
+                    .await?;
                 let accepted = UseAccepted {
                     saga_id: started.id,
                     saga_url: format!("/v1/sagas/{}", started.id),
@@ -315,9 +320,11 @@ impl CouponsApi {
         /// Makes retries safe: the same key always answers with the same use.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<UsedDirectly> {
         let path = format!("/v1/coupons/{}/direct-uses", id.0);
-        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let key =
+            idempotency::Key::of(&caller, idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         let campaign = find(&state, id.0).await?;
         user_exists(&state, body.user_id).await?;
         let direct = &state.direct;

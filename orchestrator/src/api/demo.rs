@@ -124,6 +124,21 @@ pub fn random_campaign(vendor_id: Uuid) -> NewCampaign {
     }
 }
 
+/// The generators mint users, wallets and vendors: they exist only in `dev`.
+fn only_in_dev(state: &State) -> ApiResult<()> {
+    if state.demo {
+        return Ok(());
+    }
+    Err(super::problem::ApiError::NotFound(
+        poem_openapi::payload::Json(super::problem::Problem::new(
+            404,
+            "not-found",
+            "Not found",
+            "the demo data generators exist only in `orchestrator dev`",
+        )),
+    ))
+}
+
 #[OpenApi(tag = "super::Tag::Demo")]
 impl DemoApi {
     /// Generate random users
@@ -131,6 +146,7 @@ impl DemoApi {
     /// Creates `count` users with random names and wallet balances.
     #[oai(path = "/v1/demo/users", method = "post")]
     async fn users(&self, state: Data<&State>, body: Json<Count>) -> ApiResult<Users> {
+        only_in_dev(&state)?;
         let mut created = Vec::new();
         for _ in 0..body.count {
             created.push(users::insert(&state, &random_user()).await?);
@@ -143,6 +159,7 @@ impl DemoApi {
     /// Creates `count` vendors with random names, payouts enabled.
     #[oai(path = "/v1/demo/vendors", method = "post")]
     async fn vendors(&self, state: Data<&State>, body: Json<Count>) -> ApiResult<Vendors> {
+        only_in_dev(&state)?;
         let mut created = Vec::new();
         for _ in 0..body.count {
             created.push(vendors::insert(&state, &random_vendor()).await?);
@@ -156,6 +173,7 @@ impl DemoApi {
     /// given vendor, or for a new random vendor.
     #[oai(path = "/v1/demo/coupons", method = "post")]
     async fn coupons(&self, state: Data<&State>, body: Json<CampaignFor>) -> ApiResult<Campaigns> {
+        only_in_dev(&state)?;
         let vendor_id = match body.vendor_id {
             Some(id) => id,
             None => vendors::insert(&state, &random_vendor()).await?.id,

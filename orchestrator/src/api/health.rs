@@ -7,6 +7,7 @@ use poem::web::Data;
 
 use super::State;
 use super::problem::Problem;
+use crate::auth::Caller;
 
 pub struct HealthApi;
 
@@ -74,9 +75,12 @@ impl HealthApi {
     /// Readiness
     ///
     /// 200 when Postgres, Redis and Kafka all answer; 503 naming each one that does not.
+    /// Why a dependency is down (its error) is shown only to an `operator` or `admin` key,
+    /// or when access control is off.
     #[oai(path = "/readyz", method = "get")]
-    async fn readyz(&self, state: Data<&State>) -> ReadyResponse {
+    async fn readyz(&self, state: Data<&State>, caller: Data<&Caller>) -> ReadyResponse {
         let checks = state.probes.check().await;
+        let reveal = !state.auth_enforced || caller.sees_everything();
         let down: Vec<&str> = checks
             .iter()
             .filter(|check| check.error.is_some())
@@ -87,7 +91,11 @@ impl HealthApi {
             .map(|check| DependencyStatus {
                 name: check.name.to_owned(),
                 up: check.error.is_none(),
-                error: check.error.clone(),
+                error: match &check.error {
+                    Some(error) if reveal => Some(error.clone()),
+                    Some(_) => Some("down".to_owned()),
+                    None => None,
+                },
             })
             .collect();
         if down.is_empty() {

@@ -18,6 +18,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
 use crate::schema::idempotency_keys;
 
 /// How long a key is remembered; after that it may be used again.
@@ -35,9 +36,11 @@ pub struct Key {
 }
 
 impl Key {
-    /// `None` when the request carries no key. The fingerprint covers the method, the path
-    /// and the body as parsed (so formatting and key order do not matter).
+    /// `None` when the request carries no key. Keys are the caller's own: another API key
+    /// using the same one neither replays nor blocks it. The fingerprint covers the method,
+    /// the path and the body as parsed (so formatting and key order do not matter).
     pub fn of(
+        caller: &Caller,
         key: Option<&str>,
         method: &str,
         path: &str,
@@ -57,7 +60,7 @@ impl Key {
             .map(|byte| format!("{byte:02x}"))
             .collect();
         Ok(Some(Key {
-            caller: String::new(),
+            caller: caller.name.clone(),
             key: key.to_owned(),
             fingerprint,
         }))

@@ -40,6 +40,10 @@ pub struct State {
     pub probes: Probes,
     pub engine: Engine,
     pub database: db::Pool,
+    /// Whether the demo data generators answer (only in `dev`).
+    pub demo: bool,
+    /// Whether requests are checked against API keys (see [`crate::auth`]).
+    pub auth_enforced: bool,
     /// Claim and payout in the request, for the Kafka-vs-direct comparison.
     pub direct: workers::direct::DirectUse,
     /// Stock and balance changes under the participants' concurrency strategy.
@@ -116,22 +120,40 @@ fn example_sku() -> String {
     "MUG-01".to_owned()
 }
 
-/// The OpenAPI document as JSON (checked in as `openapi/openapi.json`).
+/// The OpenAPI document as JSON (checked in as `openapi/openapi.json`), with each
+/// operation's security from [`crate::auth::policy`].
 pub fn spec_json() -> String {
-    openapi().spec()
+    secured_spec(&openapi().spec())
 }
 
-pub fn routes(state: State) -> impl Endpoint {
+fn secured_spec(generated: &str) -> String {
+    let mut spec: serde_json::Value =
+        serde_json::from_str(generated).expect("poem-openapi writes valid JSON");
+    crate::auth::policy::secure(&mut spec);
+    serde_json::to_string_pretty(&spec).expect("a JSON value serialises")
+}
+
+pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
     let service = openapi();
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    let generated = service.spec();
+    let spec = secured_spec(&generated);
+    // Swagger UI embeds the document it was made from; give it the secured one, so its
+    // "Authorize" button knows the bearer scheme.
+    let docs = service.swagger_ui_html().replace(&generated, &spec);
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs.clone()));
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(spec.clone())
+    });
     Route::new()
         .nest("/", service)
-        .nest("/docs", docs)
+        .at("/docs", docs)
         .at("/openapi.json", spec)
         .around(strict::strict_body)
         .around(limit_body)
         .data(state)
+        .around(move |endpoint, request| gate.clone().admit(endpoint, request))
         .catch_all_error(problem::catch_all)
         .around(allow_header)
         .with(Tracing)

@@ -22,6 +22,7 @@ use workers::schema::{products, users};
 use super::State;
 use super::idempotency;
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
 use crate::schema::{orders, sagas};
 
 pub struct OrdersApi;
@@ -224,8 +225,15 @@ impl OrdersApi {
         /// Makes retries safe: the same key always answers with the same order.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Placed> {
-        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", "/v1/orders", &*body)?;
+        let key = idempotency::Key::of(
+            &caller,
+            idempotency_key.0.as_deref(),
+            "POST",
+            "/v1/orders",
+            &*body,
+        )?;
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &state.engine;
@@ -240,7 +248,9 @@ impl OrdersApi {
                 .as_str()
                 .and_then(|id| id.parse().ok())
                 .unwrap_or_default();
-            let started = engine.start_in(conn, "order", &payload, None).await?;
+            let started = engine
+                .start_for_in(conn, "order", &payload, caller.owner())
+                .await?;
             diesel::insert_into(orders::table)
                 .values((
                     orders::id.eq(order_id),
@@ -272,11 +282,18 @@ impl OrdersApi {
         &self,
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
-        let row: Option<OrderRow> = orders::table
+        let mut query = orders::table
             .inner_join(sagas::table)
             .filter(orders::id.eq(id.0))
+            .into_boxed();
+        if let Some(client) = caller.owner() {
+            // A client sees only its own orders; another's is as unknown as a missing one.
+            query = query.filter(sagas::started_by.eq(client));
+        }
+        let row: Option<OrderRow> = query
             .select((
                 orders::id,
                 orders::user_id,

@@ -17,6 +17,7 @@ use super::State;
 use super::counters::{self, Change};
 use super::idempotency;
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
 
 pub struct ProductsApi;
 
@@ -162,9 +163,11 @@ impl ProductsApi {
         /// Makes retries safe: the same key always answers with the same change.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Adjusted> {
         let path = format!("/v1/products/{}/stock", sku.0);
-        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let key =
+            idempotency::Key::of(&caller, idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         let change = Change {
             counter: guarded::STOCK,
             resource: &format!("sku:{}", sku.0),

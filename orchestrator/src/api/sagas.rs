@@ -17,6 +17,8 @@ use uuid::Uuid;
 use super::State;
 use super::pagination::{self, PageInfo};
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
+use crate::engine::Operator;
 use crate::engine::store::SagaRow;
 use crate::saga::{self, SagaState, Status};
 use crate::schema::{saga_history, sagas};
@@ -236,6 +238,21 @@ async fn summary(state: &State, id: Uuid) -> ApiResult<SagaSummary> {
         .ok_or_else(|| ApiError::not_found("saga", id))
 }
 
+/// Why an operator acts; recorded in the saga's history with the key's name.
+#[derive(Debug, Object)]
+struct Action {
+    /// Free text for whoever reads the history later (at most 500 characters).
+    #[oai(validator(max_length = 500))]
+    reason: Option<String>,
+}
+
+fn operator(caller: &Caller, action: Option<Action>) -> Operator {
+    Operator {
+        actor: caller.name.clone(),
+        reason: action.and_then(|action| action.reason),
+    }
+}
+
 #[OpenApi(tag = "super::Tag::Sagas")]
 impl SagasApi {
     /// Get a saga
@@ -248,10 +265,16 @@ impl SagasApi {
         &self,
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
-        let row = sagas::table
-            .find(id.0)
+        let mut query = sagas::table.find(id.0).into_boxed();
+        if let Some(client) = caller.owner() {
+            // A client sees only the sagas it started; another's is as unknown as a
+            // missing one.
+            query = query.filter(sagas::started_by.eq(client));
+        }
+        let row = query
             .select(SagaRow::as_select())
             .first(&mut conn)
             .await
@@ -354,8 +377,13 @@ impl SagasApi {
         &self,
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
+        body: Json<Option<Action>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        state.engine.retry(id.0).await?;
+        state
+            .engine
+            .retry_by(id.0, &operator(&caller, body.0))
+            .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 
@@ -369,8 +397,13 @@ impl SagasApi {
         &self,
         state: Data<&State>,
         #[oai(example = "super::example_id")] id: Path<Uuid>,
+        body: Json<Option<Action>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        state.engine.cancel(id.0).await?;
+        state
+            .engine
+            .cancel_by(id.0, &operator(&caller, body.0))
+            .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 }

@@ -17,10 +17,11 @@ use serde_json::Value;
 
 use super::problem::ApiError;
 
-/// (method, path template segments) -> request body schema.
+/// (method, path template segments) -> request body schema, and whether the body may be
+/// left out.
 struct Operations {
     components: Value,
-    bodies: Vec<(Method, Vec<String>, Value)>,
+    bodies: Vec<(Method, Vec<String>, Value, bool)>,
 }
 
 static OPERATIONS: LazyLock<Operations> = LazyLock::new(|| {
@@ -38,7 +39,8 @@ static OPERATIONS: LazyLock<Operations> = LazyLock::new(|| {
             if let (false, Ok(method)) = (schema.is_null(), method.to_uppercase().parse::<Method>())
             {
                 let segments = path.split('/').map(str::to_owned).collect();
-                bodies.push((method, segments, schema.clone()));
+                let optional = operation["requestBody"]["required"] != Value::Bool(true);
+                bodies.push((method, segments, schema.clone(), optional));
             }
         }
     }
@@ -49,11 +51,11 @@ static OPERATIONS: LazyLock<Operations> = LazyLock::new(|| {
 });
 
 impl Operations {
-    fn body_schema(&self, method: &Method, path: &str) -> Option<&Value> {
+    fn body_schema(&self, method: &Method, path: &str) -> Option<(&Value, bool)> {
         let path: Vec<&str> = path.split('/').collect();
         self.bodies
             .iter()
-            .find(|(m, template, _)| {
+            .find(|(m, template, _, _)| {
                 m == method
                     && template.len() == path.len()
                     && template
@@ -61,7 +63,7 @@ impl Operations {
                         .zip(&path)
                         .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
             })
-            .map(|(_, _, schema)| schema)
+            .map(|(_, _, schema, optional)| (schema, *optional))
     }
 
     /// Follows `$ref` (and poem-openapi's single-element `allOf` wrappers).
@@ -163,12 +165,26 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Middleware: a body that breaks its schema's types is answered 400 naming the field.
+/// Middleware: a body that breaks its schema's types is answered 400 naming the field. An
+/// optional body that is left out (no content, no content type: `curl -X POST`) is read
+/// as absent rather than refused with 415.
 pub async fn strict_body<E: Endpoint>(
     endpoint: Arc<E>,
     mut request: Request,
 ) -> poem::Result<Response> {
-    let schema = OPERATIONS.body_schema(request.method(), request.uri().path());
+    let operation = OPERATIONS.body_schema(request.method(), request.uri().path());
+    let left_out = request.header("content-type").is_none()
+        && request.header("transfer-encoding").is_none()
+        && request
+            .header("content-length")
+            .is_none_or(|length| length.trim() == "0");
+    if let (Some((_, true)), true) = (operation, left_out) {
+        request.headers_mut().insert(
+            poem::http::header::CONTENT_TYPE,
+            poem::http::HeaderValue::from_static("application/json"),
+        );
+    }
+    let schema = operation.map(|(schema, _)| schema);
     let is_json = request
         .header("content-type")
         .is_some_and(|value| value.starts_with("application/json"));

@@ -16,6 +16,7 @@ use super::State;
 use super::counters::{self, Change};
 use super::idempotency;
 use super::problem::{ApiError, ApiResult};
+use crate::auth::Caller;
 
 pub struct UsersApi;
 
@@ -166,9 +167,11 @@ impl UsersApi {
         /// Makes retries safe: the same key always answers with the same top-up.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
     ) -> ApiResult<ToppedUp> {
         let path = format!("/v1/users/{}/top-ups", id.0);
-        let key = idempotency::Key::of(idempotency_key.0.as_deref(), "POST", &path, &*body)?;
+        let key =
+            idempotency::Key::of(&caller, idempotency_key.0.as_deref(), "POST", &path, &*body)?;
         let row = id.0.to_string();
         let change = Change {
             counter: guarded::USER_BALANCE,

@@ -113,6 +113,31 @@ impl Engine {
         payload: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<Started, Error> {
+        self.start_row_in(conn, definition_name, payload, idempotency_key, None)
+            .await
+    }
+
+    /// Starts a saga for a client (the API key's name), inside the caller's transaction:
+    /// that client may read it later, and no other client may.
+    pub async fn start_for_in(
+        &self,
+        conn: &mut Connection,
+        definition_name: &str,
+        payload: &Value,
+        started_by: Option<&str>,
+    ) -> Result<Started, Error> {
+        self.start_row_in(conn, definition_name, payload, None, started_by)
+            .await
+    }
+
+    async fn start_row_in(
+        &self,
+        conn: &mut Connection,
+        definition_name: &str,
+        payload: &Value,
+        idempotency_key: Option<&str>,
+        started_by: Option<&str>,
+    ) -> Result<Started, Error> {
         let definition = saga::definitions::find(definition_name)
             .ok_or_else(|| Error::UnknownDefinition(definition_name.to_owned()))?;
         let now = self.clock.now();
@@ -127,6 +152,7 @@ impl Engine {
             state: encode_state(&transition.state),
             version: 0,
             idempotency_key,
+            started_by,
             next_timer_at: transition.state.next_timer(),
             created_at: now,
             updated_at: now,
@@ -154,7 +180,10 @@ impl Engine {
             None,
             None,
             &transition.state,
-            json!({}),
+            match started_by {
+                Some(client) => json!({ "started_by": client }),
+                None => json!({}),
+            },
             now,
         ));
         writes.effects(&self.topics, &context, &transition.actions, now, now);
@@ -256,17 +285,33 @@ impl Engine {
 
     /// Operator: cancel a RUNNING saga (its dispatched steps are compensated).
     pub async fn cancel(&self, id: Uuid) -> Result<(), Error> {
-        self.operator(id, Input::CancelRequested, "cancel.requested")
+        self.cancel_by(id, &Operator::system()).await
+    }
+
+    /// [`Engine::cancel`] on an operator's behalf: who and why go into the history.
+    pub async fn cancel_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
+        self.operator(id, Input::CancelRequested, "cancel.requested", operator)
             .await
     }
 
     /// Operator: retry a FAILED saga (its pending compensation runs again with a fresh budget).
     pub async fn retry(&self, id: Uuid) -> Result<(), Error> {
-        self.operator(id, Input::RetryRequested, "retry.requested")
+        self.retry_by(id, &Operator::system()).await
+    }
+
+    /// [`Engine::retry`] on an operator's behalf: who and why go into the history.
+    pub async fn retry_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
+        self.operator(id, Input::RetryRequested, "retry.requested", operator)
             .await
     }
 
-    async fn operator(&self, id: Uuid, input: Input, kind: &'static str) -> Result<(), Error> {
+    async fn operator(
+        &self,
+        id: Uuid,
+        input: Input,
+        kind: &'static str,
+        operator: &Operator,
+    ) -> Result<(), Error> {
         let mut pooled = self.pool.get().await?;
         let conn: &mut Connection = &mut pooled;
         let writes = conn
@@ -279,11 +324,9 @@ impl Engine {
                     });
                 }
                 let rows = [row];
-                let writes = self.apply_in_memory(
-                    &rows,
-                    vec![Arrival::new(id, input, kind)],
-                    self.clock.now(),
-                );
+                let mut arrival = Arrival::new(id, input, kind);
+                arrival.detail = json!({ "actor": operator.actor, "reason": operator.reason });
+                let writes = self.apply_in_memory(&rows, vec![arrival], self.clock.now());
                 // A saga found unreadable is quarantined (written) rather than refused.
                 if let Some((status, reason)) = writes.refused.clone() {
                     return Err(Error::Conflict { status, reason });
@@ -299,6 +342,24 @@ impl Engine {
                 reason: reason.to_owned(),
             }),
             None => Ok(()),
+        }
+    }
+}
+
+/// Who asks for an operator action, and why; both are recorded in the saga's history.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// The API key's name (`anonymous` with access control off).
+    pub actor: String,
+    pub reason: Option<String>,
+}
+
+impl Operator {
+    /// The engine's own callers (tests, tools).
+    pub fn system() -> Self {
+        Self {
+            actor: "system".to_owned(),
+            reason: None,
         }
     }
 }

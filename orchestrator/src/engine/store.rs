@@ -48,6 +48,7 @@ pub struct NewSaga<'a> {
     pub state: Value,
     pub version: i64,
     pub idempotency_key: Option<&'a str>,
+    pub started_by: Option<&'a str>,
     pub next_timer_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

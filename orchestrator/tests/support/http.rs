@@ -18,6 +18,19 @@ impl Http {
         }
     }
 
+    /// A client that sends `Authorization: Bearer <key>` with every request.
+    pub fn with_key(base: String, key: &str) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse().unwrap(),
+        );
+        Self {
+            base,
+            client: Client::builder().default_headers(headers).build().unwrap(),
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Response {
         let url = format!("{}{path}", self.base);
         self.client.get(url).send().await.unwrap()

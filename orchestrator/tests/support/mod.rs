@@ -230,6 +230,8 @@ impl Orchestrator {
             // Tests send bursts past a service's budget; a loaded machine must not turn
             // them into 503s (the one test of that sets its own wait).
             ("DATABASE_POOL_WAIT_MS", "60000"),
+            // Access control has tests of its own (`auth.rs`), which switch it on.
+            ("AUTH", "off"),
         ];
         pairs.extend_from_slice(vars);
         let config = Config::from_vars(&Vars::from_pairs(pairs)).unwrap();
