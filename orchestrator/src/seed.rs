@@ -9,7 +9,7 @@ use rand::Rng as _;
 use uuid::Uuid;
 use workers::schema::{coupon_campaigns, products, users, vendors};
 
-use crate::api::demo::{random_campaign, random_user, random_vendor};
+use crate::api::shop::demo::{random_campaign, random_user, random_vendor};
 
 const PRODUCTS: [(&str, &str, i64); 6] = [
     ("MUG-01", "Enamel mug", 1_500),

@@ -434,3 +434,38 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
     participants.stop().await;
     http.orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saga_definitions_list_each_step_with_its_role_compensation_and_budgets() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let definitions = ok(http.get("/v1/saga-definitions").await).await;
+    let order = definitions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|definition| definition["name"] == "order")
+        .expect("the order definition");
+    let roles: Vec<&str> = order["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["inventory", "payment", "shipment"]);
+    let reserve = &order["steps"][0];
+    assert_eq!(reserve["command"], "inventory.reserve");
+    assert_eq!(reserve["compensation"], "inventory.release");
+    assert!(reserve["retry"]["max_attempts"].as_u64().unwrap() >= 1);
+    assert!(
+        reserve["deadline_ms"].as_u64().unwrap() > reserve["attempt_timeout_ms"].as_u64().unwrap()
+    );
+    assert!(
+        definitions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|definition| definition["name"] == "coupon_use")
+    );
+    http.orchestrator.stop().await;
+}

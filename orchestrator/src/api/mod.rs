@@ -1,25 +1,23 @@
 //! The REST API under `/v1`: one module per resource, errors as `application/problem+json`
 //! ([`problem`]), the OpenAPI document generated from these types, Swagger UI at `/docs`.
+//!
+//! Two rooms: [`shop`] (orders, products, users, vendors, coupons) and [`operator`] (sagas,
+//! notifications). What is left here is shared plumbing: the probes, metrics, problem
+//! details, strict bodies, pagination and idempotency keys. Who may call what is
+//! [`crate::auth`]'s business.
 
 // `ApiError` is the problem+json response itself; its size only costs on the cold error
 // path, and boxing would obscure every handler's signature.
 #![allow(clippy::result_large_err)]
 
-mod counters;
-mod coupons;
-pub mod demo;
 mod health;
 pub mod idempotency;
 mod metrics;
-mod notifications;
-mod orders;
+pub mod operator;
 pub mod pagination;
 pub mod problem;
-mod products;
-mod sagas;
+pub mod shop;
 mod strict;
-mod users;
-mod vendors;
 
 use poem::http::StatusCode;
 use poem::middleware::Tracing;
@@ -30,6 +28,8 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
+use operator::{definitions, notifications, sagas};
+use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -82,6 +82,7 @@ type Apis = (
     vendors::VendorsApi,
     coupons::CouponsApi,
     sagas::SagasApi,
+    definitions::DefinitionsApi,
     notifications::NotificationsApi,
     demo::DemoApi,
     metrics::MetricsApi,
@@ -97,6 +98,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             vendors::VendorsApi,
             coupons::CouponsApi,
             sagas::SagasApi,
+            definitions::DefinitionsApi,
             notifications::NotificationsApi,
             demo::DemoApi,
             metrics::MetricsApi,

@@ -38,6 +38,7 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/v1/coupons/{id}", ANY_KEY),
     // Operators watch and operate sagas.
     ("GET", "/v1/sagas", OPERATOR),
+    ("GET", "/v1/saga-definitions", OPERATOR),
     ("GET", "/v1/sagas/{id}", OWN_OR_OPERATOR),
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),

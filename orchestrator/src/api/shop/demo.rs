@@ -8,11 +8,11 @@ use rand::Rng as _;
 use rand::seq::IndexedRandom as _;
 use uuid::Uuid;
 
-use super::State;
 use super::coupons::{self, Campaign, NewCampaign};
-use super::problem::ApiResult;
 use super::users::{self, NewUser, User};
 use super::vendors::{self, NewVendor, Vendor};
+use crate::api::State;
+use crate::api::problem::ApiResult;
 
 pub struct DemoApi;
 
@@ -129,8 +129,8 @@ fn only_in_dev(state: &State) -> ApiResult<()> {
     if state.demo {
         return Ok(());
     }
-    Err(super::problem::ApiError::NotFound(
-        poem_openapi::payload::Json(super::problem::Problem::new(
+    Err(crate::api::problem::ApiError::NotFound(
+        poem_openapi::payload::Json(crate::api::problem::Problem::new(
             404,
             "not-found",
             "Not found",
@@ -139,7 +139,7 @@ fn only_in_dev(state: &State) -> ApiResult<()> {
     ))
 }
 
-#[OpenApi(tag = "super::Tag::Demo")]
+#[OpenApi(tag = "crate::api::Tag::Demo")]
 impl DemoApi {
     /// Generate random users
     ///

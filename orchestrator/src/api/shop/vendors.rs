@@ -10,8 +10,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 use workers::schema::{vendor_ledger, vendors};
 
-use super::State;
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::problem::{ApiError, ApiResult};
 
 pub struct VendorsApi;
 
@@ -93,7 +93,7 @@ pub async fn insert(state: &State, new: &NewVendor) -> ApiResult<Vendor> {
         .await?)
 }
 
-#[OpenApi(tag = "super::Tag::Vendors")]
+#[OpenApi(tag = "crate::api::Tag::Vendors")]
 impl VendorsApi {
     /// Create a vendor
     ///
@@ -110,7 +110,7 @@ impl VendorsApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
         let vendor = vendors::table

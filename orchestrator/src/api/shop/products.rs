@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use workers::guarded;
 use workers::schema::products;
 
-use super::State;
 use super::counters::{self, Change};
-use super::idempotency;
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::idempotency;
+use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 
 pub struct ProductsApi;
@@ -110,7 +110,7 @@ pub async fn find(state: &State, sku: &str) -> ApiResult<Product> {
         .ok_or_else(|| ApiError::not_found("product", sku))
 }
 
-#[OpenApi(tag = "super::Tag::Products")]
+#[OpenApi(tag = "crate::api::Tag::Products")]
 impl ProductsApi {
     /// Create a product
     ///
@@ -145,7 +145,7 @@ impl ProductsApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_sku")] sku: Path<String>,
+        #[oai(example = "crate::api::example_sku")] sku: Path<String>,
     ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(find(&state, &sku).await?)))
     }
@@ -158,7 +158,7 @@ impl ProductsApi {
     async fn adjust_stock(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_sku")] sku: Path<String>,
+        #[oai(example = "crate::api::example_sku")] sku: Path<String>,
         body: Json<StockChange>,
         /// Makes retries safe: the same key always answers with the same change.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]

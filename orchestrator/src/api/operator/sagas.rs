@@ -14,9 +14,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::State;
-use super::pagination::{self, PageInfo};
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::pagination::{self, PageInfo};
+use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 use crate::engine::Operator;
 use crate::engine::store::SagaRow;
@@ -253,7 +253,7 @@ fn operator(caller: &Caller, action: Option<Action>) -> Operator {
     }
 }
 
-#[OpenApi(tag = "super::Tag::Sagas")]
+#[OpenApi(tag = "crate::api::Tag::Sagas")]
 impl SagasApi {
     /// Get a saga
     ///
@@ -264,7 +264,7 @@ impl SagasApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
@@ -376,7 +376,7 @@ impl SagasApi {
     async fn retry(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
@@ -396,7 +396,7 @@ impl SagasApi {
     async fn cancel(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {

@@ -2,7 +2,7 @@
 //! its first command in ONE transaction and answers 202; nothing is published in the
 //! request. An `Idempotency-Key` makes a retried request return the first one's answer,
 //! also when the duplicates arrive concurrently; the same key with another request is 422
-//! (see [`super::idempotency`]).
+//! (see [`crate::api::idempotency`]).
 
 use std::collections::HashMap;
 
@@ -19,9 +19,9 @@ use serde_json::json;
 use uuid::Uuid;
 use workers::schema::{products, users};
 
-use super::State;
-use super::idempotency;
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::idempotency;
+use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 use crate::schema::{orders, sagas};
 
@@ -208,7 +208,7 @@ async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<(serde_jso
     Ok((payload, total_cents))
 }
 
-#[OpenApi(tag = "super::Tag::Orders")]
+#[OpenApi(tag = "crate::api::Tag::Orders")]
 impl OrdersApi {
     /// Place an order
     ///
@@ -281,7 +281,7 @@ impl OrdersApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;

@@ -9,9 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use workers::guarded::{self, Adjusted, Counter};
 
-use super::State;
-use super::idempotency::{self, Key};
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::idempotency::{self, Key};
+use crate::api::problem::{ApiError, ApiResult};
 
 /// What to change: `delta` on the counter of row `row`, guarded by the lock `resource`.
 pub struct Change<'a> {

@@ -12,9 +12,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 use workers::schema::notifications;
 
-use super::State;
-use super::pagination::{self, PageInfo};
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::pagination::{self, PageInfo};
+use crate::api::problem::{ApiError, ApiResult};
 use crate::saga::EventKind;
 
 pub struct NotificationsApi;
@@ -75,7 +75,7 @@ fn example_kind() -> Option<String> {
     Some("saga.completed".into())
 }
 
-#[OpenApi(tag = "super::Tag::Notifications")]
+#[OpenApi(tag = "crate::api::Tag::Notifications")]
 impl NotificationsApi {
     /// List notifications
     ///

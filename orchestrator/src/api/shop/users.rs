@@ -12,10 +12,10 @@ use uuid::Uuid;
 use workers::guarded::{self, Adjusted};
 use workers::schema::{coupon_campaigns, coupon_claims, users};
 
-use super::State;
 use super::counters::{self, Change};
-use super::idempotency;
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::idempotency;
+use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 
 pub struct UsersApi;
@@ -129,7 +129,7 @@ pub async fn find(state: &State, id: Uuid) -> ApiResult<User> {
         .ok_or_else(|| ApiError::not_found("user", id))
 }
 
-#[OpenApi(tag = "super::Tag::Users")]
+#[OpenApi(tag = "crate::api::Tag::Users")]
 impl UsersApi {
     /// Create a user
     ///
@@ -146,7 +146,7 @@ impl UsersApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
     ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(find(&state, id.0).await?)))
     }
@@ -162,7 +162,7 @@ impl UsersApi {
     async fn top_up(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<TopUp>,
         /// Makes retries safe: the same key always answers with the same top-up.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
@@ -207,7 +207,7 @@ impl UsersApi {
     async fn coupons(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
     ) -> ApiResult<Coupons> {
         find(&state, id.0).await?;
         let mut conn = state.database.get().await?;

@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use workers::schema::{coupon_campaigns, users, vendors};
 
-use super::State;
-use super::idempotency;
-use super::problem::{ApiError, ApiResult};
+use crate::api::State;
+use crate::api::idempotency;
+use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 
 /// Most coupons of one kind, across all its campaigns.
@@ -228,7 +228,7 @@ pub async fn create_campaign(state: &State, new: &NewCampaign) -> ApiResult<Camp
     .await
 }
 
-#[OpenApi(tag = "super::Tag::Coupons")]
+#[OpenApi(tag = "crate::api::Tag::Coupons")]
 impl CouponsApi {
     /// Create a coupon campaign
     ///
@@ -248,7 +248,7 @@ impl CouponsApi {
     async fn get(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
     ) -> ApiResult<Found> {
         Ok(Found::Ok(Json(view(find(&state, id.0).await?))))
     }
@@ -261,7 +261,7 @@ impl CouponsApi {
     async fn use_coupon(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
         /// Makes retries safe: the same key always answers with the same saga.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
@@ -315,7 +315,7 @@ impl CouponsApi {
     async fn use_directly(
         &self,
         state: Data<&State>,
-        #[oai(example = "super::example_id")] id: Path<Uuid>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<CouponUse>,
         /// Makes retries safe: the same key always answers with the same use.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]

@@ -1,0 +1,7 @@
+//! The operator API: sagas (status, steps, history, retry and cancel), the saga
+//! definitions, and the notifications the lifecycle events left. Handlers stay thin: the engine decides what an
+//! operator action may do.
+
+pub(super) mod definitions;
+pub(super) mod notifications;
+pub(super) mod sagas;
