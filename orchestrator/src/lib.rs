@@ -8,6 +8,7 @@
 //! - [`timers`]: fires deadlines and retry times.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
 //! - [`auth`]: API keys, scopes, and what each operation needs.
+//! - [`console`]: the operator console at `/ui`, a page over the same API.
 //! - [`retention`]: the orchestrator's tables that age out.
 //! - [`seed`]: the demo data set of `orchestrator seed`.
 //! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
@@ -17,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod relay;
 pub mod replies;

@@ -28,7 +28,7 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-use operator::{definitions, notifications, sagas};
+use operator::{definitions, notifications, sagas, stats};
 use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
@@ -83,6 +83,7 @@ type Apis = (
     coupons::CouponsApi,
     sagas::SagasApi,
     definitions::DefinitionsApi,
+    stats::StatsApi,
     notifications::NotificationsApi,
     demo::DemoApi,
     metrics::MetricsApi,
@@ -99,6 +100,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             coupons::CouponsApi,
             sagas::SagasApi,
             definitions::DefinitionsApi,
+            stats::StatsApi,
             notifications::NotificationsApi,
             demo::DemoApi,
             metrics::MetricsApi,
@@ -152,6 +154,7 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
         .nest("/", service)
         .at("/docs", docs)
         .at("/openapi.json", spec)
+        .nest("/ui", crate::console::routes())
         .around(strict::strict_body)
         .around(limit_body)
         .data(state)

@@ -39,6 +39,7 @@ const TABLE: &[(&str, &str, Access)] = &[
     // Operators watch and operate sagas.
     ("GET", "/v1/sagas", OPERATOR),
     ("GET", "/v1/saga-definitions", OPERATOR),
+    ("GET", "/v1/saga-stats", OPERATOR),
     ("GET", "/v1/sagas/{id}", OWN_OR_OPERATOR),
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),

@@ -5,3 +5,4 @@
 pub(super) mod definitions;
 pub(super) mod notifications;
 pub(super) mod sagas;
+pub(super) mod stats;

@@ -1,0 +1,343 @@
+// The sagaflow console: plain JavaScript over the same JSON API and keys as every client.
+// Views are routed by the URL hash; every string from the API goes into the page as text
+// (never as HTML), so a payload cannot inject markup.
+"use strict";
+
+const KEY = "sagaflow.key";
+const view = document.getElementById("view");
+const notice = document.getElementById("notice");
+let refresh = null; // the current view's polling timer
+let definitions = null; // cached /v1/saga-definitions
+
+// --- Building the page -------------------------------------------------------------------
+
+function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) {
+    if (value === false || value === null || value === undefined) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function badge(status) {
+  return h("span", { class: `status s-${status}` }, status);
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function show(...nodes) {
+  view.replaceChildren(...nodes.flat().filter((node) => node !== null && node !== undefined));
+}
+
+function say(text) {
+  notice.textContent = text || "";
+}
+
+// --- Talking to the API ------------------------------------------------------------------
+
+class Refused extends Error {}
+
+async function api(path, options = {}) {
+  const headers = { Accept: "application/json", ...(options.headers || {}) };
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method: options.method || "GET",
+    headers,
+    body: options.body === undefined ? undefined : JSON.stringify(options.body),
+  });
+  const body = await response.json().catch(() => null);
+  if (response.status === 401) {
+    throw new Refused("This needs an API key: paste an operator key above.");
+  }
+  if (response.status === 403) {
+    throw new Refused(`This key may not do that: ${body && body.detail}`);
+  }
+  if (!response.ok) {
+    throw new Error((body && body.detail) || `${response.status} ${response.statusText}`);
+  }
+  say("");
+  return body;
+}
+
+async function sagaDefinitions() {
+  if (!definitions) definitions = await api("/v1/saga-definitions");
+  return definitions;
+}
+
+// --- Views -------------------------------------------------------------------------------
+
+async function overview() {
+  document.title = "Overview · sagaflow";
+  const stats = await api("/v1/saga-stats");
+  const statuses = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED"];
+  const names = [...new Set(stats.by_status.map((row) => row.definition))];
+  const count = (definition, status) =>
+    (stats.by_status.find((row) => row.definition === definition && row.status === status) || {})
+      .count || 0;
+  // Sixty slots, one per minute of the last hour; a minute with nothing in it stays empty.
+  const minute = 60000;
+  const now = Math.floor(new Date(stats.as_of).getTime() / minute) * minute;
+  const slots = Array.from({ length: 60 }, (_, i) => {
+    const at = now - (59 - i) * minute;
+    return stats.per_minute.find((m) => new Date(m.minute).getTime() === at)
+      || { minute: new Date(at).toISOString(), started: 0, completed: 0, compensated: 0, failed: 0 };
+  });
+  const peak = Math.max(1, ...slots.map((m) => m.started + m.completed + m.compensated + m.failed));
+  show(
+    h("h2", {}, "Overview"),
+    h(
+      "div",
+      { class: "cards" },
+      card("Running", names.reduce((n, d) => n + count(d, "RUNNING") + count(d, "COMPENSATING"), 0)),
+      card("Failed (need an operator)", names.reduce((n, d) => n + count(d, "FAILED"), 0)),
+      card("Overdue", stats.overdue),
+      card("Quarantined", stats.quarantined),
+      card("Outbox backlog", stats.outbox_backlog,
+        stats.oldest_unpublished_seconds !== undefined
+          ? `oldest ${stats.oldest_unpublished_seconds.toFixed(1)} s` : null),
+    ),
+    h("h3", {}, "Sagas by definition and status"),
+    h(
+      "table",
+      { id: "by-status" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "definition"),
+        statuses.map((s) => h("th", { scope: "col" }, s)))),
+      h("tbody", {}, names.map((d) => h("tr", {}, h("th", { scope: "row" }, d),
+        statuses.map((s) => h("td", {}, count(d, s) ? h("a", { href: `#/sagas?definition=${d}&status=${s}` }, count(d, s)) : "0"))))),
+    ),
+    h("h3", {}, "Started and ended per minute, last hour"),
+    h("div", { class: "minutes", role: "img",
+      "aria-label": `${stats.per_minute.reduce((n, m) => n + m.started, 0)} sagas started in the last hour` },
+      slots.map((m) => h("div", {
+        style: `height:${(100 * (m.started + m.completed + m.compensated + m.failed)) / peak}%`,
+        title: `${when(m.minute)}: ${m.started} started, ${m.completed} completed, ${m.compensated} compensated, ${m.failed} failed`,
+      }))),
+    h("p", { class: "muted" }, `as of ${when(stats.as_of)}; refreshes every 5 s`),
+  );
+  return 5000;
+}
+
+function card(title, value, note) {
+  return h("div", { class: "card" }, title, h("strong", {}, value), note && h("span", { class: "muted" }, note));
+}
+
+async function sagaList(params) {
+  document.title = "Sagas · sagaflow";
+  const query = new URLSearchParams();
+  for (const name of ["definition", "status", "cursor"]) {
+    if (params.get(name)) query.set(name, params.get(name));
+  }
+  query.set("limit", "50");
+  const [page, defs] = await Promise.all([api(`/v1/sagas?${query}`), sagaDefinitions()]);
+  const select = (name, options) => h("label", {}, name,
+    h("select", { name }, h("option", { value: "" }, "any"),
+      options.map((o) => h("option", { value: o, selected: params.get(name) === o }, o))));
+  const filters = h("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const next = new URLSearchParams();
+    for (const [name, value] of form) if (value) next.set(name, value);
+    location.hash = `#/sagas?${next}`;
+  } },
+    select("definition", defs.map((d) => d.name)),
+    select("status", ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED"]),
+    h("button", { type: "submit" }, "Filter"));
+  const rows = page.items.map((saga) => h("tr", {},
+    h("td", {}, h("a", { href: `#/sagas/${saga.id}` }, h("code", {}, saga.id))),
+    h("td", {}, saga.definition),
+    h("td", {}, badge(saga.status), saga.quarantine ? " quarantined" : ""),
+    h("td", {}, saga.current_step),
+    h("td", {}, when(saga.updated_at))));
+  const next = new URLSearchParams(params);
+  if (page.next_cursor) next.set("cursor", page.next_cursor);
+  show(
+    h("h2", {}, "Sagas"),
+    filters,
+    h("table", { id: "sagas" },
+      h("thead", {}, h("tr", {}, ["id", "definition", "status", "step", "updated"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 5 }, "No sagas match.")))),
+    page.next_cursor ? h("a", { href: `#/sagas?${next}` }, "Older sagas →") : null,
+    h("p", { class: "muted" }, params.get("cursor") ? "" : "The first page refreshes every 3 s."),
+  );
+  // Live on the first page only, so paging back through history stays put.
+  return params.get("cursor") ? null : 3000;
+}
+
+async function sagaDetail(id) {
+  document.title = `Saga ${id} · sagaflow`;
+  const saga = await api(`/v1/sagas/${id}`);
+  const canRetry = saga.status === "FAILED" && !saga.quarantine;
+  const canCancel = saga.status === "RUNNING" && !saga.quarantine;
+  show(
+    h("h2", {}, `Saga `, h("code", {}, saga.id)),
+    h("p", {}, badge(saga.status), ` ${saga.definition}, started ${when(saga.created_at)}, updated ${when(saga.updated_at)}`),
+    saga.failure ? h("p", {}, h("strong", {}, "Why: "), saga.failure) : null,
+    saga.quarantine ? h("p", {}, h("strong", {}, "Quarantined: "), saga.quarantine) : null,
+    h("div", { class: "actions" },
+      h("button", { id: "retry", disabled: !canRetry, onclick: () => act(saga, "retry") },
+        "Retry compensation"),
+      h("button", { id: "cancel", disabled: !canCancel, onclick: () => act(saga, "cancel") },
+        "Cancel saga")),
+    h("h3", {}, "Steps"),
+    diagram(saga.steps),
+    h("h3", {}, "Attempts"),
+    timeline(saga),
+    h("h3", {}, "History"),
+    h("table", { id: "history" },
+      h("thead", {}, h("tr", {}, ["time", "entry", "step", "attempt", "status", "detail"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, saga.history.map((entry) => h("tr", {},
+        h("td", {}, when(entry.recorded_at)), h("td", {}, entry.kind), h("td", {}, entry.step ?? ""),
+        h("td", {}, entry.attempt ?? ""), h("td", {}, badge(entry.status)),
+        h("td", {}, h("code", {}, entry.detail.message || entry.detail.reason || summary(entry.detail))))))),
+    h("h3", {}, "Payload"),
+    h("pre", {}, JSON.stringify(saga.payload, null, 2)),
+  );
+  const running = saga.status === "RUNNING" || saga.status === "COMPENSATING";
+  return running ? 2000 : null;
+}
+
+function summary(detail) {
+  const text = JSON.stringify(detail);
+  return text === "{}" ? "" : text.length > 160 ? `${text.slice(0, 160)}…` : text;
+}
+
+// A box per step, coloured by where it stands forward and in compensation.
+function diagram(steps) {
+  const boxes = [];
+  steps.forEach((step, index) => {
+    if (index > 0) boxes.push(h("span", { class: "arrow", "aria-hidden": "true" }, "→"));
+    boxes.push(h("section", { class: `step s-${step.state}`, "data-step": step.name,
+      "aria-label": `${step.name}: ${step.state}, compensation ${step.compensation_state}` },
+      h("h3", {}, `${index + 1}. ${step.name}`),
+      h("p", {}, `${step.role}: ${step.command}`),
+      h("p", {}, "forward ", badge(step.state), ` ${step.attempts} attempt(s)`),
+      step.compensation
+        ? h("p", {}, "undo ", badge(step.compensation_state), ` ${step.compensation_attempts} attempt(s)`)
+        : h("p", { class: "muted" }, "cannot be undone (a pivot)"),
+      step.last_error ? h("p", {}, h("strong", {}, "error: "), step.last_error) : null,
+      step.output ? h("details", {}, h("summary", {}, "output"), h("pre", {}, JSON.stringify(step.output, null, 2))) : null));
+  });
+  return h("div", { class: "diagram", id: "diagram" }, boxes);
+}
+
+// One bar per attempt, from its first send to its reply, on the saga's own time scale.
+function timeline(saga) {
+  const t = (iso) => new Date(iso).getTime();
+  const start = t(saga.created_at);
+  const finished = !(saga.status === "RUNNING" || saga.status === "COMPENSATING");
+  const end = Math.max(start + 1, finished ? t(saga.updated_at) : Date.now());
+  const bars = [];
+  for (const entry of saga.history) {
+    const sent = entry.kind === "command.sent" || entry.kind === "compensation.sent";
+    if (sent) {
+      const direction = entry.kind === "command.sent" ? "forward" : "compensation";
+      const open = bars.find((b) => b.direction === direction && b.step === entry.step && b.attempt === entry.attempt && b.to === null);
+      if (open) open.sends += 1;
+      else bars.push({ direction, step: entry.step, attempt: entry.attempt, from: t(entry.recorded_at), to: null, sends: 1 });
+    } else if (entry.kind === "reply.received") {
+      const open = [...bars].reverse().find((b) => b.step === entry.step && b.attempt === entry.attempt && b.to === null);
+      if (open) { open.to = t(entry.recorded_at); open.outcome = entry.detail.outcome && entry.detail.outcome.status; }
+    }
+  }
+  if (!bars.length) return h("p", { class: "muted" }, "No command sent yet.");
+  const name = (index) => (saga.steps[index] || {}).name || `step ${index}`;
+  const lanes = bars.map((bar) => {
+    const to = bar.to === null ? end : bar.to;
+    const left = (100 * (bar.from - start)) / (end - start);
+    const width = Math.max(0.3, (100 * (to - bar.from)) / (end - start));
+    const label = `${name(bar.step)} ${bar.direction} attempt ${bar.attempt}: ${bar.to === null ? "no reply yet" : `${to - bar.from} ms, ${bar.outcome || "replied"}`}${bar.sends > 1 ? `, sent ${bar.sends} times` : ""}`;
+    return h("div", { class: "lane" }, h("span", {}, label),
+      h("div", { class: "track" }, h("div", { class: `bar ${bar.direction}${bar.to === null ? " open" : ""}`,
+        style: `left:${left}%;width:${width}%`, title: label })));
+  });
+  return h("div", { class: "timeline", id: "timeline" }, lanes,
+    h("p", { class: "muted" }, `0 to ${end - start} ms after the saga started`));
+}
+
+function act(saga, action) {
+  const dialog = document.getElementById("confirm");
+  const reason = document.getElementById("reason");
+  document.getElementById("confirm-title").textContent =
+    action === "retry" ? "Retry the compensation?" : "Cancel this saga?";
+  document.getElementById("confirm-text").textContent = action === "retry"
+    ? "The pending compensation runs again with a fresh budget."
+    : "Its dispatched steps are compensated, newest first, and it ends CANCELLED.";
+  reason.value = "";
+  dialog.returnValue = "";
+  dialog.onclose = async () => {
+    if (dialog.returnValue !== "ok") return;
+    try {
+      await api(`/v1/sagas/${saga.id}/${action}`, { method: "POST", body: { reason: reason.value } });
+      say(`${action} requested`);
+      route();
+    } catch (error) {
+      say(error.message);
+    }
+  };
+  dialog.showModal();
+  reason.focus();
+}
+
+async function definitionList() {
+  document.title = "Definitions · sagaflow";
+  const defs = await sagaDefinitions();
+  show(h("h2", {}, "Saga definitions"), defs.map((d) => h("section", { "data-definition": d.name },
+    h("h3", {}, d.name),
+    diagram(d.steps.map((step) => ({ ...step, state: "pending", attempts: 0, compensation_state: "not_started", compensation_attempts: 0 }))),
+    h("table", {}, h("thead", {}, h("tr", {}, ["step", "retries", "deadline", "attempt timeout", "undo retries"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, d.steps.map((s) => h("tr", {}, h("td", {}, s.name), h("td", {}, s.retry.max_attempts),
+        h("td", {}, `${s.deadline_ms / 1000} s`), h("td", {}, `${s.attempt_timeout_ms / 1000} s`),
+        h("td", {}, s.compensation ? s.compensation_retry.max_attempts : "–"))))))));
+  return null;
+}
+
+// --- Routing -----------------------------------------------------------------------------
+
+async function route() {
+  clearTimeout(refresh);
+  const [path, query] = location.hash.slice(1).split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = (path || "/").split("/").filter(Boolean);
+  let render;
+  if (parts.length === 0) render = () => overview();
+  else if (parts[0] === "sagas" && parts[1]) render = () => sagaDetail(parts[1]);
+  else if (parts[0] === "sagas") render = () => sagaList(params);
+  else if (parts[0] === "definitions") render = () => definitionList();
+  else render = async () => { show(h("p", {}, "No such page.")); return null; };
+  const here = location.hash;
+  try {
+    const every = await render();
+    if (every && location.hash === here) refresh = setTimeout(route, every);
+  } catch (error) {
+    say(error.message);
+    if (!(error instanceof Refused) && location.hash === here) refresh = setTimeout(route, 5000);
+  }
+}
+
+document.getElementById("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("key");
+  if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
+  input.value = "";
+  definitions = null;
+  route();
+});
+document.getElementById("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY);
+  definitions = null;
+  route();
+});
+document.getElementById("confirm-no").addEventListener("click", () =>
+  document.getElementById("confirm").close("cancel"));
+window.addEventListener("hashchange", () => { route(); view.focus(); });
+route();

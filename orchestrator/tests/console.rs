@@ -1,0 +1,112 @@
+//! The operator console in a real (headless) Chromium, against the app in `serve` mode with
+//! access control on: an operator pastes a key, sees the overview, finds a saga in the
+//! list, reads its step diagram and attempt timeline, and cancels it with a reason; a
+//! client key is refused. Needs chromium and chromedriver (`.ci/run` installs them); on a
+//! machine without them the test says so and passes only outside CI.
+
+mod support;
+
+use orchestrator::app::{Mode, Options};
+use platform::testkit::TestEnv;
+use reqwest::StatusCode;
+use serde_json::json;
+use support::browser::Browser;
+use support::http::{Http, answer};
+use support::*;
+
+const KEYS: &str = "ops:operator:ops-secret-00000000003,shop:client:shop-secret-0000000001";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_finds_a_saga_reads_its_steps_and_cancels_it_with_a_reason() {
+    let Some(browser) = Browser::start().await else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the console test: install chromium and chromium-driver"
+        );
+        eprintln!(
+            "console test skipped: no chromium/chromedriver (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Serve,
+        Options::default(),
+        &[("AUTH", "on"), ("API_KEYS", KEYS)],
+    )
+    .await;
+    let base = orchestrator.base();
+    // No participant runs: the saga waits on its first step until an operator acts.
+    let payload =
+        json!({ "user_id": uuid::Uuid::nil(), "lines": [{ "sku": "MUG-01", "quantity": 1 }] });
+    let saga = orchestrator
+        .running
+        .engine
+        .start("order", &payload, None)
+        .await
+        .unwrap()
+        .id;
+
+    browser.goto(&format!("{base}/ui")).await;
+    browser.wait_for_text("#notice", "needs an API key").await;
+    browser.type_into("#key", "ops-secret-00000000003").await;
+    browser.click("#key-form button[type=submit]").await;
+    let overview = browser.wait_for_text("#by-status", "order").await;
+    assert!(overview.contains("RUNNING"), "{overview}");
+
+    browser
+        .goto(&format!("{base}/ui#/sagas?status=RUNNING"))
+        .await;
+    browser.wait_for_text("#sagas", &saga.to_string()).await;
+    browser.click(&format!("a[href='#/sagas/{saga}']")).await;
+    browser.wait_for_text("#diagram", "reserve_stock").await;
+    let first_step = browser
+        .run("return document.querySelector('#diagram .step').className")
+        .await;
+    assert_eq!(
+        first_step, "step s-in_flight",
+        "the first step is drawn in flight"
+    );
+    browser
+        .wait_for_text("#timeline", "reserve_stock forward attempt 1")
+        .await;
+    let buttons = browser
+        .run("return [document.getElementById('retry').disabled, document.getElementById('cancel').disabled]")
+        .await;
+    assert_eq!(
+        buttons,
+        json!([true, false]),
+        "only cancel fits a RUNNING saga"
+    );
+
+    browser.click("#cancel").await;
+    browser.type_into("#reason", "customer asked to stop").await;
+    browser.click("#confirm-yes").await;
+    browser.wait_for_text("#history", "cancel.requested").await;
+
+    let ops = Http::with_key(base.clone(), "ops-secret-00000000003");
+    let detail = answer(ops.get(&format!("/v1/sagas/{saga}")).await, StatusCode::OK).await;
+    let entry = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == "cancel.requested")
+        .cloned()
+        .expect("the cancel is in the history");
+    assert_eq!(entry["detail"]["actor"], "ops");
+    assert_eq!(entry["detail"]["reason"], "customer asked to stop");
+
+    browser.goto(&format!("{base}/ui#/definitions")).await;
+    browser.wait_for_text("main", "coupon_use").await;
+
+    // A client's key gets no operator view.
+    browser.click("#forget-key").await;
+    browser.type_into("#key", "shop-secret-0000000001").await;
+    browser.click("#key-form button[type=submit]").await;
+    browser.goto(&format!("{base}/ui#/sagas")).await;
+    browser.wait_for_text("#notice", "may not do that").await;
+
+    browser.quit().await;
+    orchestrator.stop().await;
+}
