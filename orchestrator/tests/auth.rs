@@ -218,11 +218,33 @@ async fn an_operator_action_records_who_and_why() {
     let cancel = format!("{saga_path}/cancel");
     problem(callers.shop.post(&cancel, &json!({})).await, 403, None).await;
     let reason = json!({ "reason": "customer called: wrong address" });
-    answer(
-        callers.ops.post(&cancel, &reason).await,
-        StatusCode::ACCEPTED,
+    // The saga's version is its ETag; an action on an older version is refused with 412.
+    let seen = callers.ops.get(&saga_path).await;
+    let etag = seen.headers()["etag"].to_str().unwrap().to_owned();
+    let version = answer(seen, StatusCode::OK).await["version"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(etag, format!("\"{version}\""));
+    let act = |if_match: String| {
+        let request = callers
+            .ops
+            .client
+            .post(format!("{}{cancel}", callers.ops.base));
+        request.header("If-Match", if_match).json(&reason).send()
+    };
+    problem(
+        act(format!("\"{}\"", version + 7)).await.unwrap(),
+        412,
+        Some("If-Match"),
     )
     .await;
+    problem(
+        act("seven".to_owned()).await.unwrap(),
+        400,
+        Some("If-Match"),
+    )
+    .await;
+    answer(act(etag).await.unwrap(), StatusCode::ACCEPTED).await;
     let saga = answer(callers.ops.get(&saga_path).await, StatusCode::OK).await;
     let entry = saga["history"]
         .as_array()

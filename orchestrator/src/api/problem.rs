@@ -60,6 +60,9 @@ pub enum ApiError {
     /// The request conflicts with the resource's state or a limit.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// `If-Match` named a version that is no longer current: read the resource again.
+    #[oai(status = 412, content_type = "application/problem+json")]
+    PreconditionFailed(Json<Problem>),
     // 413 and 415 are produced before any handler runs (see `catch_all`); they are listed
     // here so the OpenAPI document declares them.
     /// The body is larger than 64 KiB.
@@ -179,6 +182,23 @@ impl From<engine::Error> for ApiError {
                 );
                 problem.current_status = Some("QUARANTINED".to_owned());
                 Self::Conflict(Json(problem))
+            }
+            engine::Error::Stale {
+                id,
+                expected,
+                current,
+            } => {
+                let mut problem = Problem::new(
+                    412,
+                    "stale-version",
+                    "The saga changed",
+                    format!(
+                        "saga {id} is at version {current}, not {expected}: read it again \
+                         and decide on what it is now"
+                    ),
+                );
+                problem.field = Some("If-Match".to_owned());
+                Self::PreconditionFailed(Json(problem))
             }
             engine::Error::Pool(err) => Self::from(err),
             engine::Error::Concurrent(id) => {

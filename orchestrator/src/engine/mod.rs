@@ -43,6 +43,13 @@ pub enum Error {
     Concurrent(Uuid),
     #[error("stored saga {id} is unreadable: {reason}")]
     Corrupt { id: Uuid, reason: String },
+    /// The operator acted on a version of the saga that is no longer current.
+    #[error("saga {id} is at version {current}, not {expected}")]
+    Stale {
+        id: Uuid,
+        expected: i64,
+        current: i64,
+    },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -317,6 +324,15 @@ impl Engine {
         let writes = conn
             .transaction(async |conn: &mut Connection| {
                 let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
+                if let Some(expected) = operator.expected_version
+                    && expected != row.version
+                {
+                    return Err(Error::Stale {
+                        id,
+                        expected,
+                        current: row.version,
+                    });
+                }
                 if let Some(reason) = &row.quarantine {
                     return Err(Error::Corrupt {
                         id,
@@ -352,6 +368,8 @@ pub struct Operator {
     /// The API key's name (`anonymous` with access control off).
     pub actor: String,
     pub reason: Option<String>,
+    /// Act only if the saga is still at this version (`If-Match`); `None`: whatever it is.
+    pub expected_version: Option<i64>,
 }
 
 impl Operator {
@@ -360,6 +378,7 @@ impl Operator {
         Self {
             actor: "system".to_owned(),
             reason: None,
+            expected_version: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
@@ -107,6 +107,9 @@ struct SagaDetail {
     definition: String,
     status: String,
     current_step: i32,
+    /// Bumped by every change; also the `ETag`. Send it back as `If-Match` with an operator
+    /// action to act only on the saga as you saw it.
+    version: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     /// Why the saga left the happy path, when it did.
@@ -134,7 +137,12 @@ struct SagaPage {
 #[derive(ApiResponse)]
 enum Found {
     #[oai(status = 200)]
-    Ok(Json<SagaDetail>),
+    Ok(
+        Json<SagaDetail>,
+        /// The saga's version, quoted: send it back as `If-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -183,6 +191,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
                 definition: row.definition,
                 status: row.status,
                 current_step: row.current_step,
+                version: row.version,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
                 failure: None,
@@ -217,6 +226,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
         definition: row.definition,
         status: row.status,
         current_step: row.current_step,
+        version: row.version,
         created_at: row.created_at,
         updated_at: row.updated_at,
         failure: state.failure,
@@ -246,11 +256,35 @@ struct Action {
     reason: Option<String>,
 }
 
-fn operator(caller: &Caller, action: Option<Action>) -> Operator {
-    Operator {
+fn operator(
+    caller: &Caller,
+    action: Option<Action>,
+    if_match: Option<&str>,
+) -> ApiResult<Operator> {
+    Ok(Operator {
         actor: caller.name.clone(),
         reason: action.and_then(|action| action.reason),
+        expected_version: if_match.map(version_in).transpose()?.flatten(),
+    })
+}
+
+/// The version an `If-Match` names: `"7"` (or `W/"7"`); `*` names any.
+fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
+    let value = if_match.trim();
+    if value == "*" {
+        return Ok(None);
     }
+    value
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .parse::<i64>()
+        .map(Some)
+        .map_err(|_| {
+            ApiError::invalid(
+                "If-Match",
+                "expected the saga's ETag, a quoted version such as \"7\", or *",
+            )
+        })
 }
 
 #[OpenApi(tag = "crate::api::Tag::Sagas")]
@@ -286,7 +320,9 @@ impl SagasApi {
             .select(HistoryEntry::as_select())
             .load(&mut conn)
             .await?;
-        Ok(Found::Ok(Json(detail(row, history)?)))
+        let detail = detail(row, history)?;
+        let etag = format!("\"{}\"", detail.version);
+        Ok(Found::Ok(Json(detail), etag))
     }
 
     /// List sagas
@@ -371,19 +407,21 @@ impl SagasApi {
     ///
     /// Only for a FAILED saga (a compensation exhausted its budget): the pending
     /// compensation runs again with a fresh budget. Answers 202 with the saga as it is
-    /// now; 409 with `current_status` in any other status, 404 when unknown.
+    /// now; 409 with `current_status` in any other status, 404 when unknown, 412 when
+    /// `If-Match` names an older version.
     #[oai(path = "/v1/sagas/:id/retry", method = "post")]
     async fn retry(
         &self,
         state: Data<&State>,
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
+        /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        state
-            .engine
-            .retry_by(id.0, &operator(&caller, body.0))
-            .await?;
+        let operator = operator(&caller, body.0, if_match.0.as_deref())?;
+        state.engine.retry_by(id.0, &operator).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 
@@ -391,19 +429,21 @@ impl SagasApi {
     ///
     /// Only for a RUNNING saga: its dispatched steps are compensated, newest first, and it
     /// ends CANCELLED. Answers 202 with the saga as it is now (COMPENSATING while steps are
-    /// undone); 409 with `current_status` in any other status, 404 when unknown.
+    /// undone); 409 with `current_status` in any other status, 404 when unknown, 412 when
+    /// `If-Match` names an older version.
     #[oai(path = "/v1/sagas/:id/cancel", method = "post")]
     async fn cancel(
         &self,
         state: Data<&State>,
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
+        /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        state
-            .engine
-            .cancel_by(id.0, &operator(&caller, body.0))
-            .await?;
+        let operator = operator(&caller, body.0, if_match.0.as_deref())?;
+        state.engine.cancel_by(id.0, &operator).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 }

@@ -277,12 +277,15 @@ function act(saga, action) {
   dialog.onclose = async () => {
     if (dialog.returnValue !== "ok") return;
     try {
-      await api(`/v1/sagas/${saga.id}/${action}`, { method: "POST", body: { reason: reason.value } });
+      // Only on the saga as shown: if it moved meanwhile, the API answers 412.
+      await api(`/v1/sagas/${saga.id}/${action}`, {
+        method: "POST", body: { reason: reason.value }, headers: { "If-Match": `"${saga.version}"` },
+      });
       say(`${action} requested`);
-      route();
     } catch (error) {
       say(error.message);
     }
+    route();
   };
   dialog.showModal();
   reason.focus();
