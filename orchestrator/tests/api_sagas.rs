@@ -157,6 +157,33 @@ async fn a_completed_saga_shows_its_steps_and_history_and_unknown_ids_are_proble
     assert!(kinds.contains(&"saga.completed"), "{kinds:?}");
     assert_eq!(kinds.iter().filter(|k| **k == "reply.received").count(), 3);
 
+    // The same history, five entries a page.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = ok(http
+            .get(&format!("/v1/sagas/{id}/history?limit=5{after}"))
+            .await)
+        .await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 5);
+        paged.extend(items.iter().map(|e| e["kind"].as_str().unwrap().to_owned()));
+        match page["next_after"].as_i64() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        paged, kinds,
+        "the pages add up to the whole history, in order"
+    );
+    problem(
+        http.get(&format!("/v1/sagas/{id}/history?limit=0")).await,
+        400,
+        Some("limit"),
+    )
+    .await;
+
     let unknown = Uuid::now_v7();
     problem(http.get(&format!("/v1/sagas/{unknown}")).await, 404, None).await;
     for action in ["cancel", "retry"] {

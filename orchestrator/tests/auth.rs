@@ -190,6 +190,45 @@ async fn a_client_reads_only_what_it_started_and_its_idempotency_keys_are_its_ow
         .await;
     let theirs = answer(theirs, StatusCode::ACCEPTED).await;
     assert_ne!(theirs["order_id"], *order_id);
+    // Operators find sagas by the business keys in them.
+    let ids = |page: Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|saga| saga["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let search = async |query: String| {
+        ids(answer(
+            callers.ops.get(&format!("/v1/sagas?{query}")).await,
+            StatusCode::OK,
+        )
+        .await)
+    };
+    let both = [
+        theirs["saga_id"].as_str().unwrap().to_owned(),
+        saga_id.as_str().unwrap().to_owned(),
+    ];
+    assert_eq!(
+        search(format!("user_id={}", order["user_id"].as_str().unwrap())).await,
+        both
+    );
+    assert_eq!(
+        search(format!("order_id={}", order_id.as_str().unwrap())).await,
+        [both[1].clone()]
+    );
+    assert_eq!(search("idempotency_key=checkout-1".to_owned()).await, both);
+    let an_hour_ago = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    let stuck = search(format!(
+        "status=RUNNING&updated_before={}",
+        an_hour_ago.replace('+', "%2B")
+    ))
+    .await;
+    assert!(
+        stuck.is_empty(),
+        "nothing has been stuck for an hour: {stuck:?}"
+    );
     // ... while the first client's repeat is still its replay.
     let again = callers
         .shop

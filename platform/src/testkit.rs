@@ -138,8 +138,8 @@ static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_ne
 
 /// The template database for the migrations as they are now, created and migrated if it
 /// does not exist yet. Its name carries a hash of the migration files, so a changed or new
-/// migration gets a new template (and the old ones are dropped). Test processes that start
-/// together serialise on an advisory lock.
+/// migration gets a new template (and all but the two newest others are dropped). Test
+/// processes that start together serialise on an advisory lock.
 async fn template(server_url: &str, admin_url: &str) -> String {
     let name = format!("sagaflow_template_{:016x}", migrations_hash());
     let mut admin = AsyncPgConnection::establish(admin_url)
@@ -149,14 +149,18 @@ async fn template(server_url: &str, admin_url: &str) -> String {
         .execute(&mut admin)
         .await
         .expect("template lock");
+    // Newest first (database OIDs grow as databases are created).
     let ready: Vec<Named> = diesel::sql_query(
-        "SELECT datname AS name FROM pg_database WHERE datname LIKE 'sagaflow_template_%'",
+        "SELECT datname AS name FROM pg_database WHERE datname LIKE 'sagaflow_template_%' \
+         ORDER BY oid DESC",
     )
     .load(&mut admin)
     .await
     .expect("list templates");
     let exists = ready.iter().any(|db| db.name == name);
-    for stale in ready.iter().filter(|db| db.name != name) {
+    // Another checkout with other migrations may be testing against this server right now:
+    // the two newest other templates stay, older ones go.
+    for stale in ready.iter().filter(|db| db.name != name).skip(2) {
         let quoted = db::quote_identifier(&stale.name);
         for statement in [
             format!("ALTER DATABASE {quoted} WITH IS_TEMPLATE false"),

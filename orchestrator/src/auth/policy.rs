@@ -41,6 +41,7 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/v1/saga-definitions", OPERATOR),
     ("GET", "/v1/saga-stats", OPERATOR),
     ("GET", "/v1/sagas/{id}", OWN_OR_OPERATOR),
+    ("GET", "/v1/sagas/{id}/history", OWN_OR_OPERATOR),
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),
     ("GET", "/v1/notifications", OPERATOR),

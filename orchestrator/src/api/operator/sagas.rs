@@ -5,7 +5,9 @@
 //! the same transaction as any other input.
 
 use chrono::{DateTime, Utc};
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -88,6 +90,8 @@ struct StepView {
 #[derive(Debug, Object, Queryable, Selectable)]
 #[diesel(table_name = saga_history)]
 struct HistoryEntry {
+    /// Increasing within a saga: pass the last one as `after` for the next page of history.
+    id: i64,
     /// What happened (`saga.start`, `reply.received`, `command.sent`, `saga.completed`...).
     kind: String,
     #[oai(skip_serializing_if_is_none)]
@@ -143,6 +147,15 @@ enum Found {
         #[oai(header = "ETag")]
         String,
     ),
+}
+
+/// A page of one saga's history, oldest first.
+#[derive(Debug, Object)]
+struct HistoryPage {
+    items: Vec<HistoryEntry>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[oai(skip_serializing_if_is_none)]
+    next_after: Option<i64>,
 }
 
 #[derive(ApiResponse)]
@@ -325,12 +338,58 @@ impl SagasApi {
         Ok(Found::Ok(Json(detail), etag))
     }
 
+    /// Page through a saga's history
+    ///
+    /// Oldest first, `limit` entries (1 to 200, default 50) after the entry `after`; the
+    /// answer's `next_after` leads to the next page. 404 when no saga has this id (or, for a
+    /// client, when it did not start it).
+    #[oai(path = "/v1/sagas/:id/history", method = "get")]
+    async fn history(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
+        /// The `next_after` of the previous page.
+        after: Query<Option<i64>>,
+        /// Page size, 1 to 200 (default 50).
+        limit: Query<Option<i64>>,
+        caller: Data<&Caller>,
+    ) -> ApiResult<Json<HistoryPage>> {
+        let limit = pagination::limit(limit.0)?;
+        let mut conn = state.database.get().await?;
+        let mut saga = sagas::table.find(id.0).into_boxed();
+        if let Some(client) = caller.owner() {
+            saga = saga.filter(sagas::started_by.eq(client));
+        }
+        saga.select(sagas::id)
+            .first::<Uuid>(&mut conn)
+            .await
+            .optional()?
+            .ok_or_else(|| ApiError::not_found("saga", id.0))?;
+        let mut items: Vec<HistoryEntry> = saga_history::table
+            .filter(saga_history::saga_id.eq(id.0))
+            .filter(saga_history::id.gt(after.0.unwrap_or(0)))
+            .order(saga_history::id.asc())
+            .limit(limit + 1)
+            .select(HistoryEntry::as_select())
+            .load(&mut conn)
+            .await?;
+        let next_after = if items.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            items.last().map(|entry| entry.id)
+        } else {
+            None
+        };
+        Ok(Json(HistoryPage { items, next_after }))
+    }
+
     /// List sagas
     ///
-    /// Newest first, filtered by definition, status and creation time. Pages are cut by
-    /// `limit`; pass the answer's `next_cursor` as `cursor` for the next page (absent on the
-    /// last one). An unknown definition or status, or `created_after` later than
-    /// `created_before`, is 400 naming the parameter.
+    /// Newest first, filtered by definition, status, creation time, last change
+    /// (`updated_before` finds stuck sagas), and business keys: the user, order or coupon
+    /// campaign in the saga's input, or the `Idempotency-Key` the request that started it
+    /// carried. Pages are cut by `limit`; pass the answer's `next_cursor` as `cursor` for
+    /// the next page (absent on the last one). An unknown definition or status, or
+    /// `created_after` later than `created_before`, is 400 naming the parameter.
     #[oai(path = "/v1/sagas", method = "get")]
     // poem-openapi takes each query parameter as its own argument; there is no struct form.
     #[allow(clippy::too_many_arguments)]
@@ -348,6 +407,18 @@ impl SagasApi {
         created_after: Query<Option<DateTime<Utc>>>,
         /// Only sagas created before this instant (RFC 3339).
         created_before: Query<Option<DateTime<Utc>>>,
+        /// Only sagas whose last change is before this instant (RFC 3339): with
+        /// `status=RUNNING`, the ones that stopped moving.
+        updated_before: Query<Option<DateTime<Utc>>>,
+        /// Only sagas for this user (`user_id` in their input).
+        user_id: Query<Option<Uuid>>,
+        /// Only the saga of this order.
+        order_id: Query<Option<Uuid>>,
+        /// Only coupon uses of this campaign.
+        campaign_id: Query<Option<Uuid>>,
+        /// Only sagas started by a request with this `Idempotency-Key` (any caller's).
+        #[oai(validator(min_length = 1, max_length = 200))]
+        idempotency_key: Query<Option<String>>,
         /// Page size, 1 to 200 (default 50).
         limit: Query<Option<i64>>,
         /// The `next_cursor` of the previous page.
@@ -388,6 +459,32 @@ impl SagasApi {
         }
         if let Some(before) = created_before.0 {
             query = query.filter(sagas::created_at.lt(before));
+        }
+        if let Some(before) = updated_before.0 {
+            query = query.filter(sagas::updated_at.lt(before));
+        }
+        for (key, value) in [
+            ("user_id", user_id.0),
+            ("order_id", order_id.0),
+            ("campaign_id", campaign_id.0),
+        ] {
+            if let Some(value) = value {
+                // Matches the expression indexes of migration 000010.
+                query = query.filter(
+                    sql::<Bool>(&format!("payload->>'{key}' = "))
+                        .bind::<Text, _>(value.to_string()),
+                );
+            }
+        }
+        if let Some(key) = &idempotency_key.0 {
+            query = query.filter(
+                sql::<Bool>(
+                    "id IN (SELECT (response->>'saga_id')::uuid FROM idempotency_keys \
+                     WHERE key = ",
+                )
+                .bind::<Text, _>(key.clone())
+                .sql(" AND response ? 'saga_id')"),
+            );
         }
         if let Some(cursor) = cursor.0 {
             query = query.filter(sagas::id.lt(cursor));
