@@ -496,3 +496,73 @@ async fn saga_definitions_list_each_step_with_its_role_compensation_and_budgets(
     );
     http.orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_resolves_a_failed_saga_by_hand_with_a_reason() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let refund_fails = script(|command| match command.name.as_str() {
+        "shipment.prepare" => Reaction::Reply(Outcome::Rejected {
+            reason: "address not serviceable".into(),
+        }),
+        "payment.refund" => Reaction::Reply(Outcome::Failed {
+            reason: "card closed".into(),
+        }),
+        _ => succeed(),
+    });
+    let participants = Participants::start(&env.kafka.cluster, refund_fails);
+    let engine = &http.orchestrator.running.engine;
+    let payload = json!({ "campaign_id": Uuid::nil(), "user_id": Uuid::nil() });
+    let completed = engine.start("coupon_use", &payload, None).await.unwrap().id;
+    let id = http.start_saga(order()).await;
+    let clock = http.orchestrator.running.engine.clock().clone();
+    wait_for_status_with(&env, id, "FAILED", |row| skip_retry_wait(&clock, row)).await;
+
+    let resolve = format!("/v1/sagas/{id}/resolve");
+    let blank = http.api.post(&resolve, &json!({ "reason": "  " })).await;
+    problem(blank, 400, Some("reason")).await;
+    problem(
+        http.api.post(&resolve, &json!({})).await,
+        400,
+        Some("reason"),
+    )
+    .await;
+    let why = json!({ "reason": "refunded by bank transfer, ticket 4711" });
+    let saga = accepted(http.api.post(&resolve, &why).await).await;
+    assert_eq!(saga["status"], "RESOLVED");
+    let saga = http.saga(id).await;
+    let entry = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["kind"] == "resolve.requested")
+        .cloned()
+        .expect("resolve.requested in the history");
+    assert_eq!(
+        entry["detail"]["reason"],
+        "refunded by bank transfer, ticket 4711"
+    );
+    assert_eq!(entry["detail"]["actor"], "anonymous");
+    let kinds: Vec<&str> = saga["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"saga.resolved"), "{kinds:?}");
+    // Final: nothing moves it any more, and only a FAILED saga can be resolved.
+    assert_eq!(http.refused(id, "retry").await, "RESOLVED");
+    assert_eq!(
+        problem(http.api.post(&resolve, &why).await, 409, None).await["current_status"],
+        "RESOLVED"
+    );
+    http.wait_for(completed, "COMPLETED").await;
+    let other = format!("/v1/sagas/{completed}/resolve");
+    assert_eq!(
+        problem(http.api.post(&other, &why).await, 409, None).await["current_status"],
+        "COMPLETED"
+    );
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}

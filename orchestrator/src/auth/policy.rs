@@ -44,6 +44,7 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/v1/sagas/{id}/history", OWN_OR_OPERATOR),
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),
+    ("POST", "/v1/sagas/{id}/resolve", OPERATOR),
     ("GET", "/v1/notifications", OPERATOR),
     ("GET", "/v1/users/{id}", ADMIN_OR_OPERATOR),
     ("GET", "/v1/users/{id}/coupons", ADMIN_OR_OPERATOR),

@@ -229,7 +229,7 @@ impl Engine {
                         timer_stale = true;
                     } else if matches!(
                         arrival.input,
-                        Input::CancelRequested | Input::RetryRequested
+                        Input::CancelRequested | Input::RetryRequested | Input::ResolveRequested
                     ) {
                         writes.refused = Some((state.status, reason.clone()));
                     } else {

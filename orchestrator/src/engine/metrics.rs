@@ -59,6 +59,7 @@ pub struct Metrics {
     pub compensated: AtomicU64,
     pub cancelled: AtomicU64,
     pub failed: AtomicU64,
+    pub resolved: AtomicU64,
     pub replies: AtomicU64,
     pub quarantined: AtomicU64,
     pub saga_duration: Histogram,
@@ -76,6 +77,7 @@ impl Metrics {
             Status::Compensated => &self.compensated,
             Status::Cancelled => &self.cancelled,
             Status::Failed => &self.failed,
+            Status::Resolved => &self.resolved,
             Status::Running | Status::Compensating => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +110,11 @@ impl Metrics {
                 "sagaflow_sagas_failed_total",
                 "Sagas parked as FAILED (a compensation exhausted its budget).",
                 &self.failed,
+            ),
+            (
+                "sagaflow_sagas_resolved_total",
+                "FAILED sagas an operator ended by hand (RESOLVED).",
+                &self.resolved,
             ),
             (
                 "sagaflow_sagas_quarantined_total",

@@ -306,6 +306,13 @@ impl Engine {
         self.retry_by(id, &Operator::system()).await
     }
 
+    /// Operator: end a FAILED saga by hand (its compensation can never succeed); it becomes
+    /// RESOLVED. Who and why go into the history.
+    pub async fn resolve_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
+        self.operator(id, Input::ResolveRequested, "resolve.requested", operator)
+            .await
+    }
+
     /// [`Engine::retry`] on an operator's behalf: who and why go into the history.
     pub async fn retry_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
         self.operator(id, Input::RetryRequested, "retry.requested", operator)

@@ -84,10 +84,11 @@ pub enum EventKind {
     SagaCancelled,
     SagaFailed,
     SagaRetried,
+    SagaResolved,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 19] = [
         EventKind::SagaStarted,
         EventKind::StepDispatched,
         EventKind::StepSucceeded,
@@ -106,6 +107,7 @@ impl EventKind {
         EventKind::SagaCancelled,
         EventKind::SagaFailed,
         EventKind::SagaRetried,
+        EventKind::SagaResolved,
     ];
 
     /// The wire name, also used as the notification type.
@@ -129,6 +131,7 @@ impl EventKind {
             EventKind::SagaCancelled => "saga.cancelled",
             EventKind::SagaFailed => "saga.failed",
             EventKind::SagaRetried => "saga.retried",
+            EventKind::SagaResolved => "saga.resolved",
         }
     }
 }

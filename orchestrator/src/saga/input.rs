@@ -43,6 +43,8 @@ pub enum Input {
     CancelRequested,
     /// An operator asks a `Failed` saga to try its compensation again.
     RetryRequested,
+    /// An operator ends a `Failed` saga by hand: its compensation can never succeed.
+    ResolveRequested,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -26,23 +26,28 @@ pub enum Status {
     /// A compensation exhausted its budget. Parked rather than terminal: effects may still be
     /// in place, so an operator can retry.
     Failed,
+    /// An operator ended a `Failed` saga by hand, because its compensation can never
+    /// succeed (the reason is in the history). Terminal; the effects left in place are the
+    /// operator's to settle.
+    Resolved,
 }
 
 impl Status {
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 7] = [
         Status::Running,
         Status::Compensating,
         Status::Completed,
         Status::Compensated,
         Status::Cancelled,
         Status::Failed,
+        Status::Resolved,
     ];
 
     /// Final: no input changes the saga any more. `Failed` is not terminal.
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Status::Completed | Status::Compensated | Status::Cancelled
+            Status::Completed | Status::Compensated | Status::Cancelled | Status::Resolved
         )
     }
 
@@ -54,6 +59,7 @@ impl Status {
             Status::Compensated => "COMPENSATED",
             Status::Cancelled => "CANCELLED",
             Status::Failed => "FAILED",
+            Status::Resolved => "RESOLVED",
         }
     }
 }

@@ -124,6 +124,7 @@ pub fn transition(
         Input::Tick => tick(&mut draft),
         Input::CancelRequested => cancel(&mut draft),
         Input::RetryRequested => retry(&mut draft),
+        Input::ResolveRequested => resolve(&mut draft),
     };
     match result {
         Ok(()) => draft.into_transition(state.next_timer()),
@@ -213,6 +214,22 @@ fn cancel(draft: &mut Draft) -> Result<(), Ignored> {
         state.clear_timers();
     }
     draft.begin_compensation("cancel requested".to_owned())
+}
+
+/// An operator ends a parked saga by hand: nothing is sent any more, and whatever its
+/// exhausted compensation could not undo stays as it is (the history says who and why).
+fn resolve(draft: &mut Draft) -> Result<(), Ignored> {
+    if draft.state.status != Status::Failed {
+        return Err(format!(
+            "resolve applies only to a FAILED saga; this one is {}",
+            draft.state.status
+        ));
+    }
+    for state in &mut draft.state.steps {
+        state.clear_timers();
+    }
+    draft.finish(Status::Resolved, EventKind::SagaResolved);
+    Ok(())
 }
 
 /// An operator retry gives the parked compensation a fresh budget; its attempt number keeps

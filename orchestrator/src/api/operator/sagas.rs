@@ -35,7 +35,7 @@ struct SagaSummary {
     id: Uuid,
     /// The saga kind (`order`, `coupon_use`).
     definition: String,
-    /// RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED or FAILED.
+    /// RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED, FAILED or RESOLVED.
     status: String,
     /// Index of the furthest step reached.
     current_step: i32,
@@ -269,6 +269,15 @@ struct Action {
     reason: Option<String>,
 }
 
+/// Why an operator ends a saga by hand; required.
+#[derive(Debug, Object)]
+struct Resolution {
+    /// What was settled outside sagaflow, for whoever reads the history later (1 to 500
+    /// characters).
+    #[oai(validator(min_length = 1, max_length = 500))]
+    reason: String,
+}
+
 fn operator(
     caller: &Caller,
     action: Option<Action>,
@@ -400,7 +409,7 @@ impl SagasApi {
         #[oai(example = "example_definition")]
         definition: Query<Option<String>>,
         /// Only sagas in this status: RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED
-        /// or FAILED.
+        /// FAILED or RESOLVED.
         #[oai(example = "example_status")]
         status: Query<Option<String>>,
         /// Only sagas created at or after this instant (RFC 3339).
@@ -519,6 +528,39 @@ impl SagasApi {
     ) -> ApiResult<Changed> {
         let operator = operator(&caller, body.0, if_match.0.as_deref())?;
         state.engine.retry_by(id.0, &operator).await?;
+        Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
+    }
+
+    /// Resolve a failed saga by hand
+    ///
+    /// Only for a FAILED saga whose compensation can never succeed: it ends RESOLVED, nothing
+    /// more is sent, and whatever was not undone stays as it is, the operator's to settle.
+    /// `reason` is required and recorded in the history with the key's name. Answers 202
+    /// with the saga; 409 in any other status, 404 when unknown, 412 when `If-Match` names
+    /// an older version.
+    #[oai(path = "/v1/sagas/:id/resolve", method = "post")]
+    async fn resolve(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
+        body: Json<Resolution>,
+        /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+        caller: Data<&Caller>,
+    ) -> ApiResult<Changed> {
+        let reason = body.0.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(ApiError::invalid(
+                "reason",
+                "say why the saga is resolved by hand",
+            ));
+        }
+        let action = Action {
+            reason: Some(reason),
+        };
+        let operator = operator(&caller, Some(action), if_match.0.as_deref())?;
+        state.engine.resolve_by(id.0, &operator).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 

@@ -143,6 +143,8 @@ fn order_status(saga_status: &str) -> &'static str {
         "COMPENSATING" => "CANCELLING",
         "COMPENSATED" => "REJECTED",
         "CANCELLED" => "CANCELLED",
+        // An operator closed it by hand; the history says why.
+        "RESOLVED" => "RESOLVED",
         _ => "NEEDS_ATTENTION",
     }
 }

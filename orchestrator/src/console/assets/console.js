@@ -79,7 +79,7 @@ async function sagaDefinitions() {
 async function overview() {
   document.title = "Overview · sagaflow";
   const stats = await api("/v1/saga-stats");
-  const statuses = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED"];
+  const statuses = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED", "RESOLVED"];
   const names = [...new Set(stats.by_status.map((row) => row.definition))];
   const count = (definition, status) =>
     (stats.by_status.find((row) => row.definition === definition && row.status === status) || {})
@@ -150,7 +150,7 @@ async function sagaList(params) {
     location.hash = `#/sagas?${next}`;
   } },
     select("definition", defs.map((d) => d.name)),
-    select("status", ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED"]),
+    select("status", ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED", "RESOLVED"]),
     h("button", { type: "submit" }, "Filter"));
   const rows = page.items.map((saga) => h("tr", {},
     h("td", {}, h("a", { href: `#/sagas/${saga.id}` }, h("code", {}, saga.id))),
@@ -187,7 +187,9 @@ async function sagaDetail(id) {
       h("button", { id: "retry", disabled: !canRetry, onclick: () => act(saga, "retry") },
         "Retry compensation"),
       h("button", { id: "cancel", disabled: !canCancel, onclick: () => act(saga, "cancel") },
-        "Cancel saga")),
+        "Cancel saga"),
+      h("button", { id: "resolve", disabled: !canRetry, onclick: () => act(saga, "resolve") },
+        "Resolve by hand")),
     h("h3", {}, "Steps"),
     diagram(saga.steps),
     h("h3", {}, "Attempts"),
@@ -267,11 +269,13 @@ function timeline(saga) {
 function act(saga, action) {
   const dialog = document.getElementById("confirm");
   const reason = document.getElementById("reason");
-  document.getElementById("confirm-title").textContent =
-    action === "retry" ? "Retry the compensation?" : "Cancel this saga?";
-  document.getElementById("confirm-text").textContent = action === "retry"
-    ? "The pending compensation runs again with a fresh budget."
-    : "Its dispatched steps are compensated, newest first, and it ends CANCELLED.";
+  const texts = {
+    retry: ["Retry the compensation?", "The pending compensation runs again with a fresh budget."],
+    cancel: ["Cancel this saga?", "Its dispatched steps are compensated, newest first, and it ends CANCELLED."],
+    resolve: ["Resolve this saga by hand?", "It ends RESOLVED and nothing more is sent: whatever its compensation could not undo is yours to settle outside sagaflow."],
+  };
+  document.getElementById("confirm-title").textContent = texts[action][0];
+  document.getElementById("confirm-text").textContent = texts[action][1];
   reason.value = "";
   dialog.returnValue = "";
   dialog.onclose = async () => {

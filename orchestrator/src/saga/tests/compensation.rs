@@ -192,3 +192,20 @@ fn a_compensation_success_after_the_budget_ran_out_resumes_the_compensation() {
     run.compensated(0);
     assert_eq!(run.status(), Status::Compensated);
 }
+
+#[test]
+fn an_operator_resolves_a_parked_saga_and_nothing_moves_it_after() {
+    let mut run = refunding();
+    run.ignore(Input::ResolveRequested); // only a FAILED saga can be resolved
+    exhaust_refund(&mut run);
+    assert_eq!(
+        run.apply(Input::ResolveRequested),
+        lines(&["saga.resolved", "finish RESOLVED"])
+    );
+    assert_eq!(run.status(), Status::Resolved);
+    assert!(Status::Resolved.is_terminal());
+    assert_eq!(run.state.next_timer(), None, "no timer is left to fire");
+    run.ignore(Input::RetryRequested);
+    run.ignore(Input::CancelRequested);
+    run.ignore(Input::ResolveRequested);
+}

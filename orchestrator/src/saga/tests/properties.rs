@@ -43,6 +43,7 @@ enum Move {
     TimerFires,
     Cancel,
     Retry,
+    Resolve,
 }
 
 /// `flaky` (0..=3) sets how often compensations fail, so that some runs exhaust a budget
@@ -65,6 +66,7 @@ fn a_move(flaky: u32) -> impl Strategy<Value = Move> {
         3 => Just(Move::TimerFires),
         1 => Just(Move::Cancel),
         1 => Just(Move::Retry),
+        1 => Just(Move::Resolve),
     ]
 }
 
@@ -373,6 +375,7 @@ fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
             }
             Move::Cancel => Input::CancelRequested,
             Move::Retry => Input::RetryRequested,
+            Move::Resolve => Input::ResolveRequested,
         };
         let result = transition(definition, &state, &input, now, jitter);
         observer.check(
