@@ -6,6 +6,7 @@
 //! - [`relay`]: publishes the outbox to Kafka after commit.
 //! - [`replies`]: applies participants' replies.
 //! - [`timers`]: fires deadlines and retry times.
+//! - [`dead_letters`]: records the dead-letter topic for operators.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
 //! - [`auth`]: API keys, scopes, and what each operation needs.
 //! - [`console`]: the operator console at `/ui`, a page over the same API.
@@ -19,6 +20,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod console;
+pub mod dead_letters;
 pub mod engine;
 pub mod relay;
 pub mod replies;

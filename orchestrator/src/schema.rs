@@ -79,3 +79,23 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    dead_letters (id) {
+        id -> Int8,
+        dlq_partition -> Int4,
+        dlq_offset -> Int8,
+        origin_topic -> Nullable<Text>,
+        origin_partition -> Nullable<Int4>,
+        origin_offset -> Nullable<Int8>,
+        consumer_group -> Nullable<Text>,
+        error -> Text,
+        message_key -> Nullable<Text>,
+        payload -> Bytea,
+        received_at -> Timestamptz,
+        state -> Text,
+        settled_by -> Nullable<Text>,
+        settled_reason -> Nullable<Text>,
+        settled_at -> Nullable<Timestamptz>,
+    }
+}

@@ -28,7 +28,7 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-use operator::{definitions, notifications, sagas, stats};
+use operator::{dead_letters, definitions, notifications, sagas, stats};
 use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
@@ -84,6 +84,7 @@ type Apis = (
     sagas::SagasApi,
     definitions::DefinitionsApi,
     stats::StatsApi,
+    dead_letters::DeadLettersApi,
     notifications::NotificationsApi,
     demo::DemoApi,
     metrics::MetricsApi,
@@ -101,6 +102,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             sagas::SagasApi,
             definitions::DefinitionsApi,
             stats::StatsApi,
+            dead_letters::DeadLettersApi,
             notifications::NotificationsApi,
             demo::DemoApi,
             metrics::MetricsApi,

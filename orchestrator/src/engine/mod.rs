@@ -86,6 +86,10 @@ impl Engine {
         &self.pool
     }
 
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }

@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod consumer;
+mod dead_letters;
 mod embedded;
 mod lanes;
 mod producer;
@@ -15,6 +16,7 @@ use rdkafka::ClientConfig;
 
 pub use admin::ensure_topics;
 pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, GiveUp, Handler};
+pub use dead_letters::{DeadLetterMessage, DeadLetterReader};
 pub use embedded::EmbeddedKafka;
 pub use producer::{DeadLetter, Producer};
 

@@ -1,6 +1,6 @@
 //! What the console's overview shows: sagas by definition and status, what started and
-//! ended in each of the last 60 minutes, overdue and quarantined sagas, and the outbox
-//! backlog. Each number is one query; the by-status count reads every saga row, so this is
+//! ended in each of the last 60 minutes, overdue and quarantined sagas, the outbox
+//! backlog and the dead letters waiting. Each number is one query; the by-status count reads every saga row, so this is
 //! for a person's overview (seconds apart), not for a scraper.
 
 use chrono::{DateTime, Utc};
@@ -65,6 +65,8 @@ struct Stats {
     quarantined: i64,
     /// Outbox messages (commands and events) not yet published to Kafka.
     outbox_backlog: i64,
+    /// Dead letters nobody replayed or discarded yet.
+    dead_letters_waiting: i64,
     /// How long the oldest of them has waited, in seconds.
     #[oai(skip_serializing_if_is_none)]
     oldest_unpublished_seconds: Option<f64>,
@@ -125,6 +127,12 @@ impl StatsApi {
         )
         .get_result(&mut conn)
         .await?;
+        let dead: Single = diesel::sql_query(
+            "SELECT count(*) AS count, min(received_at) AS oldest FROM dead_letters \
+             WHERE state = 'waiting'",
+        )
+        .get_result(&mut conn)
+        .await?;
         let now = Utc::now();
         Ok(Json(Stats {
             by_status,
@@ -132,6 +140,7 @@ impl StatsApi {
             overdue: overdue.count,
             quarantined: quarantined.count,
             outbox_backlog: backlog.count,
+            dead_letters_waiting: dead.count,
             oldest_unpublished_seconds: backlog
                 .oldest
                 .map(|oldest| (now - oldest).as_seconds_f64().max(0.0)),

@@ -102,6 +102,7 @@ async function overview() {
       card("Failed (need an operator)", names.reduce((n, d) => n + count(d, "FAILED"), 0)),
       card("Overdue", stats.overdue),
       card("Quarantined", stats.quarantined),
+      card("Dead letters waiting", h("a", { href: "#/dead-letters" }, stats.dead_letters_waiting)),
       card("Outbox backlog", stats.outbox_backlog,
         stats.oldest_unpublished_seconds !== undefined
           ? `oldest ${stats.oldest_unpublished_seconds.toFixed(1)} s` : null),
@@ -295,6 +296,46 @@ function act(saga, action) {
   reason.focus();
 }
 
+async function deadLetterList(params) {
+  document.title = "Dead letters · sagaflow";
+  const only = params.get("state") || "waiting";
+  const page = await api(`/v1/dead-letters?state=${encodeURIComponent(only)}&limit=100`);
+  const settle = (action) => async () => {
+    const ids = [...view.querySelectorAll("input[name=letter]:checked")].map((box) => Number(box.value));
+    const reason = view.querySelector("#letter-reason").value.trim();
+    if (!ids.length) return say("Select the dead letters first.");
+    if (action === "discard" && !reason) return say("Say why they are discarded.");
+    try {
+      const done = await api(`/v1/dead-letters/${action}`, { method: "POST", body: { ids, reason: reason || undefined } });
+      say(`${action}: ${done.done.length} done, ${done.skipped.length} skipped`);
+    } catch (error) {
+      say(error.message);
+    }
+    route();
+  };
+  show(
+    h("h2", {}, "Dead letters"),
+    h("p", {}, ["waiting", "replayed", "discarded"].map((s) =>
+      h("a", { href: `#/dead-letters?state=${s}`, style: "margin-right:1rem", "aria-current": s === only ? "page" : null }, s))),
+    h("table", { id: "dead-letters" },
+      h("thead", {}, h("tr", {}, ["", "received", "origin", "error", "key", "payload", "settled"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, page.items.length ? page.items.map((letter) => h("tr", {},
+        h("td", {}, only === "waiting" ? h("input", { type: "checkbox", name: "letter", value: letter.id, "aria-label": `select dead letter ${letter.id}` }) : ""),
+        h("td", {}, when(letter.received_at)),
+        h("td", {}, `${letter.origin_topic || "?"} ${letter.origin_partition ?? ""}/${letter.origin_offset ?? ""}`),
+        h("td", {}, letter.error),
+        h("td", {}, h("code", {}, letter.message_key || "")),
+        h("td", {}, h("code", {}, letter.payload.length > 120 ? `${letter.payload.slice(0, 120)}…` : letter.payload)),
+        h("td", {}, letter.settled_by ? `${letter.state} by ${letter.settled_by}: ${letter.settled_reason || ""}` : ""))) : h("tr", {}, h("td", { colspan: 7 }, "None.")))),
+    only === "waiting" ? h("div", { class: "actions" },
+      h("label", { for: "letter-reason" }, "Reason "),
+      h("input", { id: "letter-reason", maxlength: 500, size: 40 }),
+      h("button", { id: "replay", onclick: settle("replay") }, "Replay onto origin"),
+      h("button", { id: "discard", onclick: settle("discard") }, "Discard")) : null,
+  );
+  return null;
+}
+
 async function definitionList() {
   document.title = "Definitions · sagaflow";
   const defs = await sagaDefinitions();
@@ -320,6 +361,7 @@ async function route() {
   else if (parts[0] === "sagas" && parts[1]) render = () => sagaDetail(parts[1]);
   else if (parts[0] === "sagas") render = () => sagaList(params);
   else if (parts[0] === "definitions") render = () => definitionList();
+  else if (parts[0] === "dead-letters") render = () => deadLetterList(params);
   else render = async () => { show(h("p", {}, "No such page.")); return null; };
   const here = location.hash;
   try {
