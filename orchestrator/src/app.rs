@@ -143,6 +143,11 @@ pub async fn start_with(
         tasks.spawn(relay.run(shutdown.clone()));
     }
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
+    tasks.spawn(crate::bulk::run(
+        engine.clone(),
+        options.timer_interval,
+        shutdown.clone(),
+    ));
     tasks.spawn(crate::dead_letters::run(
         cluster.clone(),
         engine_database.clone(),

@@ -7,6 +7,7 @@
 //! - [`replies`]: applies participants' replies.
 //! - [`timers`]: fires deadlines and retry times.
 //! - [`dead_letters`]: records the dead-letter topic for operators.
+//! - [`bulk`]: works through bulk operator jobs.
 //! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
 //! - [`auth`]: API keys, scopes, and what each operation needs.
 //! - [`console`]: the operator console at `/ui`, a page over the same API.
@@ -17,6 +18,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bulk;
 pub mod clock;
 pub mod config;
 pub mod console;

@@ -99,3 +99,27 @@ diesel::table! {
         settled_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! {
+    bulk_jobs (id) {
+        id -> Uuid,
+        action -> Text,
+        filter -> Jsonb,
+        reason -> Nullable<Text>,
+        requested_by -> Text,
+        created_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    bulk_job_items (job_id, saga_id) {
+        job_id -> Uuid,
+        saga_id -> Uuid,
+        outcome -> Text,
+        detail -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(bulk_job_items -> bulk_jobs (job_id));
+diesel::allow_tables_to_appear_in_same_query!(bulk_jobs, bulk_job_items);

@@ -566,3 +566,64 @@ async fn an_operator_resolves_a_failed_saga_by_hand_with_a_reason() {
     participants.stop().await;
     http.orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_cancel_job_cancels_every_running_saga_it_names_and_reports_progress() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    // No participant answers: the sagas wait on their first step.
+    let mut running = Vec::new();
+    for _ in 0..3 {
+        running.push(http.start_saga(order()).await.to_string());
+    }
+    let job = json!({ "action": "cancel", "definition": "order", "reason": "supplier outage" });
+    let created = http.api.post_keyed("/v1/bulk-jobs", "outage-1", &job).await;
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let created = accepted(created).await;
+    assert_eq!(created["total"], 3);
+    assert_eq!(
+        created["filter"]["status"], "RUNNING",
+        "cancel names RUNNING sagas only"
+    );
+    // Safe to repeat: the same key answers with the same job.
+    let again = http.api.post_keyed("/v1/bulk-jobs", "outage-1", &job).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(accepted(again).await["id"], created["id"]);
+
+    let mut progress = Value::Null;
+    eventually("the bulk job to finish", async || {
+        progress = ok(http.get(&location).await).await;
+        progress["finished_at"].is_string()
+    })
+    .await;
+    assert_eq!(progress["done"], 3, "{progress}");
+    assert_eq!(progress["pending"], 0);
+    for id in &running {
+        let saga = http.saga(id.parse().unwrap()).await;
+        assert_ne!(saga["status"], "RUNNING", "{saga}");
+        let entry = saga["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|entry| entry["kind"] == "cancel.requested")
+            .cloned()
+            .expect("cancelled by the job");
+        assert_eq!(entry["detail"]["reason"], "supplier outage");
+    }
+    let listed = ok(http.get("/v1/bulk-jobs").await).await;
+    assert_eq!(listed[0]["id"], created["id"]);
+    let bad = json!({ "action": "cancel", "definition": "nope" });
+    problem(
+        http.api.post("/v1/bulk-jobs", &bad).await,
+        400,
+        Some("definition"),
+    )
+    .await;
+    problem(
+        http.get(&format!("/v1/bulk-jobs/{}", Uuid::now_v7())).await,
+        404,
+        None,
+    )
+    .await;
+    http.orchestrator.stop().await;
+}

@@ -97,6 +97,51 @@ async fn an_operator_finds_a_saga_reads_its_steps_and_cancels_it_with_a_reason()
     assert_eq!(entry["detail"]["actor"], "ops");
     assert_eq!(entry["detail"]["reason"], "customer asked to stop");
 
+    // A dead letter: listed with its origin, discarded with a reason.
+    let producer = env.kafka.cluster.producer().unwrap();
+    let replies = env.kafka.cluster.topics().replies();
+    producer
+        .send(&replies, "poison", b"not json", &[])
+        .await
+        .unwrap();
+    browser.goto(&format!("{base}/ui#/dead-letters")).await;
+    let mut listed = String::new();
+    eventually("the dead letter to be listed", async || {
+        browser.goto(&format!("{base}/ui#/sagas")).await;
+        browser.goto(&format!("{base}/ui#/dead-letters")).await;
+        listed = browser.text("#dead-letters").await;
+        listed.contains("not json")
+    })
+    .await;
+    assert!(listed.contains(&replies), "{listed}");
+    browser.click("input[name=letter]").await;
+    browser
+        .type_into("#letter-reason", "garbage from a test")
+        .await;
+    browser.click("#discard").await;
+    browser.wait_for_text("#notice", "discard: 1 done").await;
+
+    // A bulk cancel of every RUNNING order saga (one more is started for it).
+    let next = orchestrator
+        .running
+        .engine
+        .start("order", &payload, None)
+        .await
+        .unwrap()
+        .id;
+    browser.goto(&format!("{base}/ui#/bulk")).await;
+    browser
+        .type_into("#bulk-form input[name=reason]", "supplier outage")
+        .await;
+    browser.click("#bulk-form button[type=submit]").await;
+    browser.accept_dialog().await;
+    browser.wait_for_text("#notice", "1 saga(s)").await;
+    eventually("the bulk job to cancel the saga", async || {
+        let saga = answer(ops.get(&format!("/v1/sagas/{next}")).await, StatusCode::OK).await;
+        saga["status"] != "RUNNING"
+    })
+    .await;
+
     browser.goto(&format!("{base}/ui#/definitions")).await;
     browser.wait_for_text("main", "coupon_use").await;
 

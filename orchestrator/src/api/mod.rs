@@ -28,7 +28,7 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-use operator::{dead_letters, definitions, notifications, sagas, stats};
+use operator::{bulk_jobs, dead_letters, definitions, notifications, sagas, stats};
 use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
@@ -85,6 +85,7 @@ type Apis = (
     definitions::DefinitionsApi,
     stats::StatsApi,
     dead_letters::DeadLettersApi,
+    bulk_jobs::BulkJobsApi,
     notifications::NotificationsApi,
     demo::DemoApi,
     metrics::MetricsApi,
@@ -103,6 +104,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             definitions::DefinitionsApi,
             stats::StatsApi,
             dead_letters::DeadLettersApi,
+            bulk_jobs::BulkJobsApi,
             notifications::NotificationsApi,
             demo::DemoApi,
             metrics::MetricsApi,

@@ -169,6 +169,22 @@ impl Browser {
         }
     }
 
+    /// Accepts the page's `confirm()` dialog, waiting for it to open.
+    pub async fn accept_dialog(&self) {
+        let started = Instant::now();
+        loop {
+            let answer = self.call("POST", "/alert/accept", json!({})).await;
+            if answer.is_null() {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no dialog opened: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Runs `script` in the page and returns its value.
     pub async fn run(&self, script: &str) -> Value {
         self.call(

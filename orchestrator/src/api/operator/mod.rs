@@ -2,6 +2,7 @@
 //! definitions, and the notifications the lifecycle events left. Handlers stay thin: the engine decides what an
 //! operator action may do.
 
+pub(super) mod bulk_jobs;
 pub(super) mod dead_letters;
 pub(super) mod definitions;
 pub(super) mod notifications;

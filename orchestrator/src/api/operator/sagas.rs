@@ -309,6 +309,88 @@ fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
         })
 }
 
+/// Which sagas a list (or a bulk job) is about; every field narrows it.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct SagaFilter {
+    pub definition: Option<String>,
+    pub status: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub updated_before: Option<DateTime<Utc>>,
+    pub user_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
+    pub campaign_id: Option<Uuid>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The sagas `filter` names, as a query to narrow or page further; a bad value is 400
+/// naming its field.
+pub(super) fn filtered(
+    filter: &SagaFilter,
+) -> ApiResult<sagas::BoxedQuery<'static, diesel::pg::Pg>> {
+    let mut query = sagas::table.into_boxed();
+    if let Some(name) = &filter.definition {
+        let known = saga::definitions::find(name).ok_or_else(|| {
+            let names: Vec<_> = saga::definitions::ALL.iter().map(|d| d.name).collect();
+            ApiError::invalid(
+                "definition",
+                format!("unknown definition `{name}`; known: {}", names.join(", ")),
+            )
+        })?;
+        query = query.filter(sagas::definition.eq(known.name));
+    }
+    if let Some(status) = &filter.status {
+        let status: Status = status.parse().map_err(|_| {
+            let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(
+                "status",
+                format!("unknown status `{status}`; known: {}", names.join(", ")),
+            )
+        })?;
+        query = query.filter(sagas::status.eq(status.as_str()));
+    }
+    if let (Some(after), Some(before)) = (filter.created_after, filter.created_before)
+        && after > before
+    {
+        return Err(ApiError::invalid(
+            "created_after",
+            "created_after must not be later than created_before",
+        ));
+    }
+    if let Some(after) = filter.created_after {
+        query = query.filter(sagas::created_at.ge(after));
+    }
+    if let Some(before) = filter.created_before {
+        query = query.filter(sagas::created_at.lt(before));
+    }
+    if let Some(before) = filter.updated_before {
+        query = query.filter(sagas::updated_at.lt(before));
+    }
+    for (key, value) in [
+        ("user_id", filter.user_id),
+        ("order_id", filter.order_id),
+        ("campaign_id", filter.campaign_id),
+    ] {
+        if let Some(value) = value {
+            // Matches the expression indexes of migration 000010.
+            query = query.filter(
+                sql::<Bool>(&format!("payload->>'{key}' = ")).bind::<Text, _>(value.to_string()),
+            );
+        }
+    }
+    if let Some(key) = &filter.idempotency_key {
+        query = query.filter(
+            sql::<Bool>(
+                "id IN (SELECT (response->>'saga_id')::uuid FROM idempotency_keys \
+                 WHERE key = ",
+            )
+            .bind::<Text, _>(key.clone())
+            .sql(" AND response ? 'saga_id')"),
+        );
+    }
+    Ok(query)
+}
+
 #[OpenApi(tag = "crate::api::Tag::Sagas")]
 impl SagasApi {
     /// Get a saga
@@ -434,67 +516,18 @@ impl SagasApi {
         cursor: Query<Option<Uuid>>,
     ) -> ApiResult<Listed> {
         let limit = pagination::limit(limit.0)?;
-        let mut query = sagas::table.into_boxed();
-        if let Some(name) = &definition.0 {
-            let known = saga::definitions::find(name).ok_or_else(|| {
-                let names: Vec<_> = saga::definitions::ALL.iter().map(|d| d.name).collect();
-                ApiError::invalid(
-                    "definition",
-                    format!("unknown definition `{name}`; known: {}", names.join(", ")),
-                )
-            })?;
-            query = query.filter(sagas::definition.eq(known.name));
-        }
-        if let Some(status) = &status.0 {
-            let status: Status = status.parse().map_err(|_| {
-                let names: Vec<_> = Status::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::invalid(
-                    "status",
-                    format!("unknown status `{status}`; known: {}", names.join(", ")),
-                )
-            })?;
-            query = query.filter(sagas::status.eq(status.as_str()));
-        }
-        if let (Some(after), Some(before)) = (created_after.0, created_before.0)
-            && after > before
-        {
-            return Err(ApiError::invalid(
-                "created_after",
-                "created_after must not be later than created_before",
-            ));
-        }
-        if let Some(after) = created_after.0 {
-            query = query.filter(sagas::created_at.ge(after));
-        }
-        if let Some(before) = created_before.0 {
-            query = query.filter(sagas::created_at.lt(before));
-        }
-        if let Some(before) = updated_before.0 {
-            query = query.filter(sagas::updated_at.lt(before));
-        }
-        for (key, value) in [
-            ("user_id", user_id.0),
-            ("order_id", order_id.0),
-            ("campaign_id", campaign_id.0),
-        ] {
-            if let Some(value) = value {
-                // Matches the expression indexes of migration 000010.
-                query = query.filter(
-                    sql::<Bool>(&format!("payload->>'{key}' = "))
-                        .bind::<Text, _>(value.to_string()),
-                );
-            }
-        }
-        if let Some(key) = &idempotency_key.0 {
-            query = query.filter(
-                sql::<Bool>(
-                    "id IN (SELECT (response->>'saga_id')::uuid FROM idempotency_keys \
-                     WHERE key = ",
-                )
-                .bind::<Text, _>(key.clone())
-                .sql(" AND response ? 'saga_id')"),
-            );
-        }
+        let filter = SagaFilter {
+            definition: definition.0,
+            status: status.0,
+            created_after: created_after.0,
+            created_before: created_before.0,
+            updated_before: updated_before.0,
+            user_id: user_id.0,
+            order_id: order_id.0,
+            campaign_id: campaign_id.0,
+            idempotency_key: idempotency_key.0,
+        };
+        let mut query = filtered(&filter)?;
         if let Some(cursor) = cursor.0 {
             query = query.filter(sagas::id.lt(cursor));
         }

@@ -65,7 +65,6 @@ async function api(path, options = {}) {
   if (!response.ok) {
     throw new Error((body && body.detail) || `${response.status} ${response.statusText}`);
   }
-  say("");
   return body;
 }
 
@@ -135,7 +134,7 @@ function card(title, value, note) {
 async function sagaList(params) {
   document.title = "Sagas · sagaflow";
   const query = new URLSearchParams();
-  for (const name of ["definition", "status", "cursor"]) {
+  for (const name of ["definition", "status", "user_id", "order_id", "campaign_id", "idempotency_key", "updated_before", "cursor"]) {
     if (params.get(name)) query.set(name, params.get(name));
   }
   query.set("limit", "50");
@@ -152,6 +151,9 @@ async function sagaList(params) {
   } },
     select("definition", defs.map((d) => d.name)),
     select("status", ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED", "RESOLVED"]),
+    ["user_id", "order_id", "campaign_id", "idempotency_key"].map((name) =>
+      h("label", {}, name.replace("_", " "), h("input", { name, value: params.get(name) || "", size: 14 }))),
+    h("label", {}, "updated before", h("input", { name: "updated_before", value: params.get("updated_before") || "", placeholder: "2026-11-29T10:00:00Z", size: 20 })),
     h("button", { type: "submit" }, "Filter"));
   const rows = page.items.map((saga) => h("tr", {},
     h("td", {}, h("a", { href: `#/sagas/${saga.id}` }, h("code", {}, saga.id))),
@@ -336,6 +338,43 @@ async function deadLetterList(params) {
   return null;
 }
 
+async function bulkJobs() {
+  document.title = "Bulk actions · sagaflow";
+  const jobs = await api("/v1/bulk-jobs");
+  const defs = await sagaDefinitions();
+  const form = h("form", { id: "bulk-form", class: "filters", onsubmit: async (event) => {
+    event.preventDefault();
+    const data = new FormData(event.target);
+    const body = { action: data.get("action"), reason: data.get("reason") || undefined };
+    if (data.get("definition")) body.definition = data.get("definition");
+    if (data.get("updated_before")) body.updated_before = data.get("updated_before");
+    if (!confirm(`${body.action} every ${body.action === "retry" ? "FAILED" : "RUNNING"} saga the filter names?`)) return;
+    try {
+      const job = await api("/v1/bulk-jobs", { method: "POST", body, headers: { "Idempotency-Key": crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}` } });
+      say(`job ${job.id}: ${job.total} saga(s)`);
+    } catch (error) {
+      say(error.message);
+    }
+    route();
+  } },
+    h("label", {}, "action", h("select", { name: "action" }, h("option", { value: "cancel" }, "cancel RUNNING sagas"), h("option", { value: "retry" }, "retry FAILED sagas"))),
+    h("label", {}, "definition", h("select", { name: "definition" }, h("option", { value: "" }, "any"), defs.map((d) => h("option", { value: d.name }, d.name)))),
+    h("label", {}, "updated before", h("input", { name: "updated_before", placeholder: "2026-11-29T10:00:00Z", size: 20 })),
+    h("label", {}, "reason", h("input", { name: "reason", maxlength: 500, size: 30, required: true })),
+    h("button", { type: "submit" }, "Start job"));
+  show(
+    h("h2", {}, "Bulk actions"),
+    form,
+    h("table", { id: "bulk-jobs" },
+      h("thead", {}, h("tr", {}, ["created", "action", "by", "reason", "total", "done", "skipped", "failed", "pending", "finished"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, jobs.length ? jobs.map((job) => h("tr", {},
+        h("td", {}, when(job.created_at)), h("td", {}, job.action), h("td", {}, job.requested_by),
+        h("td", {}, job.reason || ""), h("td", {}, job.total), h("td", {}, job.done), h("td", {}, job.skipped),
+        h("td", {}, job.failed), h("td", {}, job.pending), h("td", {}, job.finished_at ? when(job.finished_at) : "running"))) : h("tr", {}, h("td", { colspan: 10 }, "No bulk jobs yet.")))),
+  );
+  return jobs.some((job) => !job.finished_at) ? 2000 : null;
+}
+
 async function definitionList() {
   document.title = "Definitions · sagaflow";
   const defs = await sagaDefinitions();
@@ -362,6 +401,7 @@ async function route() {
   else if (parts[0] === "sagas") render = () => sagaList(params);
   else if (parts[0] === "definitions") render = () => definitionList();
   else if (parts[0] === "dead-letters") render = () => deadLetterList(params);
+  else if (parts[0] === "bulk") render = () => bulkJobs();
   else render = async () => { show(h("p", {}, "No such page.")); return null; };
   const here = location.hash;
   try {
@@ -379,6 +419,7 @@ document.getElementById("key-form").addEventListener("submit", (event) => {
   if (input.value.trim()) sessionStorage.setItem(KEY, input.value.trim());
   input.value = "";
   definitions = null;
+  say("");
   route();
 });
 document.getElementById("forget-key").addEventListener("click", () => {
@@ -388,5 +429,5 @@ document.getElementById("forget-key").addEventListener("click", () => {
 });
 document.getElementById("confirm-no").addEventListener("click", () =>
   document.getElementById("confirm").close("cancel"));
-window.addEventListener("hashchange", () => { route(); view.focus(); });
+window.addEventListener("hashchange", () => { say(""); route(); view.focus(); });
 route();
