@@ -226,14 +226,19 @@ mod tests {
     }
 
     #[test]
-    fn only_completed_compensated_and_cancelled_are_terminal() {
+    fn only_completed_compensated_cancelled_and_resolved_are_terminal() {
         let terminal: Vec<_> = Status::ALL
             .into_iter()
             .filter(|s| s.is_terminal())
             .collect();
         assert_eq!(
             terminal,
-            [Status::Completed, Status::Compensated, Status::Cancelled]
+            [
+                Status::Completed,
+                Status::Compensated,
+                Status::Cancelled,
+                Status::Resolved
+            ]
         );
     }
 
