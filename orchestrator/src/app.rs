@@ -252,6 +252,7 @@ fn api_state(
         },
         engine: engine.clone(),
         database: database.clone(),
+        lag: std::sync::Arc::new(platform::kafka::LagProbe::new(cluster)),
         demo: false,
         auth_enforced: false,
         direct: DirectUse::new(

@@ -627,3 +627,46 @@ async fn a_bulk_cancel_job_cancels_every_running_saga_it_names_and_reports_progr
     .await;
     http.orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_lag_shows_commands_no_worker_took() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    // No inventory worker runs: the saga's first command waits in its topic.
+    http.start_saga(order()).await;
+    let mut lag = Value::Null;
+    eventually("the inventory command to show as lag", async || {
+        lag = ok(http.get("/v1/consumer-lag").await).await;
+        lag.as_array()
+            .unwrap()
+            .iter()
+            .any(|group| group["consumer"] == "inventory" && group["lag"].as_i64() >= Some(1))
+    })
+    .await;
+    let consumers: Vec<&str> = lag
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|group| group["consumer"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "inventory",
+        "payment",
+        "notification",
+        "orchestrator",
+        "dead-letters",
+    ] {
+        assert!(consumers.contains(&expected), "{expected} missing: {lag}");
+    }
+    let payment = lag
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|group| group["consumer"] == "payment")
+        .unwrap();
+    assert_eq!(
+        payment["lag"], 0,
+        "nothing was sent to payment yet: {payment}"
+    );
+    http.orchestrator.stop().await;
+}

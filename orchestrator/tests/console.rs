@@ -54,6 +54,7 @@ async fn an_operator_finds_a_saga_reads_its_steps_and_cancels_it_with_a_reason()
     browser.click("#key-form button[type=submit]").await;
     let overview = browser.wait_for_text("#by-status", "order").await;
     assert!(overview.contains("RUNNING"), "{overview}");
+    browser.wait_for_text("#lag", "inventory").await;
 
     browser
         .goto(&format!("{base}/ui#/sagas?status=RUNNING"))

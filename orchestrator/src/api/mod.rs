@@ -28,7 +28,7 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-use operator::{bulk_jobs, dead_letters, definitions, notifications, sagas, stats};
+use operator::{bulk_jobs, dead_letters, definitions, lag, notifications, sagas, stats};
 use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
@@ -40,6 +40,8 @@ pub struct State {
     pub probes: Probes,
     pub engine: Engine,
     pub database: db::Pool,
+    /// Reads consumer lag for the operator API.
+    pub lag: std::sync::Arc<platform::kafka::LagProbe>,
     /// Whether the demo data generators answer (only in `dev`).
     pub demo: bool,
     /// Whether requests are checked against API keys (see [`crate::auth`]).
@@ -86,6 +88,7 @@ type Apis = (
     stats::StatsApi,
     dead_letters::DeadLettersApi,
     bulk_jobs::BulkJobsApi,
+    lag::LagApi,
     notifications::NotificationsApi,
     demo::DemoApi,
     metrics::MetricsApi,
@@ -105,6 +108,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             stats::StatsApi,
             dead_letters::DeadLettersApi,
             bulk_jobs::BulkJobsApi,
+            lag::LagApi,
             notifications::NotificationsApi,
             demo::DemoApi,
             metrics::MetricsApi,

@@ -47,6 +47,7 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("POST", "/v1/sagas/{id}/resolve", OPERATOR),
     ("GET", "/v1/notifications", OPERATOR),
     ("GET", "/v1/dead-letters", OPERATOR),
+    ("GET", "/v1/consumer-lag", OPERATOR),
     ("POST", "/v1/bulk-jobs", OPERATOR),
     ("GET", "/v1/bulk-jobs", OPERATOR),
     ("GET", "/v1/bulk-jobs/{id}", OPERATOR),

@@ -6,6 +6,7 @@ mod admin;
 pub mod consumer;
 mod dead_letters;
 mod embedded;
+mod lag;
 mod lanes;
 mod producer;
 
@@ -18,6 +19,7 @@ pub use admin::ensure_topics;
 pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, GiveUp, Handler};
 pub use dead_letters::{DeadLetterMessage, DeadLetterReader};
 pub use embedded::EmbeddedKafka;
+pub use lag::{GroupLag, LagProbe, PartitionLag};
 pub use producer::{DeadLetter, Producer};
 
 use crate::contract::Topics;

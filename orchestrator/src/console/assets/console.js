@@ -77,7 +77,7 @@ async function sagaDefinitions() {
 
 async function overview() {
   document.title = "Overview · sagaflow";
-  const stats = await api("/v1/saga-stats");
+  const [stats, lag] = await Promise.all([api("/v1/saga-stats"), api("/v1/consumer-lag")]);
   const statuses = ["RUNNING", "COMPENSATING", "COMPLETED", "COMPENSATED", "CANCELLED", "FAILED", "RESOLVED"];
   const names = [...new Set(stats.by_status.map((row) => row.definition))];
   const count = (definition, status) =>
@@ -115,6 +115,11 @@ async function overview() {
       h("tbody", {}, names.map((d) => h("tr", {}, h("th", { scope: "row" }, d),
         statuses.map((s) => h("td", {}, count(d, s) ? h("a", { href: `#/sagas?definition=${d}&status=${s}` }, count(d, s)) : "0"))))),
     ),
+    h("h3", {}, "Consumer lag"),
+    h("table", { id: "lag" },
+      h("thead", {}, h("tr", {}, ["consumer", "group", "topic", "lag"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, lag.map((group) => h("tr", {}, h("td", {}, group.consumer), h("td", {}, h("code", {}, group.group)),
+        h("td", {}, h("code", {}, group.topic)), h("td", {}, group.error ? `unknown: ${group.error}` : group.lag))))),
     h("h3", {}, "Started and ended per minute, last hour"),
     h("div", { class: "minutes", role: "img",
       "aria-label": `${stats.per_minute.reduce((n, m) => n + m.started, 0)} sagas started in the last hour` },
