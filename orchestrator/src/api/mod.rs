@@ -10,6 +10,7 @@
 // path, and boxing would obscure every handler's signature.
 #![allow(clippy::result_large_err)]
 
+mod contract;
 mod health;
 pub mod idempotency;
 mod metrics;
@@ -141,6 +142,7 @@ pub fn spec_json() -> String {
 fn secured_spec(generated: &str) -> String {
     let mut spec: serde_json::Value =
         serde_json::from_str(generated).expect("poem-openapi writes valid JSON");
+    contract::complete(&mut spec);
     crate::auth::policy::secure(&mut spec);
     serde_json::to_string_pretty(&spec).expect("a JSON value serialises")
 }

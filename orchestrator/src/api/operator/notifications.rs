@@ -92,6 +92,7 @@ impl NotificationsApi {
         #[oai(example = "example_kind")]
         kind: Query<Option<String>>,
         /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<Uuid>>,

@@ -442,6 +442,7 @@ impl SagasApi {
         /// The `next_after` of the previous page.
         after: Query<Option<i64>>,
         /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Json<HistoryPage>> {
@@ -511,6 +512,7 @@ impl SagasApi {
         #[oai(validator(min_length = 1, max_length = 200))]
         idempotency_key: Query<Option<String>>,
         /// Page size, 1 to 200 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
         limit: Query<Option<i64>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<Uuid>>,

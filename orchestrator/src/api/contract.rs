@@ -1,0 +1,108 @@
+//! What the OpenAPI document states beyond what poem-openapi writes from the types: the
+//! closed sets of values some string parameters take (statuses, event kinds, definitions,
+//! dead-letter states), taken from the same constants the handlers check against, and an
+//! `operationId` per operation, derived from its summary ("List sagas" -> `listSagas`).
+
+use serde_json::{Value, json};
+
+use crate::saga::{self, EventKind, Status};
+
+/// (path, method, parameter) -> the values it takes.
+fn enums() -> Vec<(&'static str, &'static str, &'static str, Vec<&'static str>)> {
+    let statuses: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+    let kinds: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+    let definitions: Vec<&str> = saga::definitions::ALL.iter().map(|d| d.name).collect();
+    vec![
+        ("/v1/sagas", "get", "status", statuses),
+        ("/v1/sagas", "get", "definition", definitions),
+        ("/v1/notifications", "get", "kind", kinds),
+        (
+            "/v1/dead-letters",
+            "get",
+            "state",
+            vec!["waiting", "replayed", "discarded"],
+        ),
+    ]
+}
+
+/// The operation id a summary gives: its words in lower camel case, articles dropped.
+pub fn operation_id(summary: &str) -> String {
+    let mut id = String::new();
+    for word in summary
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|word| {
+            !word.is_empty() && !["a", "an", "the"].contains(&word.to_ascii_lowercase().as_str())
+        })
+    {
+        let mut chars = word.chars();
+        let first = chars.next().unwrap_or_default();
+        if id.is_empty() {
+            id.extend(first.to_lowercase());
+        } else {
+            id.extend(first.to_uppercase());
+        }
+        id.push_str(&chars.as_str().to_ascii_lowercase());
+    }
+    id
+}
+
+/// Writes the enums and operation ids into `spec`.
+pub fn complete(spec: &mut Value) {
+    for (path, method, name, values) in enums() {
+        if let Some(parameters) = spec["paths"][path][method]["parameters"].as_array_mut() {
+            for parameter in parameters.iter_mut().filter(|p| p["name"] == name) {
+                parameter["schema"]["enum"] = json!(values);
+            }
+        }
+    }
+    if let Some(paths) = spec["paths"].as_object_mut() {
+        for operations in paths.values_mut() {
+            for operation in operations
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|o| o.values_mut())
+            {
+                if let Some(summary) = operation["summary"].as_str() {
+                    operation["operationId"] = json!(operation_id(summary));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_ids_read_like_their_summaries() {
+        assert_eq!(operation_id("List sagas"), "listSagas");
+        assert_eq!(operation_id("Get a saga"), "getSaga");
+        assert_eq!(
+            operation_id("Resolve a failed saga by hand"),
+            "resolveFailedSagaByHand"
+        );
+    }
+
+    #[test]
+    fn every_operation_has_a_unique_operation_id_and_every_enum_its_parameter() {
+        let spec: Value = serde_json::from_str(&crate::api::spec_json()).unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for (path, operations) in spec["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let id = operation["operationId"].as_str();
+                let id = id.unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            }
+        }
+        for (path, method, name, values) in enums() {
+            let parameter = spec["paths"][path][method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"));
+            assert_eq!(parameter["schema"]["enum"], json!(values));
+        }
+    }
+}
