@@ -28,6 +28,7 @@ fn enums() -> Vec<(&'static str, &'static str, &'static str, Vec<&'static str>)>
 /// The operation id a summary gives: its words in lower camel case, articles dropped.
 pub fn operation_id(summary: &str) -> String {
     let mut id = String::new();
+    let summary = summary.replace("'s", "").replace("\u{2019}s", "");
     for word in summary
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|word| {
@@ -46,8 +47,20 @@ pub fn operation_id(summary: &str) -> String {
     id
 }
 
+/// (schema, property) -> the values it takes, for request bodies.
+fn body_enums() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    let definitions: Vec<&str> = saga::definitions::ALL.iter().map(|d| d.name).collect();
+    vec![("NewBulkJob", "definition", definitions)]
+}
+
 /// Writes the enums and operation ids into `spec`.
 pub fn complete(spec: &mut Value) {
+    for (schema, property, values) in body_enums() {
+        let property = &mut spec["components"]["schemas"][schema]["properties"][property];
+        if property.is_object() {
+            property["enum"] = json!(values);
+        }
+    }
     for (path, method, name, values) in enums() {
         if let Some(parameters) = spec["paths"][path][method]["parameters"].as_array_mut() {
             for parameter in parameters.iter_mut().filter(|p| p["name"] == name) {
@@ -82,6 +95,10 @@ mod tests {
             operation_id("Resolve a failed saga by hand"),
             "resolveFailedSagaByHand"
         );
+        assert_eq!(
+            operation_id("Page through a saga's history"),
+            "pageThroughSagaHistory"
+        );
     }
 
     #[test]
@@ -103,6 +120,10 @@ mod tests {
                 .find(|p| p["name"] == name)
                 .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"));
             assert_eq!(parameter["schema"]["enum"], json!(values));
+        }
+        for (schema, property, values) in body_enums() {
+            let stated = &spec["components"]["schemas"][schema]["properties"][property]["enum"];
+            assert_eq!(*stated, json!(values), "{schema}.{property}");
         }
     }
 }

@@ -77,9 +77,20 @@ struct Settle {
     /// 1 to 500 ids.
     #[oai(validator(min_items = 1, max_items = 500))]
     ids: Vec<i64>,
-    /// Recorded with each (required to discard).
+    /// Recorded with each.
     #[oai(validator(max_length = 500))]
     reason: Option<String>,
+}
+
+/// Which dead letters to discard, and why (required).
+#[derive(Debug, Object)]
+struct Discard {
+    /// 1 to 500 ids.
+    #[oai(validator(min_items = 1, max_items = 500))]
+    ids: Vec<i64>,
+    /// Recorded with each: at least one character that is not a space.
+    #[oai(validator(max_length = 500, pattern = r"\S"))]
+    reason: String,
 }
 
 /// What became of each id.
@@ -222,10 +233,10 @@ impl DeadLettersApi {
     async fn discard(
         &self,
         state: Data<&State>,
-        body: Json<Settle>,
+        body: Json<Discard>,
         caller: Data<&Caller>,
     ) -> ApiResult<Json<Settled>> {
-        let reason = body.reason.as_deref().map(str::trim).unwrap_or_default();
+        let reason = body.reason.trim();
         if reason.is_empty() {
             return Err(ApiError::invalid("reason", "say why these are discarded"));
         }

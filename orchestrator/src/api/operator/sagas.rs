@@ -293,7 +293,8 @@ fn operator(
 /// The version an `If-Match` names: `"7"` (or `W/"7"`); `*` names any.
 fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
     let value = if_match.trim();
-    if value == "*" {
+    // `*` names any version; an empty header names none.
+    if value == "*" || value.is_empty() {
         return Ok(None);
     }
     value
@@ -557,7 +558,7 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
@@ -580,7 +581,7 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Resolution>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
@@ -612,7 +613,7 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match")]
+        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
