@@ -109,7 +109,7 @@ fn order() -> Value {
 /// Completes every saga except those whose input asks to `hold` at the charge.
 fn succeed_unless_held() -> Script {
     script(|command| {
-        if command.name == "payment.charge" && command.payload["input"]["hold"] == true {
+        if command.name == "payment.charge" && command.payload.input["hold"] == true {
             Reaction::Silence
         } else {
             succeed()

@@ -68,9 +68,9 @@ async fn an_order_saga_completes() {
         .iter()
         .find(|c| c.name == "payment.charge")
         .unwrap();
-    assert_eq!(charge.payload["input"], order_payload());
+    assert_eq!(charge.payload.input, order_payload());
     assert_eq!(
-        charge.payload["outputs"]["reserve_stock"],
+        charge.payload.outputs["reserve_stock"],
         json!({ "ok": true })
     );
     let kinds = history_kinds(&env, started.id).await;

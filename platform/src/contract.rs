@@ -12,6 +12,20 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// The command names of the contract: what the definitions send and the participants
+/// match on, so a renamed command is a compile error on both sides.
+pub mod commands {
+    pub const INVENTORY_RESERVE: &str = "inventory.reserve";
+    pub const INVENTORY_RELEASE: &str = "inventory.release";
+    pub const PAYMENT_CHARGE: &str = "payment.charge";
+    pub const PAYMENT_REFUND: &str = "payment.refund";
+    pub const SHIPMENT_PREPARE: &str = "shipment.prepare";
+    pub const SHIPMENT_CANCEL: &str = "shipment.cancel";
+    pub const COUPON_CLAIM: &str = "coupon.claim";
+    pub const COUPON_UNCLAIM: &str = "coupon.unclaim";
+    pub const VENDOR_PAYOUT: &str = "vendor.payout";
+}
+
 /// A worker role: one Kafka consumer group and one command topic per participant role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -188,8 +202,25 @@ pub struct Command {
     /// `inventory.reserve`, `payment.refund`, ...
     pub name: String,
     /// The saga's input plus the outputs of earlier steps, as the participant needs them.
-    pub payload: serde_json::Value,
+    pub payload: CommandPayload,
     pub issued_at: DateTime<Utc>,
+}
+
+/// What a command carries: the saga's input, and the outputs of the steps that succeeded
+/// so far by step name (a compensation needs, e.g., the reservation its step made).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandPayload {
+    #[serde(default)]
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub outputs: serde_json::Map<String, serde_json::Value>,
+}
+
+impl CommandPayload {
+    /// The output step `name` produced, if it succeeded.
+    pub fn output(&self, name: &str) -> Option<&serde_json::Value> {
+        self.outputs.get(name)
+    }
 }
 
 /// How a participant answered a command.
@@ -220,6 +251,23 @@ pub struct Reply {
     /// The command's `issued_at`, copied back: the engine measures step latency with it.
     pub command_issued_at: DateTime<Utc>,
     pub replied_at: DateTime<Utc>,
+}
+
+impl Reply {
+    /// The participant's answer to `command`, stamped now.
+    pub fn answering(command: &Command, outcome: Outcome) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            command_id: command.id,
+            saga_id: command.saga_id,
+            step: command.step,
+            attempt: command.attempt,
+            direction: command.direction,
+            outcome,
+            command_issued_at: command.issued_at,
+            replied_at: Utc::now(),
+        }
+    }
 }
 
 /// A saga lifecycle event (`saga.started`, `step.succeeded`, ...).

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use diesel_async::AsyncConnection as _;
 use platform::cache;
-use platform::contract::{Command, Direction};
+use platform::contract::{Command, CommandPayload, Direction, commands};
 use platform::db::{self, Connection};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -79,11 +79,11 @@ impl DirectUse {
     /// Takes the locks of the campaign and the vendor (sorted), before any connection.
     pub async fn hold(&self, campaign: Uuid, vendor: Uuid, user: Uuid) -> Result<Held, Error> {
         let input = json!({ "campaign_id": campaign, "user_id": user });
-        let claim = command(Uuid::nil(), 0, "coupon.claim", &input, json!({}));
+        let claim = command(Uuid::nil(), 0, commands::COUPON_CLAIM, &input, json!({}));
         let payout = command(
             Uuid::nil(),
             1,
-            "vendor.payout",
+            commands::VENDOR_PAYOUT,
             &input,
             json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 0 } }),
         );
@@ -120,12 +120,12 @@ impl DirectUse {
     ) -> Result<Used, Error> {
         let use_id = Uuid::now_v7();
         let input = json!({ "campaign_id": campaign, "user_id": user });
-        let claim = command(use_id, 0, "coupon.claim", &input, json!({}));
+        let claim = command(use_id, 0, commands::COUPON_CLAIM, &input, json!({}));
         let claimed = Coupon::default().apply(conn, &claim, &held.context).await?;
         let payout = command(
             use_id,
             1,
-            "vendor.payout",
+            commands::VENDOR_PAYOUT,
             &input,
             json!({ "claim_coupon": claimed }),
         );
@@ -155,7 +155,10 @@ fn command(use_id: Uuid, step: u32, name: &str, input: &Value, outputs: Value) -
         attempt: 1,
         direction: Direction::Forward,
         name: name.into(),
-        payload: json!({ "input": input, "outputs": outputs }),
+        payload: CommandPayload {
+            input: input.clone(),
+            outputs: outputs.as_object().cloned().unwrap_or_default(),
+        },
         issued_at: Utc::now(),
     }
 }

@@ -125,13 +125,14 @@ pub trait Participant: Send + Sync + 'static {
 /// Reads `payload.input` as `T`; a payload that does not fit is a rejection (the saga was
 /// started with input this participant cannot act on).
 pub fn input<T: DeserializeOwned>(command: &Command) -> Result<T, Failure> {
-    serde_json::from_value(command.payload["input"].clone())
+    serde_json::from_value(command.payload.input.clone())
         .map_err(|err| Failure::rejected(format!("malformed {} input: {err}", command.name)))
 }
 
 /// Reads the output a previous step produced (`payload.outputs.<step>`).
 pub fn output_of<T: DeserializeOwned>(command: &Command, step: &str) -> Result<T, Failure> {
-    serde_json::from_value(command.payload["outputs"][step].clone()).map_err(|err| {
+    let output = command.payload.output(step).cloned().unwrap_or_default();
+    serde_json::from_value(output).map_err(|err| {
         Failure::rejected(format!(
             "{} needs the output of {step}: {err}",
             command.name

@@ -3,7 +3,7 @@
 //! no message: the saga row carries them.
 
 use chrono::{DateTime, Utc};
-use platform::contract::{Command, Direction, Event, Role, Topics, command_id};
+use platform::contract::{Command, CommandPayload, Direction, Event, Role, Topics, command_id};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Forward,
             command,
-            role,
+            *role,
             now,
         )),
         // Same message, same command id as the first send.
@@ -65,7 +65,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Forward,
             command,
-            role,
+            *role,
             now,
         )),
         Action::Compensate {
@@ -79,7 +79,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Compensate,
             command,
-            role,
+            *role,
             now,
         )),
         Action::Fence {
@@ -93,7 +93,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Fence,
             command,
-            role,
+            *role,
             now,
         )),
         Action::Emit(event) => {
@@ -131,7 +131,7 @@ fn command_message(
     (step, attempt): (usize, u32),
     direction: Direction,
     name: &str,
-    role: &str,
+    role: Role,
     now: DateTime<Utc>,
 ) -> (NewHistory, Option<NewOutboxMessage>) {
     let step_number = u32::try_from(step).unwrap_or(u32::MAX);
@@ -160,21 +160,13 @@ fn command_message(
         detail: json!({ "command": name, "command_id": command.id, "role": role }),
         recorded_at: now,
     };
-    // Definitions name their roles; a role the contract does not know is a programming
-    // error caught by the definitions' tests, never by a participant.
-    let message = role
-        .parse::<Role>()
-        .ok()
-        .map(|role| outbox(topics.commands(role), context.id, &command, now));
-    if message.is_none() {
-        tracing::error!(saga.id = %context.id, role, "definition names an unknown role");
-    }
-    (entry, message)
+    let message = outbox(topics.commands(role), context.id, &command, now);
+    (entry, Some(message))
 }
 
 /// What a participant gets: the saga's input and the outputs of the steps that succeeded,
 /// by step name (a compensation needs, e.g., the reservation its step made).
-fn command_payload(context: &SagaContext<'_>) -> Value {
+fn command_payload(context: &SagaContext<'_>) -> CommandPayload {
     let outputs: Map<String, Value> = context
         .definition
         .steps
@@ -182,7 +174,10 @@ fn command_payload(context: &SagaContext<'_>) -> Value {
         .zip(&context.state.steps)
         .filter_map(|(step, state)| Some((step.name.to_owned(), state.output.clone()?)))
         .collect();
-    json!({ "input": context.payload, "outputs": outputs })
+    CommandPayload {
+        input: context.payload.clone(),
+        outputs,
+    }
 }
 
 fn outbox<T: serde::Serialize>(

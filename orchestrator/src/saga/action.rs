@@ -5,6 +5,7 @@
 //! so a crash can never leave a state without its messages or the other way round.
 
 use chrono::{DateTime, Utc};
+use platform::contract::Role;
 use serde::{Serialize, Serializer};
 
 use super::state::Status;
@@ -19,7 +20,7 @@ pub enum Action {
         step: usize,
         attempt: u32,
         command: &'static str,
-        role: &'static str,
+        role: Role,
     },
     /// Send the forward command of `(step, attempt)` again, unchanged (same command id): the
     /// attempt's start-to-close timeout passed without a reply.
@@ -27,7 +28,7 @@ pub enum Action {
         step: usize,
         attempt: u32,
         command: &'static str,
-        role: &'static str,
+        role: Role,
     },
     /// Fence a step that has no compensation and whose outcome is unknown: the participant
     /// must refuse the original command from now on, or report that it already took effect.
@@ -36,14 +37,14 @@ pub enum Action {
         step: usize,
         attempt: u32,
         command: &'static str,
-        role: &'static str,
+        role: Role,
     },
     /// Send a compensation command; `(step, attempt)` is unique for the life of the saga.
     Compensate {
         step: usize,
         attempt: u32,
         command: &'static str,
-        role: &'static str,
+        role: Role,
     },
     /// The earliest timer moved to `at` (same as the new `SagaState::next_timer`). A timer
     /// that disappears is not announced: the state's `next_timer()` is the authority.

@@ -5,6 +5,7 @@
 //! stays one generic piece of code: adding a saga kind means adding data, never a new branch
 //! in the state machine.
 
+use platform::contract::Role;
 use std::time::Duration;
 
 /// A saga kind: a name and its steps, run in order.
@@ -31,7 +32,7 @@ impl Definition {
 pub struct Step {
     pub name: &'static str,
     /// The participant role that executes both the command and the compensation.
-    pub role: &'static str,
+    pub role: Role,
     pub command: &'static str,
     /// `None` means the effect cannot be undone: a step that succeeded is skipped during
     /// compensation, and one whose outcome is unknown is fenced (see above). It should be the
@@ -56,7 +57,7 @@ impl Step {
     /// A step with the project's default retry budgets and deadlines.
     pub const fn new(
         name: &'static str,
-        role: &'static str,
+        role: Role,
         command: &'static str,
         compensation: Option<&'static str>,
     ) -> Step {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Role};
+use platform::contract::{Command, Role, commands};
 use platform::db::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -70,8 +70,8 @@ impl Participant for Coupon {
         context: &Context,
     ) -> Result<Value, Failure> {
         match command.name.as_str() {
-            "coupon.claim" => self.claim(conn, command, context).await,
-            "coupon.unclaim" => unclaim(conn, command, context).await,
+            commands::COUPON_CLAIM => self.claim(conn, command, context).await,
+            commands::COUPON_UNCLAIM => unclaim(conn, command, context).await,
             _ => Err(unknown_command(command)),
         }
     }

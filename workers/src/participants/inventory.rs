@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Role};
+use platform::contract::{Command, Role, commands};
 use platform::db::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -80,8 +80,8 @@ impl Participant for Inventory {
         context: &Context,
     ) -> Result<Value, Failure> {
         match command.name.as_str() {
-            "inventory.reserve" => reserve(conn, command, context).await,
-            "inventory.release" => release(conn, command, context).await,
+            commands::INVENTORY_RESERVE => reserve(conn, command, context).await,
+            commands::INVENTORY_RELEASE => release(conn, command, context).await,
             _ => Err(unknown_command(command)),
         }
     }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Role};
+use platform::contract::{Command, Role, commands};
 use platform::db::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,8 +45,8 @@ impl Participant for Payment {
         context: &Context,
     ) -> Result<Value, Failure> {
         match command.name.as_str() {
-            "payment.charge" => charge(conn, command, context).await,
-            "payment.refund" => refund(conn, command, context).await,
+            commands::PAYMENT_CHARGE => charge(conn, command, context).await,
+            commands::PAYMENT_REFUND => refund(conn, command, context).await,
             _ => Err(unknown_command(command)),
         }
     }

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Role};
+use platform::contract::{Command, Role, commands};
 use platform::db::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -47,8 +47,8 @@ impl Participant for Shipment {
         context: &Context,
     ) -> Result<Value, Failure> {
         match command.name.as_str() {
-            "shipment.prepare" => prepare(conn, command, context).await,
-            "shipment.cancel" => cancel(conn, command, context).await,
+            commands::SHIPMENT_PREPARE => prepare(conn, command, context).await,
+            commands::SHIPMENT_CANCEL => cancel(conn, command, context).await,
             _ => Err(unknown_command(command)),
         }
     }

@@ -4,7 +4,7 @@
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Role};
+use platform::contract::{Command, Role, commands};
 use platform::db::Connection;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,7 +45,7 @@ impl Participant for Vendor {
         context: &Context,
     ) -> Result<Value, Failure> {
         match command.name.as_str() {
-            "vendor.payout" => payout(conn, command, context).await,
+            commands::VENDOR_PAYOUT => payout(conn, command, context).await,
             _ => Err(unknown_command(command)),
         }
     }

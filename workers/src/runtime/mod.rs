@@ -25,7 +25,6 @@ pub mod inbox;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use chrono::Utc;
 use platform::cache;
 use platform::contract::{Command, Direction, Outcome, Reply, Topics};
 use platform::db::{self, Connection};
@@ -157,17 +156,7 @@ impl<P: Participant> CommandRuntime<P> {
 }
 
 fn reply_for(command: &Command, outcome: Outcome) -> Reply {
-    Reply {
-        id: Uuid::now_v7(),
-        command_id: command.id,
-        saga_id: command.saga_id,
-        step: command.step,
-        attempt: command.attempt,
-        direction: command.direction,
-        outcome,
-        command_issued_at: command.issued_at,
-        replied_at: Utc::now(),
-    }
+    Reply::answering(command, outcome)
 }
 
 impl<P: Participant> CommandRuntime<P> {

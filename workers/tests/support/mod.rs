@@ -32,7 +32,10 @@ pub fn command(
         attempt: 1,
         direction,
         name: name.into(),
-        payload: json!({ "input": input, "outputs": outputs }),
+        payload: platform::contract::CommandPayload {
+            input,
+            outputs: outputs.as_object().cloned().unwrap_or_default(),
+        },
         issued_at: Utc::now(),
     }
 }

@@ -66,7 +66,7 @@ impl From<&Step> for StepDefinition {
     fn from(step: &Step) -> Self {
         Self {
             name: step.name.to_owned(),
-            role: step.role.to_owned(),
+            role: step.role.as_str().to_owned(),
             command: step.command.to_owned(),
             compensation: step.compensation.map(str::to_owned),
             retry: (&step.retry).into(),

@@ -223,7 +223,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
         .map(|((step, progress), index)| StepView {
             index,
             name: step.name.to_owned(),
-            role: step.role.to_owned(),
+            role: step.role.as_str().to_owned(),
             command: step.command.to_owned(),
             compensation: step.compensation.map(str::to_owned),
             state: phase_name(progress.forward),
@@ -558,7 +558,10 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
+        #[oai(
+            name = "If-Match",
+            validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#)
+        )]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
@@ -581,7 +584,10 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Resolution>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
+        #[oai(
+            name = "If-Match",
+            validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#)
+        )]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
@@ -613,7 +619,10 @@ impl SagasApi {
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         body: Json<Option<Action>>,
         /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
-        #[oai(name = "If-Match", validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#))]
+        #[oai(
+            name = "If-Match",
+            validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#)
+        )]
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {

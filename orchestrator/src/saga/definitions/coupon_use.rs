@@ -5,6 +5,8 @@
 //! payout whose outcome is unknown is left for the vendor ledger to reconcile, since clawing
 //! money back from a vendor is a business process, not an automatic one.
 
+use platform::contract::{Role, commands};
+
 use super::super::definition::{Definition, Step};
 
 pub static COUPON_USE: Definition = Definition {
@@ -12,10 +14,10 @@ pub static COUPON_USE: Definition = Definition {
     steps: &[
         Step::new(
             "claim_coupon",
-            "coupon",
-            "coupon.claim",
-            Some("coupon.unclaim"),
+            Role::Coupon,
+            commands::COUPON_CLAIM,
+            Some(commands::COUPON_UNCLAIM),
         ),
-        Step::new("vendor_payout", "vendor", "vendor.payout", None),
+        Step::new("vendor_payout", Role::Vendor, commands::VENDOR_PAYOUT, None),
     ],
 };

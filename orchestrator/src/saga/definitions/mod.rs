@@ -52,7 +52,14 @@ mod tests {
                 definition.name
             );
             for step in definition.steps {
-                assert!(!step.role.is_empty() && !step.command.is_empty());
+                assert!(
+                    step.command.starts_with(&format!("{}.", step.role)),
+                    "{}",
+                    step.command
+                );
+                if let Some(undo) = step.compensation {
+                    assert!(undo.starts_with(&format!("{}.", step.role)), "{undo}");
+                }
                 assert!(step.retry.max_attempts >= 1 && step.compensation_retry.max_attempts >= 1);
             }
         }
@@ -63,7 +70,14 @@ mod tests {
         let order: Vec<_> = ORDER
             .steps
             .iter()
-            .map(|step| (step.name, step.role, step.command, step.compensation))
+            .map(|step| {
+                (
+                    step.name,
+                    step.role.as_str(),
+                    step.command,
+                    step.compensation,
+                )
+            })
             .collect();
         assert_eq!(
             order,
@@ -91,7 +105,14 @@ mod tests {
         let coupon_use: Vec<_> = COUPON_USE
             .steps
             .iter()
-            .map(|step| (step.name, step.role, step.command, step.compensation))
+            .map(|step| {
+                (
+                    step.name,
+                    step.role.as_str(),
+                    step.command,
+                    step.compensation,
+                )
+            })
             .collect();
         assert_eq!(
             coupon_use,

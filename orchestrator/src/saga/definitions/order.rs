@@ -1,6 +1,8 @@
 //! The order saga: stock is reserved before money moves, and money moves before anything
 //! physical happens, so the costliest effects come last and are the least often undone.
 
+use platform::contract::{Role, commands};
+
 use super::super::definition::{Definition, Step};
 
 pub static ORDER: Definition = Definition {
@@ -8,21 +10,21 @@ pub static ORDER: Definition = Definition {
     steps: &[
         Step::new(
             "reserve_stock",
-            "inventory",
-            "inventory.reserve",
-            Some("inventory.release"),
+            Role::Inventory,
+            commands::INVENTORY_RESERVE,
+            Some(commands::INVENTORY_RELEASE),
         ),
         Step::new(
             "charge_payment",
-            "payment",
-            "payment.charge",
-            Some("payment.refund"),
+            Role::Payment,
+            commands::PAYMENT_CHARGE,
+            Some(commands::PAYMENT_REFUND),
         ),
         Step::new(
             "prepare_shipment",
-            "shipment",
-            "shipment.prepare",
-            Some("shipment.cancel"),
+            Role::Shipment,
+            commands::SHIPMENT_PREPARE,
+            Some(commands::SHIPMENT_CANCEL),
         ),
     ],
 };

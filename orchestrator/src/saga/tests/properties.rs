@@ -401,7 +401,14 @@ fn a_definition() -> impl Strategy<Value = &'static Definition> {
         let steps: Vec<Step> = undoable
             .iter()
             .enumerate()
-            .map(|(i, has)| Step::new(NAMES[i], "inventory", COMMANDS[i], has.then_some(UNDO[i])))
+            .map(|(i, has)| {
+                Step::new(
+                    NAMES[i],
+                    platform::contract::Role::Inventory,
+                    COMMANDS[i],
+                    has.then_some(UNDO[i]),
+                )
+            })
             .collect();
         let definition = Definition {
             name: "generated",
