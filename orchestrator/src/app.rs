@@ -143,9 +143,10 @@ pub async fn start_with(
         tasks.spawn(relay.run(shutdown.clone()));
     }
     tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
+    // Bulk jobs are not latency-critical: a slower poll keeps an idle deployment quiet.
     tasks.spawn(crate::bulk::run(
         engine.clone(),
-        options.timer_interval,
+        options.timer_interval.max(Duration::from_secs(1)),
         shutdown.clone(),
     ));
     tasks.spawn(crate::dead_letters::run(
