@@ -28,52 +28,49 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::Parser;
 use rand::Rng as _;
 use rand::seq::SliceRandom as _;
 use tokio::sync::Semaphore;
 
+/// Runs sagaflow as separate processes, drives both flows through the API, kills a random
+/// process with SIGKILL every few seconds, then checks every invariant from the database.
+#[derive(Parser)]
+#[command(name = "chaos")]
 struct Args {
+    /// Sagas to start.
+    #[arg(long, default_value_t = 10_000)]
     sagas: usize,
+    /// Sagas started per second.
+    #[arg(long, default_value_t = 40.0, value_parser = positive)]
     rate: f64,
+    /// Seconds between kills.
+    #[arg(long = "kill-every", default_value = "3", value_parser = seconds)]
     kill_every: Duration,
+    /// A tansu binary (else `KAFKA_BROKERS`).
+    #[arg(long, env = "TANSU")]
     tansu: Option<PathBuf>,
     /// Kill the broker too (with SQLite storage, so it survives).
+    #[arg(long)]
     kill_broker: bool,
     /// One `orchestrator dev` process with its embedded broker instead.
+    #[arg(long)]
     dev: bool,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        sagas: 10_000,
-        rate: 40.0,
-        kill_every: Duration::from_secs(3),
-        tansu: std::env::var_os("TANSU").map(PathBuf::from),
-        kill_broker: false,
-        dev: false,
-    };
-    let mut list = std::env::args().skip(1);
-    while let Some(flag) = list.next() {
-        if flag == "--kill-broker" || flag == "--dev" {
-            args.kill_broker |= flag == "--kill-broker";
-            args.dev |= flag == "--dev";
-            continue;
-        }
-        let value = list
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--sagas" => args.sagas = value.parse().context("--sagas")?,
-            "--rate" => args.rate = value.parse().context("--rate")?,
-            "--kill-every" => {
-                args.kill_every = Duration::from_secs_f64(value.parse().context("--kill-every")?)
-            }
-            "--tansu" => args.tansu = Some(value.into()),
-            other => anyhow::bail!("unknown flag {other}"),
-        }
+fn positive(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate > 0.0 => Ok(rate),
+        _ => Err(format!("expected a positive number, got `{value}`")),
     }
-    anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
-    Ok(args)
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    positive(value).map(Duration::from_secs_f64)
+}
+
+fn args() -> anyhow::Result<Args> {
+    Ok(Args::parse())
 }
 
 #[tokio::main]

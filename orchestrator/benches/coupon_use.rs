@@ -19,13 +19,25 @@ use support::Orchestrator;
 use uuid::Uuid;
 use workers::fixtures::{add_campaign, add_user, add_vendor};
 
+/// Coupon uses over HTTP, as a saga and directly.
+#[derive(clap::Parser)]
+#[command(name = "coupon_use")]
+struct Sizes {
+    /// Uses of each kind.
+    #[arg(default_value_t = 400)]
+    uses: usize,
+    /// Requests in flight at once.
+    #[arg(default_value_t = 16)]
+    concurrency: usize,
+    /// Passed by `cargo bench` to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
-    let uses = args.as_slice().first().copied().unwrap_or(400);
-    let concurrency = args.get(1).copied().unwrap_or(16);
+    let Sizes {
+        uses, concurrency, ..
+    } = clap::Parser::parse();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

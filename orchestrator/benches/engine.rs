@@ -16,13 +16,25 @@ use orchestrator::schema::sagas;
 use platform::testkit::TestEnv;
 use support::{Orchestrator, Participants, script, succeed};
 
+/// Order sagas through the engine with participants that answer at once.
+#[derive(clap::Parser)]
+#[command(name = "engine")]
+struct Sizes {
+    /// Sagas to run.
+    #[arg(default_value_t = 2_000)]
+    total: usize,
+    /// Sagas in flight at once.
+    #[arg(default_value_t = 32)]
+    concurrency: usize,
+    /// Passed by `cargo bench` to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
-    let total = args.as_slice().first().copied().unwrap_or(2_000);
-    let concurrency = args.get(1).copied().unwrap_or(32);
+    let Sizes {
+        total, concurrency, ..
+    } = clap::Parser::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -40,95 +40,104 @@ use rand::seq::IndexedRandom as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Flow {
     Order,
     Coupon,
     Mix,
 }
 
-#[derive(Debug)]
+/// Drives sagas through the HTTP API of sagaflow run as separate processes and reports
+/// what users feel and what each saga costs (see README, "Load generator").
+#[derive(Debug, clap::Parser)]
+#[command(name = "load")]
 struct Args {
+    /// One `orchestrator dev` process with its embedded broker.
+    #[arg(long)]
     dev: bool,
+    /// Closed loop: clients that each wait for their saga to end before the next.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     clients: usize,
+    /// Open loop instead: sagas started per second, whatever happens.
+    #[arg(long, value_parser = positive)]
     rate: Option<f64>,
+    #[arg(long, default_value_t = 200)]
     sagas: usize,
+    /// Sagas run before measuring.
+    #[arg(long, default_value_t = 20)]
     warmup: usize,
+    #[arg(long, value_enum, default_value_t = Flow::Order)]
     flow: Flow,
+    /// Milliseconds between status polls of one saga.
+    #[arg(long = "poll-ms", default_value = "2", value_parser = millis)]
     poll: Duration,
+    /// Worker processes per role, e.g. `payment=3,inventory=2`.
+    #[arg(long, value_delimiter = ',', value_parser = role_count)]
     workers: Vec<(String, usize)>,
+    /// A tansu binary (else `KAFKA_BROKERS`).
+    #[arg(long, env = "TANSU")]
     tansu: Option<PathBuf>,
+    /// `NAME=VALUE` passed to every process; repeatable.
+    #[arg(long, value_parser = name_value)]
     env: Vec<(String, String)>,
     /// Run these `orchestrator` and `worker` binaries (another build, for a before/after).
+    #[arg(long)]
     bin: Option<PathBuf>,
-    /// Measure each process's CPU use while idle for this long first.
+    /// Measure each process's CPU use while idle for this many seconds first.
+    #[arg(long, default_value = "0", value_parser = seconds)]
     idle: Duration,
     /// Keep the database and logs for a look afterwards.
+    #[arg(long)]
     keep: bool,
+    /// Passed by `cargo bench` to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn at_least_one(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive count, got `{value}`")),
+    }
+}
+
+fn positive(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(number) if number > 0.0 => Ok(number),
+        _ => Err(format!("expected a positive number, got `{value}`")),
+    }
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("expected milliseconds, got `{value}`"))
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    match value.parse::<f64>() {
+        Ok(secs) if secs >= 0.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("expected seconds, got `{value}`")),
+    }
+}
+
+fn role_count(value: &str) -> Result<(String, usize), String> {
+    let (role, n) = value.split_once('=').ok_or("expected ROLE=N")?;
+    if !system::ROLES.contains(&role) {
+        return Err(format!("no role `{role}`"));
+    }
+    let n = n.parse().map_err(|_| format!("`{n}` is not a count"))?;
+    Ok((role.to_owned(), n))
+}
+
+fn name_value(value: &str) -> Result<(String, String), String> {
+    let (name, value) = value.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        dev: false,
-        clients: 1,
-        rate: None,
-        sagas: 200,
-        warmup: 20,
-        flow: Flow::Order,
-        poll: Duration::from_millis(2),
-        workers: Vec::new(),
-        tansu: std::env::var_os("TANSU").map(PathBuf::from),
-        env: Vec::new(),
-        bin: None,
-        idle: Duration::ZERO,
-        keep: false,
-    };
-    // `cargo bench` passes `--bench` to every bench target.
-    let mut list = std::env::args().skip(1).filter(|arg| arg != "--bench");
-    while let Some(flag) = list.next() {
-        if flag == "--dev" || flag == "--keep" {
-            args.dev |= flag == "--dev";
-            args.keep |= flag == "--keep";
-            continue;
-        }
-        let value = list
-            .next()
-            .with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--clients" => args.clients = value.parse().context("--clients")?,
-            "--rate" => args.rate = Some(value.parse().context("--rate")?),
-            "--sagas" => args.sagas = value.parse().context("--sagas")?,
-            "--warmup" => args.warmup = value.parse().context("--warmup")?,
-            "--poll-ms" => args.poll = Duration::from_millis(value.parse().context("--poll-ms")?),
-            "--tansu" => args.tansu = Some(value.into()),
-            "--bin" => args.bin = Some(value.into()),
-            "--idle" => args.idle = Duration::from_secs_f64(value.parse().context("--idle")?),
-            "--flow" => {
-                args.flow = match value.as_str() {
-                    "order" => Flow::Order,
-                    "coupon" => Flow::Coupon,
-                    "mix" => Flow::Mix,
-                    other => anyhow::bail!("--flow {other}: order, coupon or mix"),
-                }
-            }
-            "--workers" => {
-                for pair in value.split(',') {
-                    let (role, n) = pair.split_once('=').context("--workers ROLE=N,...")?;
-                    anyhow::ensure!(system::ROLES.contains(&role), "--workers: no role {role}");
-                    args.workers
-                        .push((role.to_owned(), n.parse().context("--workers count")?));
-                }
-            }
-            "--env" => {
-                let (name, value) = value.split_once('=').context("--env NAME=VALUE")?;
-                args.env.push((name.to_owned(), value.to_owned()));
-            }
-            other => anyhow::bail!("unknown flag {other}"),
-        }
-    }
-    anyhow::ensure!(args.clients > 0, "--clients must be positive");
-    anyhow::ensure!(args.rate.is_none_or(|r| r > 0.0), "--rate must be positive");
-    Ok(args)
+    Ok(<Args as clap::Parser>::parse())
 }
 
 fn main() -> std::process::ExitCode {

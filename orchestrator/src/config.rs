@@ -18,8 +18,60 @@
 use std::net::SocketAddr;
 
 use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
+use platform::settings::{self, Setting};
 
 use crate::auth::AuthConfig;
+
+/// The orchestrator's own settings: its HTTP address and access control.
+pub const ORCHESTRATOR: &[Setting] = &[
+    Setting {
+        env: "HTTP_ADDR",
+        long: "http-addr",
+        default: Some(Config::DEFAULT_HTTP_ADDR),
+        help: "API listen address",
+        secret: false,
+    },
+    Setting {
+        env: "API_KEYS",
+        long: "api-keys",
+        default: None,
+        help: "API keys, comma-separated, each name:scopes:secret (scopes client, operator, admin joined by +)",
+        secret: true,
+    },
+    Setting {
+        env: "API_KEYS_FILE",
+        long: "api-keys-file",
+        default: None,
+        help: "a file of more keys, one per line (# comments)",
+        secret: false,
+    },
+    Setting {
+        env: "AUTH",
+        long: "auth",
+        default: Some("on"),
+        help: "off serves without access control; serve refuses to start with on and no keys, dev without keys runs open",
+        secret: false,
+    },
+    Setting {
+        env: "METRICS_AUTH",
+        long: "metrics-auth",
+        default: Some("open"),
+        help: "operator: /metrics needs an operator key",
+        secret: false,
+    },
+];
+
+platform::settings_args!(
+    Settings,
+    [
+        settings::STORES,
+        settings::KAFKA,
+        settings::RETENTION,
+        settings::LOGS,
+        ORCHESTRATOR,
+        workers::config::PARTICIPANTS
+    ]
+);
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -1,46 +1,56 @@
-//! `orchestrator dev | serve | migrate | openapi`
+//! `orchestrator [dev | serve | migrate | seed | openapi]`; `orchestrator --help` lists every
+//! setting with its flag, variable and default.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use orchestrator::app::{self, Mode};
-use orchestrator::config::Config;
+use orchestrator::config::{Config, Settings};
 use platform::kafka::Cluster;
 
-const USAGE: &str = "usage: orchestrator <command>
+/// sagaflow's orchestrator: the saga engine and its REST API. Every setting is a flag or an
+/// environment variable (see README.md, "Configuration").
+#[derive(Parser)]
+#[command(name = "orchestrator", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Commands>,
+    #[command(flatten)]
+    settings: Settings,
+}
 
-commands:
-  dev       API, engine and every worker role in one process; embedded Kafka when
-            KAFKA_BROKERS is unset (the quick start)
-  serve     API and engine (needs KAFKA_BROKERS); workers run as `worker --role ...`
-  migrate   create the database if missing and apply migrations, then exit
-  seed      migrate, then add demo data (products, users, vendors, coupon campaigns)
-  openapi   print the OpenAPI document
-
-Configuration is read from environment variables; see README.md.";
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq, Debug)]
+enum Commands {
+    /// API, engine and every worker role in one process; an embedded Kafka when
+    /// KAFKA_BROKERS is unset (the quick start, and the default command)
+    Dev,
+    /// API and engine (needs KAFKA_BROKERS); workers run as `worker --role ...`
+    Serve,
+    /// Create the database if missing and apply the migrations, then exit
+    Migrate,
+    /// Migrate, then add demo data (products, users, vendors, coupon campaigns)
+    Seed,
+    /// Print the OpenAPI document
+    Openapi,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match args.as_slice() {
-        [command] => command.as_str(),
-        [] => "dev",
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if matches!(command, "-h" | "--help" | "help") {
-        println!("{USAGE}");
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Commands::Dev);
+    if command == Commands::Openapi {
+        println!("{}", orchestrator::api::spec_json());
         return ExitCode::SUCCESS;
     }
-    let config = match Config::from_env() {
+    let config = match Config::from_vars(&cli.settings.vars) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("configuration error: {err}");
             return ExitCode::from(2);
         }
     };
-    platform::telemetry::init(config.log_format);
+    let filter = cli.settings.vars.optional("RUST_LOG").ok().flatten();
+    platform::telemetry::init(config.log_format, filter.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,15 +63,11 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match command {
-            "dev" => run(&config, Mode::Dev).await,
-            "serve" => run(&config, Mode::Serve).await,
-            "migrate" => platform::db::prepare(&config.stores.database_url).await,
-            "seed" => seed(&config).await,
-            "openapi" => {
-                println!("{}", orchestrator::api::spec_json());
-                Ok(())
-            }
-            other => Err(anyhow::anyhow!("unknown command `{other}`\n\n{USAGE}")),
+            Commands::Dev => run(&config, Mode::Dev).await,
+            Commands::Serve => run(&config, Mode::Serve).await,
+            Commands::Migrate => platform::db::prepare(&config.stores.database_url).await,
+            Commands::Seed => seed(&config).await,
+            Commands::Openapi => Ok(()),
         }
     });
     match outcome {
@@ -115,4 +121,61 @@ async fn seed(config: &Config) -> anyhow::Result<()> {
     println!("users: {:?}", seeded.users);
     println!("coupon campaigns: {:?}", seeded.campaigns);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn every_setting_is_a_flag_with_its_variable_in_help_and_dev_is_the_default() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for table in Settings::TABLES {
+            for setting in *table {
+                assert!(
+                    help.contains(&format!("--{}", setting.long)),
+                    "{}",
+                    setting.long
+                );
+                assert!(
+                    help.contains(&format!("env: {}", setting.env)),
+                    "{}",
+                    setting.env
+                );
+            }
+        }
+        let cli = Cli::try_parse_from(["orchestrator"]).unwrap();
+        assert_eq!(cli.command, None);
+        let cli =
+            Cli::try_parse_from(["orchestrator", "serve", "--http-addr", "127.0.0.1:9"]).unwrap();
+        assert_eq!(cli.command, Some(Commands::Serve));
+        assert_eq!(
+            cli.settings.vars.optional("HTTP_ADDR").unwrap().as_deref(),
+            Some("127.0.0.1:9"),
+            "a flag after the command still counts"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_still_names_its_variable() {
+        let cli = Cli::try_parse_from(["orchestrator", "--kafka-fetch-wait-ms", "0"]).unwrap();
+        let err = Config::from_vars(&cli.settings.vars).unwrap_err();
+        assert_eq!(err.name, "KAFKA_FETCH_WAIT_MS");
+    }
+
+    #[test]
+    fn the_defaults_of_the_flags_are_the_defaults_of_the_code() {
+        // From the tables, not from a parse, which would also read this process's variables.
+        let defaults: Vec<(&str, &str)> = Settings::TABLES
+            .iter()
+            .flat_map(|table| table.iter())
+            .filter_map(|setting| setting.default.map(|value| (setting.env, value)))
+            .collect();
+        let from_flags = Config::from_vars(&platform::env::Vars::from_pairs(defaults)).unwrap();
+        let from_code = Config::from_vars(&platform::env::Vars::from_pairs([])).unwrap();
+        assert_eq!(format!("{from_flags:?}"), format!("{from_code:?}"));
+    }
 }

@@ -24,6 +24,7 @@ pub mod env;
 pub mod health;
 pub mod kafka;
 pub mod retention;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

@@ -27,15 +27,35 @@ use workers::participant::Strategy;
 use workers::participants::coupon::Coupon;
 use workers::schema::coupon_claims;
 
+/// A rush of coupon claims on one campaign under each strategy.
+#[derive(clap::Parser)]
+#[command(name = "strategies")]
+struct Rush {
+    /// Claims, one per user.
+    #[arg(default_value_t = 1_000)]
+    claims: usize,
+    /// Coupons the campaign issues.
+    #[arg(default_value_t = 100)]
+    quantity: usize,
+    /// Worker instances sharing the claims.
+    #[arg(default_value_t = 4)]
+    instances: usize,
+    /// Each command on its own, as the workers did before batches.
+    #[arg(long)]
+    one_by_one: bool,
+    /// Passed by `cargo bench` to every bench target.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|arg| arg.parse().ok())
-        .collect();
-    let claims = args.as_slice().first().copied().unwrap_or(1_000);
-    let quantity = args.get(1).copied().unwrap_or(100);
-    let instances = args.get(2).copied().unwrap_or(4);
-    let one_by_one = std::env::args().any(|arg| arg == "--one-by-one");
+    let Rush {
+        claims,
+        quantity,
+        instances,
+        one_by_one,
+        ..
+    } = clap::Parser::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -10,9 +10,46 @@
 use std::time::Duration;
 
 use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
+use platform::settings::{self, Setting};
 
 use crate::participant::Strategy;
 use crate::runtime::RuntimeOptions;
+
+/// The participants' settings (also read by `orchestrator dev`, which runs them).
+pub const PARTICIPANTS: &[Setting] = &[
+    Setting {
+        env: "CONCURRENCY_STRATEGY",
+        long: "concurrency-strategy",
+        default: Some("redis-lock"),
+        help: "how participants keep concurrent changes apart: redis-lock, postgres or lua-gate",
+        secret: false,
+    },
+    Setting {
+        env: "LOCK_WAIT_MS",
+        long: "lock-wait-ms",
+        default: Some("5000"),
+        help: "how long a participant waits for a resource's lock before retrying the command",
+        secret: false,
+    },
+    Setting {
+        env: "LOCK_LEASE_MS",
+        long: "lock-lease-ms",
+        default: Some("10000"),
+        help: "lock lease; a watchdog extends it while the holder works",
+        secret: false,
+    },
+];
+
+platform::settings_args!(
+    Settings,
+    [
+        settings::STORES,
+        settings::KAFKA,
+        settings::RETENTION,
+        settings::LOGS,
+        PARTICIPANTS
+    ]
+);
 
 #[derive(Debug, Clone)]
 pub struct Config {

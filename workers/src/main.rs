@@ -1,67 +1,53 @@
-//! `worker --role <role> [--role <role>...]` or `worker --role all`
+//! `worker --role <role> [--role <role>...]` or `worker --role all`; `worker --help` lists
+//! every setting with its flag, variable and default.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use clap::Parser;
 use platform::contract::Role;
 use platform::kafka::Cluster;
 use platform::{cache, db};
 use tokio_util::task::TaskTracker;
-use workers::config::Config;
+use workers::config::{Config, Settings};
 
-const USAGE: &str = "usage: worker --role <role> [--role <role>...]
+/// Runs participant roles; each role is one Kafka consumer group, so more processes of a
+/// role share its work. Every setting is a flag or an environment variable.
+#[derive(Parser)]
+#[command(name = "worker", version)]
+struct Cli {
+    /// A role to run: inventory, payment, shipment, coupon, vendor, notification, or all.
+    /// Repeat it or separate roles with commas.
+    #[arg(long = "role", required = true, value_delimiter = ',', value_parser = parse_role)]
+    roles: Vec<Roles>,
+    #[command(flatten)]
+    settings: Settings,
+}
 
-roles: inventory, payment, shipment, coupon, vendor, notification, or `all`.
-Each role is one Kafka consumer group; start more processes to scale a role.
-Configuration is read from environment variables; see README.md.";
+/// One `--role` value: a role, or every role.
+#[derive(Debug, Clone)]
+struct Roles(Vec<Role>);
 
-fn parse_roles(args: &[String]) -> Result<Vec<Role>, String> {
-    let mut roles = Vec::new();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let value = match arg.as_str() {
-            "--role" => args.next().ok_or("--role needs a value")?.as_str(),
-            other => match other.strip_prefix("--role=") {
-                Some(value) => value,
-                None => return Err(format!("unexpected argument `{other}`")),
-            },
-        };
-        for name in value.split(',') {
-            if name == "all" {
-                roles.extend(Role::ALL);
-            } else {
-                roles.push(name.parse()?);
-            }
-        }
+fn parse_role(value: &str) -> Result<Roles, String> {
+    if value == "all" {
+        return Ok(Roles(Role::ALL.to_vec()));
     }
-    roles.dedup();
-    if roles.is_empty() {
-        return Err("at least one --role is required".to_owned());
-    }
-    Ok(roles)
+    value.parse().map(|role| Roles(vec![role]))
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|arg| arg == "-h" || arg == "--help") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let roles = match parse_roles(&args) {
-        Ok(roles) => roles,
-        Err(err) => {
-            eprintln!("{err}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = match Config::from_env() {
+    let cli = Cli::parse();
+    let mut roles: Vec<Role> = cli.roles.into_iter().flat_map(|roles| roles.0).collect();
+    roles.dedup();
+    let config = match Config::from_vars(&cli.settings.vars) {
         Ok(config) => config,
         Err(err) => {
             eprintln!("configuration error: {err}");
             return ExitCode::from(2);
         }
     };
-    platform::telemetry::init(config.log_format);
+    let filter = cli.settings.vars.optional("RUST_LOG").ok().flatten();
+    platform::telemetry::init(config.log_format, filter.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,24 +103,48 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory as _;
+
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn roles(args: &[&str]) -> Result<Vec<Role>, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))?;
+        Ok(cli.roles.into_iter().flat_map(|roles| roles.0).collect())
     }
 
     #[test]
-    fn roles_are_parsed_repeated_or_all() {
+    fn roles_are_parsed_repeated_comma_separated_or_all() {
         assert_eq!(
-            parse_roles(&args(&["--role", "payment", "--role=vendor"])).unwrap(),
-            vec![Role::Payment, Role::Vendor]
+            roles(&["--role", "payment", "--role=vendor,coupon"]).unwrap(),
+            vec![Role::Payment, Role::Vendor, Role::Coupon]
         );
-        assert_eq!(parse_roles(&args(&["--role", "all"])).unwrap().len(), 6);
-        assert!(parse_roles(&args(&[])).is_err());
+        assert_eq!(roles(&["--role", "all"]).unwrap().len(), 6);
+        assert!(roles(&[]).is_err());
         assert!(
-            parse_roles(&args(&["--role", "billing"]))
+            roles(&["--role", "billing"])
                 .unwrap_err()
+                .to_string()
                 .contains("billing")
         );
+    }
+
+    #[test]
+    fn every_setting_is_a_flag_with_its_variable_in_help() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for table in Settings::TABLES {
+            for setting in *table {
+                assert!(
+                    help.contains(&format!("--{}", setting.long)),
+                    "{}",
+                    setting.long
+                );
+                assert!(
+                    help.contains(&format!("env: {}", setting.env)),
+                    "{}",
+                    setting.env
+                );
+            }
+        }
     }
 }
