@@ -24,6 +24,19 @@ pub mod commands {
     pub const COUPON_CLAIM: &str = "coupon.claim";
     pub const COUPON_UNCLAIM: &str = "coupon.unclaim";
     pub const VENDOR_PAYOUT: &str = "vendor.payout";
+
+    /// Every command name.
+    pub const ALL: [&str; 9] = [
+        INVENTORY_RESERVE,
+        INVENTORY_RELEASE,
+        PAYMENT_CHARGE,
+        PAYMENT_REFUND,
+        SHIPMENT_PREPARE,
+        SHIPMENT_CANCEL,
+        COUPON_CLAIM,
+        COUPON_UNCLAIM,
+        VENDOR_PAYOUT,
+    ];
 }
 
 /// A worker role: one Kafka consumer group and one command topic per participant role.
