@@ -38,15 +38,15 @@ fn check(doc: &Value, value: &Value, schema: &Value, at: &str) -> Result<(), Str
             Err(format!("{at}: fits {fits} of oneOf"))
         };
     }
-    if let Some(constant) = schema.get("const") {
-        if value != constant {
-            return Err(format!("{at}: {value} is not {constant}"));
-        }
+    if let Some(constant) = schema.get("const")
+        && value != constant
+    {
+        return Err(format!("{at}: {value} is not {constant}"));
     }
-    if let Some(values) = schema["enum"].as_array() {
-        if !values.contains(value) {
-            return Err(format!("{at}: {value} is not one of {values:?}"));
-        }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(value)
+    {
+        return Err(format!("{at}: {value} is not one of {values:?}"));
     }
     let types: Vec<&str> = match &schema["type"] {
         Value::String(one) => vec![one.as_str()],
@@ -76,10 +76,10 @@ fn check(doc: &Value, value: &Value, schema: &Value, at: &str) -> Result<(), Str
         }
         _ => {}
     }
-    if let (Some(max), Some(n)) = (schema["maximum"].as_u64(), value.as_u64()) {
-        if n > max {
-            return Err(format!("{at}: {n} over {max}"));
-        }
+    if let (Some(max), Some(n)) = (schema["maximum"].as_u64(), value.as_u64())
+        && n > max
+    {
+        return Err(format!("{at}: {n} over {max}"));
     }
     if let Value::Object(fields) = value {
         for name in schema["required"]
