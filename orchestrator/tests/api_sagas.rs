@@ -670,3 +670,36 @@ async fn consumer_lag_shows_commands_no_worker_took() {
     );
     http.orchestrator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_says_degraded_when_the_outbox_is_stuck() {
+    let env = TestEnv::start().await;
+    // An orchestrator whose relay never publishes: its outbox only grows.
+    let options = Options {
+        relay_enabled: false,
+        ..Options::default()
+    };
+    let orchestrator = Orchestrator::start(&env, options).await;
+    let http = Http {
+        api: support::http::Http::new(orchestrator.base()),
+        orchestrator,
+    };
+    let ready = ok(http.get("/readyz").await).await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    http.start_saga(order()).await;
+    let mut conn = env.db.pool.get().await.unwrap();
+    diesel::sql_query("UPDATE outbox SET created_at = now() - interval '1 minute'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let degraded = ok(http.get("/readyz").await).await;
+    assert_eq!(degraded["status"], "degraded", "{degraded}");
+    let outbox = degraded["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|check| check["name"] == "outbox")
+        .unwrap();
+    assert_eq!(outbox["state"], "degraded", "{outbox}");
+    http.orchestrator.stop().await;
+}
