@@ -433,7 +433,7 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
         .unwrap()
         .to_owned();
     assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
         "{content_type}"
     );
     let body = response.text().await.unwrap();
@@ -441,22 +441,30 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
     for expected in [
         "sagaflow_sagas_started_total 1",
         "sagaflow_sagas_completed_total 1",
+        "sagaflow_replies_total 3",
         "# TYPE sagaflow_outbox_backlog gauge",
         "# TYPE sagaflow_sagas gauge",
-        "sagaflow_sagas{status=\"COMPLETED\"} 1",
+        "sagaflow_sagas{status=\"RUNNING\"} 0",
         "sagaflow_sagas{status=\"FAILED\"} 0",
+        "# TYPE sagaflow_step_latency_seconds histogram",
+        "sagaflow_step_latency_seconds_count 3",
+        "# EOF",
     ] {
         assert!(
             lines.contains(&expected),
             "{expected} missing from:\n{body}"
         );
     }
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("sagaflow_outbox_backlog ")),
-        "{body}"
-    );
+    for prefix in [
+        "sagaflow_outbox_backlog ",
+        "sagaflow_db_pool_connections{pool=\"api\",state=\"in_use\"} ",
+        "sagaflow_db_pool_connections{pool=\"engine\",state=\"waiting\"} ",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.starts_with(prefix)),
+            "{prefix}: {body}"
+        );
+    }
 
     participants.stop().await;
     http.orchestrator.stop().await;

@@ -1,30 +1,46 @@
-//! `GET /metrics` in the Prometheus text format: the engine's in-process counters and
-//! histograms, plus gauges read from Postgres at scrape time. The gauges come from the
-//! database rather than from counters because every replica must report the same backlog
-//! and the same per-status totals, whoever did the work.
+//! `GET /metrics` (OpenMetrics text, prometheus-client): the engine's counters and latency
+//! histograms, gauges of this process's Postgres pools, and gauges read from Postgres at
+//! scrape time. Those come from the database rather than from counters because every
+//! replica must report the same backlog whoever did the work, and each is one indexed query
+//! over a bounded set of rows (the outbox's unpublished messages, the sagas still moving):
+//! a scrape never reads the whole saga table.
 
-use std::fmt::Write as _;
-
-use diesel::dsl::count_star;
-use diesel::prelude::*;
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use super::State;
-use super::problem::ApiResult;
+use super::problem::{ApiError, ApiResult};
 use crate::saga::Status;
-use crate::schema::{outbox, sagas};
 
 pub struct MetricsApi;
 
 #[derive(ApiResponse)]
 enum Scraped {
-    /// Prometheus text exposition format 0.0.4.
-    #[oai(status = 200, content_type = "text/plain; version=0.0.4")]
+    /// OpenMetrics text exposition format 1.0.0 (Prometheus reads it).
+    #[oai(
+        status = 200,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    )]
     Ok(PlainText<String>),
 }
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+type Labels = Vec<(String, String)>;
 
 #[OpenApi(tag = "super::Tag::Metrics")]
 impl MetricsApi {
@@ -32,45 +48,74 @@ impl MetricsApi {
     ///
     /// Counters of this process (`sagaflow_sagas_started_total`, `..._completed_total`,
     /// `..._compensated_total`, `..._cancelled_total`, `..._failed_total`,
-    /// `sagaflow_replies_total`), the step latency and saga duration histograms, and two
-    /// gauges read from the database: `sagaflow_outbox_backlog` (outbox messages not yet
-    /// published) and `sagaflow_sagas{status="..."}` (sagas per status, every status listed).
-    /// Kafka consumer lag is not exported yet; read it from the broker.
+    /// `..._resolved_total`, `..._quarantined_total`, `sagaflow_replies_total`), the step
+    /// latency and saga duration histograms, `sagaflow_db_pool_connections{pool,state}`
+    /// (in use, idle, waiting), and two gauges read from the database:
+    /// `sagaflow_outbox_backlog` (outbox messages not yet published) and
+    /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED). Consumer lag
+    /// is at `GET /v1/consumer-lag`.
     #[oai(path = "/metrics", method = "get")]
     async fn scrape(&self, state: Data<&State>) -> ApiResult<Scraped> {
         let mut conn = state.database.get().await?;
-        let backlog: i64 = outbox::table
-            .filter(outbox::published_at.is_null())
-            .count()
-            .get_result(&mut conn)
-            .await?;
-        let per_status: Vec<(String, i64)> = sagas::table
-            .group_by(sagas::status)
-            .select((sagas::status, count_star()))
-            .load(&mut conn)
-            .await?;
+        let backlog: Vec<Counted> = diesel::sql_query(
+            "SELECT 'pending' AS status, count(*) AS count FROM outbox WHERE published_at IS NULL",
+        )
+        .load(&mut conn)
+        .await?;
+        let moving: Vec<Counted> = diesel::sql_query(
+            "SELECT status, count(*) AS count FROM sagas \
+             WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED') GROUP BY status",
+        )
+        .load(&mut conn)
+        .await?;
         drop(conn);
 
-        let mut out = String::new();
-        state.engine.metrics().render(&mut out);
-        let _ = writeln!(
-            out,
-            "# HELP sagaflow_outbox_backlog Outbox messages not yet published.\n\
-             # TYPE sagaflow_outbox_backlog gauge\n\
-             sagaflow_outbox_backlog {backlog}"
+        let mut registry = Registry::default();
+        state.engine.metrics().register(&mut registry);
+        let outbox = Gauge::<i64>::default();
+        outbox.set(backlog.iter().map(|row| row.count).sum());
+        registry.register(
+            "sagaflow_outbox_backlog",
+            "Outbox messages not yet published.",
+            outbox,
         );
-        let _ = writeln!(
-            out,
-            "# HELP sagaflow_sagas Sagas per status.\n# TYPE sagaflow_sagas gauge"
-        );
-        // Every status, zeros included: a series that vanishes reads as "no data", not 0.
-        for status in Status::ALL {
-            let count = per_status
+        let sagas = Family::<Labels, Gauge>::default();
+        // Every status listed, zeros included: a series that vanishes reads as "no data".
+        for status in [Status::Running, Status::Compensating, Status::Failed] {
+            let count = moving
                 .iter()
-                .find(|(name, _)| name == status.as_str())
-                .map_or(0, |(_, count)| *count);
-            let _ = writeln!(out, "sagaflow_sagas{{status=\"{status}\"}} {count}");
+                .find(|row| row.status == status.as_str())
+                .map_or(0, |row| row.count);
+            sagas
+                .get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())])
+                .set(count);
         }
+        registry.register("sagaflow_sagas", "Sagas still moving, per status.", sagas);
+        let pools = Family::<Labels, Gauge>::default();
+        for (name, pool) in [("api", &state.database), ("engine", state.engine.pool())] {
+            let status = pool.status();
+            let busy = status.size.saturating_sub(status.available);
+            for (which, value) in [
+                ("in_use", busy),
+                ("idle", status.available),
+                ("waiting", status.waiting),
+            ] {
+                let labels = vec![
+                    ("pool".to_owned(), name.to_owned()),
+                    ("state".to_owned(), which.to_owned()),
+                ];
+                pools
+                    .get_or_create(&labels)
+                    .set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
+        }
+        registry.register(
+            "sagaflow_db_pool_connections",
+            "Postgres connections of this process's pools, by state.",
+            pools,
+        );
+        let mut out = String::new();
+        encode(&mut out, &registry).map_err(ApiError::internal)?;
         Ok(Scraped::Ok(PlainText(out)))
     }
 }

@@ -294,10 +294,7 @@ impl Engine {
             self.metrics.saga_finished(*status, *age);
         }
         let quarantined = writes.rows.iter().filter(|row| row.quarantine.is_some());
-        self.metrics.quarantined.fetch_add(
-            quarantined.count() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics.quarantined.inc_by(quarantined.count() as u64);
     }
 }
 

@@ -1,74 +1,55 @@
-//! Engine counters and a step/saga latency histogram, rendered in the Prometheus text
-//! format. Plain atomics: recording is on the hot path and must not lock.
+//! The engine's counters and latency histograms (prometheus-client). Recording is a few
+//! atomic operations, fit for the hot path; `/metrics` registers them, with the gauges it
+//! reads at scrape time, and encodes the lot (see `api::metrics`).
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 use crate::saga::Status;
 
-/// Upper bounds of the latency buckets, in milliseconds.
-const BUCKETS_MS: [u64; 12] = [
-    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000,
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; BUCKETS_MS.len()],
-    count: AtomicU64,
-    sum_ms: AtomicU64,
-}
-
-impl Histogram {
-    pub fn observe(&self, value: Duration) {
-        let ms = u64::try_from(value.as_millis()).unwrap_or(u64::MAX);
-        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
-            if ms <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
-    }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    fn render(&self, name: &str, help: &str, out: &mut String) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.buckets) {
-            let seconds = *bound as f64 / 1000.0;
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{seconds}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
-
-#[derive(Debug, Default)]
+/// Clones share their values.
+#[derive(Debug, Clone)]
 pub struct Metrics {
-    pub started: AtomicU64,
-    pub completed: AtomicU64,
-    pub compensated: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub failed: AtomicU64,
-    pub resolved: AtomicU64,
-    pub replies: AtomicU64,
-    pub quarantined: AtomicU64,
+    pub started: Counter,
+    pub completed: Counter,
+    pub compensated: Counter,
+    pub cancelled: Counter,
+    pub failed: Counter,
+    pub resolved: Counter,
+    pub replies: Counter,
+    pub quarantined: Counter,
     pub saga_duration: Histogram,
     pub step_latency: Histogram,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            started: Counter::default(),
+            completed: Counter::default(),
+            compensated: Counter::default(),
+            cancelled: Counter::default(),
+            failed: Counter::default(),
+            resolved: Counter::default(),
+            replies: Counter::default(),
+            quarantined: Counter::default(),
+            saga_duration: Histogram::new(BUCKETS),
+            step_latency: Histogram::new(BUCKETS),
+        }
+    }
+}
+
 impl Metrics {
     pub fn saga_started(&self) {
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started.inc();
     }
 
     pub fn saga_finished(&self, status: Status, took: Duration) {
@@ -80,69 +61,64 @@ impl Metrics {
             Status::Resolved => &self.resolved,
             Status::Running | Status::Compensating => return,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
-        self.saga_duration.observe(took);
+        counter.inc();
+        self.saga_duration.observe(took.as_secs_f64());
     }
 
-    pub fn render(&self, out: &mut String) {
+    /// Adds every metric to `registry` (names without the `_total` a counter gets).
+    pub fn register(&self, registry: &mut Registry) {
         let counters = [
+            ("sagaflow_sagas_started", "Sagas started.", &self.started),
             (
-                "sagaflow_sagas_started_total",
-                "Sagas started.",
-                &self.started,
-            ),
-            (
-                "sagaflow_sagas_completed_total",
+                "sagaflow_sagas_completed",
                 "Sagas completed.",
                 &self.completed,
             ),
             (
-                "sagaflow_sagas_compensated_total",
+                "sagaflow_sagas_compensated",
                 "Sagas compensated after a failure.",
                 &self.compensated,
             ),
             (
-                "sagaflow_sagas_cancelled_total",
+                "sagaflow_sagas_cancelled",
                 "Sagas cancelled by an operator.",
                 &self.cancelled,
             ),
             (
-                "sagaflow_sagas_failed_total",
+                "sagaflow_sagas_failed",
                 "Sagas parked as FAILED (a compensation exhausted its budget).",
                 &self.failed,
             ),
             (
-                "sagaflow_sagas_resolved_total",
+                "sagaflow_sagas_resolved",
                 "FAILED sagas an operator ended by hand (RESOLVED).",
                 &self.resolved,
             ),
             (
-                "sagaflow_sagas_quarantined_total",
+                "sagaflow_sagas_quarantined",
                 "Sagas set aside because they could not be decoded or moved.",
                 &self.quarantined,
             ),
             (
-                "sagaflow_replies_total",
+                "sagaflow_replies",
                 "Participant replies processed.",
                 &self.replies,
             ),
         ];
-        for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
         }
-        self.step_latency.render(
-            "sagaflow_step_latency_seconds",
+        registry.register_with_unit(
+            "sagaflow_step_latency",
             "Time from a command being issued to its participant's reply.",
-            out,
+            Unit::Seconds,
+            self.step_latency.clone(),
         );
-        self.saga_duration.render(
-            "sagaflow_saga_duration_seconds",
+        registry.register_with_unit(
+            "sagaflow_saga_duration",
             "Time from start to a final or parked status.",
-            out,
+            Unit::Seconds,
+            self.saga_duration.clone(),
         );
     }
 }

@@ -262,13 +262,11 @@ impl Engine {
 
     /// Counts a committed reply and its step latency.
     pub fn record_reply_metrics(&self, reply: &Reply) {
-        self.metrics
-            .replies
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.replies.inc();
         let latency = (reply.replied_at - reply.command_issued_at)
             .to_std()
             .unwrap_or_default();
-        self.metrics.step_latency.observe(latency);
+        self.metrics.step_latency.observe(latency.as_secs_f64());
     }
 
     /// Feeds a timer tick to every saga whose timer is due (at most `limit`), skipping sagas

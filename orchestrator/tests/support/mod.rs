@@ -306,10 +306,7 @@ pub fn awaiting_retry(row: &SagaRow) -> bool {
 
 /// Sagas an orchestrator instance finished as COMPLETED.
 pub fn completed(engine: &orchestrator::engine::Engine) -> u64 {
-    std::sync::atomic::AtomicU64::load(
-        &engine.metrics().completed,
-        std::sync::atomic::Ordering::Relaxed,
-    )
+    engine.metrics().completed.get()
 }
 
 /// Moves `clock` just past the saga's pending retry time, when it waits for one, and never
