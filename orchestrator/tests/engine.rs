@@ -640,11 +640,7 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
         assert_eq!(row.next_timer_at, None, "no timer fires for it again");
         assert_eq!(count(&history_kinds(&env, id).await, "saga.quarantined"), 1);
     }
-    let quarantined = std::sync::atomic::AtomicU64::load(
-        &engine.metrics().quarantined,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    assert_eq!(quarantined, 2);
+    assert_eq!(engine.metrics().quarantined.get(), 2);
     // A reply for a quarantined saga is recorded and changes nothing.
     let producer = env.kafka.cluster.producer().unwrap();
     let reply = Reply {
