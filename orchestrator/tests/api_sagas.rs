@@ -455,6 +455,20 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
             "{expected} missing from:\n{body}"
         );
     }
+    // Every series the provisioned Grafana dashboard queries exists.
+    let dashboard = include_str!("../../deploy/grafana/dashboards/sagaflow.json");
+    for (at, _) in dashboard.match_indices("sagaflow_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.len() > "sagaflow_".len() && name != "sagaflow_" {
+            assert!(
+                body.contains(&name),
+                "the dashboard queries {name}, which /metrics does not export"
+            );
+        }
+    }
     for prefix in [
         "sagaflow_outbox_backlog ",
         "sagaflow_db_pool_connections{pool=\"api\",state=\"in_use\"} ",
