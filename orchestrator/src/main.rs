@@ -133,20 +133,8 @@ mod tests {
     fn every_setting_is_a_flag_with_its_variable_in_help_and_dev_is_the_default() {
         Cli::command().debug_assert();
         let help = Cli::command().render_long_help().to_string();
-        for table in Settings::TABLES {
-            for setting in *table {
-                assert!(
-                    help.contains(&format!("--{}", setting.long)),
-                    "{}",
-                    setting.long
-                );
-                assert!(
-                    help.contains(&format!("env: {}", setting.env)),
-                    "{}",
-                    setting.env
-                );
-            }
-        }
+        let missing = platform::settings::missing_from_help(&help, Settings::TABLES);
+        assert!(missing.is_empty(), "not in --help: {missing:?}");
         let cli = Cli::try_parse_from(["orchestrator"]).unwrap();
         assert_eq!(cli.command, None);
         let cli =

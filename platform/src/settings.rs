@@ -179,6 +179,19 @@ pub fn vars(matches: &ArgMatches, settings: &[&'static [Setting]]) -> Vars {
     Vars::from_pairs(pairs.iter().map(|(name, value)| (*name, value.as_str())))
 }
 
+/// The settings of `tables` that `help` (a command's long help) does not show with their
+/// flag and variable; empty when `--help` documents them all.
+pub fn missing_from_help(help: &str, tables: &[&'static [Setting]]) -> Vec<&'static str> {
+    tables
+        .iter()
+        .flat_map(|table| table.iter())
+        .filter(|s| {
+            !help.contains(&format!("--{}", s.long)) || !help.contains(&format!("env: {}", s.env))
+        })
+        .map(|s| s.env)
+        .collect()
+}
+
 /// `command` with the flags of `settings` (for tests and tools that build a command).
 pub fn command(command: Command, settings: &[&'static [Setting]]) -> Command {
     command.args(args(settings))

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use workers::participant::Strategy;
 use workers::participants::payment::Payment;
 use workers::runtime::CommandRuntime;
-use workers::schema::{processed_commands, users};
+use workers::schema::processed_commands;
 
 fn payments(db: &TestDb, redis: &TestRedis) -> CommandRuntime<Payment> {
     let options = options(Strategy::RedisLock, Duration::ZERO);
@@ -33,16 +33,6 @@ fn charge(user: Uuid, cents: i64) -> Command {
         "payment.charge",
         json!({ "user_id": user, "total_cents": cents }),
     )
-}
-
-async fn balance(db: &TestDb, user: Uuid) -> i64 {
-    let mut conn = db.pool.get().await.unwrap();
-    users::table
-        .find(user)
-        .select(users::balance_cents)
-        .first(&mut conn)
-        .await
-        .unwrap()
 }
 
 async fn inbox_rows(db: &TestDb, id: Uuid) -> i64 {

@@ -16,7 +16,7 @@ use workers::participants::{
     coupon::Coupon, inventory::Inventory, payment::Payment, shipment::Shipment, vendor::Vendor,
 };
 use workers::schema::{
-    coupon_campaigns, coupon_claims, payments, products, shipments, users, vendor_ledger, vendors,
+    coupon_campaigns, coupon_claims, payments, products, shipments, vendor_ledger, vendors,
 };
 
 fn opts() -> workers::runtime::RuntimeOptions {
@@ -28,16 +28,6 @@ async fn stock(db: &TestDb, sku: &str) -> i32 {
     products::table
         .find(sku)
         .select(products::stock)
-        .first(&mut conn)
-        .await
-        .unwrap()
-}
-
-async fn balance(db: &TestDb, user: Uuid) -> i64 {
-    let mut conn = db.pool.get().await.unwrap();
-    users::table
-        .find(user)
-        .select(users::balance_cents)
         .first(&mut conn)
         .await
         .unwrap()

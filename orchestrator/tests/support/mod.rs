@@ -67,17 +67,7 @@ impl Handler<Command> for Scripted {
                 Reaction::ReplyTwice(outcome) => (outcome, 2),
                 Reaction::Silence => continue,
             };
-            let reply = Reply {
-                id: Uuid::now_v7(),
-                command_id: command.id,
-                saga_id: command.saga_id,
-                step: command.step,
-                attempt: command.attempt,
-                direction: command.direction,
-                outcome,
-                command_issued_at: command.issued_at,
-                replied_at: Utc::now(),
-            };
+            let reply = Reply::answering(command, outcome);
             replies.extend(std::iter::repeat_n(reply, times));
         }
         // Enqueued in order, acknowledged together: the producer pipelines the batch.

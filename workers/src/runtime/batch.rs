@@ -25,7 +25,7 @@ use platform::contract::{Command, Direction, Outcome, Reply};
 use platform::db::Connection;
 use uuid::Uuid;
 
-use super::{CommandRuntime, inbox, reply_for};
+use super::{CommandRuntime, inbox};
 use crate::fence;
 use crate::gate::Want;
 use crate::participant::{Context, Failure, Participant, Strategy};
@@ -157,7 +157,7 @@ impl<P: Participant> CommandRuntime<P> {
         match self.participant.resources(command) {
             Ok(resources) => work.resources = resources,
             Err(Failure::Rejected(reason)) => {
-                work.early = Some(reply_for(command, Outcome::Rejected { reason }));
+                work.early = Some(Reply::answering(command, Outcome::Rejected { reason }));
                 return Ok(work);
             }
             Err(Failure::Retry(err)) => return Err(err),
@@ -182,7 +182,7 @@ impl<P: Participant> CommandRuntime<P> {
                     let short: Vec<&str> = work.wants.iter().map(|w| w.resource.as_str()).collect();
                     let reason = format!("not enough left of {}", short.join(", "));
                     work.wants.clear(); // nothing was taken
-                    work.early = Some(reply_for(work.command, Outcome::Rejected { reason }));
+                    work.early = Some(Reply::answering(work.command, Outcome::Rejected { reason }));
                 }
                 Err(err) => {
                     work.wants.clear();
@@ -259,7 +259,7 @@ impl<P: Participant> CommandRuntime<P> {
                     }
                     match apply(participant, conn, command, context).await {
                         Ok(outcome) => {
-                            let reply = reply_for(command, outcome);
+                            let reply = Reply::answering(command, outcome);
                             unstored.push(reply.clone());
                             Ended::Replied(reply)
                         }

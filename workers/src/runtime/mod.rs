@@ -142,7 +142,7 @@ impl<P: Participant> CommandRuntime<P> {
         command: &Command,
         outcome: Outcome,
     ) -> anyhow::Result<Reply> {
-        let reply = reply_for(command, outcome);
+        let reply = Reply::answering(command, outcome);
         let claimed =
             inbox::claim(conn, self.participant.role(), &[(command, Some(&reply))]).await?;
         if claimed.contains(&command.id) {
@@ -153,10 +153,6 @@ impl<P: Participant> CommandRuntime<P> {
             .remove(&command.id)
             .context("inbox row without a reply")
     }
-}
-
-fn reply_for(command: &Command, outcome: Outcome) -> Reply {
-    Reply::answering(command, outcome)
 }
 
 impl<P: Participant> CommandRuntime<P> {

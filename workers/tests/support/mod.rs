@@ -88,6 +88,20 @@ pub fn rejection(reply: &Reply) -> Option<&str> {
     }
 }
 
+/// A user's wallet balance, in cents.
+pub async fn balance(db: &TestDb, user: Uuid) -> i64 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use workers::schema::users;
+    let mut conn = db.pool.get().await.unwrap();
+    users::table
+        .find(user)
+        .select(users::balance_cents)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// A producer that is never used to send (the tests call `process`, which does not publish).
 pub fn idle_producer() -> Producer {
     Producer::connect("127.0.0.1:9").unwrap()

@@ -310,6 +310,16 @@ fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
         })
 }
 
+/// The saga `id` if `caller` may read it: a client only the sagas it started (another's is
+/// as unknown as a missing one), everyone else any.
+fn readable_by<'a>(caller: &'a Caller, id: Uuid) -> sagas::BoxedQuery<'a, diesel::pg::Pg> {
+    let query = sagas::table.find(id).into_boxed();
+    match caller.owner() {
+        Some(client) => query.filter(sagas::started_by.eq(client)),
+        None => query,
+    }
+}
+
 /// Which sagas a list (or a bulk job) is about; every field narrows it.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct SagaFilter {
@@ -407,13 +417,7 @@ impl SagasApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let mut conn = state.database.get().await?;
-        let mut query = sagas::table.find(id.0).into_boxed();
-        if let Some(client) = caller.owner() {
-            // A client sees only the sagas it started; another's is as unknown as a
-            // missing one.
-            query = query.filter(sagas::started_by.eq(client));
-        }
-        let row = query
+        let row = readable_by(&caller, id.0)
             .select(SagaRow::as_select())
             .first(&mut conn)
             .await
@@ -449,11 +453,8 @@ impl SagasApi {
     ) -> ApiResult<Json<HistoryPage>> {
         let limit = pagination::limit(limit.0)?;
         let mut conn = state.database.get().await?;
-        let mut saga = sagas::table.find(id.0).into_boxed();
-        if let Some(client) = caller.owner() {
-            saga = saga.filter(sagas::started_by.eq(client));
-        }
-        saga.select(sagas::id)
+        readable_by(&caller, id.0)
+            .select(sagas::id)
             .first::<Uuid>(&mut conn)
             .await
             .optional()?
