@@ -48,6 +48,24 @@ pub async fn by_status(conn: &mut Connection) -> anyhow::Result<Vec<(String, i64
     Ok(rows.into_iter().map(|row| (row.label, row.n)).collect())
 }
 
+/// Where the sagas that are not final stand: definition, status, current step and the kind
+/// of their newest history entry, most common first. Printed when a run fails, so that a
+/// stall names the step (and so the role) it waits on.
+pub async fn stuck(conn: &mut Connection) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows: Vec<Tally> = sql_query(
+        "SELECT s.definition || ' ' || s.status || ' step ' || s.current_step || ' after '
+                || coalesce(h.kind, '-') AS label, count(*) AS n
+           FROM sagas s
+           LEFT JOIN LATERAL (SELECT kind FROM saga_history WHERE saga_id = s.id
+                               ORDER BY id DESC LIMIT 1) h ON true
+          WHERE s.status NOT IN ('COMPLETED', 'COMPENSATED', 'CANCELLED')
+          GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+    )
+    .load(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.label, row.n)).collect())
+}
+
 /// (name, rows breaking it) for every invariant.
 pub async fn all(
     conn: &mut Connection,

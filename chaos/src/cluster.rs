@@ -82,6 +82,13 @@ impl Proc {
     }
 
     /// SIGKILL: no shutdown hook, no flush, no offset commit.
+    /// The last `lines` lines of the process's log (stdout and stderr, every run of it).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -213,6 +213,19 @@ async fn run() -> anyhow::Result<bool> {
     let results = check::all(&mut conn, &record, &load::Sizes::default()).await?;
     let statuses = check::by_status(&mut conn).await?;
     let kills = kills.lock().expect("kills").clone();
+    let violations = results.iter().filter(|(_, n)| *n != 0).count();
+    // Read before the processes are killed, so that the shutdown's noise is not all of it.
+    let (stuck, tails) = if violations > 0 {
+        let tails: Vec<(String, String)> = procs
+            .lock()
+            .expect("procs")
+            .iter()
+            .map(|proc| (proc.name.clone(), proc.log_tail(15)))
+            .collect();
+        (check::stuck(&mut conn).await?, tails)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     for proc in procs.lock().expect("procs").iter_mut() {
         proc.kill();
     }
@@ -222,8 +235,16 @@ async fn run() -> anyhow::Result<bool> {
         println!("  {label:<26} {n}");
     }
     report(&record, &kills, &results, load_took, quiet_after, &failures);
-    let violations = results.iter().filter(|(_, n)| *n != 0).count();
     if violations > 0 {
+        // What CI keeps is this output: where the sagas stand and what each process said last.
+        println!("\n== not final, by where they stand");
+        for (label, n) in &stuck {
+            println!("  {label:<60} {n}");
+        }
+        for (name, tail) in &tails {
+            println!("\n== last lines of {name}");
+            println!("{tail}");
+        }
         println!(
             "\nlogs and the database are kept: {}, {database_url}",
             dir.display()

@@ -268,5 +268,7 @@ fn api_state(
             &redis_prefix,
             config.workers.clone(),
         ),
+        http: api::observe::HttpMetrics::default(),
+        lag_cache: api::metrics::LagCache::default(),
     }
 }

@@ -35,6 +35,9 @@ enum Commands {
     Openapi,
 }
 
+/// The process's name in traces, unless `OTEL_SERVICE_NAME` names it.
+const SERVICE: &str = "sagaflow-orchestrator";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Commands::Dev);
@@ -50,7 +53,8 @@ fn main() -> ExitCode {
         }
     };
     let filter = cli.settings.vars.optional("RUST_LOG").ok().flatten();
-    platform::telemetry::init(config.log_format, filter.as_deref());
+    // Held to the end of main: dropping it flushes the spans not yet exported.
+    let _telemetry = platform::telemetry::init(SERVICE, config.log_format, filter.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -18,7 +18,9 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt as _;
 use platform::db::{self, Connection};
 use platform::kafka::Producer;
+use platform::telemetry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::schema::outbox;
@@ -55,6 +57,7 @@ struct Pending {
     topic: String,
     message_key: String,
     payload: serde_json::Value,
+    traceparent: Option<String>,
 }
 
 impl Relay {
@@ -168,6 +171,7 @@ impl Relay {
                     outbox::topic,
                     outbox::message_key,
                     outbox::payload,
+                    outbox::traceparent,
                 ))
                 .for_update()
                 .skip_locked()
@@ -179,9 +183,24 @@ impl Relay {
             // All sends are enqueued in id order before any is awaited, so the producer
             // keeps the per-key order while pipelining the batch.
             let sends = pending.iter().map(|row| async move {
-                let payload = serde_json::to_vec(&row.payload)?;
+                // The hop from the outbox to the broker, in the saga's trace; the message's
+                // header makes this span the parent of whoever consumes it.
+                let span = tracing::info_span!(
+                    "outbox.publish",
+                    saga.id = %row.message_key,
+                    topic = %row.topic,
+                    trace_id = tracing::field::Empty,
+                );
+                telemetry::continue_trace(&span, row.traceparent.as_deref());
+                let traceparent = telemetry::handed_on(&span, row.traceparent.as_deref());
                 producer
-                    .send(&row.topic, &row.message_key, &payload, &[])
+                    .send_traced(
+                        &row.topic,
+                        &row.message_key,
+                        &row.payload,
+                        traceparent.as_deref(),
+                    )
+                    .instrument(span)
                     .await
             });
             let results = futures_util::future::join_all(sends).await;

@@ -6,6 +6,7 @@ use diesel_async::AsyncConnection as _;
 use platform::contract::Reply;
 use platform::db::Connection;
 use platform::kafka::{Delivery, GiveUp, Handler};
+use platform::telemetry;
 
 use crate::engine::{self, Engine};
 
@@ -21,15 +22,42 @@ impl ReplyHandler {
 
 impl Handler<Reply> for ReplyHandler {
     async fn handle(&self, batch: &[Delivery<Reply>]) -> anyhow::Result<()> {
+        // One span per reply, a child of the worker's span that sent it, open until the
+        // batch committed; the commands and events the reply causes carry it on.
+        let spans: Vec<tracing::Span> = batch
+            .iter()
+            .map(|delivery| {
+                let reply = &delivery.message;
+                let span = tracing::info_span!(
+                    "saga.reply",
+                    saga.id = %reply.saga_id,
+                    step = reply.step,
+                    direction = ?reply.direction,
+                    outcome = reply.outcome.label(),
+                    trace_id = tracing::field::Empty,
+                );
+                telemetry::continue_trace(&span, delivery.traceparent.as_deref());
+                span
+            })
+            .collect();
+        let traced: Vec<(&Reply, Option<String>)> = batch
+            .iter()
+            .zip(&spans)
+            .map(|(delivery, span)| {
+                let traceparent = telemetry::handed_on(span, delivery.traceparent.as_deref());
+                (&delivery.message, traceparent)
+            })
+            .collect();
         let mut pooled = self.engine.pool().get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &self.engine;
         conn.transaction::<_, engine::Error, _>(async |conn: &mut Connection| {
             engine
-                .apply_replies(conn, batch.iter().map(|d| &d.message))
+                .apply_traced_replies(conn, traced.iter().cloned())
                 .await
         })
         .await?;
+        drop(spans);
         for delivery in batch {
             engine.record_reply_metrics(&delivery.message);
         }

@@ -15,6 +15,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         quarantine -> Nullable<Text>,
         started_by -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 
@@ -39,6 +40,7 @@ diesel::table! {
         payload -> Jsonb,
         created_at -> Timestamptz,
         published_at -> Nullable<Timestamptz>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -7,7 +7,7 @@
 use chrono::Utc;
 use orchestrator::saga::EventKind;
 use platform::contract::{
-    Command, CommandPayload, Direction, Event, Fenced, Outcome, Reply, Role, commands,
+    Command, CommandPayload, Direction, Dispatch, Event, Fenced, Outcome, Reply, Role, commands,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -131,20 +131,23 @@ fn command() -> Command {
         "reserve_stock".into(),
         json!({ "reserved": [{ "sku": "MUG-01", "quantity": 2 }] }),
     );
-    Command {
-        id: Uuid::now_v7(),
-        saga_id: Uuid::now_v7(),
-        saga: "order".into(),
+    let dispatch = Dispatch {
         step: 1,
         attempt: 2,
         direction: Direction::Forward,
-        name: commands::PAYMENT_CHARGE.into(),
-        payload: CommandPayload {
-            input: json!({ "user_id": Uuid::nil(), "total_cents": 3000 }),
-            outputs,
-        },
-        issued_at: Utc::now(),
-    }
+    };
+    let payload = CommandPayload {
+        input: json!({ "user_id": Uuid::nil(), "total_cents": 3000 }),
+        outputs,
+    };
+    Command::new(
+        Uuid::now_v7(),
+        "order",
+        dispatch,
+        commands::PAYMENT_CHARGE,
+        payload,
+        Utc::now(),
+    )
 }
 
 #[test]
@@ -269,6 +272,23 @@ fn dead_letter_headers_are_the_ones_the_consumer_loop_writes() {
         assert!(
             read.contains(&format!("\"{header}\"")),
             "{header} is not read"
+        );
+    }
+}
+
+#[test]
+fn commands_replies_and_events_declare_the_trace_header_the_code_carries() {
+    let doc = document();
+    let headers = schema(&doc, "TraceHeaders");
+    assert!(
+        headers["properties"][platform::telemetry::TRACEPARENT].is_object(),
+        "the header the code reads and writes is the one documented"
+    );
+    for message in ["Command", "Reply", "Event"] {
+        assert_eq!(
+            doc["components"]["messages"][message]["headers"]["$ref"],
+            "#/components/schemas/TraceHeaders",
+            "{message} declares the trace header"
         );
     }
 }

@@ -30,8 +30,10 @@ fn readme_rows() -> Vec<(String, Option<String>)> {
 #[test]
 fn every_setting_is_in_the_readme_with_its_default_and_every_row_is_a_setting() {
     let rows = readme_rows();
+    // The orchestrator's settings, and the worker's own (the rest it shares).
     let settings: Vec<_> = Settings::TABLES
         .iter()
+        .chain([&workers::config::WORKER])
         .flat_map(|table| table.iter())
         .collect();
     for setting in &settings {

@@ -14,6 +14,8 @@ the stored reply. The inbox row, the business change and the reply commit in one
 transaction; the reply is published after that commit, and the Kafka offset committed
 after the publish. A redelivered command gets its stored reply again and changes nothing.
 
+The command's `traceparent` header, when there is one, goes back on the reply unchanged.
+
 Environment: KAFKA_BROKERS (required), TOPIC_PREFIX (default `sagaflow`), INBOX_DB (a
 SQLite file, default `shipment.db`), PARTICIPANT_LOG (optional: one JSON line per
 command, for tests). Needs `confluent-kafka` from PyPI.
@@ -158,7 +160,11 @@ def main():
             consumer.commit(message=message, asynchronous=False)
             continue
         reply, redelivered = handle(db, command)
-        producer.produce(f"{prefix}.replies", key=command["saga_id"], value=json.dumps(reply))
+        # This participant records no spans of its own: it hands the command's trace context
+        # on unchanged, so the saga stays one trace (asyncapi.json, TraceHeaders).
+        trace = [(k, v) for k, v in (message.headers() or []) if k == "traceparent"]
+        producer.produce(f"{prefix}.replies", key=command["saga_id"], value=json.dumps(reply),
+                         headers=trace)
         producer.flush(10)
         consumer.commit(message=message, asynchronous=False)
         if log_path:

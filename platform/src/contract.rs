@@ -219,6 +219,46 @@ pub struct Command {
     pub issued_at: DateTime<Utc>,
 }
 
+/// Which dispatch of which step a command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dispatch {
+    /// Index of the step in its definition.
+    pub step: u32,
+    /// Attempt number (forward and compensation counted separately).
+    pub attempt: u32,
+    pub direction: Direction,
+}
+
+impl Command {
+    /// The command for `dispatch` of saga `saga_id` (of definition `saga`). Its id is
+    /// [`command_id`] of the two, so every send of one attempt carries the same id.
+    pub fn new(
+        saga_id: Uuid,
+        saga: &str,
+        dispatch: Dispatch,
+        name: &str,
+        payload: CommandPayload,
+        issued_at: DateTime<Utc>,
+    ) -> Self {
+        let Dispatch {
+            step,
+            attempt,
+            direction,
+        } = dispatch;
+        Self {
+            id: command_id(saga_id, direction, step, attempt),
+            saga_id,
+            saga: saga.to_owned(),
+            step,
+            attempt,
+            direction,
+            name: name.to_owned(),
+            payload,
+            issued_at,
+        }
+    }
+}
+
 /// What a command carries: the saga's input, and the outputs of the steps that succeeded
 /// so far by step name (a compensation needs, e.g., the reservation its step made).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -247,6 +287,17 @@ pub enum Outcome {
     Rejected { reason: String },
     /// Nothing was changed and a later attempt may succeed.
     Failed { reason: String },
+}
+
+impl Outcome {
+    /// `succeeded`, `rejected` or `failed`: the `status` tag on the wire.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Failed { .. } => "failed",
+        }
+    }
 }
 
 /// A participant's answer to a command.

@@ -40,6 +40,15 @@ pub const PARTICIPANTS: &[Setting] = &[
     },
 ];
 
+/// Settings of the `worker` process alone.
+pub const WORKER: &[Setting] = &[Setting {
+    env: "METRICS_ADDR",
+    long: "metrics-addr",
+    default: None,
+    help: "where a worker serves GET /metrics for Prometheus (e.g. 0.0.0.0:9100); unset, none is served",
+    secret: false,
+}];
+
 platform::settings_args!(
     Settings,
     [
@@ -47,7 +56,8 @@ platform::settings_args!(
         settings::KAFKA,
         settings::RETENTION,
         settings::LOGS,
-        PARTICIPANTS
+        PARTICIPANTS,
+        WORKER
     ]
 );
 
@@ -58,6 +68,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub runtime: RuntimeOptions,
     pub retention: RetentionEnv,
+    /// Where `GET /metrics` is served (`METRICS_ADDR`), if anywhere.
+    pub metrics_addr: Option<String>,
 }
 
 impl Config {
@@ -72,6 +84,7 @@ impl Config {
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             runtime: runtime_options(vars)?,
             retention: RetentionEnv::from_vars(vars)?,
+            metrics_addr: vars.optional("METRICS_ADDR")?,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use chrono::Utc;
 use diesel_async::AsyncConnection as _;
 use platform::cache;
-use platform::contract::{Command, CommandPayload, Direction, commands};
+use platform::contract::{Command, CommandPayload, Direction, Dispatch, commands};
 use platform::db::{self, Connection};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -147,18 +147,21 @@ impl DirectUse {
 }
 
 fn command(use_id: Uuid, step: u32, name: &str, input: &Value, outputs: Value) -> Command {
-    Command {
-        id: Uuid::now_v7(),
-        saga_id: use_id,
-        saga: "coupon_use_direct".into(),
+    let dispatch = Dispatch {
         step,
         attempt: 1,
         direction: Direction::Forward,
-        name: name.into(),
-        payload: CommandPayload {
-            input: input.clone(),
-            outputs: outputs.as_object().cloned().unwrap_or_default(),
-        },
-        issued_at: Utc::now(),
-    }
+    };
+    let payload = CommandPayload {
+        input: input.clone(),
+        outputs: outputs.as_object().cloned().unwrap_or_default(),
+    };
+    Command::new(
+        use_id,
+        "coupon_use_direct",
+        dispatch,
+        name,
+        payload,
+        Utc::now(),
+    )
 }

@@ -28,6 +28,7 @@ pub mod fixtures;
 pub mod gate;
 pub mod guarded;
 pub mod lock;
+pub mod metrics;
 pub mod notification;
 pub mod participant;
 pub mod participants;
@@ -79,7 +80,6 @@ impl Deps {
             self.group_id(role),
             vec![self.cluster.topics().commands(role)],
         );
-        options.instance_id = self.cluster.member_id(&options.group_id, 0);
         // A command holds a connection while it runs: no more at once than the pool has.
         options.concurrency = options.concurrency.min(self.database.status().max_size);
         let runtime = CommandRuntime::new(

@@ -35,6 +35,9 @@ fn parse_role(value: &str) -> Result<Roles, String> {
     value.parse().map(|role| Roles(vec![role]))
 }
 
+/// The process's name in traces, unless `OTEL_SERVICE_NAME` names it.
+const SERVICE: &str = "sagaflow-worker";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut roles: Vec<Role> = cli.roles.into_iter().flat_map(|roles| roles.0).collect();
@@ -47,7 +50,8 @@ fn main() -> ExitCode {
         }
     };
     let filter = cli.settings.vars.optional("RUST_LOG").ok().flatten();
-    platform::telemetry::init(config.log_format, filter.as_deref());
+    // Held to the end of main: dropping it flushes the spans not yet exported.
+    let _telemetry = platform::telemetry::init(SERVICE, config.log_format, filter.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +91,14 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
         runtime: config.runtime.clone(),
     };
     let tasks = TaskTracker::new();
+    if let Some(addr) = config.metrics_addr.clone() {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = workers::metrics::serve(addr, stop).await {
+                tracing::error!(error = format!("{err:#}"), "metrics server failed");
+            }
+        });
+    }
     workers::spawn_roles(&roles, &deps, &tasks, &shutdown)?;
     tasks.spawn(workers::retention::run(
         deps.database.clone(),

@@ -6,6 +6,7 @@ use diesel_async::RunQueryDsl;
 use platform::contract::Event;
 use platform::db;
 use platform::kafka::{Delivery, Handler};
+use platform::telemetry;
 
 use crate::schema::notifications;
 
@@ -55,15 +56,23 @@ impl Handler<Event> for Recorder {
             .execute(&mut conn)
             .await?;
         for delivery in batch {
+            // Each event is the last hop of its saga's trace: the relay's span is its parent.
             let event = &delivery.message;
-            tracing::info!(
+            let span = tracing::info_span!(
+                "event.recorded",
                 saga.id = %event.saga_id,
-                saga.definition = %event.saga,
                 event.kind = %event.kind,
-                event.step = event.step,
-                message = %event.message,
-                "saga event",
+                trace_id = tracing::field::Empty,
             );
+            telemetry::continue_trace(&span, delivery.traceparent.as_deref());
+            span.in_scope(|| {
+                tracing::info!(
+                    saga.definition = %event.saga,
+                    event.step = event.step,
+                    message = %event.message,
+                    "saga event",
+                )
+            });
         }
         tracing::debug!(received = batch.len(), inserted, "notifications recorded");
         Ok(())

@@ -5,6 +5,9 @@
 //! over a bounded set of rows (the outbox's unpublished messages, the sagas still moving):
 //! a scrape never reads the whole saga table.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
@@ -15,6 +18,9 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use platform::contract::Topics;
+use platform::kafka::{GroupLag, LagProbe};
 
 use super::State;
 use super::problem::{ApiError, ApiResult};
@@ -52,8 +58,10 @@ impl MetricsApi {
     /// latency and saga duration histograms, `sagaflow_db_pool_connections{pool,state}`
     /// (in use, idle, waiting), and two gauges read from the database:
     /// `sagaflow_outbox_backlog` (outbox messages not yet published) and
-    /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED). Consumer lag
-    /// is at `GET /v1/consumer-lag`.
+    /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED),
+    /// `sagaflow_dead_letters_waiting`; `sagaflow_consumer_lag{consumer,partition}` (read
+    /// from the broker at most every 15 s); the HTTP requests by method, route and status
+    /// with their latency; in `dev`, the participants' commands and locks as well.
     #[oai(path = "/metrics", method = "get")]
     async fn scrape(&self, state: Data<&State>) -> ApiResult<Scraped> {
         let mut conn = state.database.get().await?;
@@ -68,10 +76,24 @@ impl MetricsApi {
         )
         .load(&mut conn)
         .await?;
+        let dead_letters: Vec<Counted> = diesel::sql_query(
+            "SELECT 'waiting' AS status, count(*) AS count FROM dead_letters WHERE state = 'waiting'",
+        )
+        .load(&mut conn)
+        .await?;
         drop(conn);
+        let lag = state
+            .lag_cache
+            .read(&state.lag, state.engine.topics())
+            .await;
 
         let mut registry = Registry::default();
         state.engine.metrics().register(&mut registry);
+        state.http.register(&mut registry);
+        if state.demo {
+            // `dev` runs the participants in-process: their metrics are this process's too.
+            workers::metrics::METRICS.register(&mut registry);
+        }
         let outbox = Gauge::<i64>::default();
         outbox.set(backlog.iter().map(|row| row.count).sum());
         registry.register(
@@ -114,8 +136,69 @@ impl MetricsApi {
             "Postgres connections of this process's pools, by state.",
             pools,
         );
+        let waiting = Gauge::<i64>::default();
+        waiting.set(dead_letters.iter().map(|row| row.count).sum());
+        registry.register(
+            "sagaflow_dead_letters_waiting",
+            "Dead letters recorded and neither replayed nor discarded.",
+            waiting,
+        );
+        let lags = Family::<Labels, Gauge>::default();
+        for (consumer, group_lag) in lag.iter() {
+            for partition in &group_lag.partitions {
+                let labels = vec![
+                    ("consumer".to_owned(), consumer.clone()),
+                    ("partition".to_owned(), partition.partition.to_string()),
+                ];
+                lags.get_or_create(&labels).set(partition.lag);
+            }
+        }
+        registry.register(
+            "sagaflow_consumer_lag",
+            "Messages of a consumer group's topic not yet committed, per partition (read at most every 15 s).",
+            lags,
+        );
         let mut out = String::new();
         encode(&mut out, &registry).map_err(ApiError::internal)?;
         Ok(Scraped::Ok(PlainText(out)))
+    }
+}
+
+/// Consumer lag for `/metrics`, read from the broker at most every [`LagCache::FRESH`], so
+/// that scrapes stay cheap whatever their rate; a group the broker does not answer for is
+/// left out of that round.
+#[derive(Clone, Default)]
+pub struct LagCache(Arc<tokio::sync::Mutex<Option<(Instant, Lags)>>>);
+
+type Lags = Arc<Vec<(String, GroupLag)>>;
+
+impl LagCache {
+    const FRESH: Duration = Duration::from_secs(15);
+
+    async fn read(&self, probe: &Arc<LagProbe>, topics: &Topics) -> Lags {
+        let mut cached = self.0.lock().await;
+        if let Some((at, lags)) = cached.as_ref()
+            && at.elapsed() < Self::FRESH
+        {
+            return lags.clone();
+        }
+        let wanted = super::operator::lag::consumers(topics);
+        let probe = probe.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .filter_map(|(consumer, group, topic)| {
+                    probe
+                        .group_lag(&group, &topic)
+                        .ok()
+                        .map(|lag| (consumer, lag))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        let lags = Arc::new(read);
+        *cached = Some((Instant::now(), lags.clone()));
+        lags
     }
 }

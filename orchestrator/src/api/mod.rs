@@ -3,7 +3,8 @@
 //!
 //! Two rooms: [`shop`] (orders, products, users, vendors, coupons) and [`operator`] (sagas,
 //! notifications). What is left here is shared plumbing: the probes, metrics, problem
-//! details, strict bodies, pagination and idempotency keys. Who may call what is
+//! details, strict bodies, pagination, idempotency keys, and each request's span and
+//! metrics ([`observe`]). Who may call what is
 //! [`crate::auth`]'s business.
 
 // `ApiError` is the problem+json response itself; its size only costs on the cold error
@@ -13,7 +14,8 @@
 mod contract;
 mod health;
 pub mod idempotency;
-mod metrics;
+pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod pagination;
 pub mod problem;
@@ -21,7 +23,6 @@ pub mod shop;
 mod strict;
 
 use poem::http::StatusCode;
-use poem::middleware::Tracing;
 use poem::{Endpoint, EndpointExt, Request, Route};
 use poem_openapi::{OpenApiService, Tags};
 
@@ -51,6 +52,10 @@ pub struct State {
     pub direct: workers::direct::DirectUse,
     /// Stock and balance changes under the participants' concurrency strategy.
     pub adjuster: workers::adjuster::Adjuster,
+    /// Requests by route and status, with their latency (see [`observe`]).
+    pub http: observe::HttpMetrics,
+    /// Consumer lag as `/metrics` reports it.
+    pub lag_cache: metrics::LagCache,
 }
 
 #[derive(Tags)]
@@ -148,9 +153,13 @@ fn secured_spec(generated: &str) -> String {
 }
 
 pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
+    let http = state.http.clone();
     let service = openapi();
     let generated = service.spec();
     let spec = secured_spec(&generated);
+    let labels = observe::RouteLabels::from_spec(
+        &serde_json::from_str(&spec).expect("the secured document is JSON"),
+    );
     // Swagger UI embeds the document it was made from; give it the secured one, so its
     // "Authorize" button knows the bearer scheme.
     let docs = service.swagger_ui_html().replace(&generated, &spec);
@@ -171,7 +180,9 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
         .around(move |endpoint, request| gate.clone().admit(endpoint, request))
         .catch_all_error(problem::catch_all)
         .around(allow_header)
-        .with(Tracing)
+        .around(move |endpoint, request| {
+            observe::request(endpoint, (http.clone(), labels.clone()), request)
+        })
 }
 
 /// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length

@@ -32,6 +32,8 @@ pub(crate) struct Arrival {
     pub attempt: Option<i32>,
     /// The reply inbox row that records this input's outcome, for a reply.
     pub reply_id: Option<Uuid>,
+    /// The trace context it arrived in (a reply's span); without one, the saga's own.
+    pub traceparent: Option<String>,
 }
 
 impl Arrival {
@@ -44,6 +46,7 @@ impl Arrival {
             step: None,
             attempt: None,
             reply_id: None,
+            traceparent: None,
         }
     }
 }
@@ -210,6 +213,10 @@ impl Engine {
                         definition,
                         payload: &row.payload,
                         state: state_after,
+                        traceparent: arrival
+                            .traceparent
+                            .as_deref()
+                            .or(row.traceparent.as_deref()),
                     };
                     writes.effects(
                         &self.topics,

@@ -3,7 +3,7 @@
 //! no message: the saga row carries them.
 
 use chrono::{DateTime, Utc};
-use platform::contract::{Command, CommandPayload, Direction, Event, Role, Topics, command_id};
+use platform::contract::{Command, CommandPayload, Direction, Dispatch, Event, Role, Topics};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -116,10 +116,7 @@ pub(super) fn for_action(
                 detail: json!({ "message": event.message, "event_id": message.id }),
                 recorded_at: now,
             };
-            Some((
-                entry,
-                Some(outbox(topics.events(), context.id, &message, now)),
-            ))
+            Some((entry, Some(outbox(topics.events(), context, &message, now))))
         }
         Action::ScheduleTimer { .. } | Action::Finish(_) => None,
     }
@@ -135,17 +132,19 @@ fn command_message(
     now: DateTime<Utc>,
 ) -> (NewHistory, Option<NewOutboxMessage>) {
     let step_number = u32::try_from(step).unwrap_or(u32::MAX);
-    let command = Command {
-        id: command_id(context.id, direction, step_number, attempt),
-        saga_id: context.id,
-        saga: context.definition.name.to_owned(),
+    let dispatch = Dispatch {
         step: step_number,
         attempt,
         direction,
-        name: name.to_owned(),
-        payload: command_payload(context),
-        issued_at: now,
     };
+    let command = Command::new(
+        context.id,
+        context.definition.name,
+        dispatch,
+        name,
+        command_payload(context),
+        now,
+    );
     let kind = match direction {
         Direction::Forward => "command.sent",
         Direction::Compensate => "compensation.sent",
@@ -160,7 +159,7 @@ fn command_message(
         detail: json!({ "command": name, "command_id": command.id, "role": role }),
         recorded_at: now,
     };
-    let message = outbox(topics.commands(role), context.id, &command, now);
+    let message = outbox(topics.commands(role), context, &command, now);
     (entry, Some(message))
 }
 
@@ -182,14 +181,15 @@ fn command_payload(context: &SagaContext<'_>) -> CommandPayload {
 
 fn outbox<T: serde::Serialize>(
     topic: String,
-    saga_id: Uuid,
+    context: &SagaContext<'_>,
     message: &T,
     now: DateTime<Utc>,
 ) -> NewOutboxMessage {
     NewOutboxMessage {
         topic,
-        message_key: saga_id.to_string(),
+        message_key: context.id.to_string(),
         payload: serde_json::to_value(message).unwrap_or(Value::Null),
         created_at: now,
+        traceparent: context.traceparent.map(str::to_owned),
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use diesel_async::AsyncConnection as _;
 use platform::contract::{Reply, Topics};
 use platform::db::{self, Connection};
+use platform::telemetry;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -153,6 +154,10 @@ impl Engine {
             .ok_or_else(|| Error::UnknownDefinition(definition_name.to_owned()))?;
         let now = self.clock.now();
         let id = Uuid::now_v7();
+        // The saga's trace starts here, under the caller's span (the HTTP request).
+        let span = tracing::info_span!("saga.start", saga.id = %id, saga.definition = definition.name, trace_id = tracing::field::Empty);
+        telemetry::continue_trace(&span, None);
+        let traceparent = telemetry::traceparent(&span);
         let transition = saga::start(definition, now);
         let row = NewSaga {
             id,
@@ -167,6 +172,7 @@ impl Engine {
             next_timer_at: transition.state.next_timer(),
             created_at: now,
             updated_at: now,
+            traceparent: traceparent.as_deref(),
         };
         if !store::insert(conn, &row).await? {
             let key = idempotency_key.unwrap_or_default();
@@ -183,6 +189,7 @@ impl Engine {
             definition,
             payload,
             state: &transition.state,
+            traceparent: traceparent.as_deref(),
         };
         let mut writes = Writes::default();
         writes.history.push(history(
@@ -213,18 +220,31 @@ impl Engine {
         conn: &mut Connection,
         replies: impl IntoIterator<Item = &'a Reply>,
     ) -> Result<(), Error> {
+        self.apply_traced_replies(conn, replies.into_iter().map(|reply| (reply, None)))
+            .await
+    }
+
+    /// [`Engine::apply_replies`], each reply with the trace context it is handled in (the
+    /// reply consumer's span for it), which the commands and events it causes carry on.
+    pub async fn apply_traced_replies<'a>(
+        &self,
+        conn: &mut Connection,
+        replies: impl IntoIterator<Item = (&'a Reply, Option<String>)>,
+    ) -> Result<(), Error> {
         let mut seen = std::collections::HashSet::new();
         let mut received = 0;
-        let unique: Vec<&Reply> = replies
+        let unique: Vec<(&Reply, Option<String>)> = replies
             .into_iter()
             .inspect(|_| received += 1)
-            .filter(|r| seen.insert(r.id))
+            .filter(|(r, _)| seen.insert(r.id))
             .collect();
+        let (unique, traces): (Vec<&Reply>, Vec<Option<String>>) = unique.into_iter().unzip();
         let fresh = store::claim_replies(conn, &unique).await?;
         let arrivals: Vec<Arrival> = unique
             .into_iter()
-            .filter(|reply| fresh.contains(&reply.id))
-            .map(|reply| Arrival {
+            .zip(traces)
+            .filter(|(reply, _)| fresh.contains(&reply.id))
+            .map(|(reply, traceparent)| Arrival {
                 saga_id: reply.saga_id,
                 input: reply_input(reply),
                 kind: "reply.received",
@@ -239,6 +259,7 @@ impl Engine {
                 step: i32::try_from(reply.step).ok(),
                 attempt: i32::try_from(reply.attempt).ok(),
                 reply_id: Some(reply.id),
+                traceparent,
             })
             .collect();
         if arrivals.len() < received {
@@ -398,4 +419,6 @@ pub(crate) struct SagaContext<'a> {
     pub definition: &'static Definition,
     pub payload: &'a Value,
     pub state: &'a SagaState,
+    /// The trace context the transition ran in; its outbox messages carry it on.
+    pub traceparent: Option<&'a str>,
 }

@@ -35,6 +35,8 @@ pub struct SagaRow {
     pub updated_at: DateTime<Utc>,
     /// Why the engine stopped moving this saga, when it did (see [`quarantine`]).
     pub quarantine: Option<String>,
+    /// The trace context of its start: the parent of what timers and operators do to it.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Insertable)]
@@ -52,6 +54,7 @@ pub struct NewSaga<'a> {
     pub next_timer_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub traceparent: Option<&'a str>,
 }
 
 #[derive(Insertable)]
@@ -73,6 +76,8 @@ pub struct NewOutboxMessage {
     pub message_key: String,
     pub payload: Value,
     pub created_at: DateTime<Utc>,
+    /// Hands the saga's trace on to the command or event (the relay's Kafka header).
+    pub traceparent: Option<String>,
 }
 
 /// Inserts a new saga; `false` when the idempotency key is already taken (the caller then

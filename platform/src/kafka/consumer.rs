@@ -34,6 +34,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Headers as _;
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +51,8 @@ pub struct Delivery<T> {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
+    /// The W3C trace context of the message's header, if it had one (see `telemetry`).
+    pub traceparent: Option<String>,
 }
 
 /// Applies the effect of a batch of messages. `Ok` means the effect is durable; an error
@@ -121,6 +124,7 @@ struct Raw {
     offset: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
+    traceparent: Option<String>,
 }
 
 /// A received message: decoded, or not decodable (it goes to the dead-letter topic).
@@ -178,29 +182,13 @@ where
         handler: H,
         dead_letter: DeadLetter,
     ) -> anyhow::Result<Self> {
-        let mut config = Cluster::base_config(brokers);
-        if let Some(instance_id) = &options.instance_id {
-            config.set("group.instance.id", instance_id);
-        }
-        let consumer: StreamConsumer<RebalanceContext> = config
-            .set("group.id", &options.group_id)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            // Offsets are stored by us, after the effect is durable (at-least-once).
-            .set("enable.auto.offset.store", "false")
-            // A new group must see what was produced before it joined.
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            // Also the rebalance timeout: how long a rebalance waits for members that
-            // vanished without leaving (a killed process). The default, 5 minutes, stalls
-            // every partition of the group that long after a kill -9.
-            .set("max.poll.interval.ms", "30000")
-            .set(
-                "fetch.wait.max.ms",
-                options.fetch_wait.as_millis().max(1).to_string(),
-            )
-            .create_with_context(RebalanceContext::default())?;
+        let consumer: StreamConsumer<RebalanceContext> =
+            Cluster::group_config(brokers, &options.group_id, options.instance_id.as_deref())
+                .set(
+                    "fetch.wait.max.ms",
+                    options.fetch_wait.as_millis().max(1).to_string(),
+                )
+                .create_with_context(RebalanceContext::default())?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
@@ -323,6 +311,7 @@ fn entry<T: DeserializeOwned>(raw: Raw) -> Entry<T> {
                 partition: raw.partition,
                 offset: raw.offset,
                 key: raw.key.clone(),
+                traceparent: raw.traceparent.clone(),
             },
             raw,
         ),
@@ -530,6 +519,14 @@ fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
+        traceparent: message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|header| header.key == crate::telemetry::TRACEPARENT)
+                .and_then(|header| header.value)
+                .and_then(|value| std::str::from_utf8(value).ok())
+                .map(str::to_owned)
+        }),
     }
 }
 

@@ -39,20 +39,8 @@ impl DeadLetterReader {
         group: String,
         instance_id: Option<String>,
     ) -> anyhow::Result<Self> {
-        let mut config = Cluster::base_config(cluster.brokers());
-        if let Some(instance_id) = &instance_id {
-            config.set("group.instance.id", instance_id);
-        }
-        let consumer: StreamConsumer = config
-            .set("group.id", &group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("max.poll.interval.ms", "30000")
-            .create()?;
+        let consumer: StreamConsumer =
+            Cluster::group_config(cluster.brokers(), &group, instance_id.as_deref()).create()?;
         consumer.subscribe(&[cluster.topics().dead_letter().as_str()])?;
         Ok(Self { consumer, group })
     }

@@ -68,7 +68,9 @@ impl Cluster {
     }
 
     /// Consumer settings for `group` on `topics`, with this cluster's fetch wait and
-    /// concurrency.
+    /// concurrency, and the static member id of slot 0 when the process has an instance id
+    /// (every consumer of a restartable process needs one: a broker that never evicts a
+    /// dead member would otherwise wait for it forever).
     pub fn consumer_options(
         &self,
         group: impl Into<String>,
@@ -77,6 +79,7 @@ impl Cluster {
         let mut options = ConsumerOptions::new(group, topics);
         options.fetch_wait = self.fetch_wait;
         options.concurrency = self.consumer_concurrency;
+        options.instance_id = self.member_id(&options.group_id, 0);
         options
     }
 
@@ -165,7 +168,76 @@ impl Cluster {
             .set("log_level", "4");
         config
     }
+
+    /// Settings of a consumer in `group` (static when `instance_id` is given), shared by
+    /// the consumer loop and the dead-letter reader. Offsets are stored by the caller, after
+    /// the effect is durable (at-least-once), and auto-committed from the stored ones.
+    ///
+    /// A static member's session timeout is long on purpose. A restart takes its old
+    /// member's place without a rebalance, provided the broker has not evicted it first.
+    /// tansu 0.6.0 evicts a member whose last heartbeat is older than the session timeout,
+    /// and a restarted member only heartbeats again once its join and sync are done (3 s
+    /// each there, more while another rebalance runs): with 10 s, a member restarted within
+    /// a second or two was evicted while rejoining, and tansu then kept the evicted id as
+    /// the group's leader, so the group never formed again (the chaos run's stall). The
+    /// price, on any broker: the partitions of a static member that is killed and never
+    /// comes back wait this long before they move. A dynamic member (no instance id, as in
+    /// the compose file on Apache Kafka) keeps a short session, so a dead one's partitions
+    /// move within seconds.
+    pub(crate) fn group_config(
+        brokers: &str,
+        group: &str,
+        instance_id: Option<&str>,
+    ) -> ClientConfig {
+        let mut config = Self::base_config(brokers);
+        let (session, rebalance) = match instance_id {
+            Some(instance_id) => {
+                config.set("group.instance.id", instance_id);
+                (STATIC_SESSION_TIMEOUT_MS, STATIC_SESSION_TIMEOUT_MS)
+            }
+            None => ("10000", "30000"),
+        };
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            // A new group must see what was produced before it joined.
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", session)
+            .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: how long a rebalance waits for members that
+            // vanished without leaving. librdkafka wants it no shorter than the session.
+            .set("max.poll.interval.ms", rebalance);
+        config
+    }
 }
+
+/// See [`Cluster::group_config`].
+const STATIC_SESSION_TIMEOUT_MS: &str = "45000";
 
 /// How long readiness and admin calls wait for the broker.
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_consumer_of_a_process_with_an_instance_id_is_a_static_member_with_a_long_session() {
+        let cluster = Cluster::external("127.0.0.1:9", Topics::new("t").unwrap())
+            .with_instance_id(Some("worker-1".into()));
+        // The notification worker's consumer once had no instance id: a killed one was
+        // never replaced, and its group stalled on tansu.
+        let options = cluster.consumer_options("t.notification", vec!["t.events".into()]);
+        let member = options.instance_id.as_deref();
+        assert_eq!(member, Some("t.notification:worker-1:0"));
+        let config = Cluster::group_config("127.0.0.1:9", "t.notification", member);
+        assert_eq!(config.get("group.instance.id"), member);
+        assert_eq!(config.get("session.timeout.ms"), Some("45000"));
+
+        let dynamic = Cluster::group_config("127.0.0.1:9", "t.notification", None);
+        assert_eq!(dynamic.get("group.instance.id"), None);
+        assert_eq!(dynamic.get("session.timeout.ms"), Some("10000"));
+    }
+}

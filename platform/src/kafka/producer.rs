@@ -63,8 +63,25 @@ impl Producer {
         key: &str,
         value: &T,
     ) -> anyhow::Result<(i32, i64)> {
+        self.send_traced(topic, key, value, None).await
+    }
+
+    /// Publishes `value` as JSON with its trace context in the `traceparent` header.
+    pub async fn send_traced<T: Serialize>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+        traceparent: Option<&str>,
+    ) -> anyhow::Result<(i32, i64)> {
         let payload = serde_json::to_vec(value)?;
-        self.send(topic, key, &payload, &[]).await
+        match traceparent {
+            Some(traceparent) => {
+                let headers = [(crate::telemetry::TRACEPARENT, traceparent)];
+                self.send(topic, key, &payload, &headers).await
+            }
+            None => self.send(topic, key, &payload, &[]).await,
+        }
     }
 
     /// Asks the broker for cluster metadata: the readiness probe for Kafka.

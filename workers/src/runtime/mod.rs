@@ -29,11 +29,13 @@ use platform::cache;
 use platform::contract::{Command, Direction, Outcome, Reply, Topics};
 use platform::db::{self, Connection};
 use platform::kafka::{Delivery, GiveUp, Handler, Producer};
+use platform::telemetry;
 use uuid::Uuid;
 
 pub use self::batch::Answer;
 use crate::gate::{Gate, Want};
 use crate::lock::{Guard, Locks};
+use crate::metrics::METRICS;
 use crate::participant::{Failure, Participant, Strategy};
 
 #[derive(Debug, Clone)]
@@ -124,15 +126,23 @@ impl<P: Participant> CommandRuntime<P> {
         if self.options.strategy != Strategy::RedisLock || resources.is_empty() {
             return Ok(Vec::new());
         }
-        self.locks
+        let started = std::time::Instant::now();
+        let locked = self
+            .locks
             .lock_all(resources, self.options.lock_wait, self.options.lock_lease)
-            .await?
-            .with_context(|| {
-                format!(
-                    "locks {resources:?} not acquired within {:?}",
-                    self.options.lock_wait
-                )
-            })
+            .await;
+        let acquired = matches!(locked, Ok(Some(_)));
+        METRICS.lock(
+            self.participant.role().as_str(),
+            started.elapsed(),
+            acquired,
+        );
+        locked?.with_context(|| {
+            format!(
+                "locks {resources:?} not acquired within {:?}",
+                self.options.lock_wait
+            )
+        })
     }
 
     /// Stores a reply for a command that never reached the business logic.
@@ -156,13 +166,36 @@ impl<P: Participant> CommandRuntime<P> {
 }
 
 impl<P: Participant> CommandRuntime<P> {
-    /// Enqueued in order, acknowledged together.
-    async fn publish(&self, replies: &[Reply]) -> anyhow::Result<()> {
-        let keys: Vec<String> = replies.iter().map(|r| r.saga_id.to_string()).collect();
+    /// The span of one command's handling, in the trace its message carried.
+    fn span(&self, delivery: &Delivery<Command>) -> tracing::Span {
+        let command = &delivery.message;
+        let span = tracing::info_span!(
+            "command",
+            otel.name = %command.name,
+            saga.id = %command.saga_id,
+            command.id = %command.id,
+            role = self.participant.role().as_str(),
+            step = command.step,
+            attempt = command.attempt,
+            direction = command.direction.as_str(),
+            outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, delivery.traceparent.as_deref());
+        span
+    }
+
+    /// Enqueued in order, acknowledged together; each reply with the trace context it
+    /// hands on (the span of its command).
+    async fn publish(&self, replies: &[(Reply, Option<String>)]) -> anyhow::Result<()> {
+        let keys: Vec<String> = replies.iter().map(|(r, _)| r.saga_id.to_string()).collect();
         let sends = replies
             .iter()
             .zip(&keys)
-            .map(|(reply, key)| self.producer.send_json(&self.replies_topic, key, reply));
+            .map(|((reply, traceparent), key)| {
+                self.producer
+                    .send_traced(&self.replies_topic, key, reply, traceparent.as_deref())
+            });
         for result in futures_util::future::join_all(sends).await {
             result?;
         }
@@ -173,16 +206,39 @@ impl<P: Participant> CommandRuntime<P> {
 impl<P: Participant> Handler<Command> for CommandRuntime<P> {
     async fn handle(&self, batch: &[Delivery<Command>]) -> anyhow::Result<()> {
         let commands: Vec<&Command> = batch.iter().map(|delivery| &delivery.message).collect();
-        let answers = self.process_batch(&commands).await?;
+        // One span per command, a child of the relay's span that sent it, open until its
+        // reply is published; the reply's header hands it on to the engine.
+        let spans: Vec<tracing::Span> = batch.iter().map(|delivery| self.span(delivery)).collect();
+        let started = std::time::Instant::now();
+        let role = self.participant.role().as_str();
+        let answers = match self.process_batch(&commands).await {
+            Ok(answers) => answers,
+            Err(err) => {
+                for _ in batch {
+                    METRICS.command(role, "error", started.elapsed());
+                }
+                return Err(err);
+            }
+        };
         let mut replies = Vec::with_capacity(batch.len());
         let mut failure = None;
-        for (command, answer) in commands.iter().zip(answers) {
+        for ((delivery, span), answer) in batch.iter().zip(&spans).zip(answers) {
+            let command = &delivery.message;
+            let outcome = answer
+                .as_ref()
+                .map_or("error", |reply| reply.outcome.label());
+            METRICS.command(role, outcome, started.elapsed());
             match answer {
                 Ok(reply) => {
-                    if let Outcome::Rejected { reason } = &reply.outcome {
-                        tracing::info!(saga.id = %command.saga_id, command = %command.name, reason, "command rejected");
-                    }
-                    replies.push(reply);
+                    span.record("outcome", reply.outcome.label());
+                    span.in_scope(|| match &reply.outcome {
+                        Outcome::Rejected { reason } => {
+                            tracing::info!(reason, "command rejected");
+                        }
+                        _ => tracing::debug!(outcome = reply.outcome.label(), "command answered"),
+                    });
+                    let traceparent = telemetry::handed_on(span, delivery.traceparent.as_deref());
+                    replies.push((reply, traceparent));
                 }
                 Err(err) => {
                     failure.get_or_insert_with(|| {
@@ -220,7 +276,10 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
             .commit_reply(&mut pooled, command, Outcome::Failed { reason })
             .await?;
         drop(pooled);
-        self.publish(std::slice::from_ref(&reply)).await?;
+        let span = self.span(delivery);
+        span.record("outcome", reply.outcome.label());
+        let traceparent = telemetry::handed_on(&span, delivery.traceparent.as_deref());
+        self.publish(&[(reply, traceparent)]).await?;
         tracing::warn!(saga.id = %command.saga_id, command = %command.name, error = format!("{error:#}"), "command answered Failed after its retry budget");
         Ok(GiveUp::Settled)
     }

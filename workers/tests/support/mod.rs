@@ -24,20 +24,16 @@ pub fn command(
     input: Value,
     outputs: Value,
 ) -> Command {
-    Command {
-        id: Uuid::now_v7(),
-        saga_id,
-        saga: "test".into(),
+    let dispatch = platform::contract::Dispatch {
         step,
         attempt: 1,
         direction,
-        name: name.into(),
-        payload: platform::contract::CommandPayload {
-            input,
-            outputs: outputs.as_object().cloned().unwrap_or_default(),
-        },
-        issued_at: Utc::now(),
-    }
+    };
+    let payload = platform::contract::CommandPayload {
+        input,
+        outputs: outputs.as_object().cloned().unwrap_or_default(),
+    };
+    Command::new(saga_id, "test", dispatch, name, payload, Utc::now())
 }
 
 pub fn forward(saga_id: Uuid, step: u32, name: &str, input: Value) -> Command {

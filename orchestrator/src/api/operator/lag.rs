@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use platform::contract::Role;
+use platform::contract::{Role, Topics};
 use platform::kafka::LagProbe;
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -49,32 +49,7 @@ impl LagApi {
     /// per partition. A role nobody runs shows everything sent to it as lag.
     #[oai(path = "/v1/consumer-lag", method = "get")]
     async fn lag(&self, state: Data<&State>) -> ApiResult<Json<Vec<GroupLagView>>> {
-        let topics = state.engine.topics().clone();
-        let prefix = topics.prefix().to_owned();
-        let mut wanted: Vec<(String, String, String)> = Role::ALL
-            .iter()
-            .map(|role| {
-                let topic = match role {
-                    Role::Notification => topics.events(),
-                    _ => topics.commands(*role),
-                };
-                (
-                    role.as_str().to_owned(),
-                    format!("{prefix}.{}", role.as_str()),
-                    topic,
-                )
-            })
-            .collect();
-        wanted.push((
-            "orchestrator".into(),
-            format!("{prefix}.orchestrator"),
-            topics.replies(),
-        ));
-        wanted.push((
-            "dead-letters".into(),
-            format!("{prefix}.dead-letters"),
-            topics.dead_letter(),
-        ));
+        let wanted = consumers(state.engine.topics());
         let probe: Arc<LagProbe> = state.lag.clone();
         let views = tokio::task::spawn_blocking(move || {
             wanted
@@ -114,4 +89,34 @@ impl LagApi {
         .map_err(ApiError::internal)?;
         Ok(Json(views))
     }
+}
+
+/// Every consumer group of the system: (consumer, group, topic).
+pub(crate) fn consumers(topics: &Topics) -> Vec<(String, String, String)> {
+    let prefix = topics.prefix();
+    let mut wanted: Vec<(String, String, String)> = Role::ALL
+        .iter()
+        .map(|role| {
+            let topic = match role {
+                Role::Notification => topics.events(),
+                _ => topics.commands(*role),
+            };
+            (
+                role.as_str().to_owned(),
+                format!("{prefix}.{}", role.as_str()),
+                topic,
+            )
+        })
+        .collect();
+    wanted.push((
+        "orchestrator".into(),
+        format!("{prefix}.orchestrator"),
+        topics.replies(),
+    ));
+    wanted.push((
+        "dead-letters".into(),
+        format!("{prefix}.dead-letters"),
+        topics.dead_letter(),
+    ));
+    wanted
 }

@@ -1,0 +1,100 @@
+//! A worker's `GET /metrics` (`METRICS_ADDR`): after a command went through the runtime on
+//! real Postgres, Redis and Kafka, the commands counter by role and outcome, the command
+//! latency and the lock wait are there, as OpenMetrics, with every worker series the
+//! provisioned Grafana dashboard queries.
+
+mod support;
+
+use std::time::Duration;
+
+use platform::kafka::{Delivery, Handler as _};
+use platform::testkit::{TestEnv, poll_until};
+use serde_json::json;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use workers::participant::Strategy;
+use workers::participants::payment::Payment;
+use workers::runtime::CommandRuntime;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_serves_its_commands_latency_and_lock_waits() {
+    let env = TestEnv::start().await;
+    env.kafka.cluster.ensure_topics().await.unwrap();
+    let producer = env.kafka.cluster.producer().unwrap();
+    let options = options(Strategy::RedisLock, Duration::ZERO);
+    let payments = CommandRuntime::new(
+        Payment,
+        env.db.pool.clone(),
+        env.redis.pool.clone(),
+        &env.redis.prefix,
+        producer,
+        env.kafka.cluster.topics(),
+        options,
+    );
+    let user = add_user(&env.db.pool, 5_000).await;
+    let charge = forward(
+        Uuid::now_v7(),
+        1,
+        "payment.charge",
+        json!({ "user_id": user, "total_cents": 1_000 }),
+    );
+    let delivery = Delivery {
+        message: charge,
+        topic: "test.commands.payment".into(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        traceparent: None,
+    };
+    payments.handle(&[delivery]).await.unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(workers::metrics::serve(
+        format!("127.0.0.1:{port}"),
+        stop.clone(),
+    ));
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let body = poll_until(Duration::from_secs(30), async || {
+        let response = reqwest::get(&url).await.ok()?;
+        response
+            .status()
+            .is_success()
+            .then_some(response.text().await.ok()?)
+    })
+    .await
+    .expect("the metrics server never answered");
+    let lines: Vec<&str> = body.lines().collect();
+    for expected in [
+        "sagaflow_commands_total{role=\"payment\",outcome=\"succeeded\"} 1",
+        "sagaflow_command_duration_seconds_count{role=\"payment\"} 1",
+        "sagaflow_lock_wait_seconds_count{role=\"payment\"} 1",
+        "# EOF",
+    ] {
+        assert!(
+            lines.contains(&expected),
+            "{expected} missing from:\n{body}"
+        );
+    }
+    // The dashboard's worker series are all here.
+    let dashboard = include_str!("../../deploy/grafana/dashboards/sagaflow.json");
+    for (at, _) in dashboard.match_indices("sagaflow_") {
+        let name: String = dashboard[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if workers::metrics::FAMILIES
+            .iter()
+            .any(|f| name.starts_with(f))
+        {
+            assert!(body.contains(&name), "the dashboard queries {name}: {body}");
+        }
+    }
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
