@@ -443,6 +443,7 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
         "sagaflow_sagas_completed_total 1",
         "sagaflow_replies_total 3",
         "# TYPE sagaflow_outbox_backlog gauge",
+        "# TYPE sagaflow_outbox_oldest_age_seconds gauge",
         "# TYPE sagaflow_sagas gauge",
         "sagaflow_sagas{status=\"RUNNING\"} 0",
         "sagaflow_sagas{status=\"FAILED\"} 0",

@@ -6,10 +6,11 @@
 //! a scrape never reads the whole saga table.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::{BigInt, Double, Text};
 use diesel_async::RunQueryDsl;
 use poem::web::Data;
 use poem_openapi::payload::PlainText;
@@ -17,7 +18,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use platform::contract::Topics;
 use platform::kafka::{GroupLag, LagProbe};
@@ -46,6 +47,12 @@ struct Counted {
     count: i64,
 }
 
+#[derive(QueryableByName)]
+struct Age {
+    #[diesel(sql_type = Double)]
+    seconds: f64,
+}
+
 type Labels = Vec<(String, String)>;
 
 #[OpenApi(tag = "super::Tag::Metrics")]
@@ -57,7 +64,8 @@ impl MetricsApi {
     /// `..._resolved_total`, `..._quarantined_total`, `sagaflow_replies_total`), the step
     /// latency and saga duration histograms, `sagaflow_db_pool_connections{pool,state}`
     /// (in use, idle, waiting), and two gauges read from the database:
-    /// `sagaflow_outbox_backlog` (outbox messages not yet published) and
+    /// `sagaflow_outbox_backlog` (outbox messages not yet published),
+    /// `sagaflow_outbox_oldest_age_seconds` (the oldest of them) and
     /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED),
     /// `sagaflow_dead_letters_waiting`; `sagaflow_consumer_lag{consumer,partition}` (read
     /// from the broker at most every 15 s); the HTTP requests by method, route and status
@@ -67,6 +75,13 @@ impl MetricsApi {
         let mut conn = state.database.get().await?;
         let backlog: Vec<Counted> = diesel::sql_query(
             "SELECT 'pending' AS status, count(*) AS count FROM outbox WHERE published_at IS NULL",
+        )
+        .load(&mut conn)
+        .await?;
+        // The partial index of pending rows gives the oldest one at once.
+        let oldest: Vec<Age> = diesel::sql_query(
+            "SELECT extract(epoch FROM now() - created_at)::float8 AS seconds FROM outbox \
+             WHERE published_at IS NULL ORDER BY id LIMIT 1",
         )
         .load(&mut conn)
         .await?;
@@ -100,6 +115,14 @@ impl MetricsApi {
             "sagaflow_outbox_backlog",
             "Outbox messages not yet published.",
             outbox,
+        );
+        let age = Gauge::<f64, AtomicU64>::default();
+        age.set(oldest.iter().next().map_or(0.0, |row| row.seconds.max(0.0)));
+        registry.register_with_unit(
+            "sagaflow_outbox_oldest_age",
+            "Age of the oldest outbox message not yet published (0 when none waits).",
+            Unit::Seconds,
+            age,
         );
         let sagas = Family::<Labels, Gauge>::default();
         // Every status listed, zeros included: a series that vanishes reads as "no data".
