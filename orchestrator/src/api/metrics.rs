@@ -117,7 +117,7 @@ impl MetricsApi {
             outbox,
         );
         let age = Gauge::<f64, AtomicU64>::default();
-        age.set(oldest.iter().next().map_or(0.0, |row| row.seconds.max(0.0)));
+        age.set(<[Age]>::first(&oldest).map_or(0.0, |row| row.seconds.max(0.0)));
         registry.register_with_unit(
             "sagaflow_outbox_oldest_age",
             "Age of the oldest outbox message not yet published (0 when none waits).",
