@@ -69,7 +69,7 @@ impl Handler<Event> for Recorder {
                 tracing::info!(
                     saga.definition = %event.saga,
                     event.step = event.step,
-                    message = %event.message,
+                    event.message = %event.message,
                     "saga event",
                 )
             });
