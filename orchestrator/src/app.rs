@@ -205,6 +205,11 @@ pub async fn start_with(
     }
 
     let mut state = api_state(config, &cluster, &database, &redis, &producer, &engine);
+    tasks.spawn(state.lag_cache.clone().refresh(
+        state.lag.clone(),
+        cluster.topics().clone(),
+        shutdown.clone(),
+    ));
     state.demo = mode == Mode::Dev;
     state.auth_enforced = config.auth.enforced();
     let acceptor = TcpListener::bind(config.http_addr.to_string())

@@ -425,6 +425,12 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
     let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
     let id = http.start_saga(order()).await;
     http.wait_for(id, "COMPLETED").await;
+    // Consumer lag is read in the background: wait for the first read of the reply group.
+    eventually("the reply consumer's lag in /metrics", async || {
+        let body = http.get("/metrics").await.text().await.unwrap();
+        body.contains("sagaflow_consumer_lag{consumer=\"orchestrator\",partition=\"0\"}")
+    })
+    .await;
 
     let response = http.get("/metrics").await;
     assert_eq!(response.status(), StatusCode::OK);

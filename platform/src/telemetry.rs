@@ -183,10 +183,26 @@ pub fn traceparent(span: &Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
-/// What the next hop gets: this span's context, or, with tracing off in this process, the
-/// context that came in (so that a trace passes through a process that does not record).
+/// What the next hop gets, when a context came in: this span's, or, with tracing off in
+/// this process, the incoming one re-encoded (so that a trace passes through a process that
+/// does not record, and nothing malformed is passed on). Without a valid incoming context,
+/// nothing: the receiver then falls back on what it knows (the saga's own trace).
 pub fn handed_on(span: &Span, incoming: Option<&str>) -> Option<String> {
-    traceparent(span).or_else(|| incoming.map(str::to_owned))
+    let incoming = incoming.and_then(valid)?;
+    traceparent(span).or(Some(incoming))
+}
+
+/// `traceparent` re-encoded if it is a valid W3C trace context.
+fn valid(traceparent: &str) -> Option<String> {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let propagator = TraceContextPropagator::new();
+    let context = propagator.extract(&carrier);
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
+    let mut out = HashMap::new();
+    propagator.inject_context(&context, &mut out);
+    out.remove(TRACEPARENT)
 }
 
 /// The trace id of `span` (32 hex digits); `None` with tracing off.
@@ -209,5 +225,18 @@ mod tests {
         continue_trace(&span, Some(incoming));
         assert_eq!(traceparent(&span), None);
         assert_eq!(handed_on(&span, Some(incoming)).as_deref(), Some(incoming));
+    }
+
+    #[test]
+    fn a_missing_or_malformed_context_is_not_handed_on() {
+        let span = tracing::info_span!("hop", trace_id = tracing::field::Empty);
+        assert_eq!(handed_on(&span, None), None);
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(handed_on(&span, Some(bad)), None, "{bad:?}");
+        }
     }
 }

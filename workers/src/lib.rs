@@ -147,5 +147,7 @@ pub fn spawn_roles(
 async fn log_exit(role: Role, run: impl Future<Output = anyhow::Result<()>>) {
     if let Err(err) = run.await {
         tracing::error!(role = %role, error = format!("{err:#}"), "role stopped with an error");
+        // The worker's /healthz answers 503 from now on, so that it gets restarted.
+        metrics::role_failed();
     }
 }

@@ -4,6 +4,7 @@
 //! `orchestrator dev`, which runs the roles in-process, adds it to its own `/metrics`.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use poem::listener::TcpListener;
@@ -52,14 +53,17 @@ fn role(role: &str) -> Labels {
 
 impl WorkerMetrics {
     /// A command handled to `outcome` (`succeeded`, `rejected`, `failed`, or `error` for an
-    /// attempt that will be retried), `took` from the batch's start to its commit.
-    pub fn command(&self, role_name: &str, outcome: &str, took: Duration) {
+    /// attempt that will be retried), `took` from the batch's start to its commit (none for
+    /// a command answered `failed` after its retry budget: its time is its retries').
+    pub fn command(&self, role_name: &str, outcome: &str, took: Option<Duration>) {
         let mut labels = role(role_name);
         labels.push(("outcome".to_owned(), outcome.to_owned()));
         self.commands.get_or_create(&labels).inc();
-        self.command_duration
-            .get_or_create(&role(role_name))
-            .observe(took.as_secs_f64());
+        if let Some(took) = took {
+            self.command_duration
+                .get_or_create(&role(role_name))
+                .observe(took.as_secs_f64());
+        }
     }
 
     /// The time a batch waited for its Redis locks, and whether it got them.
@@ -110,6 +114,25 @@ impl WorkerMetrics {
     }
 }
 
+/// Role loops of this process that stopped with an error.
+static FAILED_ROLES: AtomicUsize = AtomicUsize::new(0);
+
+/// A role's consumer loop stopped with an error: the process is no longer healthy.
+pub fn role_failed() {
+    FAILED_ROLES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// 200 while every role loop of this process runs; 503 once one stopped with an error.
+#[handler]
+fn healthz() -> poem::Response {
+    match FAILED_ROLES.load(Ordering::Relaxed) {
+        0 => poem::Response::builder().body("ok"),
+        failed => poem::Response::builder()
+            .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+            .body(format!("{failed} role loop(s) stopped with an error")),
+    }
+}
+
 #[handler]
 fn scrape() -> poem::Response {
     poem::Response::builder()
@@ -117,11 +140,11 @@ fn scrape() -> poem::Response {
         .body(METRICS.encode())
 }
 
-/// Serves `GET /metrics` (and `GET /healthz`) at `addr` until `shutdown`.
+/// Serves `GET /metrics` and `GET /healthz` at `addr` until `shutdown`.
 pub async fn serve(addr: String, shutdown: CancellationToken) -> anyhow::Result<()> {
     let app = Route::new()
         .at("/metrics", get(scrape))
-        .at("/healthz", get(poem::endpoint::make_sync(|_| "ok")))
+        .at("/healthz", get(healthz))
         .map_to_response();
     tracing::info!(%addr, "metrics served");
     poem::Server::new(TcpListener::bind(addr))

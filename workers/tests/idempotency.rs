@@ -53,7 +53,7 @@ async fn inventory_commands_delivered_twice_apply_once() {
     inventory.process(&release).await.unwrap();
     inventory.process(&release).await.unwrap();
     // A second compensation command (a new attempt, new id) finds nothing left to undo.
-    let retry = compensate(saga, 0, "inventory.release", lines);
+    let retry = next_attempt(&release);
     let reply = inventory.process(&retry).await.unwrap();
     assert!(succeeded(&reply));
     assert_eq!(stock(&db, "A").await, 10);
@@ -97,19 +97,13 @@ async fn payments_charge_at_most_once_and_refund_at_most_once() {
     payment.process(&charge).await.unwrap();
     payment.process(&charge).await.unwrap();
     // A second attempt of the same step (new command id) must not charge again either.
-    payment
-        .process(&forward(saga, 1, "payment.charge", order.clone()))
-        .await
-        .unwrap();
+    payment.process(&next_attempt(&charge)).await.unwrap();
     assert_eq!(balance(&db, user).await, 7_500);
 
     let refund = compensate(saga, 1, "payment.refund", order.clone());
     payment.process(&refund).await.unwrap();
     payment.process(&refund).await.unwrap();
-    payment
-        .process(&compensate(saga, 1, "payment.refund", order.clone()))
-        .await
-        .unwrap();
+    payment.process(&next_attempt(&refund)).await.unwrap();
     assert_eq!(balance(&db, user).await, 10_000);
     let mut conn = db.pool.get().await.unwrap();
     let rows: i64 = payments::table.count().get_result(&mut conn).await.unwrap();
@@ -153,10 +147,7 @@ async fn shipments_prepare_once_cancel_once_and_reject_unserviceable_addresses()
 
     let prepare = forward(saga, 2, "shipment.prepare", address("KR"));
     let first = shipment.process(&prepare).await.unwrap();
-    let retry = shipment
-        .process(&forward(saga, 2, "shipment.prepare", address("KR")))
-        .await
-        .unwrap();
+    let retry = shipment.process(&next_attempt(&prepare)).await.unwrap();
     let tracking = |reply: &platform::contract::Reply| match &reply.outcome {
         platform::contract::Outcome::Succeeded { output } => output["tracking_number"].clone(),
         other => panic!("{other:?}"),

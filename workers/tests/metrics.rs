@@ -1,5 +1,6 @@
 //! A worker's `GET /metrics` (`METRICS_ADDR`): after a command went through the runtime on
-//! real Postgres, Redis and Kafka, the commands counter by role and outcome, the command
+//! real Postgres, Redis and Kafka (and was delivered again), the commands counter by role
+//! and outcome (counting it once), the command
 //! latency and the lock wait are there, as OpenMetrics, with every worker series the
 //! provisioned Grafana dashboard queries.
 
@@ -47,6 +48,11 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
         key: None,
         traceparent: None,
     };
+    payments
+        .handle(std::slice::from_ref(&delivery))
+        .await
+        .unwrap();
+    // A redelivery re-sends the stored reply; the command is not counted twice.
     payments.handle(&[delivery]).await.unwrap();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")

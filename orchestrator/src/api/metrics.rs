@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Double, Text};
@@ -22,6 +22,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use platform::contract::Topics;
 use platform::kafka::{GroupLag, LagProbe};
+use tokio_util::sync::CancellationToken;
 
 use super::State;
 use super::problem::{ApiError, ApiResult};
@@ -68,7 +69,7 @@ impl MetricsApi {
     /// `sagaflow_outbox_oldest_age_seconds` (the oldest of them) and
     /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED),
     /// `sagaflow_dead_letters_waiting`; `sagaflow_consumer_lag{consumer,partition}` (read
-    /// from the broker at most every 15 s); the HTTP requests by method, route and status
+    /// from the broker every 15 s in the background); the HTTP requests by method, route and status
     /// with their latency; in `dev`, the participants' commands and locks as well.
     #[oai(path = "/metrics", method = "get")]
     async fn scrape(&self, state: Data<&State>) -> ApiResult<Scraped> {
@@ -97,10 +98,7 @@ impl MetricsApi {
         .load(&mut conn)
         .await?;
         drop(conn);
-        let lag = state
-            .lag_cache
-            .read(&state.lag, state.engine.topics())
-            .await;
+        let lag = state.lag_cache.snapshot();
 
         let mut registry = Registry::default();
         state.engine.metrics().register(&mut registry);
@@ -178,7 +176,7 @@ impl MetricsApi {
         }
         registry.register(
             "sagaflow_consumer_lag",
-            "Messages of a consumer group's topic not yet committed, per partition (read at most every 15 s).",
+            "Messages of a consumer group's topic not yet committed, per partition (read every 15 s).",
             lags,
         );
         let mut out = String::new();
@@ -187,41 +185,49 @@ impl MetricsApi {
     }
 }
 
-/// Consumer lag for `/metrics`, read from the broker at most every [`LagCache::FRESH`], so
-/// that scrapes stay cheap whatever their rate; a group the broker does not answer for is
-/// left out of that round.
+/// Consumer lag for `/metrics`: a snapshot that a background task ([`LagCache::refresh`])
+/// reads from the broker every [`LagCache::EVERY`], so that a scrape never waits on the
+/// broker, whatever their rate and however slow or absent the broker is. A group the broker
+/// does not answer for is left out of that round.
 #[derive(Clone, Default)]
-pub struct LagCache(Arc<tokio::sync::Mutex<Option<(Instant, Lags)>>>);
+pub struct LagCache(Arc<std::sync::Mutex<Lags>>);
 
 type Lags = Arc<Vec<(String, GroupLag)>>;
 
 impl LagCache {
-    const FRESH: Duration = Duration::from_secs(15);
+    const EVERY: Duration = Duration::from_secs(15);
 
-    async fn read(&self, probe: &Arc<LagProbe>, topics: &Topics) -> Lags {
-        let mut cached = self.0.lock().await;
-        if let Some((at, lags)) = cached.as_ref()
-            && at.elapsed() < Self::FRESH
-        {
-            return lags.clone();
+    fn snapshot(&self) -> Lags {
+        self.0.lock().map(|lags| lags.clone()).unwrap_or_default()
+    }
+
+    /// Refreshes the snapshot until `shutdown`, one read of every group at a time.
+    pub async fn refresh(self, probe: Arc<LagProbe>, topics: Topics, shutdown: CancellationToken) {
+        loop {
+            let wanted = super::operator::lag::consumers(&topics);
+            let probe = probe.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                wanted
+                    .into_iter()
+                    .filter_map(|(consumer, group, topic)| {
+                        probe
+                            .group_lag(&group, &topic)
+                            .ok()
+                            .map(|lag| (consumer, lag))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let read = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                read = read => read.unwrap_or_default(),
+            };
+            if let Ok(mut lags) = self.0.lock() {
+                *lags = Arc::new(read);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Self::EVERY) => {}
+            }
         }
-        let wanted = super::operator::lag::consumers(topics);
-        let probe = probe.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .filter_map(|(consumer, group, topic)| {
-                    probe
-                        .group_lag(&group, &topic)
-                        .ok()
-                        .map(|lag| (consumer, lag))
-                })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap_or_default();
-        let lags = Arc::new(read);
-        *cached = Some((Instant::now(), lags.clone()));
-        lags
     }
 }

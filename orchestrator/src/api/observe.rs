@@ -113,6 +113,26 @@ impl RouteLabels {
     }
 }
 
+/// The method label: a standard method, or `OTHER` (any token is a valid method, and the
+/// label set must not grow with what clients send).
+fn method_label(method: &poem::http::Method) -> String {
+    use poem::http::Method;
+    let standard = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    if standard.contains(method) {
+        method.as_str().to_owned()
+    } else {
+        "OTHER".to_owned()
+    }
+}
+
 /// The middleware: wraps the whole route tree (authentication and problem answers
 /// included), so that a 401 or a 404 is counted like any other answer.
 pub async fn request<E: Endpoint>(
@@ -121,7 +141,7 @@ pub async fn request<E: Endpoint>(
     request: Request,
 ) -> poem::Result<Response> {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let route = routes.label(&method, request.uri().path());
     let span = tracing::info_span!(
         "http.request",
@@ -158,5 +178,8 @@ mod tests {
         assert_eq!(routes.label("GET", "/ui/app.js"), "console");
         assert_eq!(routes.label("GET", "/docs"), "docs");
         assert_eq!(routes.label("GET", "/v1/no-such-thing/123"), "unmatched");
+        let made_up = poem::http::Method::from_bytes(b"FOO1").unwrap();
+        assert_eq!(method_label(&made_up), "OTHER");
+        assert_eq!(method_label(&poem::http::Method::DELETE), "DELETE");
     }
 }

@@ -519,15 +519,28 @@ fn raw(message: &rdkafka::message::BorrowedMessage<'_>) -> Raw {
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
-        traceparent: message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|header| header.key == crate::telemetry::TRACEPARENT)
-                .and_then(|header| header.value)
-                .and_then(|value| std::str::from_utf8(value).ok())
-                .map(str::to_owned)
-        }),
+        traceparent: header(message, crate::telemetry::TRACEPARENT),
     }
+}
+
+/// The value of the header `name`, as text (lossy). rdkafka panics while reading a header
+/// whose *name* is not UTF-8; such a message is still handled, as if the header were absent,
+/// rather than letting one odd producer stop the consumer loop.
+pub(crate) fn header(
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    name: &str,
+) -> Option<String> {
+    let headers = message.headers()?;
+    let find = || {
+        headers
+            .iter()
+            .find(|header| header.key == name)
+            .and_then(|header| header.value)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(find))
+        .ok()
+        .flatten()
 }
 
 fn decode<T: DeserializeOwned>(raw: &Raw) -> Result<T, String> {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use rdkafka::Message as _;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::Headers as _;
 use tokio_util::sync::CancellationToken;
 
 use super::Cluster;
@@ -103,14 +102,7 @@ impl DeadLetterReader {
 }
 
 fn read(message: &rdkafka::message::BorrowedMessage<'_>) -> DeadLetterMessage {
-    let header = |name: &str| -> Option<String> {
-        let headers = message.headers()?;
-        headers
-            .iter()
-            .find(|header| header.key == name)
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8_lossy(value).into_owned())
-    };
+    let header = |name: &str| super::consumer::header(message, name);
     DeadLetterMessage {
         partition: message.partition(),
         offset: message.offset(),

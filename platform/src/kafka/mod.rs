@@ -69,7 +69,7 @@ impl Cluster {
 
     /// Consumer settings for `group` on `topics`, with this cluster's fetch wait and
     /// concurrency, and the static member id of slot 0 when the process has an instance id
-    /// (every consumer of a restartable process needs one: a broker that never evicts a
+    /// (every consumer of a restartable process needs one: a broker that does not evict a
     /// dead member would otherwise wait for it forever).
     pub fn consumer_options(
         &self,

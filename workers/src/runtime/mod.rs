@@ -210,12 +210,13 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
         // reply is published; the reply's header hands it on to the engine.
         let spans: Vec<tracing::Span> = batch.iter().map(|delivery| self.span(delivery)).collect();
         let started = std::time::Instant::now();
+        let started_at = chrono::Utc::now();
         let role = self.participant.role().as_str();
         let answers = match self.process_batch(&commands).await {
             Ok(answers) => answers,
             Err(err) => {
                 for _ in batch {
-                    METRICS.command(role, "error", started.elapsed());
+                    METRICS.command(role, "error", Some(started.elapsed()));
                 }
                 return Err(err);
             }
@@ -224,10 +225,13 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
         let mut failure = None;
         for ((delivery, span), answer) in batch.iter().zip(&spans).zip(answers) {
             let command = &delivery.message;
-            let outcome = answer
-                .as_ref()
-                .map_or("error", |reply| reply.outcome.label());
-            METRICS.command(role, outcome, started.elapsed());
+            match &answer {
+                // A stored reply re-sent (a redelivery, or a neighbour's retry after this
+                // one committed) was counted when it was made: only this batch's count.
+                Ok(reply) if reply.replied_at < started_at => {}
+                Ok(reply) => METRICS.command(role, reply.outcome.label(), Some(started.elapsed())),
+                Err(_) => METRICS.command(role, "error", Some(started.elapsed())),
+            }
             match answer {
                 Ok(reply) => {
                     span.record("outcome", reply.outcome.label());
@@ -276,6 +280,7 @@ impl<P: Participant> Handler<Command> for CommandRuntime<P> {
             .commit_reply(&mut pooled, command, Outcome::Failed { reason })
             .await?;
         drop(pooled);
+        METRICS.command(self.participant.role().as_str(), "failed", None);
         let span = self.span(delivery);
         span.record("outcome", reply.outcome.label());
         let traceparent = telemetry::handed_on(&span, delivery.traceparent.as_deref());

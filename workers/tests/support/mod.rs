@@ -36,6 +36,25 @@ pub fn command(
     Command::new(saga_id, "test", dispatch, name, payload, Utc::now())
 }
 
+/// The next attempt of `command`: the same step, direction and payload, a new id.
+pub fn next_attempt(command: &Command) -> Command {
+    let dispatch = platform::contract::Dispatch {
+        step: command.step,
+        attempt: command.attempt + 1,
+        direction: command.direction,
+    };
+    let next = Command::new(
+        command.saga_id,
+        &command.saga,
+        dispatch,
+        &command.name,
+        command.payload.clone(),
+        Utc::now(),
+    );
+    assert_ne!(next.id, command.id, "a new attempt has a new id");
+    next
+}
+
 pub fn forward(saga_id: Uuid, step: u32, name: &str, input: Value) -> Command {
     command(saga_id, step, Direction::Forward, name, input, json!({}))
 }
