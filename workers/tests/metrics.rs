@@ -2,7 +2,8 @@
 //! real Postgres, Redis and Kafka (and was delivered again), the commands counter by role
 //! and outcome (counting it once), the command
 //! latency and the lock wait are there, as OpenMetrics, with every worker series the
-//! provisioned Grafana dashboard queries.
+//! provisioned Grafana dashboard queries; and its `/healthz` turns 503 once a role loop
+//! failed.
 
 mod support;
 
@@ -101,6 +102,12 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
             assert!(body.contains(&name), "the dashboard queries {name}: {body}");
         }
     }
+    // Healthy while every role loop runs; 503 once one stopped with an error.
+    let health = format!("http://127.0.0.1:{port}/healthz");
+    assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
+    workers::metrics::role_failed();
+    assert_eq!(reqwest::get(&health).await.unwrap().status(), 503);
+
     stop.cancel();
     server.await.unwrap().unwrap();
 }
