@@ -464,21 +464,14 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
     }
     // Every series the provisioned Grafana dashboard queries exists here, or is a worker's
     // (the participants here are the test's own; workers/tests/metrics.rs checks those).
-    let dashboard = include_str!("../../deploy/grafana/dashboards/sagaflow.json");
-    for (at, _) in dashboard.match_indices("sagaflow_") {
-        let name: String = dashboard[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if name.len() > "sagaflow_".len() && name != "sagaflow_" {
-            let workers = workers::metrics::FAMILIES
-                .iter()
-                .any(|family| name.starts_with(family));
-            assert!(
-                body.contains(&name) || workers,
-                "the dashboard queries {name}, which no /metrics exports"
-            );
-        }
+    for name in platform::testkit::dashboard_series() {
+        let workers = workers::metrics::FAMILIES
+            .iter()
+            .any(|family| name.starts_with(family));
+        assert!(
+            body.contains(&name) || workers,
+            "the dashboard queries {name}, which no /metrics exports"
+        );
     }
     for prefix in [
         "sagaflow_outbox_backlog ",

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
 
+use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -158,14 +159,10 @@ fn otlp_provider(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
 
 /// Makes `parent` (a `traceparent` value from a header or a stored row) the parent of
 /// `span`, which must not have been entered yet, and records the trace id in the span's
-/// `trace_id` field. Without a parent, or with tracing off, the span keeps its own.
+/// `trace_id` field. Without a valid parent, or with tracing off, the span keeps its own.
 pub fn continue_trace(span: &Span, parent: Option<&str>) {
-    if let Some(parent) = parent {
-        let carrier = HashMap::from([(TRACEPARENT.to_owned(), parent.to_owned())]);
-        let context = TraceContextPropagator::new().extract(&carrier);
-        if context.span().span_context().is_valid() {
-            let _ = span.set_parent(context);
-        }
+    if let Some(context) = parent.and_then(decode) {
+        let _ = span.set_parent(context);
     }
     if let Some(trace_id) = trace_id(span) {
         span.record("trace_id", tracing::field::display(trace_id));
@@ -174,13 +171,7 @@ pub fn continue_trace(span: &Span, parent: Option<&str>) {
 
 /// The `traceparent` of `span`, to hand on to the next hop; `None` with tracing off.
 pub fn traceparent(span: &Span) -> Option<String> {
-    let context = span.context();
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut carrier);
-    carrier.remove(TRACEPARENT)
+    encode(&span.context())
 }
 
 /// What the next hop gets, when a context came in: this span's, or, with tracing off in
@@ -188,21 +179,25 @@ pub fn traceparent(span: &Span) -> Option<String> {
 /// does not record, and nothing malformed is passed on). Without a valid incoming context,
 /// nothing: the receiver then falls back on what it knows (the saga's own trace).
 pub fn handed_on(span: &Span, incoming: Option<&str>) -> Option<String> {
-    let incoming = incoming.and_then(valid)?;
+    let incoming = encode(&incoming.and_then(decode)?)?;
     traceparent(span).or(Some(incoming))
 }
 
-/// `traceparent` re-encoded if it is a valid W3C trace context.
-fn valid(traceparent: &str) -> Option<String> {
+/// The context a `traceparent` value carries, if it is a valid W3C trace context.
+fn decode(traceparent: &str) -> Option<Context> {
     let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
-    let propagator = TraceContextPropagator::new();
-    let context = propagator.extract(&carrier);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    context.span().span_context().is_valid().then_some(context)
+}
+
+/// The `traceparent` value of `context`, if it holds a valid span context.
+fn encode(context: &Context) -> Option<String> {
     if !context.span().span_context().is_valid() {
         return None;
     }
-    let mut out = HashMap::new();
-    propagator.inject_context(&context, &mut out);
-    out.remove(TRACEPARENT)
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(context, &mut carrier);
+    carrier.remove(TRACEPARENT)
 }
 
 /// The trace id of `span` (32 hex digits); `None` with tracing off.

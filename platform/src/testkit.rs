@@ -49,6 +49,25 @@ pub async fn eventually(what: &str, within: Duration, mut condition: impl AsyncF
     );
 }
 
+/// Every metric the provisioned Grafana dashboard queries (`sagaflow_...`, sample names
+/// such as `..._total` and `..._bucket` as written in its expressions), each once.
+pub fn dashboard_series() -> Vec<String> {
+    let dashboard = include_str!("../../deploy/grafana/dashboards/sagaflow.json");
+    let mut names: Vec<String> = dashboard
+        .match_indices("sagaflow_")
+        .map(|(at, _)| {
+            dashboard[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        })
+        .filter(|name| name.len() > "sagaflow_".len())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 /// A short unique name, e.g. `t_1a2b3c4d5e6f`.
 pub fn unique_name(label: &str) -> String {
     let id = Uuid::new_v4().simple().to_string();

@@ -89,12 +89,7 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
         );
     }
     // The dashboard's worker series are all here.
-    let dashboard = include_str!("../../deploy/grafana/dashboards/sagaflow.json");
-    for (at, _) in dashboard.match_indices("sagaflow_") {
-        let name: String = dashboard[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+    for name in platform::testkit::dashboard_series() {
         if workers::metrics::FAMILIES
             .iter()
             .any(|f| name.starts_with(f))
@@ -102,6 +97,7 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
             assert!(body.contains(&name), "the dashboard queries {name}: {body}");
         }
     }
+
     // Healthy while every role loop runs; 503 once one stopped with an error.
     let health = format!("http://127.0.0.1:{port}/healthz");
     assert_eq!(reqwest::get(&health).await.unwrap().status(), 200);
