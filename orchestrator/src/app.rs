@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use platform::contract::Role;
 use platform::health::Probes;
 use platform::kafka::{Cluster, ConsumerLoop, DeadLetter, Producer};
+use platform::liveness::Loops;
 use platform::{cache, db};
 
 use workers::adjuster::Adjuster;
@@ -39,6 +40,8 @@ pub enum Mode {
 pub struct Running {
     pub local_addr: SocketAddr,
     pub engine: Engine,
+    /// The background loops, as `/healthz` reports them.
+    pub loops: Loops,
     tasks: TaskTracker,
     producer: Producer,
 }
@@ -127,6 +130,8 @@ pub async fn start_with(
     let producer = cluster.producer()?;
 
     let tasks = TaskTracker::new();
+    // Every loop is spawned through `loops`, which tells `/healthz` when one stopped.
+    let loops = Loops::default();
     let engine = Engine::new(
         engine_database.clone(),
         cluster.topics().clone(),
@@ -140,25 +145,41 @@ pub async fn start_with(
         options.relay.clone(),
     );
     if options.relay_enabled {
-        tasks.spawn(relay.run(shutdown.clone()));
+        loops.spawn_infallible(&tasks, "relay", &shutdown, relay.run(shutdown.clone()));
     }
-    tasks.spawn(Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()));
+    loops.spawn_infallible(
+        &tasks,
+        "timers",
+        &shutdown,
+        Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()),
+    );
     // Bulk jobs are not latency-critical: a slower poll keeps an idle deployment quiet.
-    tasks.spawn(crate::bulk::run(
-        engine.clone(),
-        options.timer_interval.max(Duration::from_secs(1)),
-        shutdown.clone(),
-    ));
-    tasks.spawn(crate::dead_letters::run(
-        cluster.clone(),
-        engine_database.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(crate::retention::run(
-        engine_database.clone(),
-        config.retention.clone(),
-        shutdown.clone(),
-    ));
+    loops.spawn_infallible(
+        &tasks,
+        "bulk",
+        &shutdown,
+        crate::bulk::run(
+            engine.clone(),
+            options.timer_interval.max(Duration::from_secs(1)),
+            shutdown.clone(),
+        ),
+    );
+    loops.spawn_infallible(
+        &tasks,
+        "dead-letters",
+        &shutdown,
+        crate::dead_letters::run(cluster.clone(), engine_database.clone(), shutdown.clone()),
+    );
+    loops.spawn_infallible(
+        &tasks,
+        "retention",
+        &shutdown,
+        crate::retention::run(
+            engine_database.clone(),
+            config.retention.clone(),
+            shutdown.clone(),
+        ),
+    );
     // Replies of different sagas are applied in parallel batches, one saga's in order; the
     // batches leave two of the engine pool's connections to the relay and the timers.
     for slot in 0..options.reply_consumers {
@@ -175,15 +196,12 @@ pub async fn start_with(
             ReplyHandler::new(engine.clone()),
             DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
         )?;
-        let replies_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(err) = replies.run(replies_shutdown).await {
-                tracing::error!(
-                    error = format!("{err:#}"),
-                    "reply consumer stopped with an error"
-                );
-            }
-        });
+        loops.spawn(
+            &tasks,
+            format!("replies-{slot}"),
+            &shutdown,
+            replies.run(shutdown.clone()),
+        );
     }
     if mode == Mode::Dev {
         let deps = workers::Deps {
@@ -205,11 +223,27 @@ pub async fn start_with(
     }
 
     let mut state = api_state(config, &cluster, &database, &redis, &producer, &engine);
-    tasks.spawn(state.lag_cache.clone().refresh(
-        state.lag.clone(),
-        cluster.topics().clone(),
-        shutdown.clone(),
-    ));
+    state.loops = loops.clone();
+    loops.spawn_infallible(
+        &tasks,
+        "lag",
+        &shutdown,
+        state.lag_cache.clone().refresh(
+            state.lag.clone(),
+            cluster.topics().clone(),
+            shutdown.clone(),
+        ),
+    );
+    state.snapshots.take(&state.probes).await;
+    loops.spawn_infallible(
+        &tasks,
+        "probes",
+        &shutdown,
+        state
+            .snapshots
+            .clone()
+            .refresh(state.probes.clone(), shutdown.clone()),
+    );
     state.demo = mode == Mode::Dev;
     state.auth_enforced = config.auth.enforced();
     let acceptor = TcpListener::bind(config.http_addr.to_string())
@@ -226,13 +260,12 @@ pub async fn start_with(
         shutdown.clone().cancelled_owned(),
         Some(Duration::from_secs(10)),
     );
-    tasks.spawn(async move {
-        if let Err(err) = server.await {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
+    loops.spawn(&tasks, "http", &shutdown, async move {
+        server.await.context("HTTP server")
     });
     Ok(Running {
         local_addr,
+        loops,
         tasks,
         producer,
         engine,
@@ -275,5 +308,7 @@ fn api_state(
         ),
         http: api::observe::HttpMetrics::default(),
         lag_cache: api::metrics::LagCache::default(),
+        snapshots: api::snapshot::Snapshots::default(),
+        loops: Loops::default(),
     }
 }

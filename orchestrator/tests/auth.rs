@@ -296,3 +296,129 @@ async fn an_operator_action_records_who_and_why() {
     assert_eq!(entry["detail"]["reason"], "customer called: wrong address");
     callers.orchestrator.stop().await;
 }
+
+/// Every route the server's own document lists, with every method and every kind of
+/// caller: a route or a method added later is judged by this test without a line changed.
+/// The document is generated from the router's types, so it is the router's list.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_method_on_every_path_is_judged_for_every_caller() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Serve,
+        Options::default(),
+        &[
+            ("AUTH", "on"),
+            ("API_KEYS", KEYS),
+            ("METRICS_AUTH", "operator"),
+        ],
+    )
+    .await;
+    let base = orchestrator.base();
+    let callers = [
+        ("nobody", None, None),
+        ("unknown key", Some("not-a-key-at-all-0000"), None),
+        ("client", Some("shop-secret-0000000001"), Some("client")),
+        ("operator", Some("ops-secret-00000000003"), Some("operator")),
+        ("admin", Some("boss-secret-0000000004"), Some("admin")),
+    ];
+    let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+    let doc: Value = Http::new(base.clone())
+        .get("/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let send = async |method: &str, path: &str, key: Option<&str>| {
+        let mut request = client.request(method.parse().unwrap(), format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if ["POST", "PUT", "PATCH"].contains(&method) {
+            request = request.json(&json!({}));
+        }
+        request.send().await.unwrap()
+    };
+    let mut judged = 0;
+    for (template, operations) in doc["paths"].as_object().unwrap() {
+        let path = template
+            .replace("{id}", &uuid::Uuid::now_v7().to_string())
+            .replace("{sku}", "NO-SUCH-SKU");
+        assert!(
+            !path.contains('{'),
+            "a parameter this test cannot fill: {template}"
+        );
+        let declared: Vec<String> = operations
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|m| m.to_uppercase())
+            .collect();
+        for method in methods {
+            let as_get = if method == "HEAD" { "GET" } else { method };
+            let operation = &operations[as_get.to_lowercase()];
+            for (who, key, scope) in callers {
+                let response = send(method, &path, key).await;
+                let status = response.status().as_u16();
+                let what = format!("{method} {path} as {who}");
+                judged += 1;
+                if !declared.iter().any(|m| m == as_get) {
+                    assert_eq!(status, 405, "{what}");
+                    let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+                    for m in &declared {
+                        assert!(allow.contains(m.as_str()), "{what}: Allow {allow}");
+                    }
+                    continue;
+                }
+                let security = &operation["security"];
+                let scopes: Vec<&str> = if security.is_null() {
+                    vec![] // public
+                } else if let Some(scopes) = operation["x-scopes"].as_array() {
+                    scopes.iter().map(|s| s.as_str().unwrap()).collect()
+                } else {
+                    vec!["operator"] // /metrics under METRICS_AUTH=operator
+                };
+                if scopes.is_empty() {
+                    assert!(![401, 403, 405].contains(&status), "{what}: {status}");
+                } else if key.is_none() || scope.is_none() {
+                    assert_eq!(status, 401, "{what}");
+                } else if scopes.contains(&scope.unwrap()) {
+                    assert!(
+                        ![401, 403, 405].contains(&status) && status < 500,
+                        "{what}: {status}"
+                    );
+                } else {
+                    assert_eq!(status, 403, "{what}");
+                }
+            }
+        }
+    }
+    assert!(
+        judged > 7 * 5 * 30,
+        "the document lists the routes ({judged})"
+    );
+
+    // Paths no operation has: under `/v1` a key comes first, and no handler runs.
+    for path in [
+        "/v1/nothing-here",
+        "/v1/products//stock",
+        "/v1/sagas/",
+        "//v1/sagas",
+    ] {
+        for method in ["GET", "HEAD", "POST"] {
+            for (who, key, scope) in callers {
+                let status = send(method, path, key).await.status().as_u16();
+                let expected = if scope.is_some() { 404 } else { 401 };
+                assert_eq!(status, expected, "{method} {path} as {who}");
+            }
+        }
+    }
+    // Outside `/v1`: the documents and the console are public, and only readable.
+    for path in ["/docs", "/openapi.json", "/ui"] {
+        assert_eq!(send("GET", path, None).await.status(), 200, "{path}");
+        assert_eq!(send("HEAD", path, None).await.status(), 200, "{path}");
+        assert_eq!(send("DELETE", path, None).await.status(), 405, "{path}");
+    }
+    orchestrator.stop().await;
+}

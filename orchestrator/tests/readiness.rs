@@ -85,6 +85,7 @@ async fn readiness_names_a_stopped_dependency() {
 
     let alive = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(alive.status(), 200);
+    assert!(running.loops.stopped().is_empty());
 
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -92,8 +93,14 @@ async fn readiness_names_a_stopped_dependency() {
     assert_eq!(body["status"], "ready");
 
     redis.stop();
-    let not_ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(not_ready.status(), 503);
+    // Readiness answers from a snapshot taken every second: wait for the next one.
+    let not_ready = loop {
+        let answer = client.get(format!("{base}/readyz")).send().await.unwrap();
+        if answer.status() == 503 {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(
         not_ready.headers()["content-type"].to_str().unwrap(),
         "application/problem+json"
@@ -136,6 +143,17 @@ async fn readiness_names_a_stopped_dependency() {
         .unwrap();
     assert_eq!(postgres_status["up"], true);
 
+    // A loop that stops (here: recorded as the watcher records a reply consumer's end)
+    // turns liveness to 503, naming it, so the replica gets restarted.
+    running.loops.record(platform::liveness::Stopped {
+        name: "replies-0".to_owned(),
+        reason: "panicked".to_owned(),
+    });
+    let dead = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(dead.status(), 503);
+    let body: serde_json::Value = dead.json().await.unwrap();
+    assert_eq!(body["detail"], "stopped: replies-0", "{body}");
+
     shutdown.cancel();
     running.wait().await;
 }
@@ -155,4 +173,100 @@ async fn probes_name_an_unreachable_postgres_and_kafka() {
         .map(|c| c.name)
         .collect();
     assert_eq!(down, ["postgres", "kafka"]);
+}
+
+/// A flood of probes costs the dependencies nothing: `/readyz` answers from the background
+/// snapshot, so 500 probers at once for 10 s leave readiness 200 and the API fast. Each
+/// prober probes twice a second (1 000 probes/s in all, far past any balancer's rate): the test's own client shares the two cores with the server, and a closed loop of
+/// 500 would measure the client's scheduling, not the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_probes_leaves_readiness_and_the_api_answering() {
+    let test_db = TestDb::migrated().await;
+    let kafka = TestKafka::start().await;
+    let config = Config::from_vars(&Vars::from_pairs([
+        ("DATABASE_URL", test_db.url.as_str()),
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("AUTH", "off"),
+    ]))
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = app::start(
+        &config,
+        kafka.cluster.clone(),
+        Mode::Serve,
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.local_addr);
+    let flood_ends = Instant::now() + Duration::from_secs(10);
+    // The probers and the measuring client each get a runtime of their own, so that the
+    // measured call waits on the server, not behind 500 client tasks in one scheduler.
+    let url = format!("{base}/readyz");
+    let flood = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let probers: Vec<_> = (0..500)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        let client = reqwest::Client::new();
+                        let mut statuses = Vec::new();
+                        while Instant::now() < flood_ends {
+                            if let Ok(answer) = client.get(&url).send().await {
+                                statuses.push(answer.status().as_u16());
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        statuses
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for prober in probers {
+                all.extend(prober.await.unwrap());
+            }
+            all
+        })
+    });
+    let url = format!("{base}/v1/sagas?limit=5");
+    let measure = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let client = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            while Instant::now() < flood_ends {
+                let started = Instant::now();
+                let answer = client.get(&url).send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+                latencies.push(started.elapsed());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies
+        })
+    });
+    let (flood, measure) = tokio::task::spawn_blocking(move || (flood.join(), measure.join()))
+        .await
+        .unwrap();
+    let statuses = flood.unwrap();
+    let mut latencies = measure.unwrap();
+    let probes = statuses.len();
+    assert!(statuses.iter().all(|s| *s == 200), "readiness flickered");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    println!(
+        "{probes} probes in 10 s; API p50 {:?}, p99 {p99:?} over {} calls",
+        latencies[latencies.len() / 2],
+        latencies.len()
+    );
+    assert!(probes > 4_000, "the flood happened ({probes})");
+    assert!(
+        p99 < Duration::from_millis(100),
+        "API p99 {p99:?} under the flood"
+    );
+    shutdown.cancel();
+    running.wait().await;
 }

@@ -12,6 +12,7 @@
 //! - [`cache`]: the Redis pool.
 //! - [`env`]: reading typed configuration from environment variables, failing fast.
 //! - [`health`]: dependency probes behind `/readyz`.
+//! - [`liveness`]: which background loops still run, behind `/healthz`.
 //! - [`retention`]: deletes old inbox, history and bookkeeping rows in batches.
 //! - [`shutdown`]: the process-wide shutdown signal (SIGINT/SIGTERM).
 //! - [`telemetry`]: tracing set-up (text or JSON).
@@ -23,6 +24,7 @@ pub mod db;
 pub mod env;
 pub mod health;
 pub mod kafka;
+pub mod liveness;
 pub mod retention;
 pub mod settings;
 pub mod shutdown;

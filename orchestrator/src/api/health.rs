@@ -1,16 +1,16 @@
 //! Liveness and readiness.
 //!
-//! Readiness is reachability (Postgres, Redis, Kafka: 503 when one is down) plus the state
-//! of the work: a stuck outbox (its oldest unpublished message older than
+//! Both answer from memory: readiness from the last [`Snapshots`] reading (taken every
+//! second in the background, so a flood of probes costs the dependencies nothing), and
+//! liveness from the loops' own reports (see [`crate::loops`]).
+//!
+//! Readiness is reachability (Postgres, Redis, Kafka: 503 when one is down, or when the
+//! last reading is stale) plus the state of the work: a stuck outbox (its oldest unpublished message older than
 //! [`MAX_OUTBOX_AGE`]) or a reply consumer far behind (more than [`MAX_REPLY_LAG`]
 //! messages) makes the answer `degraded`, still 200: both are deployment-wide, so taking
 //! this replica out of rotation would not help, but a monitor should page someone.
 
 use std::time::Duration;
-
-use diesel::QueryableByName;
-use diesel::sql_types::{Double, Nullable};
-use diesel_async::RunQueryDsl;
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -19,6 +19,7 @@ use poem::web::Data;
 
 use super::State;
 use super::problem::Problem;
+use super::snapshot::{Gauges, Snapshots};
 use crate::auth::Caller;
 
 pub struct HealthApi;
@@ -27,8 +28,6 @@ pub struct HealthApi;
 pub const MAX_OUTBOX_AGE: Duration = Duration::from_secs(30);
 /// Most replies the orchestrator's consumer group may be behind before `degraded`.
 pub const MAX_REPLY_LAG: i64 = 1_000;
-/// How long readiness waits for the broker to report the lag.
-const LAG_WAIT: Duration = Duration::from_millis(800);
 
 /// One check of the work (not of reachability).
 #[derive(Debug, Object)]
@@ -38,12 +37,6 @@ struct WorkCheck {
     /// `ok`, `degraded` or `unknown` (not measured in time).
     state: String,
     detail: String,
-}
-
-#[derive(QueryableByName)]
-struct OutboxAge {
-    #[diesel(sql_type = Nullable<Double>)]
-    seconds: Option<f64>,
 }
 
 /// The state of one dependency.
@@ -83,6 +76,16 @@ enum ReadyResponse {
     NotReady(Json<NotReady>),
 }
 
+#[derive(ApiResponse)]
+enum LiveResponse {
+    /// Every background loop runs.
+    #[oai(status = 200)]
+    Alive(Json<Alive>),
+    /// A background loop stopped; `detail` names it.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Stopped(Json<Problem>),
+}
+
 #[derive(Debug, Object)]
 #[oai(example)]
 struct Alive {
@@ -101,12 +104,24 @@ impl poem_openapi::types::Example for Alive {
 impl HealthApi {
     /// Liveness
     ///
-    /// 200 while the process runs; says nothing about dependencies.
+    /// 200 while every background loop of this process runs (reply consumer, relay,
+    /// timers, bulk jobs, dead letters, retention, probes); 503 naming those that stopped,
+    /// so that the process gets restarted. Says nothing about dependencies.
     #[oai(path = "/healthz", method = "get")]
-    async fn healthz(&self) -> Json<Alive> {
-        Json(Alive {
-            status: "alive".to_owned(),
-        })
+    async fn healthz(&self, state: Data<&State>) -> LiveResponse {
+        let stopped = state.loops.stopped();
+        if stopped.is_empty() {
+            return LiveResponse::Alive(Json(Alive {
+                status: "alive".to_owned(),
+            }));
+        }
+        let names: Vec<&str> = stopped.iter().map(|s| s.name.as_str()).collect();
+        LiveResponse::Stopped(Json(Problem::new(
+            503,
+            "loop-stopped",
+            "A background loop stopped",
+            format!("stopped: {}", names.join(", ")),
+        )))
     }
 
     /// Readiness
@@ -116,14 +131,27 @@ impl HealthApi {
     /// or when access control is off.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self, state: Data<&State>, caller: Data<&Caller>) -> ReadyResponse {
-        let checks = state.probes.check().await;
         let reveal = !state.auth_enforced || caller.sees_everything();
-        let down: Vec<&str> = checks
+        let Some(snapshot) = state.snapshots.last() else {
+            return not_ready("no reading of the dependencies yet (starting)", Vec::new());
+        };
+        if snapshot.age() > Snapshots::STALE {
+            return not_ready(
+                &format!(
+                    "the last reading of the dependencies is {} s old",
+                    snapshot.age().as_secs()
+                ),
+                Vec::new(),
+            );
+        }
+        let down: Vec<&str> = snapshot
+            .dependencies
             .iter()
             .filter(|check| check.error.is_some())
             .map(|check| check.name)
             .collect();
-        let dependencies = checks
+        let dependencies = snapshot
+            .dependencies
             .iter()
             .map(|check| DependencyStatus {
                 name: check.name.to_owned(),
@@ -135,55 +163,44 @@ impl HealthApi {
                 },
             })
             .collect();
-        if down.is_empty() {
-            let mut checks = vec![outbox_check(&state).await, reply_lag_check(&state).await];
-            if !reveal {
-                for check in &mut checks {
-                    check.detail.clear(); // anonymous callers learn the state, not the numbers
-                }
+        if !down.is_empty() {
+            return not_ready(&format!("unreachable: {}", down.join(", ")), dependencies);
+        }
+        let mut checks = vec![
+            outbox_check(snapshot.gauges.as_ref()),
+            reply_lag_check(&state),
+        ];
+        if !reveal {
+            for check in &mut checks {
+                check.detail.clear(); // anonymous callers learn the state, not the numbers
             }
-            let degraded = checks.iter().any(|check| check.state == "degraded");
-            return ReadyResponse::Ready(Json(Readiness {
-                status: if degraded { "degraded" } else { "ready" }.to_owned(),
-                dependencies,
-                checks,
-            }));
         }
-        for check in checks.iter().filter(|check| check.error.is_some()) {
-            tracing::warn!(dependency = check.name, error = ?check.error, "dependency down");
-        }
-        ReadyResponse::NotReady(Json(NotReady {
-            problem: Problem::new(
-                503,
-                "not-ready",
-                "Not ready",
-                format!("unreachable: {}", down.join(", ")),
-            ),
+        let degraded = checks.iter().any(|check| check.state == "degraded");
+        ReadyResponse::Ready(Json(Readiness {
+            status: if degraded { "degraded" } else { "ready" }.to_owned(),
             dependencies,
+            checks,
         }))
     }
 }
 
-async fn outbox_check(state: &State) -> WorkCheck {
-    let measured = async {
-        let mut conn = state.database.get().await.ok()?;
-        diesel::sql_query(
-            "SELECT extract(epoch FROM now() - min(created_at))::float8 AS seconds \
-             FROM outbox WHERE published_at IS NULL",
-        )
-        .get_result::<OutboxAge>(&mut conn)
-        .await
-        .ok()
-    };
+fn not_ready(detail: &str, dependencies: Vec<DependencyStatus>) -> ReadyResponse {
+    ReadyResponse::NotReady(Json(NotReady {
+        problem: Problem::new(503, "not-ready", "Not ready", detail),
+        dependencies,
+    }))
+}
+
+fn outbox_check(gauges: Option<&Gauges>) -> WorkCheck {
     let limit = MAX_OUTBOX_AGE.as_secs_f64();
-    let (state, detail) = match measured.await {
+    let (state, detail) = match gauges.map(|gauges| gauges.outbox_oldest_seconds) {
         None => ("unknown", "could not read the outbox".to_owned()),
-        Some(OutboxAge { seconds: None }) => ("ok", "nothing waits to be published".to_owned()),
-        Some(OutboxAge { seconds: Some(age) }) if age > limit => (
+        Some(None) => ("ok", "nothing waits to be published".to_owned()),
+        Some(Some(age)) if age > limit => (
             "degraded",
             format!("the oldest unpublished message waits for {age:.0} s (limit {limit:.0} s)"),
         ),
-        Some(OutboxAge { seconds: Some(age) }) => (
+        Some(Some(age)) => (
             "ok",
             format!("the oldest unpublished message is {age:.1} s old"),
         ),
@@ -195,28 +212,19 @@ async fn outbox_check(state: &State) -> WorkCheck {
     }
 }
 
-async fn reply_lag_check(state: &State) -> WorkCheck {
-    let topics = state.engine.topics();
-    let group = format!("{}.orchestrator", topics.prefix());
-    let topic = topics.replies();
-    let probe = state.lag.clone();
-    let measured = tokio::time::timeout(
-        LAG_WAIT,
-        tokio::task::spawn_blocking(move || probe.group_lag(&group, &topic)),
-    )
-    .await;
-    let (state, detail) = match measured {
-        Ok(Ok(Ok(lag))) if lag.total() > MAX_REPLY_LAG => (
+fn reply_lag_check(state: &State) -> WorkCheck {
+    let (state, detail) = match state.lag_cache.group("orchestrator") {
+        Some(lag) if lag.total() > MAX_REPLY_LAG => (
             "degraded",
             format!(
                 "{} replies not applied yet (limit {MAX_REPLY_LAG})",
                 lag.total()
             ),
         ),
-        Ok(Ok(Ok(lag))) => ("ok", format!("{} replies not applied yet", lag.total())),
-        _ => (
+        Some(lag) => ("ok", format!("{} replies not applied yet", lag.total())),
+        None => (
             "unknown",
-            "the broker did not report the lag in time".to_owned(),
+            "the broker has not reported the lag yet".to_owned(),
         ),
     };
     WorkCheck {

@@ -1,6 +1,6 @@
 //! `GET /metrics` (OpenMetrics text, prometheus-client): the engine's counters and latency
-//! histograms, gauges of this process's Postgres pools, and gauges read from Postgres at
-//! scrape time. Those come from the database rather than from counters because every
+//! histograms, gauges of this process's Postgres pools, and gauges read from Postgres every
+//! second in the background ([`super::snapshot`]), never at scrape time. Those come from the database rather than from counters because every
 //! replica must report the same backlog whoever did the work, and each is one indexed query
 //! over a bounded set of rows (the outbox's unpublished messages, the sagas still moving):
 //! a scrape never reads the whole saga table.
@@ -9,9 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Double, Text};
-use diesel_async::RunQueryDsl;
 use poem::web::Data;
 use poem_openapi::payload::PlainText;
 use poem_openapi::{ApiResponse, OpenApi};
@@ -40,20 +37,6 @@ enum Scraped {
     Ok(PlainText<String>),
 }
 
-#[derive(QueryableByName)]
-struct Counted {
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = BigInt)]
-    count: i64,
-}
-
-#[derive(QueryableByName)]
-struct Age {
-    #[diesel(sql_type = Double)]
-    seconds: f64,
-}
-
 type Labels = Vec<(String, String)>;
 
 #[OpenApi(tag = "super::Tag::Metrics")]
@@ -73,31 +56,12 @@ impl MetricsApi {
     /// with their latency; in `dev`, the participants' commands and locks as well.
     #[oai(path = "/metrics", method = "get")]
     async fn scrape(&self, state: Data<&State>) -> ApiResult<Scraped> {
-        let mut conn = state.database.get().await?;
-        let backlog: Vec<Counted> = diesel::sql_query(
-            "SELECT 'pending' AS status, count(*) AS count FROM outbox WHERE published_at IS NULL",
-        )
-        .load(&mut conn)
-        .await?;
-        // The partial index of pending rows gives the oldest one at once.
-        let oldest: Vec<Age> = diesel::sql_query(
-            "SELECT extract(epoch FROM now() - created_at)::float8 AS seconds FROM outbox \
-             WHERE published_at IS NULL ORDER BY id LIMIT 1",
-        )
-        .load(&mut conn)
-        .await?;
-        let moving: Vec<Counted> = diesel::sql_query(
-            "SELECT status, count(*) AS count FROM sagas \
-             WHERE status IN ('RUNNING', 'COMPENSATING', 'FAILED') GROUP BY status",
-        )
-        .load(&mut conn)
-        .await?;
-        let dead_letters: Vec<Counted> = diesel::sql_query(
-            "SELECT 'waiting' AS status, count(*) AS count FROM dead_letters WHERE state = 'waiting'",
-        )
-        .load(&mut conn)
-        .await?;
-        drop(conn);
+        // From the background snapshot: a scrape never waits on Postgres or the broker.
+        let gauges = state
+            .snapshots
+            .last()
+            .and_then(|snapshot| snapshot.gauges.clone())
+            .unwrap_or_default();
         let lag = state.lag_cache.snapshot();
 
         let mut registry = Registry::default();
@@ -108,14 +72,14 @@ impl MetricsApi {
             workers::metrics::METRICS.register(&mut registry);
         }
         let outbox = Gauge::<i64>::default();
-        outbox.set(backlog.iter().map(|row| row.count).sum());
+        outbox.set(gauges.outbox_backlog);
         registry.register(
             "sagaflow_outbox_backlog",
             "Outbox messages not yet published.",
             outbox,
         );
         let age = Gauge::<f64, AtomicU64>::default();
-        age.set(<[Age]>::first(&oldest).map_or(0.0, |row| row.seconds.max(0.0)));
+        age.set(gauges.outbox_oldest_seconds.unwrap_or(0.0));
         registry.register_with_unit(
             "sagaflow_outbox_oldest_age",
             "Age of the oldest outbox message not yet published (0 when none waits).",
@@ -125,10 +89,11 @@ impl MetricsApi {
         let sagas = Family::<Labels, Gauge>::default();
         // Every status listed, zeros included: a series that vanishes reads as "no data".
         for status in [Status::Running, Status::Compensating, Status::Failed] {
-            let count = moving
+            let count = gauges
+                .moving
                 .iter()
-                .find(|row| row.status == status.as_str())
-                .map_or(0, |row| row.count);
+                .find(|(name, _)| name == status.as_str())
+                .map_or(0, |(_, count)| *count);
             sagas
                 .get_or_create(&vec![("status".to_owned(), status.as_str().to_owned())])
                 .set(count);
@@ -158,7 +123,7 @@ impl MetricsApi {
             pools,
         );
         let waiting = Gauge::<i64>::default();
-        waiting.set(dead_letters.iter().map(|row| row.count).sum());
+        waiting.set(gauges.dead_letters_waiting);
         registry.register(
             "sagaflow_dead_letters_waiting",
             "Dead letters recorded and neither replayed nor discarded.",
@@ -199,6 +164,14 @@ impl LagCache {
 
     fn snapshot(&self) -> Lags {
         self.0.lock().map(|lags| lags.clone()).unwrap_or_default()
+    }
+
+    /// The last reading of one consumer's lag (`orchestrator`, a role's name...).
+    pub fn group(&self, consumer: &str) -> Option<GroupLag> {
+        self.snapshot()
+            .iter()
+            .find(|(name, _)| name == consumer)
+            .map(|(_, lag)| lag.clone())
     }
 
     /// Refreshes the snapshot until `shutdown`, one read of every group at a time.

@@ -20,6 +20,7 @@ pub mod operator;
 pub mod pagination;
 pub mod problem;
 pub mod shop;
+pub mod snapshot;
 mod strict;
 
 use poem::http::StatusCode;
@@ -54,8 +55,12 @@ pub struct State {
     pub adjuster: workers::adjuster::Adjuster,
     /// Requests by route and status, with their latency (see [`observe`]).
     pub http: observe::HttpMetrics,
-    /// Consumer lag as `/metrics` reports it.
+    /// Consumer lag as `/metrics` and `/readyz` report it.
     pub lag_cache: metrics::LagCache,
+    /// Dependencies and database gauges as `/readyz` and `/metrics` report them.
+    pub snapshots: snapshot::Snapshots,
+    /// The process's background loops, as `/healthz` reports them.
+    pub loops: platform::liveness::Loops,
 }
 
 #[derive(Tags)]
@@ -171,8 +176,8 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
     });
     Route::new()
         .nest("/", service)
-        .at("/docs", docs)
-        .at("/openapi.json", spec)
+        .at("/docs", poem::get(docs))
+        .at("/openapi.json", poem::get(spec))
         .nest("/ui", crate::console::routes())
         .around(strict::strict_body)
         .around(limit_body)
@@ -185,8 +190,9 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
         })
 }
 
-/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whether or not they declare a length
-/// (a chunked body is read up to the limit, never further).
+/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whatever their framing: a declared
+/// length is checked before reading; anything else (chunked, or an HTTP/2 stream that
+/// declares nothing) is read up to the limit, never further.
 async fn limit_body<E: Endpoint>(
     endpoint: std::sync::Arc<E>,
     mut request: Request,
@@ -204,7 +210,7 @@ async fn limit_body<E: Endpoint>(
     if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
         return Err(too_large());
     }
-    if declared.is_none() && request.header("transfer-encoding").is_some() {
+    if declared.is_none() {
         let mut body = Vec::new();
         request
             .take_body()
@@ -224,50 +230,21 @@ async fn limit_body<E: Endpoint>(
         .map(poem::IntoResponse::into_response)
 }
 
-/// The methods the API declares per path template, from its own OpenAPI document.
-static ROUTES: std::sync::LazyLock<Vec<(Vec<String>, Vec<String>)>> =
-    std::sync::LazyLock::new(|| {
-        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap_or_default();
-        spec["paths"]
-            .as_object()
-            .map(|paths| {
-                paths
-                    .iter()
-                    .map(|(path, operations)| {
-                        let segments = path.split('/').map(str::to_owned).collect();
-                        let methods = operations
-                            .as_object()
-                            .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
-                            .unwrap_or_default();
-                        (segments, methods)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
-
 /// RFC 9110: a 405 lists the methods the resource supports in `Allow`.
 async fn allow_header<E: Endpoint>(
     endpoint: std::sync::Arc<E>,
     request: Request,
 ) -> poem::Result<poem::Response> {
-    let path: Vec<String> = request.uri().path().split('/').map(str::to_owned).collect();
+    let path = request.uri().path().to_owned();
     let mut response = endpoint
         .call(request)
         .await
         .map(poem::IntoResponse::into_response)?;
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let allowed: Vec<&str> = ROUTES
-            .iter()
-            .filter(|(template, _)| {
-                template.len() == path.len()
-                    && template
-                        .iter()
-                        .zip(&path)
-                        .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
-            })
-            .flat_map(|(_, methods)| methods.iter().map(String::as_str))
-            .collect();
+        let mut allowed = crate::auth::policy::allowed_methods(&path);
+        if allowed.is_empty() {
+            allowed = vec!["GET", "HEAD"]; // the documents and the console's files
+        }
         if let Ok(value) = allowed.join(", ").parse() {
             response.headers_mut().insert("allow", value);
         }

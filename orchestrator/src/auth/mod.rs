@@ -111,6 +111,10 @@ impl Caller {
     }
 }
 
+/// Names no key may take: the name callers without a key are recorded under, and those
+/// that would read as one in a history.
+const RESERVED_NAMES: &[&str] = &["anonymous", "system", "engine", "timer", "nobody"];
+
 /// The configured keys: SHA-256 of each secret to its caller.
 #[derive(Clone, Default)]
 pub struct Keys {
@@ -137,15 +141,15 @@ impl Keys {
             .filter(|line| !line.starts_with('#'))
             .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
             .filter(|entry| !entry.is_empty());
-        for entry in entries {
+        // Errors name an entry by its position, never by its text: a malformed entry may
+        // hold its secret where the name belongs.
+        for (index, entry) in entries.enumerate() {
+            let at = format!("entry {}", index + 1);
             let mut parts = entry.splitn(3, ':');
             let (Some(name), Some(scopes), Some(secret)) =
                 (parts.next(), parts.next(), parts.next())
             else {
-                return Err(format!(
-                    "`{}…` is not `name:scopes:secret`",
-                    entry.chars().take(12).collect::<String>()
-                ));
+                return Err(format!("{at} is not `name:scopes:secret`"));
             };
             let name_ok = !name.is_empty()
                 && name.len() <= 64
@@ -154,30 +158,33 @@ impl Keys {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
             if !name_ok {
                 return Err(format!(
-                    "key name `{name}`: use 1-64 letters, digits, `-`, `_` or `.`"
+                    "{at}: a key's name has 1-64 letters, digits, `-`, `_` or `.`"
+                ));
+            }
+            if RESERVED_NAMES.contains(&name.to_ascii_lowercase().as_str()) {
+                return Err(format!(
+                    "{at}: its name is reserved (callers without a key are recorded so)"
                 ));
             }
             let mut bits = 0;
             for scope in scopes.split('+') {
                 bits |= scope
                     .parse::<Scope>()
-                    .map_err(|err| format!("key {name}: {err}"))?
+                    .map_err(|_| format!("{at}: scopes are client, operator, admin, joined by +"))?
                     .bit();
             }
             if secret.chars().count() < 16 {
-                return Err(format!(
-                    "key {name}: the secret must be at least 16 characters"
-                ));
+                return Err(format!("{at}: the secret must be at least 16 characters"));
             }
             if !names.insert(name.to_owned()) {
-                return Err(format!("key name `{name}` is used twice"));
+                return Err(format!("{at}: its name is another entry's too"));
             }
             let caller = Caller {
                 name: name.to_owned(),
                 scopes: bits,
             };
             if keys.by_hash.insert(hash(secret), caller).is_some() {
-                return Err(format!("key {name}: its secret is also another key's"));
+                return Err(format!("{at}: its secret is also another key's"));
             }
         }
         Ok(keys)
@@ -304,11 +311,26 @@ impl Gate {
     }
 
     fn decide(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Refusal> {
+        if access == Access::MethodNotAllowed {
+            return Err(Refusal::Method);
+        }
         if !self.config.enforced() {
-            return Ok(Caller::open());
+            return match access {
+                Access::Unknown => Err(Refusal::NotFound),
+                _ => Ok(Caller::open()),
+            };
         }
         let presented = authorization.map(|value| self.identify(value));
         let needed: &[Scope] = match access {
+            Access::MethodNotAllowed => return Err(Refusal::Method),
+            Access::Unknown => {
+                // A key first: without one, nobody learns which paths exist.
+                return Err(match presented {
+                    None => Refusal::NoKey,
+                    Some(Err(())) => Refusal::InvalidKey,
+                    Some(Ok(_)) => Refusal::NotFound,
+                });
+            }
             Access::Public => {
                 // A valid key still counts: an operator sees more of `/readyz`.
                 return Ok(presented
@@ -349,6 +371,10 @@ impl Gate {
 enum Refusal {
     NoKey,
     InvalidKey,
+    /// A known path with a method it does not have (405; `api` adds `Allow`).
+    Method,
+    /// A path under `/v1` that no operation has, asked with a valid key.
+    NotFound,
     Scope {
         key: String,
         needed: &'static [Scope],
@@ -360,6 +386,18 @@ impl Refusal {
         match self {
             Refusal::NoKey => unauthorized(None),
             Refusal::InvalidKey => unauthorized(Some("invalid_token")),
+            Refusal::Method => problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method Not Allowed",
+                "this path does not take this method; `Allow` lists those it takes",
+            ),
+            Refusal::NotFound => problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not Found",
+                "no operation has this path",
+            ),
             Refusal::Scope { key, needed } => {
                 let names: Vec<&str> = needed.iter().map(|scope| scope.as_str()).collect();
                 problem(
@@ -438,21 +476,38 @@ mod tests {
     #[test]
     fn bad_entries_are_refused_with_a_reason() {
         for (text, reason) in [
-            ("shop:client", "not `name:scopes:secret`"),
-            (&format!("shop:god:{SECRET}") as &str, "unknown scope `god`"),
+            ("shop:client", "entry 1 is not `name:scopes:secret`"),
+            (&format!("shop:god:{SECRET}") as &str, "scopes are client"),
+            (&format!("anonymous:client:{SECRET}"), "reserved"),
+            (&format!("Anonymous:client:{SECRET}"), "reserved"),
             ("shop:client:short", "at least 16"),
             (
                 &format!("a:client:{SECRET}1,a:client:{SECRET}2"),
-                "used twice",
+                "another entry's too",
             ),
             (
                 &format!("a:client:{SECRET},b:admin:{SECRET}"),
                 "also another key's",
             ),
-            (&format!("a b/:client:{SECRET}"), "not `name:scopes:secret`"),
+            (&format!("a b/:client:{SECRET}"), "entry 1 is not"),
         ] {
             let err = Keys::parse(text).unwrap_err();
             assert!(err.contains(reason), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_by_its_position_never_by_its_text() {
+        for (text, position) in [
+            // A secret pasted where the name goes, and a secret with no name at all.
+            (format!("ok:client:{SECRET}A,{SECRET}B:client:x"), "entry 2"),
+            (format!("ok:client:{SECRET}A\n{SECRET}B"), "entry 2"),
+            (format!("{SECRET}C"), "entry 1"),
+            (format!("x:client:{SECRET}D, y:client:{SECRET}D"), "entry 2"),
+        ] {
+            let err = Keys::parse(&text).unwrap_err();
+            assert!(err.contains(position), "{err}");
+            assert!(!err.contains(SECRET), "the error shows a secret: {err}");
         }
     }
 

@@ -1,6 +1,14 @@
 //! Every operation of the API and what it needs, in one table. A test keeps the table and
 //! the OpenAPI document in step: an operation without an entry fails it, so a new endpoint
 //! cannot ship without a decision. [`secure`] writes the table into the document.
+//!
+//! [`access`] is total over (method, path): `HEAD` is judged as its `GET` (the router answers
+//! it with the `GET` handler); a method the table does not list for a known path is
+//! [`Access::MethodNotAllowed`], never public; a path under `/v1` that no row names (an
+//! empty segment included, which a `{param}` never matches) is [`Access::Unknown`]: a key
+//! first, then 404. Only paths outside `/v1` that no row names (the documents, the
+//! console's static files) are public. `tests/access.rs` tries every route with every
+//! method and every kind of caller.
 
 use serde_json::{Value, json};
 
@@ -15,6 +23,11 @@ pub enum Access {
     Metrics,
     /// A key with any one of these scopes.
     Scoped(&'static [Scope]),
+    /// A path the table knows with a method it does not list: 405, whoever asks.
+    MethodNotAllowed,
+    /// A path under `/v1` that no operation has: 401 without a valid key, else 404. Such
+    /// a request never reaches the router, so no handler runs for it.
+    Unknown,
 }
 
 const CLIENT: Access = Access::Scoped(&[Client]);
@@ -70,10 +83,47 @@ const TABLE: &[(&str, &str, Access)] = &[
 
 /// What a request to `path` with `method` needs.
 pub fn access(method: &str, path: &str) -> Access {
-    TABLE
+    let method = if method == "HEAD" { "GET" } else { method };
+    let mut known_path = false;
+    for (m, template, access) in TABLE {
+        if matches(template, path) {
+            if *m == method {
+                return *access;
+            }
+            known_path = true;
+        }
+    }
+    // `//`, `.` and `..` are never a route's; refused here so that no normalisation further
+    // down can turn such a path into one the table did not judge.
+    let odd = path
+        .split('/')
+        .skip(1)
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..");
+    if known_path {
+        Access::MethodNotAllowed
+    } else if (odd && path != "/") || path == "/v1" || path.starts_with("/v1/") {
+        Access::Unknown
+    } else {
+        Access::Public
+    }
+}
+
+/// The methods a path has (`HEAD` wherever `GET` is), for a 405's `Allow`.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&'static str> = TABLE
         .iter()
-        .find(|(m, template, _)| *m == method && matches(template, path))
-        .map_or(Access::Public, |(_, _, access)| *access)
+        .filter(|(_, template, _)| matches(template, path))
+        .map(|(method, _, _)| *method)
+        .collect();
+    if methods.contains(&"GET") {
+        methods.push("HEAD");
+    }
+    methods
+}
+
+/// Every (method, path template) of the table: what the access test walks.
+pub fn operations() -> impl Iterator<Item = (&'static str, &'static str, Access)> {
+    TABLE.iter().copied()
 }
 
 fn matches(template: &str, path: &str) -> bool {
@@ -107,7 +157,7 @@ pub fn secure(spec: &mut Value) {
         for (method, operation) in operations.iter_mut() {
             let access = access(&method.to_uppercase(), path);
             let (security, sentence) = match access {
-                Access::Public => continue,
+                Access::Public | Access::MethodNotAllowed | Access::Unknown => continue,
                 Access::Metrics => (
                     json!([{}, { "apiKey": [] }]),
                     "Needs an `operator` key when `METRICS_AUTH=operator`.".to_owned(),
@@ -180,8 +230,19 @@ mod tests {
         assert_eq!(access("GET", "/v1/sagas/abc"), OWN_OR_OPERATOR);
         assert_eq!(access("POST", "/v1/sagas/abc/retry"), OPERATOR);
         assert_eq!(access("GET", "/v1/sagas"), OPERATOR);
-        assert_eq!(access("GET", "/v1/sagas/"), Access::Public); // no id: a 404
-        assert_eq!(access("DELETE", "/v1/orders/x"), Access::Public); // a 405
+        assert_eq!(access("HEAD", "/v1/sagas"), OPERATOR);
+        assert_eq!(access("HEAD", "/metrics"), Access::Metrics);
+        assert_eq!(access("GET", "/v1/sagas/"), Access::Unknown); // no id: a key, then 404
+        assert_eq!(access("POST", "/v1/products//stock"), Access::Unknown);
+        assert_eq!(access("GET", "/v1/nothing-here"), Access::Unknown);
+        assert_eq!(access("DELETE", "/v1/orders/x"), Access::MethodNotAllowed);
+        assert_eq!(access("OPTIONS", "/v1/sagas"), Access::MethodNotAllowed);
+        assert_eq!(access("POST", "/healthz"), Access::MethodNotAllowed);
         assert_eq!(access("GET", "/docs"), Access::Public);
+        assert_eq!(access("GET", "/ui/console.js"), Access::Public);
+        assert_eq!(access("GET", "//v1/sagas"), Access::Unknown);
+        assert_eq!(access("GET", "/v1/../v1/sagas"), Access::Unknown);
+        assert_eq!(access("GET", "/"), Access::Public);
+        assert_eq!(allowed_methods("/v1/sagas/x"), ["GET", "HEAD"]);
     }
 }

@@ -5,7 +5,7 @@
 
 use poem::endpoint::make_sync;
 use poem::http::header;
-use poem::{Endpoint, EndpointExt as _, Response, Route};
+use poem::{Endpoint, EndpointExt as _, Response, Route, get};
 
 const PAGE: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/console.js");
@@ -22,15 +22,15 @@ fn asset(body: &'static str, content_type: &'static str) -> impl Endpoint {
     })
 }
 
-/// `/ui`, `/ui/console.js`, `/ui/console.css`.
+/// `/ui`, `/ui/console.js`, `/ui/console.css`: `GET` (and so `HEAD`) only.
 pub fn routes() -> impl Endpoint {
     Route::new()
-        .at("/", asset(PAGE, "text/html; charset=utf-8"))
+        .at("/", get(asset(PAGE, "text/html; charset=utf-8")))
         .at(
             "/console.js",
-            asset(SCRIPT, "text/javascript; charset=utf-8"),
+            get(asset(SCRIPT, "text/javascript; charset=utf-8")),
         )
-        .at("/console.css", asset(STYLE, "text/css; charset=utf-8"))
+        .at("/console.css", get(asset(STYLE, "text/css; charset=utf-8")))
         .with(poem::middleware::SetHeader::new().overriding(
             "content-security-policy",
             "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
