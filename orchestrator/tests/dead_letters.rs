@@ -146,3 +146,168 @@ async fn dead_letters_are_recorded_replayed_onto_their_origin_or_discarded_with_
     .await;
     orchestrator.stop().await;
 }
+
+/// Anything that can write to the dead-letter topic can claim any origin. A genuine
+/// `vendor.payout`, copied with a fresh saga and command id and a thousand times the
+/// amount, or kept under its own ids with the amount changed, is listed but refused, stays
+/// waiting, and pays no vendor: a replay is the engine's own command or nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_payout_in_the_dead_letter_topic_is_listed_refused_and_pays_nobody() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::dev(&env).await;
+    let api = Http::new(orchestrator.base());
+    let topics = env.kafka.cluster.topics().clone();
+    let producer = env.kafka.cluster.producer().unwrap();
+
+    let vendor = answer(
+        api.post("/v1/vendors", &json!({ "name": "Roastery" }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let vendor_id = vendor["id"].as_str().unwrap().to_owned();
+    let campaign = answer(
+        api.post(
+            "/v1/coupons",
+            &json!({
+                "vendor_id": vendor_id, "kind": "WELCOME", "title": "Welcome", "value_cents": 1000,
+                "total_quantity": 10, "valid_from": "2020-01-01T00:00:00Z",
+                "valid_until": "2100-01-01T00:00:00Z",
+            }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let user = answer(
+        api.post("/v1/users", &json!({ "name": "Minji", "balance_cents": 0 }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let used = answer(
+        api.post(
+            &format!("/v1/coupons/{}/uses", campaign["id"].as_str().unwrap()),
+            &json!({ "user_id": user["id"] }),
+        )
+        .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let saga: Uuid = used["saga_id"].as_str().unwrap().parse().unwrap();
+    wait_for_status(&env, saga, "COMPLETED").await;
+    let balance = async || {
+        answer(
+            api.get(&format!("/v1/vendors/{vendor_id}")).await,
+            StatusCode::OK,
+        )
+        .await["balance_cents"]
+            .as_i64()
+            .unwrap()
+    };
+    let paid = balance().await;
+    assert!(paid > 0, "the genuine payout was paid");
+
+    // The genuine command, as the relay published it.
+    let vendor_topic = topics.commands(platform::contract::Role::Vendor);
+    let genuine: Value = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use orchestrator::schema::outbox;
+        let mut conn = env.db.pool.get().await.unwrap();
+        outbox::table
+            .filter(outbox::topic.eq(&vendor_topic))
+            .filter(outbox::message_key.eq(saga.to_string()))
+            .select(outbox::payload)
+            .first(&mut conn)
+            .await
+            .unwrap()
+    };
+    let inflate = |mut command: Value| {
+        let cents = &mut command["payload"]["outputs"]["claim_coupon"]["payout_cents"];
+        *cents = json!(cents.as_i64().unwrap() * 1000);
+        command
+    };
+    let fresh_saga = Uuid::now_v7();
+    let mut copied = inflate(genuine.clone());
+    copied["saga_id"] = json!(fresh_saga);
+    copied["id"] = json!(Uuid::now_v7());
+    let changed = inflate(genuine.clone());
+    for (key, forged) in [(fresh_saga, &copied), (saga, &changed)] {
+        let headers = [
+            ("x-original-topic", vendor_topic.as_str()),
+            ("x-error", "gave up"),
+        ];
+        producer
+            .send(
+                &topics.dead_letter(),
+                &key.to_string(),
+                &serde_json::to_vec(forged).unwrap(),
+                &headers,
+            )
+            .await
+            .unwrap();
+    }
+    let mut listed = Vec::new();
+    eventually("both forged letters to be listed", async || {
+        listed = letters(&api, "state=waiting")
+            .await
+            .into_iter()
+            .filter(|l| l["origin_topic"] == vendor_topic.as_str())
+            .collect();
+        listed.len() == 2
+    })
+    .await;
+    let ids: Vec<i64> = listed.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    let settled = answer(
+        api.post(
+            "/v1/dead-letters/replay",
+            &json!({ "ids": ids, "reason": "looks fine" }),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(settled["done"], json!([]), "{settled}");
+    let reasons: Vec<&str> = settled["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains(&format!("no saga {fresh_saga}"))),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("nothing waits")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        letters(&api, "state=waiting")
+            .await
+            .iter()
+            .filter(|l| l["origin_topic"] == vendor_topic.as_str())
+            .count(),
+        2,
+        "refused letters stay waiting"
+    );
+    // Nothing was enqueued for the vendor role, so nothing can pay later either.
+    let vendor_messages: i64 = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use orchestrator::schema::outbox;
+        let mut conn = env.db.pool.get().await.unwrap();
+        outbox::table
+            .filter(outbox::topic.eq(&vendor_topic))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(vendor_messages, 1, "only the genuine payout was ever sent");
+    assert_eq!(balance().await, paid, "no vendor was paid by a forgery");
+    orchestrator.stop().await;
+}

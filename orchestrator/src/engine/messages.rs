@@ -122,7 +122,16 @@ pub(super) fn for_action(
     }
 }
 
-fn command_message(
+/// The history kind that records the send of a command in `direction`.
+pub(super) fn sent_kind(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Forward => "command.sent",
+        Direction::Compensate => "compensation.sent",
+        Direction::Fence => "fence.sent",
+    }
+}
+
+pub(super) fn command_message(
     topics: &Topics,
     context: &SagaContext<'_>,
     (step, attempt): (usize, u32),
@@ -145,14 +154,9 @@ fn command_message(
         command_payload(context),
         now,
     );
-    let kind = match direction {
-        Direction::Forward => "command.sent",
-        Direction::Compensate => "compensation.sent",
-        Direction::Fence => "fence.sent",
-    };
     let entry = NewHistory {
         saga_id: context.id,
-        kind: kind.to_owned(),
+        kind: sent_kind(direction).to_owned(),
         step: i32::try_from(step).ok(),
         attempt: i32::try_from(attempt).ok(),
         status: context.state.status.as_str().to_owned(),

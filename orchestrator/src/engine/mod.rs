@@ -11,6 +11,7 @@ mod batch;
 mod codec;
 mod messages;
 pub mod metrics;
+pub mod replay;
 pub mod store;
 
 use std::sync::Arc;

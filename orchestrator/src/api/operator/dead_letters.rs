@@ -1,8 +1,12 @@
 //! Dead letters: messages a consumer could not handle (an undecodable payload, or a
 //! message that failed its whole retry budget where nothing else could settle it), as
 //! recorded from the dead-letter topic. Operators list them with their origin and reason,
-//! replay them onto their origin topic (the consumers' inboxes make a replay of something
-//! already applied harmless), or discard them with a reason. Each decision is recorded.
+//! replay them, or discard them with a reason. Each decision is recorded.
+//!
+//! A replay is checked against what the orchestrator sent and built again from its own
+//! records ([`crate::engine::replay`]), never a copy of the letter's bytes; it is enqueued
+//! through the outbox in the transaction that marks the letter, so it happens once. A
+//! letter that fails the check is refused with the reason and stays waiting.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -17,6 +21,7 @@ use crate::api::State;
 use crate::api::pagination;
 use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
+use crate::engine::{replay, store};
 use crate::schema::dead_letters;
 
 pub struct DeadLettersApi;
@@ -168,10 +173,13 @@ impl DeadLettersApi {
 
     /// Replay dead letters
     ///
-    /// Publishes each waiting one, with its key, onto the topic it came from, and marks it
-    /// replayed. Only this deployment's own topics take replays (never the dead-letter
-    /// topic itself). A replay of something already applied changes nothing: every
-    /// consumer keeps an inbox.
+    /// Sends each waiting one again onto the topic it came from, and marks it replayed.
+    /// Only this deployment's exact topics take replays. A command is replayed only if the
+    /// saga's history shows it was sent (same command id, step, attempt, direction, name
+    /// and role) and the saga still moves, and it is built again from the saga's own row;
+    /// a reply only if it answers such a command; an event only if the history recorded
+    /// it. A letter that fails is listed in `skipped` with why, and stays waiting. A
+    /// replay of something already applied changes nothing: every consumer keeps an inbox.
     #[oai(path = "/v1/dead-letters/replay", method = "post")]
     async fn replay(
         &self,
@@ -180,8 +188,6 @@ impl DeadLettersApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Json<Settled>> {
         let topics = state.engine.topics();
-        let own = format!("{}.", topics.prefix());
-        let dead_letter_topic = topics.dead_letter();
         let mut settled = Settled {
             done: Vec::new(),
             skipped: Vec::new(),
@@ -194,25 +200,18 @@ impl DeadLettersApi {
                     let Some(letter) = waiting(conn, id).await? else {
                         return Ok(Err("unknown, or replayed or discarded already".to_owned()));
                     };
-                    let origin = letter.origin_topic.clone().unwrap_or_default();
-                    if !origin.starts_with(&own) || origin == dead_letter_topic {
-                        return Ok(Err(format!(
-                            "origin `{origin}` is not one of this deployment's topics"
-                        )));
-                    }
-                    // Published before the commit: if the commit fails, a second replay
-                    // may repeat it, which the consumers' inboxes absorb.
-                    state
-                        .probes
-                        .kafka
-                        .send(
-                            &origin,
-                            letter.message_key.as_deref().unwrap_or_default(),
-                            &letter.payload,
-                            &[("x-replayed-from", "dead-letter")],
-                        )
-                        .await
-                        .map_err(|err| ApiError::unavailable(format!("{err:#}"), 1))?;
+                    let checked = replay::Letter {
+                        origin_topic: letter.origin_topic.as_deref().unwrap_or_default(),
+                        key: letter.message_key.as_deref(),
+                        payload: &letter.payload,
+                    };
+                    let message =
+                        match replay::message_for(conn, topics, &checked, Utc::now()).await? {
+                            Ok(message) => message,
+                            Err(reason) => return Ok(Err(reason)),
+                        };
+                    // The outbox row and the letter's state commit together: once.
+                    store::enqueue(conn, &[message]).await?;
                     mark(conn, id, "replayed", &caller.name, body.reason.as_deref()).await?;
                     Ok(Ok(()))
                 })

@@ -332,7 +332,10 @@ async function deadLetterList(params) {
         h("td", {}, `${letter.origin_topic || "?"} ${letter.origin_partition ?? ""}/${letter.origin_offset ?? ""}`),
         h("td", {}, letter.error),
         h("td", {}, h("code", {}, letter.message_key || "")),
-        h("td", {}, h("code", {}, letter.payload.length > 120 ? `${letter.payload.slice(0, 120)}…` : letter.payload)),
+        // The whole payload: an operator replays only what they have read in full.
+        h("td", {}, letter.payload.length > 120
+          ? h("details", {}, h("summary", {}, h("code", {}, `${letter.payload.slice(0, 120)}…`)), h("pre", { class: "payload" }, letter.payload))
+          : h("code", {}, letter.payload)),
         h("td", {}, letter.settled_by ? `${letter.state} by ${letter.settled_by}: ${letter.settled_reason || ""}` : ""))) : h("tr", {}, h("td", { colspan: 7 }, "None.")))),
     only === "waiting" ? h("div", { class: "actions" },
       h("label", { for: "letter-reason" }, "Reason "),
