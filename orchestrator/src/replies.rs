@@ -10,6 +10,21 @@ use platform::telemetry;
 
 use crate::engine::{self, Engine};
 
+/// A transient database error (pool timeout, deadlock, statement timeout, lost connection)
+/// is a fault the consumer loop waits out, never a reason to dead-letter a reply.
+fn transient_waits(err: engine::Error) -> anyhow::Error {
+    let transient = match &err {
+        engine::Error::Database(db) => platform::fault::database(db),
+        engine::Error::Pool(_) | engine::Error::Concurrent(_) => true,
+        _ => false,
+    };
+    if transient {
+        platform::fault::Unavailable::error(format!("{err}"))
+    } else {
+        err.into()
+    }
+}
+
 pub struct ReplyHandler {
     engine: Engine,
 }
@@ -56,7 +71,8 @@ impl Handler<Reply> for ReplyHandler {
                 .apply_traced_replies(conn, traced.iter().cloned())
                 .await
         })
-        .await?;
+        .await
+        .map_err(transient_waits)?;
         drop(spans);
         for delivery in batch {
             engine.record_reply_metrics(&delivery.message);
@@ -66,6 +82,7 @@ impl Handler<Reply> for ReplyHandler {
 
     /// A reply that kept failing goes to the dead-letter topic, unless the database is what
     /// failed: then nothing could be applied, and the loop tries the reply again later.
+    /// (Transient database errors never get here: they are faults that spend no attempt.)
     async fn give_up(&self, _: &Delivery<Reply>, error: &anyhow::Error) -> anyhow::Result<GiveUp> {
         platform::db::ping(self.engine.pool())
             .await

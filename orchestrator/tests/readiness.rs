@@ -1,7 +1,6 @@
 //! `/healthz` and `/readyz` against real dependencies, one of which is then stopped.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orchestrator::app::{self, Mode};
@@ -9,7 +8,7 @@ use orchestrator::config::Config;
 use platform::env::Vars;
 use platform::health::Probes;
 use platform::kafka::Producer;
-use platform::testkit::{TestDb, TestKafka};
+use platform::testkit::{PrivateRedis, TestDb, TestKafka};
 use platform::{cache, db};
 use tokio_util::sync::CancellationToken;
 
@@ -19,44 +18,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A private redis-server, so the test can stop it without disturbing anyone else.
-struct PrivateRedis {
-    child: Child,
-    url: String,
-}
-
-impl PrivateRedis {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "private redis did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,6 +11,7 @@
 //! - [`db`]: the Postgres pool (diesel-async + deadpool), database creation and migrations.
 //! - [`cache`]: the Redis pool.
 //! - [`env`]: reading typed configuration from environment variables, failing fast.
+//! - [`fault`]: infrastructure faults (wait) told from failures (spend the budget).
 //! - [`health`]: dependency probes behind `/readyz`.
 //! - [`liveness`]: which background loops still run, behind `/healthz`.
 //! - [`retention`]: deletes old inbox, history and bookkeeping rows in batches.
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod contract;
 pub mod db;
 pub mod env;
+pub mod fault;
 pub mod health;
 pub mod kafka;
 pub mod liveness;

@@ -18,6 +18,12 @@
 //! dead-letter topic. Only when even that fails (the handler's database is down, say) is
 //! the message tried again from the start; other keys keep moving meanwhile.
 //!
+//! An infrastructure fault ([`crate::fault::is_fault`]: Redis or Postgres unreachable, a
+//! lock not had in time, a deadlock) is not a failure of the message: it spends no
+//! attempt. The message waits, with backoff, until the dependency answers, and so does
+//! its key (its lane holds the key's later messages back), however long the outage; an
+//! outage never turns into a `Failed` reply or a dead letter.
+//!
 //! On a rebalance, work in flight on a revoked partition finishes but stores nothing, and
 //! what waited of it is dropped: its new owner reads it again from the committed offset.
 //! Auto-commit periodically commits the *stored* offsets; shutdown lets the batches in
@@ -409,12 +415,28 @@ where
     ) -> Result<(), Interrupted> {
         let attempts = self.options.message_attempts.max(1);
         let mut round = 0u32;
+        let mut waits = 0u32;
         loop {
             let mut failure = None;
-            for attempt in 1..=attempts {
+            let mut attempt = 0;
+            while attempt < attempts {
                 match self.handler.handle(std::slice::from_ref(delivery)).await {
                     Ok(()) => return Ok(()),
+                    Err(err) if crate::fault::is_fault(&err) => {
+                        waits += 1;
+                        tracing::warn!(
+                            group = %self.options.group_id,
+                            topic = %delivery.topic,
+                            partition = delivery.partition,
+                            offset = delivery.offset,
+                            waits,
+                            error = format!("{err:#}"),
+                            "a dependency is unavailable; the message waits for it",
+                        );
+                        self.pause(waits, shutdown).await?;
+                    }
                     Err(err) => {
+                        attempt += 1;
                         tracing::error!(
                             group = %self.options.group_id,
                             topic = %delivery.topic,

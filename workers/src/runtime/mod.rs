@@ -5,7 +5,7 @@
 //! 1. inbox: a command id seen before re-sends its stored reply and does nothing else;
 //! 2. locks: with the Redis strategy, the command's resources are locked (sorted, so
 //!    overlapping holders cannot deadlock) and each lock's fencing token is handed to the
-//!    write; a lock not had within `wait` is a retry, not a rejection;
+//!    write; a lock not had within `wait` is a fault to wait out, not a rejection;
 //! 3. one Postgres transaction: claim the inbox row; in a savepoint (a rejection rolls back
 //!    only the business change), order the command against its step's fence ([`fence`]:
 //!    a forward command after a fence is refused, a fence or compensation records itself)
@@ -14,10 +14,12 @@
 //! 4. release the locks; publish the batch's replies; only then does the consumer loop
 //!    store the offsets.
 //!
-//! Infrastructure errors return `Err`, so the consumer loop retries the command with
-//! backoff; the inbox makes the retry harmless. After the loop's budget, [`Handler::give_up`]
-//! answers the command `Failed` (stored like any reply), so one bad command never holds up
-//! the role.
+//! Errors return `Err`, so the consumer loop retries the command with backoff; the inbox
+//! makes the retry harmless. An infrastructure fault (Redis or Postgres unreachable, locks
+//! not had in time: `platform::fault`) spends no attempt: the command waits until the
+//! dependency answers, so an outage never becomes a business failure. Any other error,
+//! after the loop's budget, makes [`Handler::give_up`] answer the command `Failed` (stored
+//! like any reply), so one bad command never holds up the role.
 
 mod batch;
 pub mod inbox;
@@ -37,6 +39,7 @@ use crate::gate::{Gate, Want};
 use crate::lock::{Guard, Locks};
 use crate::metrics::METRICS;
 use crate::participant::{Failure, Participant, Strategy};
+use platform::fault::Unavailable;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeOptions {
@@ -137,11 +140,13 @@ impl<P: Participant> CommandRuntime<P> {
             started.elapsed(),
             acquired,
         );
-        locked?.with_context(|| {
-            format!(
+        // Redis unreachable (in the error's chain) or the locks busy past their wait: both
+        // are faults to wait out, never a reason to answer `Failed` (see `platform::fault`).
+        locked?.ok_or_else(|| {
+            Unavailable::error(format!(
                 "locks {resources:?} not acquired within {:?}",
                 self.options.lock_wait
-            )
+            ))
         })
     }
 

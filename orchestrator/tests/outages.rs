@@ -1,0 +1,102 @@
+//! Outages are not business failures: a dependency that stops answering delays sagas, and
+//! none of them compensates or parks because of it (`platform::fault`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use orchestrator::app::{Mode, Options};
+use platform::testkit::{self, PrivateRedis, TestEnv};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::http::{Http, answer};
+use support::*;
+use uuid::Uuid;
+
+/// Waits until the saga has finished, whichever way, and returns its status.
+async fn finished(env: &TestEnv, id: Uuid) -> String {
+    testkit::poll_until(WAIT, async || {
+        let row = load(env, id).await;
+        [
+            "COMPLETED",
+            "COMPENSATED",
+            "FAILED",
+            "CANCELLED",
+            "RESOLVED",
+        ]
+        .contains(&row.status.as_str())
+        .then_some(row.status)
+    })
+    .await
+    .unwrap_or_else(|| panic!("saga {id} never finished"))
+}
+
+/// Redis stopped for 15 s while orders arrive: the participants cannot lock, so every
+/// command waits for Redis instead of answering `Failed`; once it is back, every accepted
+/// order completes, and none compensated or parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_delays_orders_and_compensates_none() {
+    let env = TestEnv::start().await;
+    let mut redis = PrivateRedis::start();
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Dev,
+        Options::default(),
+        &[
+            ("REDIS_URL", redis.url.as_str()),
+            ("CONCURRENCY_STRATEGY", "redis-lock"),
+        ],
+    )
+    .await;
+    let api = Http::new(orchestrator.base());
+    let sku = format!("MUG-{}", Uuid::now_v7().simple());
+    answer(
+        api.post(
+            "/v1/products",
+            &json!({ "sku": sku, "name": "Mug", "price_cents": 500, "stock": 1000 }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let user = answer(
+        api.post(
+            "/v1/users",
+            &json!({ "name": "Kim", "balance_cents": 10_000_000 }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let order = json!({
+        "user_id": user["id"],
+        "lines": [{ "sku": sku, "quantity": 1 }],
+        "shipping_address": { "country": "KR", "city": "Seoul", "line1": "1 Main St", "postal_code": "04524" },
+    });
+    let place = async || -> Uuid {
+        let accepted: Value =
+            answer(api.post("/v1/orders", &order).await, StatusCode::ACCEPTED).await;
+        accepted["saga_id"].as_str().unwrap().parse().unwrap()
+    };
+    let before = place().await;
+    assert_eq!(finished(&env, before).await, "COMPLETED");
+
+    redis.stop();
+    let outage_ends = Instant::now() + Duration::from_secs(15);
+    let mut during = Vec::new();
+    while Instant::now() < outage_ends {
+        during.push(place().await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Nothing moved past its first locked step while Redis was away.
+    for id in &during {
+        assert_ne!(load(&env, *id).await.status, "COMPENSATING", "saga {id}");
+    }
+    redis.restart();
+
+    for id in &during {
+        assert_eq!(finished(&env, *id).await, "COMPLETED", "saga {id}");
+    }
+    assert!(during.len() >= 10, "orders arrived during the outage");
+    orchestrator.stop().await;
+}
