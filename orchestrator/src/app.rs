@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use poem::Server;
-use poem::listener::{Acceptor, Listener, TcpListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -246,19 +244,15 @@ pub async fn start_with(
     );
     state.demo = mode == Mode::Dev;
     state.auth_enforced = config.auth.enforced();
-    let acceptor = TcpListener::bind(config.http_addr.to_string())
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
-    let local_addr = acceptor
-        .local_addr()
-        .into_iter()
-        .find_map(|addr| addr.as_socket_addr().copied())
-        .context("listener has no socket address")?;
-    let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+    let local_addr = listener.local_addr().context("listener address")?;
+    let server = api::server::serve(
+        listener,
         api::routes(state, crate::auth::Gate::new(config.auth.clone())),
-        shutdown.clone().cancelled_owned(),
-        Some(Duration::from_secs(10)),
+        config.http,
+        shutdown.clone(),
     );
     loops.spawn(&tasks, "http", &shutdown, async move {
         server.await.context("HTTP server")

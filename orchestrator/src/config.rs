@@ -8,7 +8,9 @@
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`)
 //! - `KAFKA_BROKERS` (`host:port,...`; unset: `dev` starts an embedded Kafka, `serve` refuses)
 //! - `TOPIC_PREFIX` (default `sagaflow`)
-//! - `HTTP_ADDR` (default `127.0.0.1:8080`)
+//! - `HTTP_ADDR` (default `127.0.0.1:8080`); the server's limits `HTTP_HEADER_TIMEOUT_MS`
+//!   (10000), `HTTP_IDLE_TIMEOUT_MS` (60000), `HTTP_REQUEST_TIMEOUT_MS` (30000),
+//!   `HTTP_MAX_CONNECTIONS` (2048), `HTTP_MAX_REQUESTS` (1024) (see `api::server`)
 //! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
 //! - `AUTH` (`on`/`off`, default `on`), `API_KEYS`, `API_KEYS_FILE`, `METRICS_AUTH`
 //!   (`open`/`operator`, default `open`): access control (see [`crate::auth`])
@@ -20,7 +22,33 @@ use std::net::SocketAddr;
 use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
 use platform::settings::{self, Setting};
 
+use crate::api::server::ServerLimits;
 use crate::auth::AuthConfig;
+
+fn http_limits(vars: &Vars) -> Result<ServerLimits, env::Error> {
+    let defaults = ServerLimits::default();
+    let millis = |name: &'static str, default: std::time::Duration| -> Result<_, env::Error> {
+        let ms: u64 = vars.parse_or(name, default.as_millis() as u64)?;
+        if ms == 0 {
+            return Err(env::Error::new(name, "0", "must be at least 1"));
+        }
+        Ok(std::time::Duration::from_millis(ms))
+    };
+    let count = |name: &'static str, default: usize| -> Result<usize, env::Error> {
+        let n: usize = vars.parse_or(name, default)?;
+        if n == 0 {
+            return Err(env::Error::new(name, "0", "must be at least 1"));
+        }
+        Ok(n)
+    };
+    Ok(ServerLimits {
+        header_timeout: millis("HTTP_HEADER_TIMEOUT_MS", defaults.header_timeout)?,
+        idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", defaults.idle_timeout)?,
+        request_timeout: millis("HTTP_REQUEST_TIMEOUT_MS", defaults.request_timeout)?,
+        max_connections: count("HTTP_MAX_CONNECTIONS", defaults.max_connections)?,
+        max_requests: count("HTTP_MAX_REQUESTS", defaults.max_requests)?,
+    })
+}
 
 /// The orchestrator's own settings: its HTTP address and access control.
 pub const ORCHESTRATOR: &[Setting] = &[
@@ -29,6 +57,41 @@ pub const ORCHESTRATOR: &[Setting] = &[
         long: "http-addr",
         default: Some(Config::DEFAULT_HTTP_ADDR),
         help: "API listen address",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_HEADER_TIMEOUT_MS",
+        long: "http-header-timeout-ms",
+        default: Some("10000"),
+        help: "a request's headers must arrive within this (HTTP/1), else the connection is closed",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_IDLE_TIMEOUT_MS",
+        long: "http-idle-timeout-ms",
+        default: Some("60000"),
+        help: "a connection with no request in flight and no bytes moving for this long is closed",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_REQUEST_TIMEOUT_MS",
+        long: "http-request-timeout-ms",
+        default: Some("30000"),
+        help: "a request not answered within this is answered 503",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_MAX_CONNECTIONS",
+        long: "http-max-connections",
+        default: Some("2048"),
+        help: "open connections at most; past it a new one gets 503 with Retry-After and is closed",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_MAX_REQUESTS",
+        long: "http-max-requests",
+        default: Some("1024"),
+        help: "requests in flight at most; past it a request is answered 503 with Retry-After at once",
         secret: false,
     },
     Setting {
@@ -78,6 +141,8 @@ pub struct Config {
     pub stores: StoreEnv,
     pub kafka: KafkaEnv,
     pub http_addr: SocketAddr,
+    /// The HTTP server's timeouts and caps (`HTTP_*`).
+    pub http: ServerLimits,
     pub log_format: LogFormat,
     pub workers: workers::runtime::RuntimeOptions,
     pub retention: RetentionEnv,
@@ -99,6 +164,7 @@ impl Config {
             stores: StoreEnv::from_vars(vars)?,
             kafka: KafkaEnv::from_vars(vars)?,
             http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
+            http: http_limits(vars)?,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             workers: workers::config::runtime_options(vars)?,
             retention: RetentionEnv::from_vars(vars)?,

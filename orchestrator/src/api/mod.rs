@@ -19,6 +19,7 @@ pub mod observe;
 pub mod operator;
 pub mod pagination;
 pub mod problem;
+pub mod server;
 pub mod shop;
 pub mod snapshot;
 mod strict;
