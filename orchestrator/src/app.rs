@@ -25,6 +25,12 @@ use crate::relay::{Relay, RelayOptions};
 use crate::replies::ReplyHandler;
 use crate::timers::Timers;
 
+/// Engine loops that each hold one engine-pool connection while they work: relay, timers,
+/// bulk jobs, dead letters, retention.
+const ENGINE_LOOPS: usize = 5;
+/// Engine-pool connections kept for operator actions (retry, cancel, resolve).
+const OPERATOR_ACTIONS: usize = 3;
+
 /// Which processes run inside this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -108,6 +114,15 @@ pub async fn start_with(
              (set API_KEYS to switch it on)"
         );
     }
+    for definition in crate::saga::definitions::ALL {
+        if let Err(faults) = definition.check_timings(platform::kafka::LOST_MEMBER_COST) {
+            anyhow::bail!(
+                "saga definition `{}`: {}",
+                definition.name,
+                faults.join("; ")
+            );
+        }
+    }
     db::prepare(&config.stores.database_url).await?;
     let stores = &config.stores;
     // The API and the engine loops draw from separate pools, so requests cannot starve the
@@ -129,7 +144,7 @@ pub async fn start_with(
 
     let tasks = TaskTracker::new();
     // Every loop is spawned through `loops`, which tells `/healthz` when one stopped.
-    let loops = Loops::default();
+    let loops = Loops::stopping(shutdown.clone());
     let engine = Engine::new(
         engine_database.clone(),
         cluster.topics().clone(),
@@ -178,15 +193,22 @@ pub async fn start_with(
             shutdown.clone(),
         ),
     );
-    // Replies of different sagas are applied in parallel batches, one saga's in order; the
-    // batches leave two of the engine pool's connections to the relay and the timers.
+    // Replies of different sagas are applied in parallel batches, one saga's in order. The
+    // engine pool's rule: one connection for each loop that holds one (relay, timers, bulk,
+    // dead letters, retention), a few for operator actions from the API, and the rest for
+    // reply batches, so no user of the pool ever waits on another kind of user.
     for slot in 0..options.reply_consumers {
         let mut consumer_options = cluster.consumer_options(
             format!("{}.orchestrator", cluster.topics().prefix()),
             vec![cluster.topics().replies()],
         );
-        let spare = engine.pool().status().max_size.saturating_sub(2).max(1);
-        consumer_options.concurrency = consumer_options.concurrency.min(spare);
+        let for_replies = engine
+            .pool()
+            .status()
+            .max_size
+            .saturating_sub(ENGINE_LOOPS + OPERATOR_ACTIONS)
+            .max(1);
+        consumer_options.concurrency = consumer_options.concurrency.min(for_replies);
         consumer_options.instance_id = cluster.member_id(&consumer_options.group_id, slot);
         let replies = ConsumerLoop::new(
             cluster.brokers(),

@@ -1,9 +1,11 @@
 //! The bulk-job loop: works through the sagas each bulk job named (see
 //! `api::operator::bulk_jobs`), one operator action per saga through the engine, which
 //! decides as it does for a single action. Pending items are claimed with `FOR UPDATE SKIP
-//! LOCKED`, so replicas share the work; an item's outcome is written in the same
-//! transaction that claimed it, so a crash leaves it pending and a replica takes it up. An
-//! action the engine refuses (the saga moved on meanwhile) is `skipped`, with why.
+//! LOCKED`, so replicas share the work. Each action runs in a savepoint of the transaction
+//! that claimed the item, and the item's outcome is written in that same transaction: the
+//! action and its outcome commit together or not at all, so a crash between them leaves
+//! the item pending with nothing done, and no action is ever repeated. An action the
+//! engine refuses (the saga moved on meanwhile) is `skipped`, with why.
 
 use std::time::Duration;
 
@@ -61,18 +63,30 @@ async fn work(engine: &Engine) -> anyhow::Result<usize> {
                 .skip_locked()
                 .load(conn)
                 .await?;
+            let mut acted = Vec::new();
             for (job, saga, action, reason, by) in &items {
                 let operator = Operator {
                     actor: by.clone(),
                     reason: reason.clone(),
                     expected_version: None,
                 };
-                let result = match action.as_str() {
-                    "retry" => engine.retry_by(*saga, &operator).await,
-                    _ => engine.cancel_by(*saga, &operator).await,
-                };
+                // A savepoint: a refused or failed action leaves nothing behind.
+                let result = conn
+                    .transaction::<_, engine::Error, _>(async |conn: &mut Connection| {
+                        engine.bulk_action_in(conn, *saga, action, &operator).await
+                    })
+                    .await;
                 let (outcome, detail) = match result {
-                    Ok(()) => ("done", None),
+                    Ok(writes) => {
+                        let quarantined = writes
+                            .quarantine()
+                            .map(|reason| format!("saga {saga} quarantined: {reason}"));
+                        acted.push((*saga, writes));
+                        match quarantined {
+                            Some(why) => ("skipped", Some(why)),
+                            None => ("done", None),
+                        }
+                    }
                     Err(
                         err @ (engine::Error::Conflict { .. }
                         | engine::Error::Corrupt { .. }
@@ -97,8 +111,13 @@ async fn work(engine: &Engine) -> anyhow::Result<usize> {
                 .execute(conn)
                 .await?;
             }
-            Ok(items.len())
+            Ok((items.len(), acted))
         })
         .await?;
+    let (worked, acted) = worked;
+    for (saga, writes) in &acted {
+        // Committed: count it. A saga quarantined on the way was written as such.
+        let _ = engine.acted(*saga, writes);
+    }
     Ok(worked)
 }

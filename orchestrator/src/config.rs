@@ -2,7 +2,7 @@
 //!
 //! Variables (all optional; defaults suit a machine with local Postgres and Redis):
 //! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sagaflow`; created if missing)
-//! - `DATABASE_POOL_SIZE` (default 16), `DATABASE_ENGINE_POOL_SIZE` (default 8),
+//! - `DATABASE_POOL_SIZE` (default 16), `DATABASE_ENGINE_POOL_SIZE` (default 16),
 //!   `DATABASE_POOL_WAIT_MS` (default 2000), `DATABASE_STATEMENT_TIMEOUT_MS` (default 30000)
 //! - `RETENTION_INBOX_DAYS` (default 14), `RETENTION_HISTORY_DAYS` (default 90)
 //! - `REDIS_URL` (default `redis://127.0.0.1:6379`)

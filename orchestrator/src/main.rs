@@ -106,7 +106,14 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
              minting money included. Fine on a laptop; set API_KEYS before sharing the port. !!"
         );
     }
+    let loops = running.loops.clone();
     running.wait().await;
+    if let Some(fatal) = loops.fatal() {
+        anyhow::bail!("{} stopped: {}", fatal.name, fatal.reason);
+    }
+    if let Some(reason) = workers::metrics::fatal_reason() {
+        anyhow::bail!("{reason}"); // `dev`: a worker role's
+    }
     tracing::info!("orchestrator stopped");
     Ok(())
 }

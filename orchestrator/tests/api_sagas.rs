@@ -425,11 +425,16 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
     let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
     let id = http.start_saga(order()).await;
     http.wait_for(id, "COMPLETED").await;
-    // Consumer lag is read in the background: wait for the first read of the reply group.
-    eventually("the reply consumer's lag in /metrics", async || {
-        let body = http.get("/metrics").await.text().await.unwrap();
-        body.contains("sagaflow_consumer_lag{consumer=\"orchestrator\",partition=\"0\"}")
-    })
+    // Consumer lag and the database gauges are read in the background: wait for a read
+    // of the reply group and one taken after the saga finished.
+    eventually(
+        "the reply consumer's lag and the finished saga in /metrics",
+        async || {
+            let body = http.get("/metrics").await.text().await.unwrap();
+            body.contains("sagaflow_consumer_lag{consumer=\"orchestrator\",partition=\"0\"}")
+                && body.contains("sagaflow_sagas{status=\"RUNNING\"} 0")
+        },
+    )
     .await;
 
     let response = http.get("/metrics").await;
@@ -651,6 +656,71 @@ async fn a_bulk_cancel_job_cancels_every_running_saga_it_names_and_reports_progr
         None,
     )
     .await;
+    http.orchestrator.stop().await;
+}
+
+/// The bulk loop fails between a saga's action and the item's outcome (a trigger makes the
+/// outcome's write fail, once): neither is kept, the item stays pending, and the next round
+/// acts once. Had the action committed on its own, the retry would find the saga cancelled
+/// already and report the item `skipped`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_action_and_its_outcome_commit_together_and_are_never_repeated() {
+    let env = TestEnv::start().await;
+    let mut conn = env.db.pool.get().await.unwrap();
+    for statement in [
+        // A sequence, because a sequence's step survives the rollback of the failure.
+        "CREATE SEQUENCE outcome_writes",
+        "CREATE FUNCTION fail_outcome_once() RETURNS trigger AS $$ BEGIN \
+           IF nextval('outcome_writes') = 1 THEN \
+             RAISE EXCEPTION 'crash between the action and its outcome'; \
+           END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER fail_outcome BEFORE UPDATE ON bulk_job_items \
+         FOR EACH ROW EXECUTE FUNCTION fail_outcome_once()",
+    ] {
+        diesel::sql_query(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let http = Http::start(&env).await;
+    let saga = http.start_saga(order()).await;
+    let job = json!({ "action": "cancel", "definition": "order", "reason": "outage" });
+    let created = http.api.post("/v1/bulk-jobs", &job).await;
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    accepted(created).await;
+    let mut progress = Value::Null;
+    eventually("the bulk job to finish", async || {
+        progress = ok(http.get(&location).await).await;
+        progress["finished_at"].is_string()
+    })
+    .await;
+    let writes: i64 = {
+        use diesel::sql_types::BigInt;
+        #[derive(diesel::QueryableByName)]
+        struct Written {
+            #[diesel(sql_type = BigInt)]
+            last_value: i64,
+        }
+        diesel::sql_query("SELECT last_value FROM outcome_writes")
+            .get_result::<Written>(&mut conn)
+            .await
+            .unwrap()
+            .last_value
+    };
+    assert_eq!(writes, 2, "the first outcome write failed, the second held");
+    assert_eq!(progress["done"], 1, "{progress}");
+    assert_eq!(
+        progress["skipped"], 0,
+        "the action was not repeated: {progress}"
+    );
+    let history = http.saga(saga).await["history"].clone();
+    let cancels = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["kind"] == "cancel.requested")
+        .count();
+    assert_eq!(cancels, 1, "{history}");
     http.orchestrator.stop().await;
 }
 

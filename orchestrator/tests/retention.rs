@@ -1,6 +1,7 @@
 //! Retention deletes what aged out of its window and nothing else: inbox rows after the
 //! inbox window, the history of sagas that finished long ago (never of a running saga),
-//! old notifications, expired idempotency keys.
+//! old notifications, expired idempotency keys; a step's fence and its command's inbox
+//! row stay as long as their saga is not finished, however old.
 
 use chrono::Utc;
 use diesel::QueryableByName;
@@ -41,6 +42,13 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
         "INSERT INTO step_fences (saga_id, step, fenced_at, applied_at) VALUES \
          (gen_random_uuid(), 0, now() - interval '15 days', NULL), \
          (gen_random_uuid(), 0, NULL, now() - interval '1 day')",
+        // A saga parked FAILED for 100 days: its fence and its command's inbox row stay.
+        "INSERT INTO processed_commands (command_id, saga_id, role, reply, processed_at) VALUES \
+         (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 'vendor', '{}', now() - interval '100 days')",
+        "INSERT INTO step_fences (saga_id, step, fenced_at, applied_at) VALUES \
+         ('00000000-0000-7000-8000-000000000003', 1, NULL, now() - interval '100 days')",
+        "INSERT INTO sagas (id, definition, status, payload, state, updated_at) VALUES \
+         ('00000000-0000-7000-8000-000000000003', 'coupon_use', 'FAILED', '{}', '{}', now() - interval '100 days')",
         // Two sagas with 100-day-old history: one finished 100 days ago, one still running.
         "INSERT INTO sagas (id, definition, status, payload, state, updated_at) VALUES \
          ('00000000-0000-7000-8000-000000000001', 'order', 'COMPLETED', '{}', '{}', now() - interval '100 days'), \
@@ -66,13 +74,14 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
         .unwrap();
     assert!(deleted.iter().all(|(_, n)| *n == 1), "{deleted:?}");
 
-    for table in [
-        "processed_replies",
-        "processed_commands",
-        "step_fences",
-        "notifications",
-        "idempotency_keys",
-    ] {
+    for table in ["processed_commands", "step_fences"] {
+        assert_eq!(
+            count(&db, &format!("SELECT count(*) AS n FROM {table}")).await,
+            2,
+            "{table}: the recent row, and the parked saga's however old"
+        );
+    }
+    for table in ["processed_replies", "notifications", "idempotency_keys"] {
         assert_eq!(
             count(&db, &format!("SELECT count(*) AS n FROM {table}")).await,
             1,
@@ -91,7 +100,7 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
     );
     assert_eq!(
         count(&db, "SELECT count(*) AS n FROM sagas").await,
-        2,
+        3,
         "saga rows stay"
     );
 }

@@ -239,7 +239,7 @@ impl StoreEnv {
         };
         let database_pool_size = size("DATABASE_POOL_SIZE", 16)?;
         Ok(Self {
-            database_engine_pool_size: size("DATABASE_ENGINE_POOL_SIZE", 8)?,
+            database_engine_pool_size: size("DATABASE_ENGINE_POOL_SIZE", 16)?,
             database_pool_wait: millis("DATABASE_POOL_WAIT_MS", 2_000)?,
             database_statement_timeout: millis("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)?,
             database_url: vars.url_or(

@@ -60,8 +60,8 @@ pub const STORES: &[Setting] = &[
     setting(
         "DATABASE_ENGINE_POOL_SIZE",
         "database-engine-pool-size",
-        Some("8"),
-        "Postgres connections of the engine loops (relay, timers, reply consumers); in dev the workers get a pool of this size too",
+        Some("16"),
+        "Postgres connections of the engine: one per loop (5), 3 for operator actions, the rest for reply batches (at most KAFKA_CONSUMER_CONCURRENCY); in dev the workers get a pool of this size too",
     ),
     setting(
         "DATABASE_POOL_WAIT_MS",

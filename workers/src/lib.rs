@@ -108,23 +108,23 @@ pub fn spawn_roles(
         match role {
             Role::Inventory => {
                 let run = deps.command_loop(inventory::Inventory)?.run(stop);
-                tasks.spawn(log_exit(role, run));
+                tasks.spawn(log_exit(role, run, shutdown.clone()));
             }
             Role::Payment => {
                 let run = deps.command_loop(payment::Payment)?.run(stop);
-                tasks.spawn(log_exit(role, run));
+                tasks.spawn(log_exit(role, run, shutdown.clone()));
             }
             Role::Shipment => {
                 let run = deps.command_loop(shipment::Shipment)?.run(stop);
-                tasks.spawn(log_exit(role, run));
+                tasks.spawn(log_exit(role, run, shutdown.clone()));
             }
             Role::Coupon => {
                 let run = deps.command_loop(coupon::Coupon::default())?.run(stop);
-                tasks.spawn(log_exit(role, run));
+                tasks.spawn(log_exit(role, run, shutdown.clone()));
             }
             Role::Vendor => {
                 let run = deps.command_loop(vendor::Vendor)?.run(stop);
-                tasks.spawn(log_exit(role, run));
+                tasks.spawn(log_exit(role, run, shutdown.clone()));
             }
             Role::Notification => {
                 let options = deps
@@ -137,17 +137,29 @@ pub fn spawn_roles(
                     handler,
                     deps.dead_letter(),
                 )?;
-                tasks.spawn(log_exit(role, consumer.run(stop)));
+                tasks.spawn(log_exit(role, consumer.run(stop), shutdown.clone()));
             }
         }
     }
     Ok(())
 }
 
-async fn log_exit(role: Role, run: impl Future<Output = anyhow::Result<()>>) {
+async fn log_exit(
+    role: Role,
+    run: impl Future<Output = anyhow::Result<()>>,
+    process: CancellationToken,
+) {
     if let Err(err) = run.await {
         tracing::error!(role = %role, error = format!("{err:#}"), "role stopped with an error");
         // The worker's /healthz answers 503 from now on, so that it gets restarted.
         metrics::role_failed();
+        if err
+            .chain()
+            .any(|cause| cause.is::<platform::kafka::Fatal>())
+        {
+            // Retrying cannot help: the process stops and exits saying why.
+            metrics::fatal(format!("role {role}: {err:#}"));
+            process.cancel();
+        }
     }
 }

@@ -109,6 +109,9 @@ async fn run(config: Config, roles: Vec<Role>) -> anyhow::Result<()> {
     tasks.close();
     tasks.wait().await;
     deps.producer.flush(std::time::Duration::from_secs(5));
+    if let Some(reason) = workers::metrics::fatal_reason() {
+        anyhow::bail!("{reason}");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }

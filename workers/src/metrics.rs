@@ -114,6 +114,19 @@ impl WorkerMetrics {
     }
 }
 
+/// The fatal error that stopped this process, if one did.
+static FATAL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the fatal error that stops the process (the first one wins).
+pub fn fatal(reason: String) {
+    let _ = FATAL.set(reason);
+}
+
+/// The fatal error that stopped the process, for its exit.
+pub fn fatal_reason() -> Option<&'static str> {
+    FATAL.get().map(String::as_str)
+}
+
 /// Role loops of this process that stopped with an error.
 static FAILED_ROLES: AtomicUsize = AtomicUsize::new(0);
 

@@ -175,8 +175,24 @@ impl Engine {
             }
             return;
         }
-        let decoded =
-            definition_of(row).and_then(|definition| Ok((definition, decode_state(row)?)));
+        let decoded = definition_of(row)
+            .and_then(|definition| Ok((definition, decode_state(row)?)))
+            .and_then(|(definition, state)| {
+                // A deploy that added or removed a step: the pure core would ignore every
+                // input to this saga for ever. Set it aside, visibly, instead.
+                if state.steps.len() != definition.steps.len() {
+                    return Err(Error::Corrupt {
+                        id: row.id,
+                        reason: format!(
+                            "stored with {} steps; definition `{}` has {}",
+                            state.steps.len(),
+                            definition.name,
+                            definition.steps.len()
+                        ),
+                    });
+                }
+                Ok((definition, state))
+            });
         let (definition, mut state) = match decoded {
             Ok(decoded) => decoded,
             Err(err) => {
@@ -258,13 +274,21 @@ impl Engine {
             }
         }
         if changed || timer_stale {
+            let mut next_timer_at = state.next_timer();
+            if !changed && next_timer_at.is_some_and(|at| at <= now) {
+                // The core found nothing due at a time its own state calls due. Never hand
+                // the timer loop the same overdue row again: it would come first in every
+                // batch and hide the others. Look again a little later.
+                tracing::warn!(saga.id = %row.id, "a due timer with nothing to do; deferred");
+                next_timer_at = Some(now + chrono::TimeDelta::seconds(5));
+            }
             writes.rows.push(RowChange {
                 id: row.id,
                 version: row.version,
                 status: state.status.as_str().to_owned(),
                 current_step: current_step(&state),
                 state: encode_state(&state),
-                next_timer_at: state.next_timer(),
+                next_timer_at,
                 quarantine: None,
                 updated_at: if changed { now } else { row.updated_at },
             });

@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::saga::{self, Definition, Input, SagaState, Status};
-use batch::{Arrival, Writes};
+use batch::Arrival;
+pub(crate) use batch::Writes;
 use codec::{current_step, encode_state, reply_input};
 use messages::history;
 use metrics::Metrics;
@@ -354,35 +355,32 @@ impl Engine {
         let conn: &mut Connection = &mut pooled;
         let writes = conn
             .transaction(async |conn: &mut Connection| {
-                let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
-                if let Some(expected) = operator.expected_version
-                    && expected != row.version
-                {
-                    return Err(Error::Stale {
-                        id,
-                        expected,
-                        current: row.version,
-                    });
-                }
-                if let Some(reason) = &row.quarantine {
-                    return Err(Error::Corrupt {
-                        id,
-                        reason: reason.clone(),
-                    });
-                }
-                let rows = [row];
-                let mut arrival = Arrival::new(id, input, kind);
-                arrival.detail = json!({ "actor": operator.actor, "reason": operator.reason });
-                let writes = self.apply_in_memory(&rows, vec![arrival], self.clock.now());
-                // A saga found unreadable is quarantined (written) rather than refused.
-                if let Some((status, reason)) = writes.refused.clone() {
-                    return Err(Error::Conflict { status, reason });
-                }
-                writes.flush(conn).await?;
-                Ok(writes)
+                self.operator_in(conn, id, input, kind, operator).await
             })
             .await?;
-        self.record(&writes);
+        self.acted(id, &writes)
+    }
+
+    /// A bulk job's action on one saga, inside the caller's transaction (so the job
+    /// records its outcome atomically with it). Call [`Engine::acted`] once it committed.
+    pub(crate) async fn bulk_action_in(
+        &self,
+        conn: &mut Connection,
+        id: Uuid,
+        action: &str,
+        operator: &Operator,
+    ) -> Result<Writes, Error> {
+        let (input, kind) = match action {
+            "retry" => (Input::RetryRequested, "retry.requested"),
+            _ => (Input::CancelRequested, "cancel.requested"),
+        };
+        self.operator_in(conn, id, input, kind, operator).await
+    }
+
+    /// Counts what a committed operator action did; a saga it found unreadable (and
+    /// quarantined) is reported as such.
+    pub(crate) fn acted(&self, id: Uuid, writes: &Writes) -> Result<(), Error> {
+        self.record(writes);
         match writes.quarantine() {
             Some(reason) => Err(Error::Corrupt {
                 id,
@@ -390,6 +388,42 @@ impl Engine {
             }),
             None => Ok(()),
         }
+    }
+
+    async fn operator_in(
+        &self,
+        conn: &mut Connection,
+        id: Uuid,
+        input: Input,
+        kind: &'static str,
+        operator: &Operator,
+    ) -> Result<Writes, Error> {
+        let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
+        if let Some(expected) = operator.expected_version
+            && expected != row.version
+        {
+            return Err(Error::Stale {
+                id,
+                expected,
+                current: row.version,
+            });
+        }
+        if let Some(reason) = &row.quarantine {
+            return Err(Error::Corrupt {
+                id,
+                reason: reason.clone(),
+            });
+        }
+        let rows = [row];
+        let mut arrival = Arrival::new(id, input, kind);
+        arrival.detail = json!({ "actor": operator.actor, "reason": operator.reason });
+        let writes = self.apply_in_memory(&rows, vec![arrival], self.clock.now());
+        // A saga found unreadable is quarantined (written) rather than refused.
+        if let Some((status, reason)) = writes.refused.clone() {
+            return Err(Error::Conflict { status, reason });
+        }
+        writes.flush(conn).await?;
+        Ok(writes)
     }
 }
 

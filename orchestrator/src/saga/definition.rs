@@ -20,6 +20,40 @@ impl Definition {
     pub fn step(&self, index: usize) -> Option<&'static Step> {
         self.steps.get(index)
     }
+
+    /// The rules a definition's timings must keep, given how long a lost consumer member
+    /// can hold a partition (`platform::kafka::LOST_MEMBER_COST`): an attempt timeout
+    /// shorter than its deadline (else no re-send ever happens), and deadlines longer than
+    /// a lost member (else a process that died, and was replaced by another, makes sagas
+    /// compensate whose steps did nothing wrong). Every fault is listed.
+    pub fn check_timings(&self, lost_member: Duration) -> Result<(), Vec<String>> {
+        let mut faults = Vec::new();
+        for step in self.steps {
+            let at = format!("{}.{}", self.name, step.name);
+            if step.attempt_timeout >= step.deadline {
+                faults.push(format!(
+                    "{at}: attempt timeout {:?} is not shorter than its deadline {:?}",
+                    step.attempt_timeout, step.deadline
+                ));
+            }
+            for (what, deadline) in [
+                ("deadline", step.deadline),
+                ("compensation deadline", step.compensation_deadline),
+            ] {
+                if deadline <= lost_member {
+                    faults.push(format!(
+                        "{at}: {what} {deadline:?} is not longer than what a lost consumer \
+                         member costs ({lost_member:?})"
+                    ));
+                }
+            }
+        }
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(faults)
+        }
+    }
 }
 
 /// One forward action and, optionally, the action that undoes it.
@@ -68,9 +102,10 @@ impl Step {
             compensation,
             retry: RetryPolicy::FORWARD,
             compensation_retry: RetryPolicy::COMPENSATION,
-            deadline: Duration::from_secs(30),
+            // Longer than what a lost consumer member costs (60 s): see `check_timings`.
+            deadline: Duration::from_secs(90),
             attempt_timeout: Duration::from_secs(5),
-            compensation_deadline: Duration::from_secs(30),
+            compensation_deadline: Duration::from_secs(90),
         }
     }
 }
@@ -149,6 +184,35 @@ mod tests {
         assert_eq!(policy.backoff(7, 0.0), Duration::from_secs(15));
         assert_eq!(policy.backoff(u32::MAX, 0.0), Duration::from_secs(15));
         assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_built_in_definitions_outlast_a_lost_member_and_a_shorter_deadline_is_refused() {
+        let lost = platform::kafka::LOST_MEMBER_COST;
+        for definition in crate::saga::definitions::ALL {
+            assert_eq!(
+                definition.check_timings(lost),
+                Ok(()),
+                "{}",
+                definition.name
+            );
+        }
+        const STEPS: &[Step] = &[Step {
+            deadline: Duration::from_secs(30),
+            attempt_timeout: Duration::from_secs(30),
+            ..Step::new("pay", Role::Payment, "payment.charge", None)
+        }];
+        let hasty = Definition {
+            name: "hasty",
+            steps: STEPS,
+        };
+        let faults = hasty.check_timings(lost).unwrap_err();
+        assert_eq!(faults.len(), 2, "{faults:?}");
+        assert!(
+            faults[0].contains("hasty.pay: attempt timeout"),
+            "{faults:?}"
+        );
+        assert!(faults[1].contains("lost consumer member"), "{faults:?}");
     }
 
     #[test]

@@ -49,6 +49,12 @@ use super::Cluster;
 use super::lanes::{Lane, Lanes, Position};
 use super::producer::{DeadLetter, Origin};
 
+/// An error the Kafka client cannot recover from (librdkafka's fatal errors): the process
+/// should stop, saying why, rather than retry for ever (see `liveness::Loops`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Fatal(pub String);
+
 /// One decoded message with its position.
 #[derive(Debug, Clone)]
 pub struct Delivery<T> {
@@ -249,7 +255,14 @@ where
                         let key = raw.key.clone();
                         lanes.push(&topic, partition, offset, key.as_deref(), entry(raw));
                     }
-                    Err(err) => self.log_receive_error(err).await,
+                    Err(err) => match self.fatal(&err) {
+                        // librdkafka will not recover from it: end the loop, say why.
+                        Some(fatal) => {
+                            failure = Some(fatal);
+                            break;
+                        }
+                        None => self.log_receive_error(err).await,
+                    },
                 },
             }
             self.revoke(&mut lanes);
@@ -300,6 +313,32 @@ where
                 tracing::warn!(topic, partition, offset, error = %err, "could not store offset");
             }
         }
+    }
+
+    /// A fatal error of the client (librdkafka raises one, e.g., when another process
+    /// joined the group under this member's static instance id): the reason, naming the
+    /// setting to look at where there is one.
+    fn fatal(&self, err: &KafkaError) -> Option<anyhow::Error> {
+        let (code, reason) = match self.consumer.client().fatal_error() {
+            Some(fatal) => fatal,
+            None if matches!(err, KafkaError::MessageConsumptionFatal(_)) => {
+                (err.rdkafka_error_code()?, err.to_string())
+            }
+            None => return None,
+        };
+        let options = &self.work.options;
+        let hint = match (code, &options.instance_id) {
+            (RDKafkaErrorCode::FencedInstanceId, Some(id)) => format!(
+                ": another process joined group `{}` as `{id}`; each process needs its own \
+                 KAFKA_INSTANCE_ID",
+                options.group_id
+            ),
+            _ => String::new(),
+        };
+        Some(anyhow::Error::new(Fatal(format!(
+            "fatal Kafka error in group `{}`: {code:?}: {reason}{hint}",
+            options.group_id
+        ))))
     }
 
     async fn log_receive_error(&self, err: KafkaError) {

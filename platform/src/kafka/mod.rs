@@ -16,7 +16,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 
 pub use admin::ensure_topics;
-pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, GiveUp, Handler};
+pub use consumer::{ConsumerLoop, ConsumerOptions, Delivery, Fatal, GiveUp, Handler};
 pub use dead_letters::{DeadLetterMessage, DeadLetterReader};
 pub use embedded::EmbeddedKafka;
 pub use lag::{GroupLag, LagProbe, PartitionLag};
@@ -215,6 +215,13 @@ impl Cluster {
 
 /// See [`Cluster::group_config`].
 const STATIC_SESSION_TIMEOUT_MS: &str = "45000";
+
+/// The longest a member that died for good can keep its partitions: the static session
+/// timeout (45 s) plus a rebalance (15 s). Commands and replies on those partitions wait
+/// that long before another member reads them, so every step deadline must be longer,
+/// or a lost process would compensate sagas whose steps did nothing wrong. The
+/// orchestrator checks its definitions against this at start.
+pub const LOST_MEMBER_COST: Duration = Duration::from_secs(60);
 
 /// How long readiness and admin calls wait for the broker.
 pub const BROKER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -50,6 +50,10 @@ pub async fn claim(
     if claims.is_empty() {
         return Ok(HashSet::new());
     }
+    // Inserted in key order: two overlapping batches (a redelivery racing a retry on
+    // another replica) then wait on each other's rows in one order and never deadlock.
+    let mut claims = claims.to_vec();
+    claims.sort_by_key(|(command, _)| command.id);
     let mut rows = Vec::with_capacity(claims.len());
     for (command, reply) in claims {
         let reply = match reply {

@@ -23,7 +23,7 @@ fn start_dispatches_the_first_step_with_its_deadline() {
     assert_eq!(run.step(0).forward, ForwardPhase::InFlight);
     assert_eq!(
         run.step(0).deadline_at,
-        Some(epoch() + TimeDelta::seconds(30))
+        Some(epoch() + TimeDelta::seconds(90))
     );
     // The first timer is the attempt's start-to-close timeout, well before the deadline.
     assert_eq!(run.step(0).resend_at, Some(epoch() + TimeDelta::seconds(5)));
@@ -97,7 +97,7 @@ fn rejection_of_the_second_step_compensates_the_first() {
             "compensation.started",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +30000ms",
+            "timer +90000ms",
         ])
     );
     assert_eq!(run.status(), Status::Compensating);
@@ -124,7 +124,7 @@ fn rejection_of_the_third_step_compensates_the_second_then_the_first() {
             "compensation.started",
             "compensation.dispatched 1",
             "compensate 1#1 payment.refund@payment",
-            "timer +30000ms",
+            "timer +90000ms",
         ])
     );
     assert_eq!(
@@ -133,7 +133,7 @@ fn rejection_of_the_third_step_compensates_the_second_then_the_first() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +30000ms",
+            "timer +90000ms",
         ])
     );
     assert_eq!(
@@ -204,7 +204,7 @@ fn exhausted_retries_fail_the_step_without_compensating_it() {
             "compensation.started",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +30000ms",
+            "timer +90000ms",
         ])
     );
     assert_eq!(run.step(1).forward, ForwardPhase::Failed);
@@ -233,7 +233,7 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
                 "compensation.started",
                 &format!("compensation.dispatched {timed_out}"),
                 &format!("compensate {timed_out}#1 {}", commands[timed_out]),
-                "timer +30000ms",
+                "timer +90000ms",
             ])
         );
         assert_eq!(run.step(timed_out).forward, ForwardPhase::OutcomeUnknown);
@@ -250,7 +250,7 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
                     format!("compensation.succeeded {step}"),
                     format!("compensation.dispatched {}", step - 1),
                     format!("compensate {}#1 {}", step - 1, commands[step - 1]),
-                    "timer +30000ms".to_owned(),
+                    "timer +90000ms".to_owned(),
                 ]
             };
             assert_eq!(actions, expected, "timeout at step {timed_out}");
@@ -262,8 +262,8 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
 #[test]
 fn deadline_passing_during_a_retry_wait_fails_the_step_without_compensating_it() {
     let (mut run, _) = Run::start(&ORDER);
-    run.advance_ms(29_950);
-    // The retry would be due at 30.05 s, after the 30 s deadline, so the deadline is the
+    run.advance_ms(89_950);
+    // The retry would be due at 90.05 s, after the 90 s deadline, so the deadline is the
     // next timer (the attempt's re-send timer is gone with its reply).
     assert_eq!(
         run.apply(failed(0, 1, FailureKind::Retryable)),
@@ -271,10 +271,10 @@ fn deadline_passing_during_a_retry_wait_fails_the_step_without_compensating_it()
     );
     assert_eq!(
         run.state.next_timer(),
-        Some(epoch() + TimeDelta::seconds(30))
+        Some(epoch() + TimeDelta::seconds(90))
     );
     assert_eq!(
-        run.tick_at(epoch() + TimeDelta::seconds(31)),
+        run.tick_at(epoch() + TimeDelta::seconds(91)),
         lines(&[
             "step.failed 0",
             "compensation.started",
@@ -344,7 +344,7 @@ fn only_the_step_deadline_turns_lost_sends_into_compensation() {
             "compensation.started",
             "compensation.dispatched 1",
             "compensate 1#1 payment.refund@payment",
-            "timer +30000ms",
+            "timer +90000ms",
         ])
     );
 }
