@@ -169,7 +169,7 @@ impl System {
                 .env("KAFKA_INSTANCE_ID", &name)
                 .env("API_KEYS", crate::load::API_KEY_ENTRY)
                 .env("DATABASE_POOL_SIZE", "8")
-                .env("DATABASE_ENGINE_POOL_SIZE", "6");
+                .env("DATABASE_ENGINE_POOL_SIZE", "12");
                 proc.port = Some(port);
                 ports.push(port);
                 procs.push(proc);
