@@ -1,6 +1,8 @@
 //! The processes under test: two `orchestrator serve` replicas, one `worker` per role, and
-//! (when chaos owns them) a tansu broker with SQLite storage and a Redis without persistence.
-//! Each can be killed with SIGKILL and started again with the same settings.
+//! (when chaos owns them) a tansu broker with SQLite storage, a Redis without persistence
+//! and a Postgres cluster of its own. Each can be killed with SIGKILL (its whole process
+//! group: a Postgres server's backends die with it) and started again with the same
+//! settings.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,6 +17,7 @@ pub enum Kind {
     Worker,
     Broker,
     Redis,
+    Postgres,
 }
 
 pub struct Proc {
@@ -28,6 +31,8 @@ pub struct Proc {
     cwd: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Runs as this (uid, gid): Postgres refuses to run as root.
+    user: Option<(u32, u32)>,
     /// The HTTP port, for orchestrators.
     pub port: Option<u16>,
 }
@@ -44,8 +49,15 @@ impl Proc {
             cwd: dir.to_owned(),
             log: dir.join(format!("{name}.log")),
             child: None,
+            user: None,
             port: None,
         }
+    }
+
+    /// The child runs as `user` (uid, gid).
+    pub fn as_user(mut self, user: Option<(u32, u32)>) -> Self {
+        self.user = user;
+        self
     }
 
     pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -64,9 +76,15 @@ impl Proc {
             .create(true)
             .append(true)
             .open(&self.log)?;
+        use std::os::unix::process::CommandExt as _;
         let mut command = Command::new(&self.program);
         for name in &self.unset {
             command.env_remove(name);
+        }
+        // A group of its own, so that a kill takes every process it started.
+        command.process_group(0);
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
         }
         let child = command
             .args(&self.args)
@@ -91,6 +109,12 @@ impl Proc {
 
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // The whole group (the process is its leader): a Postgres server's backends too,
+            // which would otherwise hold its shared memory and keep it from starting again.
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }

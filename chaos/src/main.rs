@@ -1,7 +1,10 @@
 //! `chaos`: sagaflow as separate processes on a real broker (two `orchestrator serve`
 //! replicas, one `worker` per role), driven through the HTTP API at a steady rate while a
 //! random process is killed with SIGKILL every few seconds and started again (the broker
-//! and Redis included, when chaos runs its own). Then it waits until every saga is final
+//! and Redis included, when chaos runs its own, and always its own Postgres cluster: initdb
+//! on a spare port, so the machine's server is never touched). Redis stays down for 10 to
+//! 12 s each time (an outage the participants must wait out); each Postgres crash's
+//! recovery time is reported. Then it waits until every saga is final
 //! and checks every invariant from the database. Exit code 1 on any violation.
 //!
 //! ```text
@@ -95,6 +98,8 @@ async fn run() -> anyhow::Result<bool> {
     options.dev = args.dev;
     options.tansu = args.tansu.clone();
     options.durable_broker = args.kill_broker;
+    // A Postgres of the run's own, killed like every other process.
+    options.own_postgres = true;
     let System {
         procs,
         ports,
@@ -118,13 +123,17 @@ async fn run() -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let kills = Arc::new(Mutex::new(Vec::<(String, Kind)>::new()));
     let last_kill = Arc::new(Mutex::new(Instant::now()));
+    // How long each Postgres crash took to recover from: kill to the first answered query.
+    let recoveries = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let killer = {
-        let (procs, stop, kills, last_kill) = (
+        let (procs, stop, kills, last_kill, recoveries) = (
             procs.clone(),
             stop.clone(),
             kills.clone(),
             last_kill.clone(),
+            recoveries.clone(),
         );
+        let database_url = database_url.clone();
         let every = args.kill_every;
         let kill_broker = args.kill_broker;
         tokio::spawn(async move {
@@ -153,12 +162,28 @@ async fn run() -> anyhow::Result<bool> {
                     procs[victim].kill();
                     (procs[victim].name.clone(), procs[victim].kind)
                 };
-                *last_kill.lock().expect("last kill") = Instant::now();
+                let killed_at = Instant::now();
+                *last_kill.lock().expect("last kill") = killed_at;
                 kills.lock().expect("kills").push((name.clone(), kind));
-                let down = Duration::from_millis(rand::rng().random_range(300..1500));
+                // Redis stays away for a while (an outage, not a blip): the participants
+                // must wait for it, never answer `Failed`.
+                let down = match kind {
+                    Kind::Redis => Duration::from_millis(rand::rng().random_range(10_000..12_000)),
+                    _ => Duration::from_millis(rand::rng().random_range(300..1500)),
+                };
                 tokio::time::sleep(down).await;
                 if let Err(err) = procs.lock().expect("procs")[victim].start() {
                     eprintln!("chaos: restarting {name} failed: {err:#}");
+                }
+                if kind == Kind::Postgres {
+                    let recovered = postgres_answers(&database_url, Duration::from_secs(60)).await;
+                    match recovered {
+                        Ok(()) => recoveries
+                            .lock()
+                            .expect("recoveries")
+                            .push(killed_at.elapsed()),
+                        Err(err) => eprintln!("chaos: Postgres did not come back: {err:#}"),
+                    }
                 }
             }
         })
@@ -235,6 +260,18 @@ async fn run() -> anyhow::Result<bool> {
         println!("  {label:<26} {n}");
     }
     report(&record, &kills, &results, load_took, quiet_after, &failures);
+    let recoveries = recoveries.lock().expect("recoveries").clone();
+    if !recoveries.is_empty() {
+        let shown: Vec<String> = recoveries
+            .iter()
+            .map(|took| format!("{:.1} s", took.as_secs_f64()))
+            .collect();
+        println!(
+            "\n== Postgres crashes: {}, each answered again after (kill to first query): {}",
+            recoveries.len(),
+            shown.join(", ")
+        );
+    }
     if violations > 0 {
         // What CI keeps is this output: where the sagas stand and what each process said last.
         println!("\n== not final, by where they stand");
@@ -252,10 +289,26 @@ async fn run() -> anyhow::Result<bool> {
     } else {
         drop(conn);
         pool.close();
+        // The run's Postgres cluster lives in `dir` (and was stopped above): removing the
+        // directory removes the database.
         let _ = std::fs::remove_dir_all(&dir);
-        platform::db::drop_database(&database_url).await?;
     }
     Ok(violations == 0 && failures.is_empty())
+}
+
+/// Waits until the database answers a query on a fresh connection.
+async fn postgres_answers(url: &str, within: Duration) -> anyhow::Result<()> {
+    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(mut conn) = diesel_async::AsyncPgConnection::establish(url).await
+            && conn.batch_execute("SELECT 1").await.is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no answer within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn report(

@@ -4,6 +4,7 @@
 //! or `KAFKA_BROKERS`). Used by the chaos run and by the load generator.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -38,6 +39,9 @@ pub struct Options {
     pub durable_broker: bool,
     /// Extra environment for every sagaflow process.
     pub env: Vec<(String, String)>,
+    /// A Postgres cluster of the run's own (initdb on a spare port), which chaos may kill;
+    /// else the server `DATABASE_URL` names (the machine's, never touched).
+    pub own_postgres: bool,
 }
 
 impl Options {
@@ -51,6 +55,7 @@ impl Options {
             tansu: std::env::var_os("TANSU").map(PathBuf::from),
             durable_broker: false,
             env: Vec::new(),
+            own_postgres: false,
         }
     }
 
@@ -78,8 +83,15 @@ impl System {
         let run = format!("{}{}", options.name, std::process::id());
         let dir = std::env::temp_dir().join(format!("sagaflow-{run}"));
         std::fs::create_dir_all(dir.join("data"))?;
-        let server = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let mut procs: Vec<Proc> = Vec::new();
+        let server = if options.own_postgres {
+            let (postgres, url) = start_postgres(&dir).await?;
+            procs.push(postgres);
+            url
+        } else {
+            std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+        };
         let (admin, _) = platform::db::split_database_url(&server)?;
         let server_root = admin
             .rsplit_once('/')
@@ -87,7 +99,6 @@ impl System {
         let database_url = format!("{server_root}/sagaflow_{run}");
         platform::db::prepare(&database_url).await?;
 
-        let mut procs: Vec<Proc> = Vec::new();
         let redis_port = free_port()?;
         let mut redis = Proc::new(
             "redis",
@@ -209,6 +220,100 @@ impl System {
             broker,
         })
     }
+}
+
+/// A Postgres cluster in `dir/pg` on a spare port: `initdb`, then `postgres` itself (not
+/// `pg_ctl`, so that the process chaos kills is the server). Both refuse to run as root,
+/// so as root they run as the `postgres` user. Returns the process and a server URL.
+async fn start_postgres(dir: &Path) -> anyhow::Result<(Proc, String)> {
+    let bin = postgres_bin()?;
+    let data = dir.join("pg");
+    std::fs::create_dir_all(&data)?;
+    let user = postgres_user()?;
+    if let Some((uid, gid)) = user {
+        let owner = format!("{uid}:{gid}");
+        run(Command::new("chown").args(["-R", &owner]).arg(dir))?;
+    }
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .arg("-D")
+        .arg(&data)
+        .args(["-U", "postgres", "-A", "trust", "--no-sync"])
+        .stdout(std::process::Stdio::null());
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt as _;
+        initdb.uid(uid).gid(gid);
+    }
+    run(&mut initdb)?;
+    let port = free_port()?;
+    let data = data.to_string_lossy().into_owned();
+    let mut postgres = Proc::new(
+        "postgres",
+        Kind::Postgres,
+        &bin.join("postgres"),
+        &[
+            "-D",
+            &data,
+            "-p",
+            &port.to_string(),
+            "-k",
+            &data,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=200",
+        ],
+        dir,
+    )
+    .as_user(user);
+    postgres.start()?;
+    wait_for_port(port, Duration::from_secs(30)).await?;
+    Ok((
+        postgres,
+        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    ))
+}
+
+/// Where `initdb` and `postgres` are: `pg_config --bindir`, else Debian's newest.
+fn postgres_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if bin.join("initdb").exists() {
+            return Ok(bin);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no Postgres server binaries (initdb) on this machine")?
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().context("no initdb under /usr/lib/postgresql")
+}
+
+/// As root, the `postgres` user's (uid, gid); else `None` (run as ourselves).
+fn postgres_user() -> anyhow::Result<Option<(u32, u32)>> {
+    let id = |flag: &str, who: Option<&str>| -> anyhow::Result<u32> {
+        let out = Command::new("id").arg(flag).args(who).output()?;
+        anyhow::ensure!(out.status.success(), "id {flag} {who:?} failed");
+        Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+    };
+    if id("-u", None)? != 0 {
+        return Ok(None);
+    }
+    Ok(Some((
+        id("-u", Some("postgres"))?,
+        id("-g", Some("postgres"))?,
+    )))
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("{command:?}"))?;
+    anyhow::ensure!(status.success(), "{command:?}: {status}");
+    Ok(())
 }
 
 async fn start_tansu(tansu: &Path, dir: &Path, durable: bool) -> anyhow::Result<(Proc, String)> {

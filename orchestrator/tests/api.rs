@@ -632,6 +632,13 @@ async fn idempotency_keys_guard_every_post_that_moves_money_or_starts_a_saga() {
             .await,
     )
     .await;
+    // The direct use claims for a user of its own: the saga use's claim for `user` may land
+    // first (it runs in the background), and one user holds one coupon of a campaign.
+    let direct_user = created(
+        api.post("/v1/users", json!({ "name": "Seo", "balance_cents": 0 }))
+            .await,
+    )
+    .await;
     created(
         api.post(
             "/v1/products",
@@ -670,7 +677,7 @@ async fn idempotency_keys_guard_every_post_that_moves_money_or_starts_a_saga() {
         ),
         (
             format!("/v1/coupons/{campaign_id}/direct-uses"),
-            json!({ "user_id": user_id }),
+            json!({ "user_id": direct_user["id"] }),
             json!({ "user_id": other_user["id"] }),
         ),
     ];

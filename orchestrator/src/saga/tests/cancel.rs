@@ -15,7 +15,7 @@ fn cancel_while_running_compensates_the_in_flight_step_first() {
             "compensation.started",
             "compensation.dispatched 1",
             "compensate 1#1 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert!(run.state.cancel_requested);
@@ -27,7 +27,7 @@ fn cancel_while_running_compensates_the_in_flight_step_first() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(

@@ -42,7 +42,7 @@ fn failed_compensation_is_retried_after_backoff_then_continues() {
         lines(&[
             "compensation.dispatched 1",
             "compensate 1#2 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -51,7 +51,7 @@ fn failed_compensation_is_retried_after_backoff_then_continues() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     run.compensated(0);
@@ -71,7 +71,7 @@ fn compensation_deadline_counts_as_a_failed_attempt() {
         lines(&[
             "compensation.dispatched 1",
             "compensate 1#2 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
 }
@@ -89,7 +89,7 @@ fn late_success_of_a_timed_out_compensation_attempt_is_taken() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.step(1).retry_at, None);
@@ -133,7 +133,7 @@ fn operator_retry_from_failed_resumes_with_a_fresh_budget_and_finishes() {
             "saga.retried 1",
             "compensation.dispatched 1",
             "compensate 1#9 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.status(), Status::Compensating);
@@ -180,7 +180,7 @@ fn a_compensation_success_after_the_budget_ran_out_resumes_the_compensation() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.status(), Status::Compensating);

@@ -44,7 +44,7 @@ fn payout_rejection_unclaims_the_coupon() {
             "compensation.started",
             "compensation.dispatched 0",
             "compensate 0#1 coupon.unclaim@coupon",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -82,7 +82,7 @@ fn payout_timeout_fences_the_payout_before_it_unclaims() {
             "compensation.started",
             "fence.dispatched 1",
             "fence 1#1 vendor.payout@vendor",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.step(1).forward, ForwardPhase::OutcomeUnknown);
@@ -94,7 +94,7 @@ fn payout_timeout_fences_the_payout_before_it_unclaims() {
             "step.fenced 1",
             "compensation.dispatched 0",
             "compensate 0#1 coupon.unclaim@coupon",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.step(1).forward, ForwardPhase::Fenced);
@@ -129,7 +129,7 @@ fn a_failing_fence_is_retried_and_parks_like_a_compensation() {
         lines(&[
             "fence.dispatched 1",
             "fence 1#2 vendor.payout@vendor",
-            "timer +90000ms"
+            "timer +30000ms"
         ])
     );
     // A compensation reply cannot answer a fence.
@@ -173,7 +173,7 @@ fn cancel_during_payout_fences_it_unclaims_and_ends_cancelled() {
             "compensation.started",
             "fence.dispatched 1",
             "fence 1#1 vendor.payout@vendor",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -182,7 +182,7 @@ fn cancel_during_payout_fences_it_unclaims_and_ends_cancelled() {
             "step.fenced 1",
             "compensation.dispatched 0",
             "compensate 0#1 coupon.unclaim@coupon",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -214,7 +214,7 @@ fn stuck_unclaim_parks_and_operator_retry_finishes() {
             "saga.retried 0",
             "compensation.dispatched 0",
             "compensate 0#9 coupon.unclaim@coupon",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     run.compensated(0);

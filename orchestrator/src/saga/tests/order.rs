@@ -97,7 +97,7 @@ fn rejection_of_the_second_step_compensates_the_first() {
             "compensation.started",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.status(), Status::Compensating);
@@ -124,7 +124,7 @@ fn rejection_of_the_third_step_compensates_the_second_then_the_first() {
             "compensation.started",
             "compensation.dispatched 1",
             "compensate 1#1 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -133,7 +133,7 @@ fn rejection_of_the_third_step_compensates_the_second_then_the_first() {
             "compensation.succeeded 1",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(
@@ -204,7 +204,7 @@ fn exhausted_retries_fail_the_step_without_compensating_it() {
             "compensation.started",
             "compensation.dispatched 0",
             "compensate 0#1 inventory.release@inventory",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
     assert_eq!(run.step(1).forward, ForwardPhase::Failed);
@@ -233,7 +233,7 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
                 "compensation.started",
                 &format!("compensation.dispatched {timed_out}"),
                 &format!("compensate {timed_out}#1 {}", commands[timed_out]),
-                "timer +90000ms",
+                "timer +30000ms",
             ])
         );
         assert_eq!(run.step(timed_out).forward, ForwardPhase::OutcomeUnknown);
@@ -250,7 +250,7 @@ fn deadline_at_each_step_compensates_the_timed_out_step_first() {
                     format!("compensation.succeeded {step}"),
                     format!("compensation.dispatched {}", step - 1),
                     format!("compensate {}#1 {}", step - 1, commands[step - 1]),
-                    "timer +90000ms".to_owned(),
+                    "timer +30000ms".to_owned(),
                 ]
             };
             assert_eq!(actions, expected, "timeout at step {timed_out}");
@@ -344,7 +344,7 @@ fn only_the_step_deadline_turns_lost_sends_into_compensation() {
             "compensation.started",
             "compensation.dispatched 1",
             "compensate 1#1 payment.refund@payment",
-            "timer +90000ms",
+            "timer +30000ms",
         ])
     );
 }
