@@ -90,3 +90,40 @@ impl Handler<Reply> for ReplyHandler {
         Ok(GiveUp::DeadLetter)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+    #[test]
+    fn transient_database_errors_wait_and_others_spend_the_budget() {
+        let database = |kind, message: &str| {
+            engine::Error::Database(DieselError::DatabaseError(
+                kind,
+                Box::new(message.to_owned()),
+            ))
+        };
+        for transient in [
+            database(DatabaseErrorKind::Unknown, "deadlock detected"),
+            database(
+                DatabaseErrorKind::Unknown,
+                "canceling statement due to statement timeout",
+            ),
+            database(
+                DatabaseErrorKind::SerializationFailure,
+                "could not serialize",
+            ),
+            database(DatabaseErrorKind::ClosedConnection, "closed"),
+            engine::Error::Concurrent(uuid::Uuid::nil()),
+        ] {
+            let shown = transient.to_string();
+            assert!(
+                platform::fault::is_fault(&transient_waits(transient)),
+                "{shown}"
+            );
+        }
+        let broken = database(DatabaseErrorKind::CheckViolation, "violates check");
+        assert!(!platform::fault::is_fault(&transient_waits(broken)));
+    }
+}

@@ -201,3 +201,63 @@ async fn a_command_twice_in_a_batch_or_answered_before_takes_effect_once() {
     assert_eq!(balance(&db, first_user).await, 900);
     assert_eq!(balance(&db, second_user).await, 900);
 }
+
+/// Two transactions claiming overlapping commands, in opposite orders, never deadlock:
+/// claims are inserted in command-id order. T1 holds `a`; T2 claims `[b, a]` and waits on
+/// `a`; T1 then claims `b`. In batch order T2 would already hold `b`, and Postgres would
+/// break the cycle by failing one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_claims_in_opposite_orders_do_not_deadlock() {
+    use workers::runtime::inbox;
+    let db = TestDb::migrated().await;
+    let with_id = |id: u128| {
+        let mut command = charge(Uuid::now_v7(), 100);
+        command.id = Uuid::from_u128(id);
+        command
+    };
+    let (a, b) = (with_id(1), with_id(2));
+    let role = platform::contract::Role::Payment;
+
+    let mut first = db.pool.get().await.unwrap();
+    first.batch_execute("BEGIN").await.unwrap();
+    inbox::claim(&mut first, role, &[(&a, None)]).await.unwrap();
+
+    let pool = db.pool.clone();
+    let (a2, b2) = (a.clone(), b.clone());
+    let second = tokio::spawn(async move {
+        let mut conn = pool.get().await.unwrap();
+        conn.batch_execute("BEGIN").await.unwrap();
+        let claimed = inbox::claim(&mut conn, role, &[(&b2, None), (&a2, None)]).await;
+        conn.batch_execute("COMMIT").await.unwrap();
+        claimed
+    });
+    // Wait until the second transaction waits on a lock (on `a`).
+    let mut watcher = db.pool.get().await.unwrap();
+    platform::testkit::poll_until(Duration::from_secs(60), async || {
+        #[derive(QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"processed_commands\"%'",
+        )
+        .get_result(&mut watcher)
+        .await
+        .unwrap();
+        (waiting.n == 1).then_some(())
+    })
+    .await
+    .expect("the second claim waits on the first");
+
+    let claimed = inbox::claim(&mut first, role, &[(&b, None)]).await;
+    assert!(claimed.is_ok(), "no deadlock: {claimed:?}");
+    first.batch_execute("COMMIT").await.unwrap();
+    let theirs = second.await.unwrap();
+    assert_eq!(
+        theirs.expect("no deadlock on the other side either"),
+        Default::default(),
+        "both were the first transaction's"
+    );
+}
