@@ -132,6 +132,10 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
         "Saga orchestrator: start sagas, inspect their status and history, retry or cancel \
          them. Every error is `application/problem+json`.",
     )
+    .contact(poem_openapi::ContactObject::new().name("sagaflow maintainers"))
+    // Relative: the orchestrator that serves this document, wherever it listens (so
+    // Swagger UI's "Try it out" calls the same host).
+    .server(poem_openapi::ServerObject::new("/").description("this orchestrator"))
 }
 
 /// Example resource id in the OpenAPI document.

@@ -50,13 +50,14 @@ pub struct NewCampaign {
 impl poem_openapi::types::Example for NewCampaign {
     fn example() -> Self {
         Self {
-            vendor_id: Uuid::nil(),
+            vendor_id: crate::api::example_id(),
             kind: "WELCOME-10".into(),
             title: "10% off your first coffee".into(),
             value_cents: 500,
             total_quantity: 100,
+            // A date-time the document's own format accepts (RFC 3339, four-digit year).
             valid_from: DateTime::<Utc>::UNIX_EPOCH,
-            valid_until: DateTime::<Utc>::MAX_UTC,
+            valid_until: DateTime::<Utc>::UNIX_EPOCH + chrono::TimeDelta::days(365 * 80),
         }
     }
 }

@@ -53,7 +53,9 @@ impl poem_openapi::types::Example for Count {
 
 impl poem_openapi::types::Example for CampaignFor {
     fn example() -> Self {
-        Self { vendor_id: None }
+        Self {
+            vendor_id: Some(crate::api::example_id()),
+        }
     }
 }
 
