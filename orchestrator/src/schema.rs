@@ -16,6 +16,7 @@ diesel::table! {
         quarantine -> Nullable<Text>,
         started_by -> Nullable<Text>,
         traceparent -> Nullable<Text>,
+        definition_version -> Int4,
     }
 }
 

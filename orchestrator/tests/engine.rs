@@ -606,6 +606,49 @@ async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::V
     id
 }
 
+/// A saga records the version of its definition it started on. A row of a version this
+/// process does not have (started by a newer deploy, say) is never run on another shape:
+/// it is quarantined, with the reason, and the others move on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
+    use orchestrator::schema::sagas;
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, frozen_clock()).await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+    let engine = orchestrator.running.engine.clone();
+    let current = engine.start("order", &order_payload(), None).await.unwrap();
+    let mut conn = env.db.pool.get().await.unwrap();
+    let recorded: i32 = sagas::table
+        .find(current.id)
+        .select(sagas::definition_version)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 1, "started on version 1 of `order`");
+    // Another saga, as a deploy with a version 2 of `order` would have started it.
+    let newer = engine.start("order", &order_payload(), None).await.unwrap();
+    diesel::update(sagas::table.find(newer.id))
+        .set((
+            sagas::definition_version.eq(2),
+            sagas::next_timer_at.eq(chrono::Utc::now() - chrono::TimeDelta::hours(1)),
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    wait_for_status(&env, current.id, "COMPLETED").await;
+    eventually("the newer saga to be quarantined", async || {
+        load(&env, newer.id).await.quarantine.is_some()
+    })
+    .await;
+    let quarantine = load(&env, newer.id).await.quarantine.unwrap();
+    assert!(
+        quarantine.contains("definition `order` has no version 2 here"),
+        "{quarantine}"
+    );
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
 /// A deploy that adds or removes a step leaves rows whose step count no longer matches
 /// their definition. More of them than one timer batch, all overdue: each is quarantined
 /// with the reason, and the healthy saga's timer still fires among them.

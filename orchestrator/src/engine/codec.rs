@@ -8,10 +8,18 @@ use super::Error;
 use super::store::SagaRow;
 use crate::saga::{self, Definition, FailureKind, Input, SagaState};
 
+/// The shape the saga started on: its definition at its stored version. A version this
+/// process does not have (a newer deploy's, say) makes the row unreadable here.
 pub(super) fn definition_of(row: &SagaRow) -> Result<&'static Definition, Error> {
-    saga::definitions::find(&row.definition).ok_or_else(|| Error::Corrupt {
-        id: row.id,
-        reason: format!("unknown definition `{}`", row.definition),
+    let unknown = |reason: String| Error::Corrupt { id: row.id, reason };
+    let Some(current) = saga::definitions::find(&row.definition) else {
+        return Err(unknown(format!("unknown definition `{}`", row.definition)));
+    };
+    saga::definitions::find_version(&row.definition, row.definition_version).ok_or_else(|| {
+        unknown(format!(
+            "definition `{}` has no version {} here (this process has version {})",
+            row.definition, row.definition_version, current.version
+        ))
     })
 }
 

@@ -175,6 +175,7 @@ impl Engine {
             created_at: now,
             updated_at: now,
             traceparent: traceparent.as_deref(),
+            definition_version: i32::try_from(definition.version).unwrap_or(i32::MAX),
         };
         if !store::insert(conn, &row).await? {
             let key = idempotency_key.unwrap_or_default();

@@ -37,6 +37,8 @@ pub struct SagaRow {
     pub quarantine: Option<String>,
     /// The trace context of its start: the parent of what timers and operators do to it.
     pub traceparent: Option<String>,
+    /// The version of its definition it started on.
+    pub definition_version: i32,
 }
 
 #[derive(Insertable)]
@@ -55,6 +57,7 @@ pub struct NewSaga<'a> {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub traceparent: Option<&'a str>,
+    pub definition_version: i32,
 }
 
 #[derive(Insertable)]

@@ -13,6 +13,9 @@ use std::time::Duration;
 pub struct Definition {
     /// Stable identifier, stored with every saga instance; never rename a deployed one.
     pub name: &'static str,
+    /// Which shape of the flow this is. A saga records the version it started on and
+    /// finishes on it; a shape once used is never changed, a new one is a new version.
+    pub version: u32,
     pub steps: &'static [Step],
 }
 
@@ -202,6 +205,7 @@ mod tests {
         }];
         let hasty = Definition {
             name: "hasty",
+            version: 1,
             steps: STEPS,
         };
         let faults = hasty.check_timings(lost).unwrap_err();

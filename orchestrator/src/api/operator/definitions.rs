@@ -14,6 +14,8 @@ pub struct DefinitionsApi;
 struct SagaDefinition {
     /// The name sagas carry as `definition` (`order`, `coupon_use`).
     name: String,
+    /// The version new sagas start on; sagas carry theirs as `definition_version`.
+    version: u32,
     steps: Vec<StepDefinition>,
 }
 
@@ -82,6 +84,7 @@ impl From<&Definition> for SagaDefinition {
     fn from(definition: &Definition) -> Self {
         Self {
             name: definition.name.to_owned(),
+            version: definition.version,
             steps: definition.steps.iter().map(StepDefinition::from).collect(),
         }
     }

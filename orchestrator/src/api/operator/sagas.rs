@@ -35,6 +35,8 @@ struct SagaSummary {
     id: Uuid,
     /// The saga kind (`order`, `coupon_use`).
     definition: String,
+    /// The version of its definition it started on (and finishes on).
+    definition_version: i32,
     /// RUNNING, COMPENSATING, COMPLETED, COMPENSATED, CANCELLED, FAILED or RESOLVED.
     status: String,
     /// Index of the furthest step reached.
@@ -52,6 +54,7 @@ impl poem_openapi::types::Example for SagaSummary {
         Self {
             id: Uuid::nil(),
             definition: "order".into(),
+            definition_version: 1,
             status: "RUNNING".into(),
             current_step: 1,
             created_at: at,
@@ -109,6 +112,8 @@ struct HistoryEntry {
 struct SagaDetail {
     id: Uuid,
     definition: String,
+    /// The version of its definition it started on (and finishes on).
+    definition_version: i32,
     status: String,
     current_step: i32,
     /// Bumped by every change; also the `ETag`. Send it back as `If-Match` with an operator
@@ -189,8 +194,13 @@ fn phase_name(phase: impl serde::Serialize) -> String {
 
 fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
     // A saga this version cannot read is still shown, without its steps, with the reason.
-    let readable = saga::definitions::find(&row.definition)
-        .ok_or_else(|| format!("unknown definition `{}`", row.definition))
+    let readable = saga::definitions::find_version(&row.definition, row.definition_version)
+        .ok_or_else(|| {
+            format!(
+                "no definition `{}` version {} here",
+                row.definition, row.definition_version
+            )
+        })
         .and_then(|definition| {
             serde_json::from_value::<SagaState>(row.state.clone())
                 .map(|state| (definition, state))
@@ -202,6 +212,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
             return Ok(SagaDetail {
                 id: row.id,
                 definition: row.definition,
+                definition_version: row.definition_version,
                 status: row.status,
                 current_step: row.current_step,
                 version: row.version,
@@ -237,6 +248,7 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
     Ok(SagaDetail {
         id: row.id,
         definition: row.definition,
+        definition_version: row.definition_version,
         status: row.status,
         current_step: row.current_step,
         version: row.version,

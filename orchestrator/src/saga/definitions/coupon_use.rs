@@ -11,6 +11,7 @@ use super::super::definition::{Definition, Step};
 
 pub static COUPON_USE: Definition = Definition {
     name: "coupon_use",
+    version: 1,
     steps: &[
         Step::new(
             "claim_coupon",

@@ -14,11 +14,16 @@ pub use order::ORDER;
 /// Every registered definition; names must be unique (checked by a test).
 pub static ALL: &[&Definition] = &[&ORDER, &COUPON_USE];
 
-/// Looks a definition up by the name stored with a saga instance.
+/// Looks a definition up by name: the one new sagas start on.
 pub fn find(name: &str) -> Option<&'static Definition> {
     ALL.iter()
         .copied()
         .find(|definition| definition.name == name)
+}
+
+/// The exact shape a saga instance started on: its name and version as stored.
+pub fn find_version(name: &str, version: i32) -> Option<&'static Definition> {
+    find(name).filter(|definition| i64::from(definition.version) == i64::from(version))
 }
 
 #[cfg(test)]
@@ -34,6 +39,8 @@ mod tests {
             assert_eq!(find(definition.name), Some(*definition));
         }
         assert_eq!(find("no_such_saga"), None);
+        assert_eq!(find_version("order", 1), Some(&ORDER));
+        assert_eq!(find_version("order", 2), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use super::super::definition::{Definition, Step};
 
 pub static ORDER: Definition = Definition {
     name: "order",
+    version: 1,
     steps: &[
         Step::new(
             "reserve_stock",

@@ -191,6 +191,7 @@ fn a_stray_timer_on_a_settled_step_is_dropped() {
 fn a_definition_without_steps_completes_at_start() {
     let empty = Definition {
         name: "empty",
+        version: 1,
         steps: &[],
     };
     let started = start(&empty, epoch());

@@ -412,6 +412,7 @@ fn a_definition() -> impl Strategy<Value = &'static Definition> {
             .collect();
         let definition = Definition {
             name: "generated",
+            version: 1,
             steps: Box::leak(steps.into_boxed_slice()),
         };
         &*Box::leak(Box::new(definition))
