@@ -586,10 +586,29 @@ async fn bad_values_name_their_field_and_never_reach_a_500() {
             json!({ "vendor_id": vendor["id"], "kind": "K", "title": "T", "value_cents": 100, "total_quantity": 1, "valid_from": "yesterday", "valid_until": "2030-01-01T00:00:00Z" }),
             "valid_from",
         ),
+        // U+0000 fits the JSON but no stored text: refused at the door, never a 500.
+        (
+            "/v1/vendors",
+            json!({ "name": "Roast\u{0}ery", "payouts_enabled": true }),
+            "name",
+        ),
+        ("/v1/orders", order(user_id, json!(1)), "body"),
     ];
-    for (path, body, field) in cases {
+    for (index, (path, mut body, field)) in cases.into_iter().enumerate() {
+        if field == "body" {
+            // The order of the last case, with a NUL in its address: named by its path.
+            body["shipping_address"]["city"] = json!("Seo\u{0}ul");
+            let answer = problem(api.post(path, body).await, 400, None).await;
+            assert_eq!(
+                answer["field"], "shipping_address.city",
+                "case {index}: {answer}"
+            );
+            continue;
+        }
         problem(api.post(path, body).await, 400, Some(field)).await;
     }
+    let nul_in_path = api.get("/v1/products/MUG%0001").await;
+    problem(nul_in_path, 400, Some("path")).await;
 
     // A stock raised up to its column's maximum in legal steps: the next step is a 409
     // that says why, not an integer overflow.

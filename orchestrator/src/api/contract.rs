@@ -68,6 +68,50 @@ pub fn complete(spec: &mut Value) {
             }
         }
     }
+    // Every free string (no format, enum or pattern of its own) says what `strict` refuses:
+    // U+0000, which Postgres text cannot hold.
+    if let Some(schemas) = spec["components"]["schemas"].as_object_mut() {
+        for schema in schemas.values_mut() {
+            let properties = schema
+                .get_mut("properties")
+                .and_then(Value::as_object_mut)
+                .into_iter()
+                .flatten();
+            for property in properties.map(|(_, property)| property) {
+                let free = property["type"] == "string"
+                    && property["format"].is_null()
+                    && property["enum"].is_null()
+                    && property["pattern"].is_null();
+                if free {
+                    property["pattern"] = json!("^[^\\u0000]*$");
+                }
+            }
+        }
+    }
+    let paths = spec.get_mut("paths").and_then(Value::as_object_mut);
+    for operation in paths
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|operations| operations.values_mut())
+    {
+        let parameters = operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut);
+        for schema in parameters
+            .into_iter()
+            .flatten()
+            .filter_map(|parameter| parameter.get_mut("schema"))
+        {
+            let free = schema["type"] == "string"
+                && schema["format"].is_null()
+                && schema["enum"].is_null()
+                && schema["pattern"].is_null();
+            if free {
+                schema["pattern"] = json!("^[^\\u0000]*$");
+            }
+        }
+    }
     if let Some(paths) = spec["paths"].as_object_mut() {
         for operations in paths.values_mut() {
             for operation in operations

@@ -7,7 +7,10 @@
 //! with the path of the first offending field (`lines[1].quantity`). It checks JSON types,
 //! nulls, required properties and formats (`uuid`, `date-time`, the ranges of `int32` and
 //! `int64`); validators (bounds, lengths, patterns) stay with poem-openapi, whose messages
-//! already name the field. Malformed JSON is left to poem-openapi as well.
+//! already name the field. Malformed JSON is left to poem-openapi as well. A string field
+//! with U+0000, or U+0000 in the path or query, is refused (400, naming where): no stored
+//! text can hold it, and the document says so as each free string's `pattern`. (Fields
+//! the schema does not name are dropped unread, whatever they hold.)
 
 use std::sync::{Arc, LazyLock};
 
@@ -125,6 +128,10 @@ impl Operations {
                     .iter()
                     .find_map(|(name, field)| self.check(field, properties.get(name)?, &join(name)))
             }
+            Value::String(text) if text.contains('\0') => {
+                let field = if path.is_empty() { "body" } else { path };
+                Some((field.to_owned(), NUL.to_owned()))
+            }
             _ => format_error(value, schema["format"].as_str()?).map(|detail| {
                 let field = if path.is_empty() { "body" } else { path };
                 (field.to_owned(), detail)
@@ -132,6 +139,9 @@ impl Operations {
         }
     }
 }
+
+/// Why a string with U+0000 is refused (the document states it as each string's pattern).
+const NUL: &str = "must not contain U+0000 (NUL), which no stored text can hold";
 
 /// What is wrong with a scalar of the given format, if anything.
 fn format_error(value: &Value, format: &str) -> Option<String> {
@@ -172,6 +182,16 @@ pub async fn strict_body<E: Endpoint>(
     endpoint: Arc<E>,
     mut request: Request,
 ) -> poem::Result<Response> {
+    // Postgres text and jsonb cannot hold U+0000: refused at the door, never a 500 later.
+    let uri = request.uri().to_string();
+    if uri.to_ascii_lowercase().contains("%00") {
+        let at = if request.uri().path().to_ascii_lowercase().contains("%00") {
+            "path"
+        } else {
+            "query"
+        };
+        return Ok(ApiError::invalid(at, format!("{at}: {NUL}")).into_response());
+    }
     let operation = OPERATIONS.body_schema(request.method(), request.uri().path());
     let left_out = request.header("content-type").is_none()
         && request.header("transfer-encoding").is_none()
