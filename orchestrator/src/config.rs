@@ -70,7 +70,7 @@ pub const ORCHESTRATOR: &[Setting] = &[
         env: "HTTP_IDLE_TIMEOUT_MS",
         long: "http-idle-timeout-ms",
         default: Some("60000"),
-        help: "a connection with no request in flight and no bytes moving for this long is closed",
+        help: "a connection with no request in flight and no bytes moving for this long is closed (HTTP/2; an HTTP/1 connection waiting for its next request is closed at the header timeout)",
         secret: false,
     },
     Setting {
