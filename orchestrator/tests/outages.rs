@@ -31,24 +31,9 @@ async fn finished(env: &TestEnv, id: Uuid) -> String {
     .unwrap_or_else(|| panic!("saga {id} never finished"))
 }
 
-/// Redis stopped for 15 s while orders arrive: the participants cannot lock, so every
-/// command waits for Redis instead of answering `Failed`; once it is back, every accepted
-/// order completes, and none compensated or parked.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_redis_outage_delays_orders_and_compensates_none() {
-    let env = TestEnv::start().await;
-    let mut redis = PrivateRedis::start();
-    let orchestrator = Orchestrator::start_with_vars(
-        &env,
-        Mode::Dev,
-        Options::default(),
-        &[
-            ("REDIS_URL", redis.url.as_str()),
-            ("CONCURRENCY_STRATEGY", "redis-lock"),
-        ],
-    )
-    .await;
-    let api = Http::new(orchestrator.base());
+/// A product with plenty of stock and a rich user (made by the admin API), and an order of
+/// one item of it for that user.
+async fn stocked_order(api: &Http) -> Value {
     let sku = format!("MUG-{}", Uuid::now_v7().simple());
     answer(
         api.post(
@@ -68,24 +53,46 @@ async fn a_redis_outage_delays_orders_and_compensates_none() {
         StatusCode::CREATED,
     )
     .await;
-    let order = json!({
+    json!({
         "user_id": user["id"],
         "lines": [{ "sku": sku, "quantity": 1 }],
         "shipping_address": { "country": "KR", "city": "Seoul", "line1": "1 Main St", "postal_code": "04524" },
-    });
-    let place = async || -> Uuid {
-        let accepted: Value =
-            answer(api.post("/v1/orders", &order).await, StatusCode::ACCEPTED).await;
-        accepted["saga_id"].as_str().unwrap().parse().unwrap()
-    };
-    let before = place().await;
+    })
+}
+
+/// Places `order`; the saga it started.
+async fn place(api: &Http, order: &Value) -> Uuid {
+    let accepted: Value = answer(api.post("/v1/orders", order).await, StatusCode::ACCEPTED).await;
+    accepted["saga_id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Redis stopped for 15 s while orders arrive: the participants cannot lock, so every
+/// command waits for Redis instead of answering `Failed`; once it is back, every accepted
+/// order completes, and none compensated or parked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_outage_delays_orders_and_compensates_none() {
+    let env = TestEnv::start().await;
+    let mut redis = PrivateRedis::start();
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Dev,
+        Options::default(),
+        &[
+            ("REDIS_URL", redis.url.as_str()),
+            ("CONCURRENCY_STRATEGY", "redis-lock"),
+        ],
+    )
+    .await;
+    let api = Http::new(orchestrator.base());
+    let order = stocked_order(&api).await;
+    let before = place(&api, &order).await;
     assert_eq!(finished(&env, before).await, "COMPLETED");
 
     redis.stop();
     let outage_ends = Instant::now() + Duration::from_secs(15);
     let mut during = Vec::new();
     while Instant::now() < outage_ends {
-        during.push(place().await);
+        during.push(place(&api, &order).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // Nothing moved past its first locked step while Redis was away.
@@ -156,44 +163,16 @@ async fn a_worker_lost_for_good_and_replaced_costs_no_saga_a_compensation() {
     }
     let orchestrator = Orchestrator::start(&env, Options::default()).await;
     let api = Http::new(orchestrator.base());
-    let sku = format!("MUG-{}", Uuid::now_v7().simple());
-    answer(
-        api.post(
-            "/v1/products",
-            &json!({ "sku": sku, "name": "Mug", "price_cents": 500, "stock": 1000 }),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let user = answer(
-        api.post(
-            "/v1/users",
-            &json!({ "name": "Kim", "balance_cents": 10_000_000 }),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let order = json!({
-        "user_id": user["id"],
-        "lines": [{ "sku": sku, "quantity": 1 }],
-        "shipping_address": { "country": "KR", "city": "Seoul", "line1": "1 Main St", "postal_code": "04524" },
-    });
-    let place = async || -> Uuid {
-        let accepted: Value =
-            answer(api.post("/v1/orders", &order).await, StatusCode::ACCEPTED).await;
-        accepted["saga_id"].as_str().unwrap().parse().unwrap()
-    };
+    let order = stocked_order(&api).await;
 
     let first = Workers::start(&env, "worker-a");
-    let before = place().await;
+    let before = place(&api, &order).await;
     assert_eq!(finished(&env, before).await, "COMPLETED");
     first.kill().await;
 
     let mut during = Vec::new();
     for _ in 0..5 {
-        during.push(place().await);
+        during.push(place(&api, &order).await);
     }
     let replacement = Workers::start(&env, "worker-b");
     for id in &during {

@@ -54,6 +54,18 @@ fn body_enums() -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
 }
 
 /// Writes the enums and operation ids into `spec`.
+/// A free string schema (no format, enum or pattern of its own) gets the pattern that
+/// states what `strict` refuses: U+0000.
+fn refuse_nul(schema: &mut Value) {
+    let free = schema["type"] == "string"
+        && schema["format"].is_null()
+        && schema["enum"].is_null()
+        && schema["pattern"].is_null();
+    if free {
+        schema["pattern"] = json!("^[^\\u0000]*$");
+    }
+}
+
 pub fn complete(spec: &mut Value) {
     for (schema, property, values) in body_enums() {
         let property = &mut spec["components"]["schemas"][schema]["properties"][property];
@@ -77,15 +89,7 @@ pub fn complete(spec: &mut Value) {
                 .and_then(Value::as_object_mut)
                 .into_iter()
                 .flatten();
-            for property in properties.map(|(_, property)| property) {
-                let free = property["type"] == "string"
-                    && property["format"].is_null()
-                    && property["enum"].is_null()
-                    && property["pattern"].is_null();
-                if free {
-                    property["pattern"] = json!("^[^\\u0000]*$");
-                }
-            }
+            properties.for_each(|(_, property)| refuse_nul(property));
         }
     }
     let paths = spec.get_mut("paths").and_then(Value::as_object_mut);
@@ -103,13 +107,7 @@ pub fn complete(spec: &mut Value) {
             .flatten()
             .filter_map(|parameter| parameter.get_mut("schema"))
         {
-            let free = schema["type"] == "string"
-                && schema["format"].is_null()
-                && schema["enum"].is_null()
-                && schema["pattern"].is_null();
-            if free {
-                schema["pattern"] = json!("^[^\\u0000]*$");
-            }
+            refuse_nul(schema);
         }
     }
     if let Some(paths) = spec["paths"].as_object_mut() {
