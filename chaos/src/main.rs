@@ -176,7 +176,8 @@ async fn run() -> anyhow::Result<bool> {
                     eprintln!("chaos: restarting {name} failed: {err:#}");
                 }
                 if kind == Kind::Postgres {
-                    let recovered = postgres_answers(&database_url, Duration::from_secs(60)).await;
+                    let recovered =
+                        system::postgres_answers(&database_url, Duration::from_secs(60)).await;
                     match recovered {
                         Ok(()) => recoveries
                             .lock()
@@ -294,21 +295,6 @@ async fn run() -> anyhow::Result<bool> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(violations == 0 && failures.is_empty())
-}
-
-/// Waits until the database answers a query on a fresh connection.
-async fn postgres_answers(url: &str, within: Duration) -> anyhow::Result<()> {
-    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(mut conn) = diesel_async::AsyncPgConnection::establish(url).await
-            && conn.batch_execute("SELECT 1").await.is_ok()
-        {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no answer within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn report(

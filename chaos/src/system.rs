@@ -267,11 +267,25 @@ async fn start_postgres(dir: &Path) -> anyhow::Result<(Proc, String)> {
     )
     .as_user(user);
     postgres.start()?;
-    wait_for_port(port, Duration::from_secs(30)).await?;
-    Ok((
-        postgres,
-        format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-    ))
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    // Listening is not ready: the server refuses queries while it starts up.
+    postgres_answers(&url, Duration::from_secs(60)).await?;
+    Ok((postgres, url))
+}
+
+/// Waits until the database answers a query on a fresh connection.
+pub async fn postgres_answers(url: &str, within: Duration) -> anyhow::Result<()> {
+    use diesel_async::{AsyncConnection as _, SimpleAsyncConnection as _};
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(mut conn) = diesel_async::AsyncPgConnection::establish(url).await
+            && conn.batch_execute("SELECT 1").await.is_ok()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no answer within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Where `initdb` and `postgres` are: `pg_config --bindir`, else Debian's newest.
