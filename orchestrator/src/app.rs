@@ -2,6 +2,7 @@
 //! loops on one [`TaskTracker`], and stops them all on one [`CancellationToken`].
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +22,7 @@ use crate::api;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::engine::catalog::Catalog;
 use crate::relay::{Relay, RelayOptions};
 use crate::replies::ReplyHandler;
 use crate::timers::Timers;
@@ -114,15 +116,6 @@ pub async fn start_with(
              (set API_KEYS to switch it on)"
         );
     }
-    for definition in crate::saga::definitions::ALL {
-        if let Err(faults) = definition.check_timings(platform::kafka::LOST_MEMBER_COST) {
-            anyhow::bail!(
-                "saga definition `{}`: {}",
-                definition.name,
-                faults.join("; ")
-            );
-        }
-    }
     db::prepare(&config.stores.database_url).await?;
     let stores = &config.stores;
     // The API and the engine loops draw from separate pools, so requests cannot starve the
@@ -145,10 +138,35 @@ pub async fn start_with(
     let tasks = TaskTracker::new();
     // Every loop is spawned through `loops`, which tells `/healthz` when one stopped.
     let loops = Loops::stopping(shutdown.clone());
+    // The registered flows: the built-in ones, then DEFINITIONS_DIR's, then whatever
+    // admins registered over the API; every role they name gets its command topic.
+    let catalog = Arc::new(Catalog::open(&engine_database).await?);
+    if let Some(dir) = &config.definitions_dir {
+        let count = catalog.register_dir(&engine_database, dir).await?;
+        let mut pooled = engine_database.get().await?;
+        catalog.reload(&mut pooled).await?;
+        tracing::info!(count, dir = %dir.display(), "definitions registered from DEFINITIONS_DIR");
+    }
+    cluster
+        .ensure_role_topics(&catalog.roles())
+        .await
+        .context("creating the command topics of registered roles")?;
     let engine = Engine::new(
         engine_database.clone(),
         cluster.topics().clone(),
         options.clock.clone(),
+        Arc::clone(&catalog),
+    );
+    loops.spawn(
+        &tasks,
+        "definitions",
+        &shutdown,
+        Arc::clone(&catalog).follow(
+            config.stores.database_url.clone(),
+            engine_database.clone(),
+            Duration::from_secs(5),
+            shutdown.clone(),
+        ),
     );
     let relay = Relay::new(
         &config.stores.database_url,
@@ -307,6 +325,7 @@ fn api_state(
         },
         engine: engine.clone(),
         database: database.clone(),
+        cluster: cluster.clone(),
         lag: std::sync::Arc::new(platform::kafka::LagProbe::new(cluster)),
         demo: false,
         auth_enforced: false,

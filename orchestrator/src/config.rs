@@ -11,6 +11,8 @@
 //! - `HTTP_ADDR` (default `127.0.0.1:8080`); the server's limits `HTTP_HEADER_TIMEOUT_MS`
 //!   (10000), `HTTP_IDLE_TIMEOUT_MS` (60000), `HTTP_REQUEST_TIMEOUT_MS` (30000),
 //!   `HTTP_MAX_CONNECTIONS` (2048), `HTTP_MAX_REQUESTS` (1024) (see `api::server`)
+//! - `DEFINITIONS_DIR`: saga definition documents registered at start (see
+//!   [`crate::engine::catalog`])
 //! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
 //! - `AUTH` (`on`/`off`, default `on`), `API_KEYS`, `API_KEYS_FILE`, `METRICS_AUTH`
 //!   (`open`/`operator`, default `open`): access control (see [`crate::auth`])
@@ -95,6 +97,13 @@ pub const ORCHESTRATOR: &[Setting] = &[
         secret: false,
     },
     Setting {
+        env: "DEFINITIONS_DIR",
+        long: "definitions-dir",
+        default: None,
+        help: "a directory of saga definition documents (*.json) registered at start, beside the built-in ones",
+        secret: false,
+    },
+    Setting {
         env: "API_KEYS",
         long: "api-keys",
         default: None,
@@ -147,6 +156,8 @@ pub struct Config {
     pub workers: workers::runtime::RuntimeOptions,
     pub retention: RetentionEnv,
     pub auth: AuthConfig,
+    /// `DEFINITIONS_DIR`: definition documents registered at start.
+    pub definitions_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -169,6 +180,9 @@ impl Config {
             workers: workers::config::runtime_options(vars)?,
             retention: RetentionEnv::from_vars(vars)?,
             auth: AuthConfig::from_vars(vars)?,
+            definitions_dir: vars
+                .optional("DEFINITIONS_DIR")?
+                .map(std::path::PathBuf::from),
         })
     }
 }

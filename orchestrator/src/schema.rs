@@ -126,3 +126,22 @@ diesel::table! {
 
 diesel::joinable!(bulk_job_items -> bulk_jobs (job_id));
 diesel::allow_tables_to_appear_in_same_query!(bulk_jobs, bulk_job_items);
+
+diesel::table! {
+    saga_definitions (name, version) {
+        name -> Text,
+        version -> Int4,
+        document -> Jsonb,
+        created_by -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    saga_definition_defaults (name) {
+        name -> Text,
+        version -> Int4,
+        set_by -> Text,
+        set_at -> Timestamptz,
+    }
+}

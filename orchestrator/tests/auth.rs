@@ -344,7 +344,9 @@ async fn every_method_on_every_path_is_judged_for_every_caller() {
     for (template, operations) in doc["paths"].as_object().unwrap() {
         let path = template
             .replace("{id}", &uuid::Uuid::now_v7().to_string())
-            .replace("{sku}", "NO-SUCH-SKU");
+            .replace("{sku}", "NO-SUCH-SKU")
+            .replace("{name}", "no_such_name")
+            .replace("{version}", "7");
         assert!(
             !path.contains('{'),
             "a parameter this test cannot fill: {template}"

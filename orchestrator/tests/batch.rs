@@ -11,17 +11,20 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use orchestrator::clock::Clock;
 use orchestrator::engine::Engine;
+use orchestrator::engine::catalog::Catalog;
 use orchestrator::schema::{processed_replies, saga_history, sagas};
 use platform::contract::{Direction, Outcome, Reply, Topics, command_id};
 use platform::testkit::TestDb;
 use serde_json::json;
 use uuid::Uuid;
 
-fn engine(db: &TestDb) -> Engine {
+async fn engine(db: &TestDb) -> Engine {
+    let catalog = Catalog::open(&db.pool).await.expect("catalog");
     Engine::new(
         db.pool.clone(),
         Topics::new("batch").unwrap(),
         Clock::system(),
+        std::sync::Arc::new(catalog),
     )
 }
 
@@ -86,7 +89,7 @@ async fn statuses(db: &TestDb, ids: &[Uuid]) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_of_replies_costs_the_same_statements_whatever_its_size() {
     let db = TestDb::migrated().await;
-    let engine = engine(&db);
+    let engine = engine(&db).await;
     let (mut conn, statements) = counting(&db).await;
 
     let mut counts = Vec::new();
@@ -110,7 +113,7 @@ async fn a_batch_of_replies_costs_the_same_statements_whatever_its_size() {
 #[tokio::test(flavor = "multi_thread")]
 async fn several_replies_to_one_saga_in_one_batch_apply_in_their_order() {
     let db = TestDb::migrated().await;
-    let engine = engine(&db);
+    let engine = engine(&db).await;
     let ids = start_orders(&engine, 2).await;
     let (saga, other) = (ids[0], ids[1]);
     let (mut conn, _) = counting(&db).await;

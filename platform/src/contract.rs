@@ -83,6 +83,12 @@ impl Role {
     }
 }
 
+impl AsRef<str> for Role {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -127,9 +133,18 @@ impl Topics {
         &self.prefix
     }
 
-    /// Commands for one participant role.
-    pub fn commands(&self, role: Role) -> String {
-        format!("{}.commands.{}", self.prefix, role.as_str())
+    /// Commands for one participant role: a built-in [`Role`] or one a registered
+    /// definition names.
+    pub fn commands(&self, role: impl AsRef<str>) -> String {
+        format!("{}.commands.{}", self.prefix, role.as_ref())
+    }
+
+    /// The role whose command topic `topic` is, if it is one.
+    pub fn command_role<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        topic
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".commands.")
+            .filter(|role| !role.is_empty())
     }
 
     /// Replies from every participant to the orchestrator.

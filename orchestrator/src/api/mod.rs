@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 mod contract;
+pub mod flows;
 mod health;
 pub mod idempotency;
 pub mod metrics;
@@ -32,7 +33,8 @@ use platform::db;
 use platform::health::Probes;
 
 use crate::engine::Engine;
-use operator::{bulk_jobs, dead_letters, definitions, lag, notifications, sagas, stats};
+use flows::{definitions, signals};
+use operator::{bulk_jobs, dead_letters, lag, notifications, sagas, stats};
 use shop::{coupons, demo, orders, products, users, vendors};
 
 /// Largest accepted request body.
@@ -44,6 +46,8 @@ pub struct State {
     pub probes: Probes,
     pub engine: Engine,
     pub database: db::Pool,
+    /// Creates the command topics of roles that newly registered definitions name.
+    pub cluster: platform::kafka::Cluster,
     /// Reads consumer lag for the operator API.
     pub lag: std::sync::Arc<platform::kafka::LagProbe>,
     /// Whether the demo data generators answer (only in `dev`).
@@ -78,8 +82,11 @@ pub enum Tag {
     Vendors,
     /// Coupon campaigns, and using a coupon (a saga, or directly).
     Coupons,
-    /// Saga instances: status, steps, history; operator retry and cancel.
+    /// Saga instances: start any flow, send signals, status, steps, history; operator
+    /// retry and cancel.
     Sagas,
+    /// Flows as versioned data: register, read, set the default, compensation paths.
+    Definitions,
     /// Lifecycle events recorded by the notification worker.
     Notifications,
     /// Random demo data.
@@ -96,7 +103,7 @@ type Apis = (
     vendors::VendorsApi,
     coupons::CouponsApi,
     sagas::SagasApi,
-    definitions::DefinitionsApi,
+    (signals::SignalsApi, definitions::DefinitionsApi),
     stats::StatsApi,
     dead_letters::DeadLettersApi,
     bulk_jobs::BulkJobsApi,
@@ -116,7 +123,7 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
             vendors::VendorsApi,
             coupons::CouponsApi,
             sagas::SagasApi,
-            definitions::DefinitionsApi,
+            (signals::SignalsApi, definitions::DefinitionsApi),
             stats::StatsApi,
             dead_letters::DeadLettersApi,
             bulk_jobs::BulkJobsApi,
@@ -183,6 +190,14 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
         .nest("/", service)
         .at("/docs", poem::get(docs))
         .at("/openapi.json", poem::get(spec))
+        .at(
+            "/saga-definition.schema.json",
+            poem::get(poem::endpoint::make_sync(|_| {
+                poem::Response::builder()
+                    .content_type("application/schema+json")
+                    .body(crate::saga::document::FORMAT)
+            })),
+        )
         .nest("/ui", crate::console::routes())
         .around(strict::strict_body)
         .around(limit_body)

@@ -106,7 +106,13 @@ impl RouteLabels {
         });
         match operation {
             Some((_, _, id)) => id.clone(),
-            None if path == "/docs" || path == "/openapi.json" => "docs".to_owned(),
+            None if matches!(
+                path,
+                "/docs" | "/openapi.json" | "/saga-definition.schema.json"
+            ) =>
+            {
+                "docs".to_owned()
+            }
             None if path == "/ui" || path.starts_with("/ui/") => "console".to_owned(),
             None => "unmatched".to_owned(),
         }

@@ -57,6 +57,9 @@ pub enum ApiError {
     /// No such resource.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The key lacks what this needs (a signal's scope, say).
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// The request conflicts with the resource's state or a limit.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
@@ -99,6 +102,10 @@ impl ApiError {
             "Not found",
             format!("{what} {id} does not exist"),
         )))
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Forbidden(Json(Problem::new(403, "forbidden", "Forbidden", detail)))
     }
 
     pub fn conflict(detail: impl Into<String>) -> Self {

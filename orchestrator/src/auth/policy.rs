@@ -51,7 +51,21 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("GET", "/v1/coupons/{id}", ANY_KEY),
     // Operators watch and operate sagas.
     ("GET", "/v1/sagas", OPERATOR),
-    ("GET", "/v1/saga-definitions", OPERATOR),
+    ("POST", "/v1/sagas", OWN_OR_OPERATOR),
+    // A signal's scope is the definition's to name; the handler checks it.
+    ("POST", "/v1/sagas/{id}/signals/{name}", ANY_KEY),
+    ("GET", "/v1/saga-definitions", ADMIN_OR_OPERATOR),
+    ("GET", "/v1/saga-definitions/{name}", ADMIN_OR_OPERATOR),
+    (
+        "GET",
+        "/v1/saga-definitions/{name}/versions/{version}",
+        ADMIN_OR_OPERATOR,
+    ),
+    (
+        "GET",
+        "/v1/saga-definitions/{name}/versions/{version}/paths",
+        ADMIN_OR_OPERATOR,
+    ),
     ("GET", "/v1/saga-stats", OPERATOR),
     ("GET", "/v1/sagas/{id}", OWN_OR_OPERATOR),
     ("GET", "/v1/sagas/{id}/history", OWN_OR_OPERATOR),
@@ -76,6 +90,14 @@ const TABLE: &[(&str, &str, Access)] = &[
     ("POST", "/v1/users/{id}/top-ups", ADMIN),
     ("POST", "/v1/vendors", ADMIN),
     ("POST", "/v1/coupons", ADMIN),
+    // Admins register flows and choose the version new sagas start on.
+    ("POST", "/v1/saga-definitions", ADMIN),
+    ("PUT", "/v1/saga-definitions/{name}/default", ADMIN),
+    (
+        "DELETE",
+        "/v1/saga-definitions/{name}/versions/{version}",
+        ADMIN,
+    ),
     ("POST", "/v1/demo/users", ADMIN),
     ("POST", "/v1/demo/vendors", ADMIN),
     ("POST", "/v1/demo/coupons", ADMIN),

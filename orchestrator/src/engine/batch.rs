@@ -175,7 +175,7 @@ impl Engine {
             }
             return;
         }
-        let decoded = definition_of(row)
+        let decoded = definition_of(&self.catalog, row)
             .and_then(|definition| Ok((definition, decode_state(row)?)))
             .and_then(|(definition, state)| {
                 // A deploy that added or removed a step: the pure core would ignore every
@@ -211,7 +211,7 @@ impl Engine {
         let mut changed = false;
         let mut timer_stale = false;
         for arrival in arrivals {
-            let transition = saga::transition(definition, &state, &arrival.input, now, jitter());
+            let transition = saga::transition(&definition, &state, &arrival.input, now, jitter());
             match transition.outcome {
                 saga::Outcome::Applied => {
                     let state_after = &transition.state;
@@ -226,7 +226,7 @@ impl Engine {
                     ));
                     let context = SagaContext {
                         id: row.id,
-                        definition,
+                        definition: &definition,
                         payload: &row.payload,
                         state: state_after,
                         traceparent: arrival
@@ -252,7 +252,10 @@ impl Engine {
                         timer_stale = true;
                     } else if matches!(
                         arrival.input,
-                        Input::CancelRequested | Input::RetryRequested | Input::ResolveRequested
+                        Input::CancelRequested
+                            | Input::RetryRequested
+                            | Input::ResolveRequested
+                            | Input::Signal { .. }
                     ) {
                         writes.refused = Some((state.status, reason.clone()));
                     } else {

@@ -4,23 +4,26 @@
 use platform::contract::{Direction, Fenced, Outcome as ReplyOutcome, Reply};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::Error;
+use super::catalog::Catalog;
 use super::store::SagaRow;
 use crate::saga::{self, Definition, FailureKind, Input, SagaState};
 
-/// The shape the saga started on: its definition at its stored version. A version this
-/// process does not have (a newer deploy's, say) makes the row unreadable here.
-pub(super) fn definition_of(row: &SagaRow) -> Result<&'static Definition, Error> {
-    let unknown = |reason: String| Error::Corrupt { id: row.id, reason };
-    let Some(current) = saga::definitions::find(&row.definition) else {
-        return Err(unknown(format!("unknown definition `{}`", row.definition)));
-    };
-    saga::definitions::find_version(&row.definition, row.definition_version).ok_or_else(|| {
-        unknown(format!(
-            "definition `{}` has no version {} here (this process has version {})",
-            row.definition, row.definition_version, current.version
-        ))
-    })
+/// The shape the saga started on: its definition at its stored version. A version the
+/// catalog does not hold (removed, or unreadable by this build) makes the row unreadable.
+pub(super) fn definition_of(catalog: &Catalog, row: &SagaRow) -> Result<Arc<Definition>, Error> {
+    let version = u32::try_from(row.definition_version).unwrap_or_default();
+    catalog
+        .version(&row.definition, version)
+        .ok_or_else(|| Error::Corrupt {
+            id: row.id,
+            reason: format!(
+                "definition `{}` version {} is not registered here",
+                row.definition, row.definition_version
+            ),
+        })
 }
 
 pub(super) fn decode_state(row: &SagaRow) -> Result<SagaState, Error> {

@@ -3,7 +3,7 @@
 //! no message: the saga row carries them.
 
 use chrono::{DateTime, Utc};
-use platform::contract::{Command, CommandPayload, Direction, Dispatch, Event, Role, Topics};
+use platform::contract::{Command, CommandPayload, Direction, Dispatch, Event, Topics};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -50,7 +50,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Forward,
             command,
-            *role,
+            role,
             now,
         )),
         // Same message, same command id as the first send.
@@ -65,7 +65,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Forward,
             command,
-            *role,
+            role,
             now,
         )),
         Action::Compensate {
@@ -79,7 +79,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Compensate,
             command,
-            *role,
+            role,
             now,
         )),
         Action::Fence {
@@ -93,7 +93,7 @@ pub(super) fn for_action(
             (*step, *attempt),
             Direction::Fence,
             command,
-            *role,
+            role,
             now,
         )),
         Action::Emit(event) => {
@@ -101,7 +101,7 @@ pub(super) fn for_action(
             let message = Event {
                 id: Uuid::now_v7(),
                 saga_id: context.id,
-                saga: context.definition.name.to_owned(),
+                saga: context.definition.name.clone(),
                 kind: event.kind.as_str().to_owned(),
                 step,
                 message: event.message.clone(),
@@ -137,7 +137,7 @@ pub(super) fn command_message(
     (step, attempt): (usize, u32),
     direction: Direction,
     name: &str,
-    role: Role,
+    role: &str,
     now: DateTime<Utc>,
 ) -> (NewHistory, Option<NewOutboxMessage>) {
     let step_number = u32::try_from(step).unwrap_or(u32::MAX);
@@ -148,7 +148,7 @@ pub(super) fn command_message(
     };
     let command = Command::new(
         context.id,
-        context.definition.name,
+        &context.definition.name,
         dispatch,
         name,
         command_payload(context),
@@ -175,7 +175,7 @@ fn command_payload(context: &SagaContext<'_>) -> CommandPayload {
         .steps
         .iter()
         .zip(&context.state.steps)
-        .filter_map(|(step, state)| Some((step.name.to_owned(), state.output.clone()?)))
+        .filter_map(|(step, state)| Some((step.name.clone(), state.output.clone()?)))
         .collect();
     CommandPayload {
         input: context.payload.clone(),

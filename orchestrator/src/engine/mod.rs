@@ -8,6 +8,7 @@
 //! its message and no message without its state.
 
 mod batch;
+pub mod catalog;
 mod codec;
 mod messages;
 pub mod metrics;
@@ -27,6 +28,7 @@ use crate::clock::Clock;
 use crate::saga::{self, Definition, Input, SagaState, Status};
 use batch::Arrival;
 pub(crate) use batch::Writes;
+use catalog::Catalog;
 use codec::{current_step, encode_state, reply_input};
 use messages::history;
 use metrics::Metrics;
@@ -36,6 +38,11 @@ use store::NewSaga;
 pub enum Error {
     #[error("unknown saga definition `{0}`")]
     UnknownDefinition(String),
+    #[error("saga definition `{name}` has no version {version}")]
+    UnknownVersion { name: String, version: u32 },
+    /// The input cannot start the saga (a wait's time missing from it, say).
+    #[error("{0}")]
+    BadInput(String),
     #[error("saga {0} not found")]
     NotFound(Uuid),
     /// The operator action does not apply in the saga's current status.
@@ -72,17 +79,48 @@ pub struct Engine {
     pool: db::Pool,
     topics: Topics,
     clock: Clock,
+    catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
 }
 
+/// What to start: a flow (at its default version unless one is pinned) on an input.
+#[derive(Debug, Clone, Copy)]
+pub struct Start<'a> {
+    pub definition: &'a str,
+    pub version: Option<u32>,
+    pub payload: &'a Value,
+    /// With a key already used for this definition, the existing saga is returned.
+    pub idempotency_key: Option<&'a str>,
+    /// The API key's name that starts it: that client may read it later, no other may.
+    pub started_by: Option<&'a str>,
+}
+
+impl<'a> Start<'a> {
+    pub fn new(definition: &'a str, payload: &'a Value) -> Self {
+        Self {
+            definition,
+            version: None,
+            payload,
+            idempotency_key: None,
+            started_by: None,
+        }
+    }
+}
+
 impl Engine {
-    pub fn new(pool: db::Pool, topics: Topics, clock: Clock) -> Self {
+    pub fn new(pool: db::Pool, topics: Topics, clock: Clock, catalog: Arc<Catalog>) -> Self {
         Self {
             pool,
             topics,
             clock,
+            catalog,
             metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// The registered flows.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     pub fn pool(&self) -> &db::Pool {
@@ -110,11 +148,12 @@ impl Engine {
     ) -> Result<Started, Error> {
         let mut pooled = self.pool.get().await?;
         let conn: &mut Connection = &mut pooled;
-        conn.transaction(async |conn: &mut Connection| {
-            self.start_in(conn, definition, payload, idempotency_key)
-                .await
-        })
-        .await
+        let start = Start {
+            idempotency_key,
+            ..Start::new(definition, payload)
+        };
+        conn.transaction(async |conn: &mut Connection| self.start_with(conn, start).await)
+            .await
     }
 
     /// Starts a saga inside the caller's transaction (so an order row and its saga commit
@@ -127,8 +166,11 @@ impl Engine {
         payload: &Value,
         idempotency_key: Option<&str>,
     ) -> Result<Started, Error> {
-        self.start_row_in(conn, definition_name, payload, idempotency_key, None)
-            .await
+        let start = Start {
+            idempotency_key,
+            ..Start::new(definition_name, payload)
+        };
+        self.start_with(conn, start).await
     }
 
     /// Starts a saga for a client (the API key's name), inside the caller's transaction:
@@ -140,30 +182,75 @@ impl Engine {
         payload: &Value,
         started_by: Option<&str>,
     ) -> Result<Started, Error> {
-        self.start_row_in(conn, definition_name, payload, None, started_by)
-            .await
+        let start = Start {
+            started_by,
+            ..Start::new(definition_name, payload)
+        };
+        self.start_with(conn, start).await
     }
 
-    async fn start_row_in(
+    /// The definition a start asks for: the pinned version, or the default one.
+    pub fn definition_for(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<Definition>, Error> {
+        match version {
+            Some(version) => self.catalog.version(name, version).ok_or_else(|| {
+                if self.catalog.current(name).is_some() {
+                    Error::UnknownVersion {
+                        name: name.to_owned(),
+                        version,
+                    }
+                } else {
+                    Error::UnknownDefinition(name.to_owned())
+                }
+            }),
+            None => self
+                .catalog
+                .current(name)
+                .ok_or_else(|| Error::UnknownDefinition(name.to_owned())),
+        }
+    }
+
+    /// Starts a saga inside the caller's transaction. The version it starts on is held
+    /// (`FOR SHARE`) until the transaction ends, so it cannot be removed meanwhile.
+    pub async fn start_with(
         &self,
         conn: &mut Connection,
-        definition_name: &str,
-        payload: &Value,
-        idempotency_key: Option<&str>,
-        started_by: Option<&str>,
+        start: Start<'_>,
     ) -> Result<Started, Error> {
-        let definition = saga::definitions::find(definition_name)
-            .ok_or_else(|| Error::UnknownDefinition(definition_name.to_owned()))?;
+        let Start {
+            definition: definition_name,
+            version,
+            payload,
+            idempotency_key,
+            started_by,
+        } = start;
+        let definition = self.definition_for(definition_name, version)?;
+        if !self
+            .catalog
+            .hold(conn, &definition.name, definition.version)
+            .await?
+        {
+            return Err(Error::UnknownVersion {
+                name: definition.name.clone(),
+                version: definition.version,
+            });
+        }
         let now = self.clock.now();
         let id = Uuid::now_v7();
         // The saga's trace starts here, under the caller's span (the HTTP request).
-        let span = tracing::info_span!("saga.start", saga.id = %id, saga.definition = definition.name, trace_id = tracing::field::Empty);
+        let span = tracing::info_span!("saga.start", saga.id = %id, saga.definition = %definition.name, trace_id = tracing::field::Empty);
         telemetry::continue_trace(&span, None);
         let traceparent = telemetry::traceparent(&span);
-        let transition = saga::start(definition, now);
+        let transition = saga::start(&definition, payload, now);
+        if let saga::Outcome::Ignored { reason } = transition.outcome {
+            return Err(Error::BadInput(reason));
+        }
         let row = NewSaga {
             id,
-            definition: definition.name,
+            definition: &definition.name,
             status: transition.state.status.as_str(),
             current_step: current_step(&transition.state),
             payload,
@@ -179,7 +266,7 @@ impl Engine {
         };
         if !store::insert(conn, &row).await? {
             let key = idempotency_key.unwrap_or_default();
-            let existing = store::find_by_key(conn, definition.name, key)
+            let existing = store::find_by_key(conn, &definition.name, key)
                 .await?
                 .ok_or(Error::Concurrent(id))?;
             return Ok(Started {
@@ -189,7 +276,7 @@ impl Engine {
         }
         let context = SagaContext {
             id,
-            definition,
+            definition: &definition,
             payload,
             state: &transition.state,
             traceparent: traceparent.as_deref(),
@@ -278,10 +365,38 @@ impl Engine {
         ids.sort();
         ids.dedup();
         let rows = store::lock_all(conn, &ids).await?;
+        self.know(conn, &rows).await?;
         let writes = self.apply_in_memory(&rows, arrivals, self.clock.now());
         writes.flush(conn).await?;
         self.record(&writes);
         Ok(())
+    }
+
+    /// Makes sure the catalog holds the version every row runs on (one registered on
+    /// another replica a moment ago is loaded now, not found missing).
+    async fn know(&self, conn: &mut Connection, rows: &[store::SagaRow]) -> Result<(), Error> {
+        let wanted = rows.iter().map(|row| {
+            let version = u32::try_from(row.definition_version).unwrap_or_default();
+            (row.definition.as_str(), version)
+        });
+        self.catalog.ensure(conn, wanted).await?;
+        Ok(())
+    }
+
+    /// Operator or client: sends the signal `name` to a saga waiting for it; `payload`
+    /// becomes the signal step's output. A saga not waiting for it is a conflict.
+    pub async fn signal_by(
+        &self,
+        id: Uuid,
+        name: &str,
+        payload: Value,
+        operator: &Operator,
+    ) -> Result<(), Error> {
+        let input = Input::Signal {
+            name: name.to_owned(),
+            payload,
+        };
+        self.operator(id, input, "signal.received", operator).await
     }
 
     /// Counts a committed reply and its step latency.
@@ -302,6 +417,7 @@ impl Engine {
             .transaction(async |conn: &mut Connection| {
                 let now = self.clock.now();
                 let due = store::lock_due(conn, now, limit).await?;
+                self.know(conn, &due).await?;
                 let ticks = due
                     .iter()
                     .map(|row| Arrival::new(row.id, Input::Tick, "timer.fired"))
@@ -416,6 +532,7 @@ impl Engine {
             });
         }
         let rows = [row];
+        self.know(conn, &rows).await?;
         let mut arrival = Arrival::new(id, input, kind);
         arrival.detail = json!({ "actor": operator.actor, "reason": operator.reason });
         let writes = self.apply_in_memory(&rows, vec![arrival], self.clock.now());
@@ -452,7 +569,7 @@ impl Operator {
 /// What the outbox messages of one saga are built from.
 pub(crate) struct SagaContext<'a> {
     pub id: Uuid,
-    pub definition: &'static Definition,
+    pub definition: &'a Definition,
     pub payload: &'a Value,
     pub state: &'a SagaState,
     /// The trace context the transition ran in; its outbox messages carry it on.

@@ -18,13 +18,14 @@
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use platform::contract::{Command, Direction, Event, Reply, Role, Topics};
+use platform::contract::{Command, Direction, Event, Reply, Topics};
 use platform::db::Connection;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::SagaContext;
+use super::catalog::Catalog;
 use super::codec::{decode_state, definition_of};
 use super::messages::{command_message, sent_kind};
 use super::store::{self, NewOutboxMessage, SagaRow};
@@ -40,6 +41,7 @@ pub struct Letter<'a> {
 /// The outbox message that replays `letter`, or why it is refused.
 pub async fn message_for(
     conn: &mut Connection,
+    catalog: &Catalog,
     topics: &Topics,
     letter: &Letter<'_>,
     now: DateTime<Utc>,
@@ -51,11 +53,12 @@ pub async fn message_for(
     if origin == topics.events() {
         return event(conn, topics, letter).await;
     }
-    match Role::PARTICIPANTS
-        .into_iter()
-        .find(|role| topics.commands(*role) == origin)
+    let registered = catalog.roles();
+    match topics
+        .command_role(origin)
+        .filter(|role| registered.iter().any(|known| known == role))
     {
-        Some(role) => command(conn, topics, role, letter, now).await,
+        Some(role) => command(conn, catalog, topics, role, letter, now).await,
         None => Ok(Err(format!(
             "origin `{origin}` is not one of this deployment's topics"
         ))),
@@ -102,8 +105,9 @@ async fn sent_entry(
 
 async fn command(
     conn: &mut Connection,
+    catalog: &Catalog,
     topics: &Topics,
-    role: Role,
+    role: &str,
     letter: &Letter<'_>,
     now: DateTime<Utc>,
 ) -> QueryResult<Result<NewOutboxMessage, String>> {
@@ -132,25 +136,26 @@ async fn command(
             sent.saga_id, sent.id, sent.step, sent.attempt
         )));
     };
-    if detail["command"] != sent.name.as_str() || detail["role"] != role.as_str() {
+    if detail["command"] != sent.name.as_str() || detail["role"] != role {
         return Ok(Err(format!(
             "command {} was sent as `{}` to `{}`, not as `{}` to `{}`",
             sent.id, detail["command"], detail["role"], sent.name, role
         )));
     }
-    Ok(rebuilt(topics, &row, &sent, role, now))
+    Ok(rebuilt(catalog, topics, &row, &sent, role, now))
 }
 
 /// The command built again from the saga's own row: the letter lends only its identity.
 fn rebuilt(
+    catalog: &Catalog,
     topics: &Topics,
     row: &SagaRow,
     sent: &Command,
-    role: Role,
+    role: &str,
     now: DateTime<Utc>,
 ) -> Result<NewOutboxMessage, String> {
     let unreadable = |err: super::Error| format!("the saga cannot be read: {err}");
-    let definition = definition_of(row).map_err(unreadable)?;
+    let definition = definition_of(catalog, row).map_err(unreadable)?;
     let state = decode_state(row).map_err(unreadable)?;
     if state.status.is_terminal() {
         return Err(format!(
@@ -160,7 +165,7 @@ fn rebuilt(
     }
     let context = SagaContext {
         id: row.id,
-        definition,
+        definition: &definition,
         payload: &row.payload,
         state: &state,
         traceparent: row.traceparent.as_deref(),

@@ -5,7 +5,6 @@
 //! so a crash can never leave a state without its messages or the other way round.
 
 use chrono::{DateTime, Utc};
-use platform::contract::Role;
 use serde::{Serialize, Serializer};
 
 use super::state::Status;
@@ -19,16 +18,16 @@ pub enum Action {
     Dispatch {
         step: usize,
         attempt: u32,
-        command: &'static str,
-        role: Role,
+        command: String,
+        role: String,
     },
     /// Send the forward command of `(step, attempt)` again, unchanged (same command id): the
     /// attempt's start-to-close timeout passed without a reply.
     Resend {
         step: usize,
         attempt: u32,
-        command: &'static str,
-        role: Role,
+        command: String,
+        role: String,
     },
     /// Fence a step that has no compensation and whose outcome is unknown: the participant
     /// must refuse the original command from now on, or report that it already took effect.
@@ -36,15 +35,15 @@ pub enum Action {
     Fence {
         step: usize,
         attempt: u32,
-        command: &'static str,
-        role: Role,
+        command: String,
+        role: String,
     },
     /// Send a compensation command; `(step, attempt)` is unique for the life of the saga.
     Compensate {
         step: usize,
         attempt: u32,
-        command: &'static str,
-        role: Role,
+        command: String,
+        role: String,
     },
     /// The earliest timer moved to `at` (same as the new `SagaState::next_timer`). A timer
     /// that disappears is not announced: the state's `next_timer()` is the authority.

@@ -1,82 +1,128 @@
-//! The static shape of a saga: which steps run, in which order, who runs them and how hard
-//! to try.
+//! The shape of a saga: its stages in order, what each step does, and how hard to try.
 //!
-//! Definitions are `'static` data rather than trait objects so that the transition function
-//! stays one generic piece of code: adding a saga kind means adding data, never a new branch
-//! in the state machine.
+//! A definition is an owned value read from a document ([`super::document`]): adding or
+//! changing a flow is data, never a new branch in the state machine. A saga records the
+//! name and version it started on and finishes on that shape whatever is registered later.
+//!
+//! Steps are kept flat, in stage order, because the saga state holds one entry per step;
+//! a parallel stage is several consecutive steps that share a `stage` number.
 
-use platform::contract::Role;
 use std::time::Duration;
 
-/// A saga kind: a name and its steps, run in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use serde_json::Value;
+
+/// A saga kind at one version.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
     /// Stable identifier, stored with every saga instance; never rename a deployed one.
-    pub name: &'static str,
-    /// Which shape of the flow this is. A saga records the version it started on and
-    /// finishes on it; a shape once used is never changed, a new one is a new version.
+    pub name: String,
+    /// Which shape of the flow this is; a version once used by a saga is never changed.
     pub version: u32,
-    pub steps: &'static [Step],
+    pub description: String,
+    /// The JSON Schema a saga's input must satisfy (checked when a saga starts).
+    pub input_schema: Value,
+    /// Every step, in stage order (members of one parallel stage are adjacent).
+    pub steps: Vec<Step>,
 }
 
 impl Definition {
-    pub fn step(&self, index: usize) -> Option<&'static Step> {
+    pub fn step(&self, index: usize) -> Option<&Step> {
         self.steps.get(index)
     }
 
-    /// The rules a definition's timings must keep, given how long a lost consumer member
-    /// can hold a partition (`platform::kafka::LOST_MEMBER_COST`): an attempt timeout
-    /// shorter than its deadline (else no re-send ever happens), and deadlines longer than
-    /// a lost member (else a process that died, and was replaced by another, makes sagas
-    /// compensate whose steps did nothing wrong). Every fault is listed.
-    pub fn check_timings(&self, lost_member: Duration) -> Result<(), Vec<String>> {
-        let mut faults = Vec::new();
-        for step in self.steps {
-            let at = format!("{}.{}", self.name, step.name);
-            if step.attempt_timeout >= step.deadline {
-                faults.push(format!(
-                    "{at}: attempt timeout {:?} is not shorter than its deadline {:?}",
-                    step.attempt_timeout, step.deadline
-                ));
-            }
-            // A compensation attempt past its deadline only costs an attempt of a generous
-            // budget, and a short one re-sends a lost compensation sooner: no rule for it.
-            if step.deadline <= lost_member {
-                faults.push(format!(
-                    "{at}: deadline {:?} is not longer than what a lost consumer member \
-                     costs ({lost_member:?})",
-                    step.deadline
-                ));
+    /// How many stages the flow has.
+    pub fn stages(&self) -> usize {
+        self.steps.last().map_or(0, |step| step.stage + 1)
+    }
+
+    /// The indices of the steps of `stage`.
+    pub fn members(&self, stage: usize) -> impl Iterator<Item = usize> + '_ {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(move |(_, step)| step.stage == stage)
+            .map(|(index, _)| index)
+    }
+
+    /// The index of the signal step called `name`.
+    pub fn signal(&self, name: &str) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|step| step.name == name && matches!(step.kind, StepKind::Signal(_)))
+    }
+
+    /// Every role the flow sends commands to, once each, in order of first use.
+    pub fn roles(&self) -> Vec<&str> {
+        let mut roles: Vec<&str> = Vec::new();
+        for task in self.steps.iter().filter_map(Step::task) {
+            if !roles.contains(&task.role.as_str()) {
+                roles.push(&task.role);
             }
         }
-        if faults.is_empty() {
-            Ok(())
-        } else {
-            Err(faults)
+        roles
+    }
+}
+
+/// One step: a task, a durable wait or a wait for a signal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// Unique within the definition; a signal step's name is the signal's name.
+    pub name: String,
+    /// The stage this step belongs to; the next stage starts when every member succeeded.
+    pub stage: usize,
+    pub kind: StepKind,
+    /// Once this step succeeded the saga can no longer be undone: it is never compensated
+    /// or cancelled from then on, and every later step is `forward_only`.
+    pub pivot: bool,
+    /// Retried until it succeeds and never compensated (the steps after a pivot).
+    pub forward_only: bool,
+}
+
+impl Step {
+    pub fn task(&self) -> Option<&Task> {
+        match &self.kind {
+            StepKind::Task(task) => Some(task),
+            StepKind::Wait(_) | StepKind::Signal(_) => None,
+        }
+    }
+
+    /// Whether compensation has something to send for this step (an undo, or a fence).
+    pub fn compensation(&self) -> Option<&str> {
+        self.task().and_then(|task| task.compensation.as_deref())
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            StepKind::Task(_) => "task",
+            StepKind::Wait(_) => "wait",
+            StepKind::Signal(_) => "signal",
         }
     }
 }
 
-/// One forward action and, optionally, the action that undoes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    Task(Task),
+    Wait(Wake),
+    Signal(Signal),
+}
+
+/// A command to a participant role and, optionally, the command that undoes it.
 ///
-/// A step without a compensation is still *fenced* before the saga compensates past it
-/// while its outcome is unknown: a fence command makes the participant refuse the original
-/// for ever, or report that it already took effect. In that case the step is a pivot that
-/// cannot be undone, and the saga goes forward instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Step {
-    pub name: &'static str,
+/// A task without a compensation is still *fenced* before the saga compensates past it
+/// while its outcome is unknown: a fence makes the participant refuse the original for
+/// ever, or report that it already took effect; then the step stands and the saga goes
+/// forward instead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
     /// The participant role that executes both the command and the compensation.
-    pub role: Role,
-    pub command: &'static str,
-    /// `None` means the effect cannot be undone: a step that succeeded is skipped during
-    /// compensation, and one whose outcome is unknown is fenced (see above). It should be the
-    /// last step that can fail for business reasons.
-    pub compensation: Option<&'static str>,
+    pub role: String,
+    pub command: String,
+    pub compensation: Option<String>,
     pub retry: RetryPolicy,
     pub compensation_retry: RetryPolicy,
-    /// Covers every forward attempt together: a step that is still failing when it passes is
-    /// given up on, so a saga cannot sit on one step forever.
+    /// Covers every forward attempt together: a step still failing when it passes is given
+    /// up on, so a saga cannot sit on one step forever. Forward-only steps have none.
     pub deadline: Duration,
     /// Start-to-close timeout of one forward attempt: when no reply came within it, the same
     /// command (same command id) is sent again, because the command or its reply may have
@@ -88,27 +134,40 @@ pub struct Step {
     pub compensation_deadline: Duration,
 }
 
-impl Step {
-    /// A step with the project's default retry budgets and deadlines.
-    pub const fn new(
-        name: &'static str,
-        role: Role,
-        command: &'static str,
-        compensation: Option<&'static str>,
-    ) -> Step {
-        Step {
-            name,
-            role,
-            command,
-            compensation,
+impl Task {
+    /// A task with the project's default retry budgets and deadlines.
+    pub fn new(role: &str, command: &str, compensation: Option<&str>) -> Task {
+        Task {
+            role: role.to_owned(),
+            command: command.to_owned(),
+            compensation: compensation.map(str::to_owned),
             retry: RetryPolicy::FORWARD,
             compensation_retry: RetryPolicy::COMPENSATION,
-            // Longer than what a lost consumer member costs (60 s): see `check_timings`.
+            // Longer than what a lost consumer member costs (60 s): see `document`.
             deadline: Duration::from_secs(90),
             attempt_timeout: Duration::from_secs(5),
             compensation_deadline: Duration::from_secs(30),
         }
     }
+}
+
+/// When a durable wait ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Wake {
+    /// This long after the wait began.
+    After(Duration),
+    /// At the RFC 3339 time found at this JSON pointer in the saga's input.
+    At(String),
+}
+
+/// A wait for `POST /v1/sagas/{id}/signals/{name}`; the body becomes the step's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    /// The API scope a caller needs to send it (`client`, `operator` or `admin`).
+    pub scope: String,
+    /// No signal within it fails the step and the saga compensates. Forward-only signals
+    /// wait for ever.
+    pub timeout: Option<Duration>,
 }
 
 /// How many attempts an action gets and how long to wait between them.
@@ -185,36 +244,6 @@ mod tests {
         assert_eq!(policy.backoff(7, 0.0), Duration::from_secs(15));
         assert_eq!(policy.backoff(u32::MAX, 0.0), Duration::from_secs(15));
         assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn the_built_in_definitions_outlast_a_lost_member_and_a_shorter_deadline_is_refused() {
-        let lost = platform::kafka::LOST_MEMBER_COST;
-        for definition in crate::saga::definitions::ALL {
-            assert_eq!(
-                definition.check_timings(lost),
-                Ok(()),
-                "{}",
-                definition.name
-            );
-        }
-        const STEPS: &[Step] = &[Step {
-            deadline: Duration::from_secs(30),
-            attempt_timeout: Duration::from_secs(30),
-            ..Step::new("pay", Role::Payment, "payment.charge", None)
-        }];
-        let hasty = Definition {
-            name: "hasty",
-            version: 1,
-            steps: STEPS,
-        };
-        let faults = hasty.check_timings(lost).unwrap_err();
-        assert_eq!(faults.len(), 2, "{faults:?}");
-        assert!(
-            faults[0].contains("hasty.pay: attempt timeout"),
-            "{faults:?}"
-        );
-        assert!(faults[1].contains("lost consumer member"), "{faults:?}");
     }
 
     #[test]

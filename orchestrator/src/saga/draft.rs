@@ -1,6 +1,6 @@
 //! A transition under construction: a private copy of the state plus the actions produced so
-//! far, with the moves shared by several inputs (dispatching, starting and continuing
-//! compensation, parking, finishing).
+//! far, with the moves shared by several inputs (starting a stage, dispatching, starting and
+//! continuing compensation, parking, finishing).
 //!
 //! Input handlers may mutate the draft and then still decide to ignore the input: the draft
 //! is simply dropped and the caller keeps the original state, so a half-applied input can
@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::action::{Action, Event, EventKind};
-use super::definition::{Definition, RetryPolicy, Step};
+use super::definition::{Definition, RetryPolicy, Step, StepKind, Task, Wake};
 use super::state::{CompensationPhase, ForwardPhase, SagaState, Status, StepState};
 use super::transition::{Outcome, Transition};
 
@@ -60,7 +60,7 @@ impl<'a> Draft<'a> {
         }
     }
 
-    pub(super) fn step(&self, index: usize) -> Result<&'static Step, Ignored> {
+    pub(super) fn step(&self, index: usize) -> Result<&'a Step, Ignored> {
         self.definition.step(index).ok_or_else(|| {
             format!(
                 "unknown step index {index}: {} has {} steps",
@@ -68,6 +68,19 @@ impl<'a> Draft<'a> {
                 self.definition.steps.len()
             )
         })
+    }
+
+    /// The step at `index` when it is a task (only tasks send commands and get replies).
+    pub(super) fn task(&self, index: usize) -> Result<(&'a Step, &'a Task), Ignored> {
+        let step = self.step(index)?;
+        match step.task() {
+            Some(task) => Ok((step, task)),
+            None => Err(format!(
+                "{} is a {} step, not a task",
+                step.name,
+                step.kind_name()
+            )),
+        }
     }
 
     pub(super) fn step_state(&mut self, index: usize) -> Result<&mut StepState, Ignored> {
@@ -99,12 +112,80 @@ impl<'a> Draft<'a> {
         self.after(policy.backoff(failed_attempt, self.jitter))
     }
 
-    /// Sends the next forward attempt of `index`. The step deadline is set by the first
-    /// attempt only, because it bounds all attempts together.
-    pub(super) fn dispatch_forward(&mut self, index: usize) -> Result<(), Ignored> {
+    /// Whether the pivot succeeded: from then on the saga only goes forward.
+    pub(super) fn past_pivot(&self) -> bool {
+        self.definition
+            .steps
+            .iter()
+            .zip(&self.state.steps)
+            .any(|(step, state)| step.pivot && state.forward == ForwardPhase::Succeeded)
+    }
+
+    /// Starts every step of `stage`, or completes the saga when there is no such stage.
+    pub(super) fn begin_stage(&mut self, stage: usize) -> Result<(), Ignored> {
+        if stage >= self.definition.stages() {
+            self.finish(Status::Completed, EventKind::SagaCompleted);
+            return Ok(());
+        }
+        for index in self.definition.members(stage) {
+            self.begin_step(index)?;
+        }
+        Ok(())
+    }
+
+    fn begin_step(&mut self, index: usize) -> Result<(), Ignored> {
         let step = self.step(index)?;
-        let deadline = self.after(step.deadline);
-        let resend_at = self.after(step.attempt_timeout);
+        match &step.kind {
+            StepKind::Task(_) => self.dispatch_forward(index),
+            StepKind::Wait(wake) => {
+                let at = match wake {
+                    Wake::After(delay) => self.after(*delay),
+                    // Resolved from the input at start; a time already past ends the wait
+                    // at the next tick.
+                    Wake::At(_) => self.step_state(index)?.wake_at.unwrap_or(self.now),
+                };
+                let now = self.now;
+                let state = self.step_state(index)?;
+                state.forward = ForwardPhase::InFlight;
+                state.deadline_at = Some(at.max(now));
+                let message = format!("{}: waiting until {at}", step.name);
+                self.emit(EventKind::StepDispatched, Some(index), message);
+                Ok(())
+            }
+            StepKind::Signal(signal) => {
+                let timeout = signal.timeout.map(|timeout| self.after(timeout));
+                let state = self.step_state(index)?;
+                state.forward = ForwardPhase::InFlight;
+                state.deadline_at = timeout;
+                let until =
+                    timeout.map_or_else(|| "for ever".to_owned(), |at| format!("until {at}"));
+                let message = format!("{}: waiting for the signal {until}", step.name);
+                self.emit(EventKind::StepDispatched, Some(index), message);
+                Ok(())
+            }
+        }
+    }
+
+    /// A step of the running saga succeeded: when its whole stage has, the next one starts.
+    pub(super) fn step_done(&mut self, index: usize) -> Result<(), Ignored> {
+        let stage = self.step(index)?.stage;
+        let stage_done = self
+            .definition
+            .members(stage)
+            .all(|member| self.state.steps[member].forward == ForwardPhase::Succeeded);
+        if stage_done {
+            self.begin_stage(stage + 1)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sends the next forward attempt of `index`. The step deadline is set by the first
+    /// attempt only, because it bounds all attempts together; forward-only steps have none.
+    pub(super) fn dispatch_forward(&mut self, index: usize) -> Result<(), Ignored> {
+        let (step, task) = self.task(index)?;
+        let deadline = (!step.forward_only).then(|| self.after(task.deadline));
+        let resend_at = self.after(task.attempt_timeout);
         let state = self.step_state(index)?;
         let attempt = next_attempt(state.attempt)?;
         state.attempt = attempt;
@@ -112,25 +193,27 @@ impl<'a> Draft<'a> {
         state.forward = ForwardPhase::InFlight;
         state.retry_at = None;
         state.resend_at = Some(resend_at);
-        state.deadline_at.get_or_insert(deadline);
+        if state.deadline_at.is_none() {
+            state.deadline_at = deadline;
+        }
         self.emit(
             EventKind::StepDispatched,
             Some(index),
-            format!("{} attempt {attempt}: {}", step.name, step.command),
+            format!("{} attempt {attempt}: {}", step.name, task.command),
         );
         self.actions.push(Action::Dispatch {
             step: index,
             attempt,
-            command: step.command,
-            role: step.role,
+            command: task.command.clone(),
+            role: task.role.clone(),
         });
         Ok(())
     }
 
     /// The attempt in flight passed its start-to-close timeout: send the same command again.
     pub(super) fn resend_forward(&mut self, index: usize) -> Result<(), Ignored> {
-        let step = self.step(index)?;
-        let resend_at = self.after(step.attempt_timeout);
+        let (step, task) = self.task(index)?;
+        let resend_at = self.after(task.attempt_timeout);
         let state = self.step_state(index)?;
         state.deliveries = state.deliveries.saturating_add(1);
         state.resend_at = Some(resend_at);
@@ -140,19 +223,34 @@ impl<'a> Draft<'a> {
             Some(index),
             format!(
                 "{} attempt {attempt}: no reply within {:?}; sent again (delivery {deliveries})",
-                step.name, step.attempt_timeout
+                step.name, task.attempt_timeout
             ),
         );
         self.actions.push(Action::Resend {
             step: index,
             attempt,
-            command: step.command,
-            role: step.role,
+            command: task.command.clone(),
+            role: task.role.clone(),
         });
         Ok(())
     }
 
+    /// Turns the saga around. Whatever else is still going forward is settled first: a
+    /// command in flight counts as outcome-unknown (its reply may still come, so it is
+    /// compensated or fenced), a pending retry is dropped, a wait or signal simply ends.
     pub(super) fn begin_compensation(&mut self, reason: String) -> Result<(), Ignored> {
+        for (step, state) in self.definition.steps.iter().zip(&mut self.state.steps) {
+            match (state.forward, &step.kind) {
+                (ForwardPhase::InFlight, StepKind::Task(_)) => {
+                    state.forward = ForwardPhase::OutcomeUnknown;
+                }
+                (ForwardPhase::InFlight | ForwardPhase::AwaitingRetry, _) => {
+                    state.forward = ForwardPhase::Failed;
+                }
+                _ => continue,
+            }
+            state.clear_timers();
+        }
         self.state.status = Status::Compensating;
         self.emit(EventKind::CompensationStarted, None, reason.clone());
         self.state.failure = Some(reason);
@@ -160,7 +258,8 @@ impl<'a> Draft<'a> {
     }
 
     /// Starts undoing the newest step whose effect may exist, or finishes when none is left.
-    /// Steps run strictly in index order, so the highest index is the newest dispatch.
+    /// Steps are undone one at a time in reverse index order, members of a parallel stage
+    /// included: the highest index is the newest dispatch or one of its stage.
     ///
     /// The fence rule: a step whose outcome is unknown is never passed over, compensation or
     /// not. A step without compensation gets a fence; the compensation of one that has it
@@ -177,7 +276,7 @@ impl<'a> Draft<'a> {
             .find_map(|(index, state)| {
                 let undoable = definition
                     .step(index)
-                    .is_some_and(|step| step.compensation.is_some());
+                    .is_some_and(|step| step.compensation().is_some());
                 let unknown = state.forward == ForwardPhase::OutcomeUnknown;
                 let waiting = state.compensation == CompensationPhase::NotStarted;
                 ((undoable || unknown) && waiting && state.may_have_effect()).then_some(index)
@@ -201,8 +300,8 @@ impl<'a> Draft<'a> {
     /// Sends the next compensation attempt of `index`, or the next fence attempt when the step
     /// has no compensation (both share the attempt counter, budget and deadline).
     pub(super) fn dispatch_compensation(&mut self, index: usize) -> Result<(), Ignored> {
-        let step = self.step(index)?;
-        let deadline = self.after(step.compensation_deadline);
+        let (step, task) = self.task(index)?;
+        let deadline = self.after(task.compensation_deadline);
         let state = self.step_state(index)?;
         let attempt = next_attempt(state.compensation_attempt)?;
         state.compensation_attempt = attempt;
@@ -212,24 +311,24 @@ impl<'a> Draft<'a> {
         state.deadline_at = Some(deadline);
         state.retry_at = None;
         state.resend_at = None;
-        let (kind, action, what) = match step.compensation {
+        let (kind, action, what) = match &task.compensation {
             Some(command) => (
                 EventKind::CompensationDispatched,
                 Action::Compensate {
                     step: index,
                     attempt,
-                    command,
-                    role: step.role,
+                    command: command.clone(),
+                    role: task.role.clone(),
                 },
-                command,
+                command.as_str(),
             ),
             None => (
                 EventKind::FenceDispatched,
                 Action::Fence {
                     step: index,
                     attempt,
-                    command: step.command,
-                    role: step.role,
+                    command: task.command.clone(),
+                    role: task.role.clone(),
                 },
                 "fence",
             ),
@@ -250,14 +349,14 @@ impl<'a> Draft<'a> {
         index: usize,
         reason: String,
     ) -> Result<(), Ignored> {
-        let step = self.step(index)?;
-        let policy = step.compensation_retry;
+        let (_, task) = self.task(index)?;
+        let policy = task.compensation_retry;
         let state = self.step_state(index)?;
         let (attempt, used) = (
             state.compensation_attempt,
             state.compensation_attempts_in_budget,
         );
-        let command = step.compensation.unwrap_or("fence");
+        let command = task.compensation.as_deref().unwrap_or("fence");
         if policy.allows_another_attempt(used) {
             let retry_at = self.retry_time(&policy, used);
             let state = self.step_state(index)?;

@@ -38,6 +38,12 @@ pub enum Input {
         attempt: u32,
         applied: Option<Value>,
     },
+    /// `POST /v1/sagas/{id}/signals/{name}`: the signal step `name` gets `payload` as its
+    /// output.
+    Signal {
+        name: String,
+        payload: Value,
+    },
     /// Time has passed; whichever deadline or retry is due by `now` is handled.
     Tick,
     CancelRequested,

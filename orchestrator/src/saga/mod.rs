@@ -6,14 +6,20 @@
 //! deterministic, every behaviour below is pinned by unit and property tests.
 //!
 //! # The model
-//! A saga runs its definition's steps one at a time (`Status::Running`). Each step is a
-//! command sent to a participant role; the reply names the attempt it answers, and only the
-//! latest attempt counts. A retryable failure is retried with backoff within the step's
-//! attempt budget and deadline.
+//! A saga runs its definition's stages in order (`Status::Running`); a stage is one step or
+//! a parallel group of tasks, and the next stage starts when every step of this one
+//! succeeded. A step is a task (a command sent to a participant role; the reply names the
+//! attempt it answers, and only the latest attempt counts), a durable wait, or a wait for a
+//! signal. A retryable failure is retried with backoff within the step's attempt budget and
+//! deadline.
 //!
-//! When a step is rejected, runs out of attempts or deadline, or the saga is cancelled, the
-//! saga turns `Compensating` and undoes, newest first and one at a time, every step whose
-//! effect may exist: steps that succeeded and steps whose outcome is unknown (no reply).
+//! When a step is rejected, runs out of attempts or deadline, a signal does not come in
+//! time, or the saga is cancelled, the saga turns `Compensating`: the steps still going
+//! forward are settled (a command in flight becomes outcome-unknown), then it undoes, newest
+//! first and one at a time, every task whose effect may exist: tasks that succeeded and
+//! tasks whose outcome is unknown (no reply). Once a *pivot* step succeeded, nothing is
+//! undone any more: the steps after it are forward-only, retried until they succeed, and a
+//! cancel is refused.
 //! Steps that replied with a failure rolled themselves back and are not compensated; steps
 //! without a compensation command are skipped. Compensations retry with backoff; when one
 //! exhausts its budget the saga parks as `Failed` until an operator retries it.
@@ -22,7 +28,8 @@
 //! `Cancelled` (undone after a cancel request). These three are final.
 //!
 //! # Layout
-//! - [`definition`]: the static shape of a saga kind; [`definitions`]: the registry.
+//! - [`definition`]: the shape of a saga kind; [`document`]: a flow as JSON, checked and
+//!   read; [`definitions`]: the built-in flows.
 //! - [`state`]: what is persisted per saga; [`input`] and [`action`]: what goes in and out.
 //! - [`transition`]: the state machine; `reply` fences and applies participant replies,
 //!   `draft` holds the moves several inputs share.
@@ -30,9 +37,11 @@
 pub mod action;
 pub mod definition;
 pub mod definitions;
+pub mod document;
 mod draft;
 pub mod error;
 pub mod input;
+pub mod paths;
 mod reply;
 pub mod state;
 pub mod transition;
@@ -41,7 +50,7 @@ pub mod transition;
 mod tests;
 
 pub use action::{Action, Event, EventKind};
-pub use definition::{Definition, RetryPolicy, Step};
+pub use definition::{Definition, RetryPolicy, Signal, Step, StepKind, Task, Wake};
 pub use error::Error;
 pub use input::{FailureKind, Input};
 pub use state::{CompensationPhase, ForwardPhase, SagaState, Status, StepState};

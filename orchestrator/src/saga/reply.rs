@@ -28,10 +28,10 @@ pub(super) fn step_succeeded(
     attempt: u32,
     output: &Value,
 ) -> Result<(), Ignored> {
-    let step = draft.step(index)?;
+    let (step, _) = draft.task(index)?;
     let status = draft.state.status;
     let state = draft.step_state(index)?;
-    check_attempt(step.name, "forward", attempt, state.attempt)?;
+    check_attempt(&step.name, "forward", attempt, state.attempt)?;
     match (status, state.forward) {
         (Status::Running, ForwardPhase::InFlight) => {
             state.forward = ForwardPhase::Succeeded;
@@ -39,12 +39,7 @@ pub(super) fn step_succeeded(
             state.clear_timers();
             let message = format!("{} attempt {attempt} succeeded", step.name);
             draft.emit(EventKind::StepSucceeded, Some(index), message);
-            if index + 1 < draft.definition.steps.len() {
-                draft.dispatch_forward(index + 1)
-            } else {
-                draft.finish(Status::Completed, EventKind::SagaCompleted);
-                Ok(())
-            }
+            draft.step_done(index)
         }
         // Knowing the effect exists does not change the plan: the compensation undoes it
         // either way, and it tolerates "nothing to undo" if the effect was never made.
@@ -60,7 +55,7 @@ pub(super) fn step_succeeded(
             draft.emit(EventKind::StepSucceeded, Some(index), message);
             Ok(())
         }
-        (status, phase) => Err(not_awaiting(step.name, "forward", phase, status)),
+        (status, phase) => Err(not_awaiting(&step.name, "forward", phase, status)),
     }
 }
 
@@ -71,15 +66,18 @@ pub(super) fn step_failed(
     kind: FailureKind,
     reason: &str,
 ) -> Result<(), Ignored> {
-    let step = draft.step(index)?;
+    let (step, task) = draft.task(index)?;
     let status = draft.state.status;
     let state = draft.step_state(index)?;
-    check_attempt(step.name, "forward", attempt, state.attempt)?;
+    check_attempt(&step.name, "forward", attempt, state.attempt)?;
     if (status, state.forward) != (Status::Running, ForwardPhase::InFlight) {
-        return Err(not_awaiting(step.name, "forward", state.forward, status));
+        return Err(not_awaiting(&step.name, "forward", state.forward, status));
     }
-    if kind == FailureKind::Retryable && step.retry.allows_another_attempt(attempt) {
-        let retry_at = draft.retry_time(&step.retry, attempt);
+    // A forward-only step is past the pivot: there is no going back, so it is tried
+    // again whatever the answer (its backoff stays capped).
+    let retry = kind == FailureKind::Retryable && task.retry.allows_another_attempt(attempt);
+    if retry || step.forward_only {
+        let retry_at = draft.retry_time(&task.retry, attempt);
         let state = draft.step_state(index)?;
         state.forward = ForwardPhase::AwaitingRetry;
         state.retry_at = Some(retry_at);
@@ -111,11 +109,11 @@ pub(super) fn compensation_succeeded(
     index: usize,
     attempt: u32,
 ) -> Result<(), Ignored> {
-    let step = draft.step(index)?;
+    let (step, task) = draft.task(index)?;
     let status = draft.state.status;
     let state = draft.step_state(index)?;
     check_attempt(
-        step.name,
+        &step.name,
         "compensation",
         attempt,
         state.compensation_attempt,
@@ -124,9 +122,9 @@ pub(super) fn compensation_succeeded(
     // saves a needless retry. One that arrives after the budget ran out (the saga parked as
     // FAILED) resumes the compensation: the step is undone, so nothing needs an operator.
     let awaiting = awaits_undo_reply(status, state.compensation);
-    if !awaiting || step.compensation.is_none() {
+    if !awaiting || task.compensation.is_none() {
         return Err(not_awaiting(
-            step.name,
+            &step.name,
             "compensation",
             state.compensation,
             status,
@@ -150,13 +148,18 @@ pub(super) fn step_fenced(
     attempt: u32,
     applied: Option<&Value>,
 ) -> Result<(), Ignored> {
-    let step = draft.step(index)?;
+    let (step, task) = draft.task(index)?;
     let status = draft.state.status;
     let state = draft.step_state(index)?;
-    check_attempt(step.name, "fence", attempt, state.compensation_attempt)?;
+    check_attempt(&step.name, "fence", attempt, state.compensation_attempt)?;
     let awaiting = awaits_undo_reply(status, state.compensation);
-    if !awaiting || step.compensation.is_some() {
-        return Err(not_awaiting(step.name, "fence", state.compensation, status));
+    if !awaiting || task.compensation.is_some() {
+        return Err(not_awaiting(
+            &step.name,
+            "fence",
+            state.compensation,
+            status,
+        ));
     }
     state.clear_timers();
     state.compensation = CompensationPhase::NotStarted;
@@ -179,12 +182,7 @@ pub(super) fn step_fenced(
     draft.state.status = Status::Running;
     draft.state.cancel_requested = false;
     draft.state.failure = None;
-    if index + 1 < draft.definition.steps.len() {
-        draft.dispatch_forward(index + 1)
-    } else {
-        draft.finish(Status::Completed, EventKind::SagaCompleted);
-        Ok(())
-    }
+    draft.step_done(index)
 }
 
 pub(super) fn compensation_failed(
@@ -193,18 +191,18 @@ pub(super) fn compensation_failed(
     attempt: u32,
     reason: &str,
 ) -> Result<(), Ignored> {
-    let step = draft.step(index)?;
+    let (step, _) = draft.task(index)?;
     let status = draft.state.status;
     let state = draft.step_state(index)?;
     check_attempt(
-        step.name,
+        &step.name,
         "compensation",
         attempt,
         state.compensation_attempt,
     )?;
     if (status, state.compensation) != (Status::Compensating, CompensationPhase::InFlight) {
         return Err(not_awaiting(
-            step.name,
+            &step.name,
             "compensation",
             state.compensation,
             status,

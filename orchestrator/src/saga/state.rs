@@ -137,6 +137,10 @@ pub struct StepState {
     #[serde(default)]
     pub resend_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// A wait that ends at a time from the saga's input: that time, read when the saga
+    /// started (so a later change of the input cannot move it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_at: Option<DateTime<Utc>>,
 }
 
 impl StepState {
@@ -153,6 +157,7 @@ impl StepState {
             retry_at: None,
             resend_at: None,
             last_error: None,
+            wake_at: None,
         }
     }
 

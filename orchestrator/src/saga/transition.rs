@@ -7,9 +7,10 @@
 //! can be replayed in a test.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use super::action::{Action, EventKind};
-use super::definition::Definition;
+use super::definition::{Definition, StepKind, Wake};
 use super::draft::{Draft, Ignored};
 use super::input::Input;
 use super::reply::{
@@ -46,30 +47,45 @@ impl Transition {
     }
 }
 
-/// Creates a saga of kind `definition` and dispatches its first step.
-pub fn start(definition: &Definition, now: DateTime<Utc>) -> Transition {
-    let initial = SagaState {
+/// Creates a saga of kind `definition` on `input` and starts its first stage. A wait that
+/// ends at a time from the input reads it here; an input without it is refused (ignored,
+/// with the reason), so the caller can report it.
+pub fn start(definition: &Definition, input: &Value, now: DateTime<Utc>) -> Transition {
+    let mut initial = SagaState {
         status: Status::Running,
         steps: vec![StepState::new(); definition.steps.len()],
         cancel_requested: false,
         failure: None,
     };
+    for (step, state) in definition.steps.iter().zip(&mut initial.steps) {
+        if let StepKind::Wait(Wake::At(pointer)) = &step.kind {
+            match wake_time(input, pointer) {
+                Ok(at) => state.wake_at = Some(at),
+                Err(reason) => return Transition::ignored(&initial, reason),
+            }
+        }
+    }
     let mut draft = Draft::new(definition, initial.clone(), now, 0.0);
     draft.emit(
         EventKind::SagaStarted,
         None,
         format!("saga {} started", definition.name),
     );
-    let result = if definition.steps.is_empty() {
-        draft.finish(Status::Completed, EventKind::SagaCompleted);
-        Ok(())
-    } else {
-        draft.dispatch_forward(0)
-    };
-    match result {
+    match draft.begin_stage(0) {
         Ok(()) => draft.into_transition(None),
         Err(reason) => Transition::ignored(&initial, reason),
     }
+}
+
+/// The RFC 3339 time at `pointer` in the input.
+fn wake_time(input: &Value, pointer: &str) -> Result<DateTime<Utc>, String> {
+    let text = input
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("input{pointer}: a wait needs an RFC 3339 time here"))?;
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|err| format!("input{pointer}: `{text}` is not an RFC 3339 time ({err})"))
 }
 
 /// Applies one input to a saga of kind `definition`.
@@ -121,6 +137,7 @@ pub fn transition(
             attempt,
             applied,
         } => step_fenced(&mut draft, *step, *attempt, applied.as_ref()),
+        Input::Signal { name, payload } => signal(&mut draft, name, payload),
         Input::Tick => tick(&mut draft),
         Input::CancelRequested => cancel(&mut draft),
         Input::RetryRequested => retry(&mut draft),
@@ -132,30 +149,66 @@ pub fn transition(
     }
 }
 
-/// Handles the earliest timer that is due. Only one step is ever active, so at most one
-/// timer can be due; the next one is scheduled from `now` and waits for its own tick.
+/// Handles every timer that is due by `now`, earliest first. Several can be due at once
+/// when a parallel stage runs; handling one either clears its timer or moves it past `now`,
+/// or ends the stage's forward progress, so the loop is bounded by the number of steps.
 fn tick(draft: &mut Draft) -> Result<(), Ignored> {
     let now = draft.now;
-    let due = draft
-        .state
+    let mut handled = 0;
+    while let Some(index) = due(&draft.state, now) {
+        if handled > draft.state.steps.len() || draft.state.status.is_terminal() {
+            break;
+        }
+        tick_step(draft, index)?;
+        handled += 1;
+    }
+    if handled > 0 {
+        return Ok(());
+    }
+    Err(match draft.state.next_timer() {
+        Some(at) => format!("nothing due: next timer at {at}"),
+        None => format!("nothing due: no timer set while {}", draft.state.status),
+    })
+}
+
+fn due(state: &SagaState, now: DateTime<Utc>) -> Option<usize> {
+    state
         .steps
         .iter()
         .enumerate()
         .filter_map(|(index, state)| state.next_timer().map(|at| (at, index)))
         .filter(|(at, _)| *at <= now)
-        .min();
-    let Some((_, index)) = due else {
-        return Err(match draft.state.next_timer() {
-            Some(at) => format!("nothing due: next timer at {at}"),
-            None => format!("nothing due: no timer set while {}", draft.state.status),
-        });
-    };
+        .min()
+        .map(|(_, index)| index)
+}
+
+fn tick_step(draft: &mut Draft, index: usize) -> Result<(), Ignored> {
+    let now = draft.now;
     let step = draft.step(index)?;
     let state = draft.step_state(index)?;
     let deadline_passed = state.deadline_at.is_some_and(|at| at <= now);
     let resend_due = state.resend_at.is_some_and(|at| at <= now);
-    match (state.forward, state.compensation) {
-        (ForwardPhase::InFlight, _) if deadline_passed => {
+    match (&step.kind, state.forward, state.compensation) {
+        (StepKind::Wait(_), ForwardPhase::InFlight, _) => {
+            state.forward = ForwardPhase::Succeeded;
+            state.output = Some(serde_json::json!({ "woke_at": now }));
+            state.clear_timers();
+            draft.emit(
+                EventKind::StepSucceeded,
+                Some(index),
+                format!("{}: wait over", step.name),
+            );
+            draft.step_done(index)
+        }
+        (StepKind::Signal(_), ForwardPhase::InFlight, _) => {
+            state.forward = ForwardPhase::Failed;
+            state.clear_timers();
+            state.last_error = Some("no signal before the timeout".to_owned());
+            let message = format!("{}: no signal before the timeout", step.name);
+            draft.emit(EventKind::StepTimedOut, Some(index), message.clone());
+            draft.begin_compensation(message)
+        }
+        (_, ForwardPhase::InFlight, _) if deadline_passed => {
             state.forward = ForwardPhase::OutcomeUnknown;
             state.clear_timers();
             state.last_error = Some("no reply before the step deadline".to_owned());
@@ -167,9 +220,9 @@ fn tick(draft: &mut Draft) -> Result<(), Ignored> {
             draft.begin_compensation(message)
         }
         // Lost command or lost reply: the same command again, within the step deadline.
-        (ForwardPhase::InFlight, _) if resend_due => draft.resend_forward(index),
+        (_, ForwardPhase::InFlight, _) if resend_due => draft.resend_forward(index),
         // Every attempt so far replied with a failure, so nothing is left to undo here.
-        (ForwardPhase::AwaitingRetry, _) if deadline_passed => {
+        (_, ForwardPhase::AwaitingRetry, _) if deadline_passed => {
             state.forward = ForwardPhase::Failed;
             state.clear_timers();
             let message = format!(
@@ -180,12 +233,12 @@ fn tick(draft: &mut Draft) -> Result<(), Ignored> {
             draft.emit(EventKind::StepFailed, Some(index), message.clone());
             draft.begin_compensation(message)
         }
-        (ForwardPhase::AwaitingRetry, _) => draft.dispatch_forward(index),
-        (_, CompensationPhase::InFlight) if deadline_passed => {
+        (_, ForwardPhase::AwaitingRetry, _) => draft.dispatch_forward(index),
+        (_, _, CompensationPhase::InFlight) if deadline_passed => {
             let reason = "no reply before the compensation deadline".to_owned();
             draft.compensation_attempt_failed(index, reason)
         }
-        (_, CompensationPhase::AwaitingRetry) => draft.dispatch_compensation(index),
+        (_, _, CompensationPhase::AwaitingRetry) => draft.dispatch_compensation(index),
         // A timer that belongs to no waiting phase (a state written by older code, say):
         // dropping it beats a timer loop that fires for ever.
         _ => {
@@ -195,8 +248,34 @@ fn tick(draft: &mut Draft) -> Result<(), Ignored> {
     }
 }
 
-/// Cancelling turns the saga around on the spot: the step in flight counts as
-/// outcome-unknown (its reply may still come), a pending retry is simply dropped.
+/// A signal ends its step's wait: the payload is the step's output.
+fn signal(draft: &mut Draft, name: &str, payload: &Value) -> Result<(), Ignored> {
+    let index = draft
+        .definition
+        .signal(name)
+        .ok_or_else(|| format!("{} has no signal `{name}`", draft.definition.name))?;
+    let status = draft.state.status;
+    let state = draft.step_state(index)?;
+    if (status, state.forward) != (Status::Running, ForwardPhase::InFlight) {
+        return Err(format!(
+            "the saga is not waiting for `{name}` (step {:?}, saga {status})",
+            state.forward
+        ));
+    }
+    state.forward = ForwardPhase::Succeeded;
+    state.output = Some(payload.clone());
+    state.clear_timers();
+    draft.emit(
+        EventKind::StepSucceeded,
+        Some(index),
+        format!("signal {name} received"),
+    );
+    draft.step_done(index)
+}
+
+/// Cancelling turns the saga around on the spot (see `Draft::begin_compensation` for what
+/// happens to the steps still going forward), unless the pivot succeeded: from there the
+/// saga can only go forward.
 fn cancel(draft: &mut Draft) -> Result<(), Ignored> {
     if draft.state.status != Status::Running {
         return Err(format!(
@@ -204,15 +283,10 @@ fn cancel(draft: &mut Draft) -> Result<(), Ignored> {
             draft.state.status
         ));
     }
-    draft.state.cancel_requested = true;
-    for state in &mut draft.state.steps {
-        match state.forward {
-            ForwardPhase::InFlight => state.forward = ForwardPhase::OutcomeUnknown,
-            ForwardPhase::AwaitingRetry => state.forward = ForwardPhase::Failed,
-            _ => continue,
-        }
-        state.clear_timers();
+    if draft.past_pivot() {
+        return Err("the saga is past its pivot and can no longer be undone".to_owned());
     }
+    draft.state.cancel_requested = true;
     draft.begin_compensation("cancel requested".to_owned())
 }
 

@@ -139,15 +139,28 @@ impl Cluster {
 
     /// Creates every topic of the system (idempotent).
     pub async fn ensure_topics(&self) -> anyhow::Result<()> {
-        let topics = self.topics.all();
+        self.create_topics(&self.topics.all()).await
+    }
+
+    /// Creates the command topics of roles that registered definitions name (a topic that
+    /// exists is left as it is).
+    pub async fn ensure_role_topics(&self, roles: &[String]) -> anyhow::Result<()> {
+        let topics: Vec<String> = roles
+            .iter()
+            .map(|role| self.topics.commands(role))
+            .collect();
+        self.create_topics(&topics).await
+    }
+
+    async fn create_topics(&self, topics: &[String]) -> anyhow::Result<()> {
         match &self.embedded {
             Some(embedded) => {
-                for topic in &topics {
+                for topic in topics {
                     embedded.create_topic(topic, self.partitions)?;
                 }
-                admin::await_topics(&self.brokers, &topics).await
+                admin::await_topics(&self.brokers, topics).await
             }
-            None => ensure_topics(&self.brokers, &topics, self.partitions).await,
+            None => ensure_topics(&self.brokers, topics, self.partitions).await,
         }
     }
 

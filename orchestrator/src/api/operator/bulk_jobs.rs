@@ -151,7 +151,7 @@ impl BulkJobsApi {
             campaign_id: body.campaign_id,
             ..SagaFilter::default()
         };
-        let chosen = filtered(&filter)?;
+        let chosen = filtered(&filter, state.engine.catalog())?;
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
         let (job, replayed) = conn

@@ -188,6 +188,7 @@ impl DeadLettersApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Json<Settled>> {
         let topics = state.engine.topics();
+        let catalog = state.engine.catalog();
         let mut settled = Settled {
             done: Vec::new(),
             skipped: Vec::new(),
@@ -206,7 +207,9 @@ impl DeadLettersApi {
                         payload: &letter.payload,
                     };
                     let message =
-                        match replay::message_for(conn, topics, &checked, Utc::now()).await? {
+                        match replay::message_for(conn, catalog, topics, &checked, Utc::now())
+                            .await?
+                        {
                             Ok(message) => message,
                             Err(reason) => return Ok(Err(reason)),
                         };

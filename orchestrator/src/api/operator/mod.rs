@@ -4,7 +4,6 @@
 
 pub(super) mod bulk_jobs;
 pub(super) mod dead_letters;
-pub(super) mod definitions;
 pub(super) mod lag;
 pub(super) mod notifications;
 pub(super) mod sagas;

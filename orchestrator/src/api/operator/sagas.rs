@@ -17,12 +17,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::State;
+use crate::api::flows::start;
 use crate::api::pagination::{self, PageInfo};
 use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 use crate::engine::Operator;
+use crate::engine::catalog::Catalog;
 use crate::engine::store::SagaRow;
-use crate::saga::{self, SagaState, Status};
+use crate::saga::{SagaState, Status};
 use crate::schema::{saga_history, sagas};
 
 pub struct SagasApi;
@@ -69,9 +71,15 @@ impl poem_openapi::types::Example for SagaSummary {
 struct StepView {
     index: u32,
     name: String,
-    /// The participant role that runs the command and its compensation.
-    role: String,
-    command: String,
+    /// `task`, `wait` or `signal`.
+    kind: String,
+    /// The stage it belongs to; the steps of a parallel stage share one.
+    stage: u32,
+    /// The participant role that runs the command and its compensation (tasks).
+    #[oai(skip_serializing_if_is_none)]
+    role: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    command: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     compensation: Option<String>,
     /// pending, in_flight, awaiting_retry, succeeded, failed or outcome_unknown.
@@ -192,9 +200,11 @@ fn phase_name(phase: impl serde::Serialize) -> String {
     }
 }
 
-fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
+fn detail(catalog: &Catalog, row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
     // A saga this version cannot read is still shown, without its steps, with the reason.
-    let readable = saga::definitions::find_version(&row.definition, row.definition_version)
+    let version = u32::try_from(row.definition_version).unwrap_or_default();
+    let readable = catalog
+        .version(&row.definition, version)
         .ok_or_else(|| {
             format!(
                 "no definition `{}` version {} here",
@@ -233,10 +243,12 @@ fn detail(row: SagaRow, history: Vec<HistoryEntry>) -> ApiResult<SagaDetail> {
         .zip(0u32..)
         .map(|((step, progress), index)| StepView {
             index,
-            name: step.name.to_owned(),
-            role: step.role.as_str().to_owned(),
-            command: step.command.to_owned(),
-            compensation: step.compensation.map(str::to_owned),
+            name: step.name.clone(),
+            kind: step.kind_name().to_owned(),
+            stage: u32::try_from(step.stage).unwrap_or(u32::MAX),
+            role: step.task().map(|task| task.role.clone()),
+            command: step.task().map(|task| task.command.clone()),
+            compensation: step.compensation().map(str::to_owned),
             state: phase_name(progress.forward),
             attempts: progress.attempt,
             compensation_state: phase_name(progress.compensation),
@@ -350,17 +362,18 @@ pub(super) struct SagaFilter {
 /// naming its field.
 pub(super) fn filtered(
     filter: &SagaFilter,
+    catalog: &Catalog,
 ) -> ApiResult<sagas::BoxedQuery<'static, diesel::pg::Pg>> {
     let mut query = sagas::table.into_boxed();
     if let Some(name) = &filter.definition {
-        let known = saga::definitions::find(name).ok_or_else(|| {
-            let names: Vec<_> = saga::definitions::ALL.iter().map(|d| d.name).collect();
+        let known = catalog.current(name).ok_or_else(|| {
+            let names: Vec<_> = catalog.flows().into_iter().map(|(name, ..)| name).collect();
             ApiError::invalid(
                 "definition",
                 format!("unknown definition `{name}`; known: {}", names.join(", ")),
             )
         })?;
-        query = query.filter(sagas::definition.eq(known.name));
+        query = query.filter(sagas::definition.eq(known.name.clone()));
     }
     if let Some(status) = &filter.status {
         let status: Status = status.parse().map_err(|_| {
@@ -441,7 +454,7 @@ impl SagasApi {
             .select(HistoryEntry::as_select())
             .load(&mut conn)
             .await?;
-        let detail = detail(row, history)?;
+        let detail = detail(state.engine.catalog(), row, history)?;
         let etag = format!("\"{}\"", detail.version);
         Ok(Found::Ok(Json(detail), etag))
     }
@@ -543,7 +556,7 @@ impl SagasApi {
             campaign_id: campaign_id.0,
             idempotency_key: idempotency_key.0,
         };
-        let mut query = filtered(&filter)?;
+        let mut query = filtered(&filter, state.engine.catalog())?;
         if let Some(cursor) = cursor.0 {
             query = query.filter(sagas::id.lt(cursor));
         }
@@ -581,6 +594,27 @@ impl SagasApi {
         let operator = operator(&caller, body.0, if_match.0.as_deref())?;
         state.engine.retry_by(id.0, &operator).await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
+    }
+
+    /// Start a saga
+    ///
+    /// Starts a saga of any registered flow: `definition` names it, `version` pins one
+    /// (else the default version runs), and `input` must satisfy the version's input schema
+    /// (400 naming the field, as `input/...`). Answers 202 at once with the saga's id. With
+    /// an `Idempotency-Key`, repeating the request returns the first answer
+    /// (`Idempotent-Replayed: true`) and starts nothing; the same key with another body is
+    /// 422. A client's sagas are its own to read.
+    #[oai(path = "/v1/sagas", method = "post")]
+    async fn start(
+        &self,
+        state: Data<&State>,
+        caller: Data<&Caller>,
+        body: Json<start::NewSaga>,
+        /// Makes retries safe: the same key always answers with the same saga.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<start::StartResponse> {
+        start::start(state, caller, body, idempotency_key).await
     }
 
     /// Resolve a failed saga by hand

@@ -190,11 +190,13 @@ fn a_stray_timer_on_a_settled_step_is_dropped() {
 #[test]
 fn a_definition_without_steps_completes_at_start() {
     let empty = Definition {
-        name: "empty",
+        name: "empty".into(),
         version: 1,
-        steps: &[],
+        description: String::new(),
+        input_schema: json!({}),
+        steps: Vec::new(),
     };
-    let started = start(&empty, epoch());
+    let started = start(&empty, &json!({}), epoch());
     assert_eq!(started.outcome, Outcome::Applied);
     assert_eq!(started.state.status, Status::Completed);
     assert_eq!(

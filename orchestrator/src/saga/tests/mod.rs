@@ -36,7 +36,7 @@ pub(super) struct Run {
 impl Run {
     pub fn start(definition: &'static Definition) -> (Run, Vec<String>) {
         let now = epoch();
-        let started = start(definition, now);
+        let started = start(definition, &json!({}), now);
         assert_eq!(started.outcome, Outcome::Applied);
         let actions = shape(&started.actions, now);
         let run = Run {

@@ -1,7 +1,9 @@
 //! Property tests: random but plausible input sequences (current and stale attempts, ticks at
-//! advancing times, cancels, operator retries, fence answers) against the invariants the
-//! engine relies on, for the shipped definitions and for generated ones (any number of
-//! steps, each with or without a compensation).
+//! advancing times, cancels, operator retries, fence answers, signals) against the invariants
+//! the engine relies on, for the shipped definitions and for generated ones: any number of
+//! stages, each a task (with or without a compensation), a parallel group, a wait or a
+//! signal, with or without a pivot followed by forward-only steps. Generated definitions
+//! are documents that registration accepts.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,9 +12,10 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::super::definitions::{COUPON_USE, ORDER};
+use super::super::document;
 use super::super::{
     Action, CompensationPhase, Definition, FailureKind, ForwardPhase, Input, SagaState, Status,
-    Step, start, transition,
+    StepKind, start, transition,
 };
 use super::epoch;
 
@@ -44,6 +47,8 @@ enum Move {
     Cancel,
     Retry,
     Resolve,
+    /// A signal for the signal step in progress (`None`) or for whatever step `Some` names.
+    Signal(Option<usize>),
 }
 
 /// `flaky` (0..=3) sets how often compensations fail, so that some runs exhaust a budget
@@ -58,7 +63,7 @@ fn a_move(flaky: u32) -> impl Strategy<Value = Move> {
         2 => Just(Reply::FenceHeld),
         1 => Just(Reply::FenceFoundApplied),
     ];
-    let step = prop_oneof![3 => Just(None), 1 => (0usize..4).prop_map(Some)];
+    let step = prop_oneof![3 => Just(None), 1 => (0usize..8).prop_map(Some)];
     let attempt = prop_oneof![4 => Just(None), 1 => (0u32..12).prop_map(Some)];
     prop_oneof![
         8 => (step, attempt, reply).prop_map(|(step, attempt, reply)| Move::Reply { step, attempt, reply }),
@@ -67,6 +72,7 @@ fn a_move(flaky: u32) -> impl Strategy<Value = Move> {
         1 => Just(Move::Cancel),
         1 => Just(Move::Retry),
         1 => Just(Move::Resolve),
+        2 => prop_oneof![3 => Just(None), 1 => (0usize..8).prop_map(Some)].prop_map(Move::Signal),
     ]
 }
 
@@ -84,9 +90,32 @@ fn step_in_progress(state: &SagaState) -> usize {
         .steps
         .iter()
         .position(|step| {
-            step.next_timer().is_some() || step.compensation == CompensationPhase::Exhausted
+            step.next_timer().is_some()
+                || step.compensation == CompensationPhase::Exhausted
+                || step.forward == ForwardPhase::InFlight
         })
         .unwrap_or(0)
+}
+
+/// The signal a `Move::Signal` sends: the waiting signal step's, or any step's name.
+fn signal_input(definition: &Definition, state: &SagaState, step: Option<usize>) -> Input {
+    let waiting = || {
+        definition
+            .steps
+            .iter()
+            .zip(&state.steps)
+            .position(|(step, state)| {
+                matches!(step.kind, StepKind::Signal(_)) && state.forward == ForwardPhase::InFlight
+            })
+    };
+    let name = step
+        .or_else(waiting)
+        .and_then(|index| definition.steps.get(index))
+        .map_or_else(|| "nothing".to_owned(), |step| step.name.clone());
+    Input::Signal {
+        name,
+        payload: json!({ "signalled": true }),
+    }
 }
 
 fn to_input(state: &SagaState, step: Option<usize>, attempt: Option<u32>, reply: Reply) -> Input {
@@ -142,6 +171,8 @@ struct Observer {
     first_dispatch: Vec<usize>,
     first_compensation: Vec<usize>,
     terminal: Option<SagaState>,
+    /// Set once the pivot succeeded: nothing may be undone from then on.
+    past_pivot: bool,
 }
 
 impl Observer {
@@ -181,6 +212,7 @@ impl Observer {
                     }
                 }
                 Action::Compensate { step, attempt, .. } | Action::Fence { step, attempt, .. } => {
+                    assert!(!self.past_pivot, "(g) compensating {step} past the pivot");
                     assert!(
                         self.dispatched.insert((*step, *attempt, "compensation")),
                         "(b) compensation {step}#{attempt} twice"
@@ -208,11 +240,13 @@ impl Observer {
             let exhausted = after
                 .steps
                 .iter()
-                .zip(definition.steps)
+                .zip(&definition.steps)
                 .any(|(state, step)| {
                     state.compensation == CompensationPhase::Exhausted
-                        && state.compensation_attempts_in_budget
-                            >= step.compensation_retry.max_attempts
+                        && step.task().is_some_and(|task| {
+                            state.compensation_attempts_in_budget
+                                >= task.compensation_retry.max_attempts
+                        })
                 });
             assert!(exhausted, "(d) FAILED without an exhausted compensation");
         }
@@ -225,12 +259,55 @@ impl Observer {
                 "(e)"
             );
         }
-        let active = after
+        // One compensation at a time; forward work only in one stage, and only while RUNNING
+        // (no branch is left running once the saga turned around or ended).
+        let undoing = after
             .steps
             .iter()
-            .filter(|s| s.next_timer().is_some())
+            .filter(|s| {
+                matches!(
+                    s.compensation,
+                    CompensationPhase::InFlight | CompensationPhase::AwaitingRetry
+                )
+            })
             .count();
-        assert!(active <= 1, "more than one step in progress");
+        assert!(undoing <= 1, "more than one compensation in progress");
+        let going: HashSet<usize> = after
+            .steps
+            .iter()
+            .zip(&definition.steps)
+            .filter(|(s, _)| {
+                matches!(
+                    s.forward,
+                    ForwardPhase::InFlight | ForwardPhase::AwaitingRetry
+                )
+            })
+            .map(|(_, step)| step.stage)
+            .collect();
+        assert!(going.len() <= 1, "(h) forward work in stages {going:?}");
+        if after.status != Status::Running {
+            assert!(
+                going.is_empty(),
+                "(h) a branch left running while {}",
+                after.status
+            );
+        }
+        // Past the pivot: it succeeded while the saga was going forward. (A late success
+        // that arrives while its fence is out is not yet past it: the fence's answer
+        // turns the saga forward.)
+        let pivot_done = definition
+            .steps
+            .iter()
+            .zip(&after.steps)
+            .any(|(step, state)| step.pivot && state.forward == ForwardPhase::Succeeded);
+        if self.past_pivot || (pivot_done && after.status == Status::Running) {
+            self.past_pivot = true;
+            assert!(
+                matches!(after.status, Status::Running | Status::Completed),
+                "(g) past the pivot, yet {}",
+                after.status
+            );
+        }
         let stored: SagaState =
             serde_json::from_value(serde_json::to_value(after).expect("json")).expect("state");
         assert_eq!(&stored, after);
@@ -261,7 +338,7 @@ impl Observer {
         );
         for (newer, _) in order.iter().filter(|(_, r)| **r > rank) {
             let state = &after.steps[*newer];
-            if state.may_have_effect() && definition.steps[*newer].compensation.is_some() {
+            if state.may_have_effect() && definition.steps[*newer].compensation().is_some() {
                 assert_eq!(
                     state.compensation,
                     CompensationPhase::Compensated,
@@ -292,7 +369,7 @@ fn check_fenced_past(definition: &Definition, after: &SagaState, from: usize) {
             || matches!(state.forward, ForwardPhase::Failed | ForwardPhase::Fenced)
             || state.compensation == CompensationPhase::Compensated
             || (state.forward == ForwardPhase::Succeeded
-                && definition.steps[index].compensation.is_none());
+                && definition.steps[index].compensation().is_none());
         assert!(
             settled,
             "(f) compensating past step {index} while it may still take effect: {state:?}"
@@ -308,17 +385,23 @@ fn finish_cooperatively(
     mut state: SagaState,
     mut now: DateTime<Utc>,
 ) {
-    for _ in 0..50 {
+    for _ in 0..200 {
         if state.status.is_terminal() {
             return;
         }
         let index = step_in_progress(&state);
         let step = &state.steps[index];
+        let kind = &definition.steps[index].kind;
         let input = match (state.status, step.forward, step.compensation) {
             (Status::Failed, _, _) => Input::RetryRequested,
-            (_, ForwardPhase::InFlight, _) => to_input(&state, Some(index), None, Reply::Succeeded),
+            (_, ForwardPhase::InFlight, _) if matches!(kind, StepKind::Signal(_)) => {
+                signal_input(definition, &state, Some(index))
+            }
+            (_, ForwardPhase::InFlight, _) if matches!(kind, StepKind::Task(_)) => {
+                to_input(&state, Some(index), None, Reply::Succeeded)
+            }
             (_, _, CompensationPhase::InFlight)
-                if definition.steps[index].compensation.is_none() =>
+                if definition.steps[index].compensation().is_none() =>
             {
                 to_input(&state, Some(index), None, Reply::FenceHeld)
             }
@@ -348,9 +431,9 @@ fn finish_cooperatively(
     panic!("saga did not finish: {state:?}");
 }
 
-fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
+fn run_random(definition: &Definition, moves: Vec<(Move, i64, f64)>) {
     let mut now = epoch();
-    let started = start(definition, now);
+    let started = start(definition, &json!({ "at": epoch().to_rfc3339() }), now);
     let mut observer = Observer::default();
     observer.check(
         definition,
@@ -376,6 +459,7 @@ fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
             Move::Cancel => Input::CancelRequested,
             Move::Retry => Input::RetryRequested,
             Move::Resolve => Input::ResolveRequested,
+            Move::Signal(step) => signal_input(definition, &state, step),
         };
         let result = transition(definition, &state, &input, now, jitter);
         observer.check(
@@ -390,32 +474,85 @@ fn run_random(definition: &'static Definition, moves: Vec<(Move, i64, f64)>) {
     finish_cooperatively(definition, &mut observer, state, now);
 }
 
-const NAMES: [&str; 4] = ["first", "second", "third", "fourth"];
-const COMMANDS: [&str; 4] = ["a.do", "b.do", "c.do", "d.do"];
-const UNDO: [&str; 4] = ["a.undo", "b.undo", "c.undo", "d.undo"];
+/// One stage of a generated flow, before the pivot (`undoable` picks compensations).
+#[derive(Debug, Clone)]
+enum Stage {
+    Task { undoable: bool },
+    Parallel(usize),
+    Wait,
+    Signal,
+}
 
-/// A definition of one to four steps, each with or without a compensation. Definitions are
-/// `'static` data, so the generated ones are leaked (a few hundred small values per run).
-fn a_definition() -> impl Strategy<Value = &'static Definition> {
-    prop::collection::vec(any::<bool>(), 1..=4).prop_map(|undoable| {
-        let steps: Vec<Step> = undoable
-            .iter()
-            .enumerate()
-            .map(|(i, has)| {
-                Step::new(
-                    NAMES[i],
-                    platform::contract::Role::Inventory,
-                    COMMANDS[i],
-                    has.then_some(UNDO[i]),
-                )
-            })
-            .collect();
-        let definition = Definition {
-            name: "generated",
-            version: 1,
-            steps: Box::leak(steps.into_boxed_slice()),
+fn a_stage() -> impl Strategy<Value = Stage> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(|undoable| Stage::Task { undoable }),
+        2 => (2usize..=3).prop_map(Stage::Parallel),
+        1 => Just(Stage::Wait),
+        1 => Just(Stage::Signal),
+    ]
+}
+
+fn task(name: &str, undoable: bool, extra: serde_json::Value) -> serde_json::Value {
+    let mut task = json!({
+        "name": name, "kind": "task", "role": "r", "command": format!("r.{name}"),
+        "deadline_ms": 30_000, "attempt_timeout_ms": 5_000
+    });
+    if undoable {
+        task["compensation"] = json!(format!("r.undo_{name}"));
+    }
+    if let (Some(task), serde_json::Value::Object(extra)) = (task.as_object_mut(), extra) {
+        task.extend(extra);
+    }
+    task
+}
+
+/// A definition of one to five stages of every kind, optionally with a pivot (a task
+/// without compensation, or a signal) followed by forward-only tasks and waits. Built as a
+/// document and read by `document::parse`, so it is one registration would accept.
+fn a_definition() -> impl Strategy<Value = Definition> {
+    let before = prop::collection::vec(a_stage(), 1..=4);
+    let pivot = prop_oneof![2 => Just(None), 1 => any::<bool>().prop_map(Some)];
+    let after = prop::collection::vec(any::<bool>(), 0..=2);
+    (before, pivot, after).prop_map(|(before, pivot, after)| {
+        let mut steps = Vec::new();
+        let mut n = 0;
+        let mut name = || {
+            n += 1;
+            format!("s{n}")
         };
-        &*Box::leak(Box::new(definition))
+        for stage in before {
+            steps.push(match stage {
+                Stage::Task { undoable } => task(&name(), undoable, json!({})),
+                Stage::Parallel(count) => json!({
+                    "name": name(), "kind": "parallel",
+                    "tasks": (0..count).map(|_| task(&name(), true, json!({}))).collect::<Vec<_>>()
+                }),
+                Stage::Wait => json!({ "name": name(), "kind": "wait", "until": "/at" }),
+                Stage::Signal => json!({
+                    "name": name(), "kind": "signal", "scope": "operator", "timeout_ms": 20_000
+                }),
+            });
+        }
+        if let Some(task_pivot) = pivot {
+            steps.push(if task_pivot {
+                task(&name(), false, json!({ "pivot": true }))
+            } else {
+                json!({
+                    "name": name(), "kind": "signal", "scope": "operator",
+                    "timeout_ms": 20_000, "pivot": true
+                })
+            });
+            for is_task in after {
+                steps.push(if is_task {
+                    task(&name(), false, json!({ "forward_only": true }))
+                } else {
+                    json!({ "name": name(), "kind": "wait", "duration_ms": 3_000 })
+                });
+            }
+        }
+        let document = json!({ "name": "generated", "version": 1, "input": {}, "steps": steps });
+        document::parse(&document, std::time::Duration::ZERO)
+            .unwrap_or_else(|faults| panic!("generated document refused: {faults:?}"))
     })
 }
 
@@ -427,7 +564,7 @@ proptest! {
         definition in a_definition(),
         moves in timed_moves(),
     ) {
-        run_random(definition, moves);
+        run_random(&definition, moves);
     }
 
     #[test]

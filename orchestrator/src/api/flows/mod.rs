@@ -1,0 +1,6 @@
+//! The engine's own room: flows as data (register, version, inspect) and the generic
+//! saga start and signals, which know nothing of the shop.
+
+pub mod definitions;
+pub mod signals;
+pub mod start;
