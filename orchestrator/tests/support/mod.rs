@@ -93,6 +93,16 @@ pub struct Participants {
 
 impl Participants {
     pub fn start(cluster: &Cluster, script: Script) -> Self {
+        let roles: Vec<&str> = Role::PARTICIPANTS
+            .iter()
+            .map(|role| role.as_str())
+            .collect();
+        Self::start_roles(cluster, &roles, script)
+    }
+
+    /// Participants of the roles named (a registered definition's new role, say); their
+    /// command topics must exist.
+    pub fn start_roles(cluster: &Cluster, roles: &[&str], script: Script) -> Self {
         let topics: &Topics = cluster.topics();
         let producer = cluster.producer().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -103,10 +113,7 @@ impl Participants {
             script: script.clone(),
             log: log.clone(),
         };
-        let command_topics = Role::PARTICIPANTS
-            .into_iter()
-            .map(|role| topics.commands(role))
-            .collect();
+        let command_topics = roles.iter().map(|role| topics.commands(role)).collect();
         let options = ConsumerOptions::new(format!("{}.scripted", topics.prefix()), command_topics);
         let consumer = ConsumerLoop::new(
             cluster.brokers(),
