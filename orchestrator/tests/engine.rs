@@ -642,7 +642,7 @@ async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
     .await;
     let quarantine = load(&env, newer.id).await.quarantine.unwrap();
     assert!(
-        quarantine.contains("definition `order` has no version 2 here"),
+        quarantine.contains("definition `order` version 2 is not registered here"),
         "{quarantine}"
     );
     participants.stop().await;
@@ -733,7 +733,10 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
     engine.clock().advance(Duration::from_secs(91));
     wait_for_status(&env, healthy.id, "COMPENSATED").await;
 
-    for (id, reason) in [(unknown, "unknown definition"), (garbled, "invalid type")] {
+    for (id, reason) in [
+        (unknown, "is not registered here"),
+        (garbled, "invalid type"),
+    ] {
         let row = load(&env, id).await;
         let quarantine = row.quarantine.unwrap_or_default();
         assert!(quarantine.contains(reason), "{quarantine}");

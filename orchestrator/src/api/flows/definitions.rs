@@ -291,6 +291,14 @@ fn flow_view(name: String, versions: &[Version], default: u32) -> SagaDefinition
     }
 }
 
+/// A version in a path: a whole number from 1 (named `version` when it is not).
+fn version_of(text: &str) -> ApiResult<u32> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|version| *version >= 1)
+        .ok_or_else(|| ApiError::invalid("version", "a version is a whole number from 1"))
+}
+
 fn unknown(name: &str) -> ApiError {
     ApiError::not_found("saga definition", name)
 }
@@ -444,9 +452,9 @@ impl DefinitionsApi {
         &self,
         state: Data<&State>,
         name: Path<String>,
-        version: Path<u32>,
+        version: Path<String>,
     ) -> ApiResult<Json<DefinitionVersion>> {
-        let (stored, default) = find_version(&state, &name.0, version.0)?;
+        let (stored, default) = find_version(&state, &name.0, version_of(&version.0)?)?;
         Ok(Json(version_view(&stored, default)))
     }
 
@@ -462,14 +470,15 @@ impl DefinitionsApi {
         &self,
         state: Data<&State>,
         name: Path<String>,
-        version: Path<u32>,
+        version: Path<String>,
     ) -> ApiResult<Removed> {
+        let version = version_of(&version.0)?;
         let catalog = state.engine.catalog();
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
         conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
             catalog
-                .remove(conn, &name.0, version.0)
+                .remove(conn, &name.0, version)
                 .await
                 .map_err(refused)
         })
@@ -520,9 +529,9 @@ impl DefinitionsApi {
         &self,
         state: Data<&State>,
         name: Path<String>,
-        version: Path<u32>,
+        version: Path<String>,
     ) -> ApiResult<Json<Vec<CompensationPath>>> {
-        let (stored, _) = find_version(&state, &name.0, version.0)?;
+        let (stored, _) = find_version(&state, &name.0, version_of(&version.0)?)?;
         Ok(Json(
             paths::paths(&stored.definition)
                 .into_iter()

@@ -188,7 +188,7 @@ async function sagaDetail(id) {
   const canCancel = saga.status === "RUNNING" && !saga.quarantine;
   show(
     h("h2", {}, `Saga `, h("code", {}, saga.id)),
-    h("p", {}, badge(saga.status), ` ${saga.definition}, started ${when(saga.created_at)}, updated ${when(saga.updated_at)}`),
+    h("p", {}, badge(saga.status), ` ${saga.definition} v${saga.definition_version}, started ${when(saga.created_at)}, updated ${when(saga.updated_at)}`),
     saga.failure ? h("p", {}, h("strong", {}, "Why: "), saga.failure) : null,
     saga.quarantine ? h("p", {}, h("strong", {}, "Quarantined: "), saga.quarantine) : null,
     h("div", { class: "actions" },
@@ -199,7 +199,7 @@ async function sagaDetail(id) {
       h("button", { id: "resolve", disabled: !canRetry, onclick: () => act(saga, "resolve") },
         "Resolve by hand")),
     h("h3", {}, "Steps"),
-    diagram(saga.steps),
+    diagram(saga.steps, saga),
     h("h3", {}, "Attempts"),
     timeline(saga),
     h("h3", {}, "History"),
@@ -221,86 +221,62 @@ function summary(detail) {
   return text === "{}" ? "" : text.length > 160 ? `${text.slice(0, 160)}…` : text;
 }
 
-// A box per step, coloured by where it stands forward and in compensation.
-function diagram(steps) {
-  const boxes = [];
+// A box per step, coloured by where it stands forward and in compensation; the steps of
+// one stage (a parallel group) are stacked together, stages are joined by arrows.
+function stepBox(step, index, saga) {
+  const what = step.kind === "wait"
+    ? h("p", {}, step.wait_until ? `wait until input ${step.wait_until}` : step.wait_ms ? `wait ${step.wait_ms / 1000} s` : "durable wait")
+    : step.kind === "signal"
+      ? h("p", {}, `signal (scope ${step.signal_scope || "?"})${step.signal_timeout_ms ? `, timeout ${step.signal_timeout_ms / 1000} s` : ""}`)
+      : h("p", {}, `${step.role}: ${step.command}`);
+  const undo = step.kind !== "task"
+    ? h("p", { class: "muted" }, "nothing to undo")
+    : step.compensation
+      ? h("p", {}, "undo ", badge(step.compensation_state), ` ${step.compensation_attempts} attempt(s)`)
+      : h("p", { class: "muted" }, step.forward_only ? "forward only: retried, never undone" : "cannot be undone (fenced)");
+  const waiting = saga && step.kind === "signal" && step.state === "in_flight" && saga.status === "RUNNING";
+  return h("section", { class: `step s-${step.state}${step.pivot ? " pivot" : ""}`, "data-step": step.name, "data-kind": step.kind || "task",
+    "aria-label": `${step.name}: ${step.state}, compensation ${step.compensation_state}` },
+    h("h3", {}, `${index + 1}. ${step.name}`, step.pivot ? " (pivot)" : ""),
+    what,
+    h("p", {}, "forward ", badge(step.state), step.kind === "task" || !step.kind ? ` ${step.attempts} attempt(s)` : ""),
+    undo,
+    waiting ? signalForm(saga, step) : null,
+    step.last_error ? h("p", {}, h("strong", {}, "error: "), step.last_error) : null,
+    step.output ? h("details", {}, h("summary", {}, "output"), h("pre", {}, JSON.stringify(step.output, null, 2))) : null);
+}
+
+function diagram(steps, saga) {
+  const stages = [];
   steps.forEach((step, index) => {
-    if (index > 0) boxes.push(h("span", { class: "arrow", "aria-hidden": "true" }, "→"));
-    boxes.push(h("section", { class: `step s-${step.state}`, "data-step": step.name,
-      "aria-label": `${step.name}: ${step.state}, compensation ${step.compensation_state}` },
-      h("h3", {}, `${index + 1}. ${step.name}`),
-      h("p", {}, `${step.role}: ${step.command}`),
-      h("p", {}, "forward ", badge(step.state), ` ${step.attempts} attempt(s)`),
-      step.compensation
-        ? h("p", {}, "undo ", badge(step.compensation_state), ` ${step.compensation_attempts} attempt(s)`)
-        : h("p", { class: "muted" }, "cannot be undone (a pivot)"),
-      step.last_error ? h("p", {}, h("strong", {}, "error: "), step.last_error) : null,
-      step.output ? h("details", {}, h("summary", {}, "output"), h("pre", {}, JSON.stringify(step.output, null, 2))) : null));
+    const stage = step.stage ?? index;
+    if (!stages.length || stages[stages.length - 1].stage !== stage) stages.push({ stage, boxes: [] });
+    stages[stages.length - 1].boxes.push(stepBox(step, index, saga));
   });
-  return h("div", { class: "diagram", id: "diagram" }, boxes);
+  const parts = [];
+  stages.forEach((stage, position) => {
+    if (position > 0) parts.push(h("span", { class: "arrow", "aria-hidden": "true" }, "→"));
+    parts.push(stage.boxes.length > 1
+      ? h("div", { class: "stage parallel", "data-stage": stage.stage, "aria-label": `stage ${stage.stage + 1}: together` }, stage.boxes)
+      : stage.boxes[0]);
+  });
+  return h("div", { class: "diagram", id: "diagram" }, parts);
 }
 
-// One bar per attempt, from its first send to its reply, on the saga's own time scale.
-function timeline(saga) {
-  const t = (iso) => new Date(iso).getTime();
-  const start = t(saga.created_at);
-  const finished = !(saga.status === "RUNNING" || saga.status === "COMPENSATING");
-  const end = Math.max(start + 1, finished ? t(saga.updated_at) : Date.now());
-  const bars = [];
-  for (const entry of saga.history) {
-    const sent = entry.kind === "command.sent" || entry.kind === "compensation.sent";
-    if (sent) {
-      const direction = entry.kind === "command.sent" ? "forward" : "compensation";
-      const open = bars.find((b) => b.direction === direction && b.step === entry.step && b.attempt === entry.attempt && b.to === null);
-      if (open) open.sends += 1;
-      else bars.push({ direction, step: entry.step, attempt: entry.attempt, from: t(entry.recorded_at), to: null, sends: 1 });
-    } else if (entry.kind === "reply.received") {
-      const open = [...bars].reverse().find((b) => b.step === entry.step && b.attempt === entry.attempt && b.to === null);
-      if (open) { open.to = t(entry.recorded_at); open.outcome = entry.detail.outcome && entry.detail.outcome.status; }
-    }
-  }
-  if (!bars.length) return h("p", { class: "muted" }, "No command sent yet.");
-  const name = (index) => (saga.steps[index] || {}).name || `step ${index}`;
-  const lanes = bars.map((bar) => {
-    const to = bar.to === null ? end : bar.to;
-    const left = (100 * (bar.from - start)) / (end - start);
-    const width = Math.max(0.3, (100 * (to - bar.from)) / (end - start));
-    const label = `${name(bar.step)} ${bar.direction} attempt ${bar.attempt}: ${bar.to === null ? "no reply yet" : `${to - bar.from} ms, ${bar.outcome || "replied"}`}${bar.sends > 1 ? `, sent ${bar.sends} times` : ""}`;
-    return h("div", { class: "lane" }, h("span", {}, label),
-      h("div", { class: "track" }, h("div", { class: `bar ${bar.direction}${bar.to === null ? " open" : ""}`,
-        style: `left:${left}%;width:${width}%`, title: label })));
-  });
-  return h("div", { class: "timeline", id: "timeline" }, lanes,
-    h("p", { class: "muted" }, `0 to ${end - start} ms after the saga started`));
-}
-
-function act(saga, action) {
-  const dialog = document.getElementById("confirm");
-  const reason = document.getElementById("reason");
-  const texts = {
-    retry: ["Retry the compensation?", "The pending compensation runs again with a fresh budget."],
-    cancel: ["Cancel this saga?", "Its dispatched steps are compensated, newest first, and it ends CANCELLED."],
-    resolve: ["Resolve this saga by hand?", "It ends RESOLVED and nothing more is sent: whatever its compensation could not undo is yours to settle outside sagaflow."],
-  };
-  document.getElementById("confirm-title").textContent = texts[action][0];
-  document.getElementById("confirm-text").textContent = texts[action][1];
-  reason.value = "";
-  dialog.returnValue = "";
-  dialog.onclose = async () => {
-    if (dialog.returnValue !== "ok") return;
+// Sends a signal the saga waits for; the JSON typed in is the step's output.
+function signalForm(saga, step) {
+  return h("form", { class: "signal", id: `signal-${step.name}`, onsubmit: async (event) => {
+    event.preventDefault();
+    let body;
+    try { body = JSON.parse(event.target.elements.body.value || "{}"); } catch (error) { say(`not JSON: ${error.message}`); return; }
     try {
-      // Only on the saga as shown: if it moved meanwhile, the API answers 412.
-      await api(`/v1/sagas/${saga.id}/${action}`, {
-        method: "POST", body: { reason: reason.value }, headers: { "If-Match": `"${saga.version}"` },
-      });
-      say(`${action} requested`);
-    } catch (error) {
-      say(error.message);
-    }
-    route();
-  };
-  dialog.showModal();
-  reason.focus();
+      await api(`/v1/sagas/${saga.id}/signals/${step.name}`, { method: "POST", body });
+      say(`signal ${step.name} sent`);
+      route();
+    } catch (error) { say(error.message); }
+  } },
+  h("label", {}, "body ", h("input", { name: "body", value: "{}", "aria-label": `${step.name} signal body` })),
+  h("button", { type: "submit" }, `Send ${step.name}`));
 }
 
 async function deadLetterList(params) {
@@ -385,14 +361,27 @@ async function bulkJobs() {
 
 async function definitionList() {
   document.title = "Definitions · sagaflow";
+  definitions = null;
   const defs = await sagaDefinitions();
-  show(h("h2", {}, "Saga definitions"), defs.map((d) => h("section", { "data-definition": d.name },
-    h("h3", {}, d.name),
+  const paths = await Promise.all(defs.map((d) =>
+    api(`/v1/saga-definitions/${d.name}/versions/${d.version}/paths`).catch(() => [])));
+  const millis = (ms) => (ms ? `${ms / 1000} s` : "–");
+  show(h("h2", {}, "Saga definitions"), defs.map((d, i) => h("section", { "data-definition": d.name },
+    h("h3", {}, `${d.name} v${d.version}`),
+    d.description ? h("p", {}, d.description) : null,
+    h("p", { class: "versions" }, "versions: ", d.versions.map((v) => h("span", { class: v.version === d.version ? "version default" : "version" },
+      `v${v.version}${v.version === d.version ? " (default)" : ""} by ${v.created_by}`, " "))),
     diagram(d.steps.map((step) => ({ ...step, state: "pending", attempts: 0, compensation_state: "not_started", compensation_attempts: 0 }))),
-    h("table", {}, h("thead", {}, h("tr", {}, ["step", "retries", "deadline", "attempt timeout", "undo retries"].map((c) => h("th", { scope: "col" }, c)))),
-      h("tbody", {}, d.steps.map((s) => h("tr", {}, h("td", {}, s.name), h("td", {}, s.retry.max_attempts),
-        h("td", {}, `${s.deadline_ms / 1000} s`), h("td", {}, `${s.attempt_timeout_ms / 1000} s`),
-        h("td", {}, s.compensation ? s.compensation_retry.max_attempts : "–"))))))));
+    h("table", {}, h("thead", {}, h("tr", {}, ["step", "kind", "stage", "retries", "deadline", "attempt timeout", "undo retries"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, d.steps.map((s) => h("tr", {}, h("td", {}, s.name), h("td", {}, s.kind), h("td", {}, s.stage + 1),
+        h("td", {}, s.retry ? (s.forward_only ? "until it succeeds" : s.retry.max_attempts) : "–"),
+        h("td", {}, millis(s.deadline_ms || s.signal_timeout_ms)), h("td", {}, millis(s.attempt_timeout_ms)),
+        h("td", {}, s.compensation ? s.compensation_retry.max_attempts : "–"))))),
+    h("h4", {}, "Compensation paths"),
+    h("table", { class: "paths", "data-paths": d.name }, h("thead", {}, h("tr", {}, ["when", "fails by", "the saga undoes", "and ends"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, paths[i].map((p) => h("tr", {}, h("td", {}, p.step), h("td", {}, p.failure),
+        h("td", {}, p.undo.length ? p.undo.map((u) => `${u.step} (${u.command})`).join(" → ") : "nothing"),
+        h("td", {}, badge(p.ends)))))))));
   return null;
 }
 

@@ -27,10 +27,13 @@ fn task(name: &str, role: &str) -> Value {
     })
 }
 
+/// A step as (name, command, compensation).
+type Shape = (String, String, Option<String>);
+
 #[test]
 fn the_built_in_documents_are_accepted_with_the_agreed_shape() {
     let built = built_in();
-    let shape: Vec<(String, Vec<(String, String, Option<String>)>)> = built
+    let shape: Vec<(String, Vec<Shape>)> = built
         .iter()
         .map(|definition| {
             let steps = definition

@@ -10,6 +10,7 @@ mod coupon_use;
 mod fencing;
 mod order;
 mod properties;
+mod stages;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use serde_json::json;
