@@ -342,6 +342,14 @@ async fn no_pickup_in_time_undoes_both_parallel_steps_and_a_version_in_use_stays
         .await
         .unwrap();
     assert_eq!(remove.status(), StatusCode::NO_CONTENT);
+    // A built-in version is the shop's fronts' own: never removed, even unused.
+    let remove = http
+        .client
+        .delete(format!("{}/v1/saga-definitions/order/versions/1", http.base))
+        .send()
+        .await
+        .unwrap();
+    problem(remove, 409, None).await;
     participants.stop().await;
     orchestrator.stop().await;
 }

@@ -62,6 +62,8 @@ pub enum Refused {
         version: u32,
         live: i64,
     },
+    #[error("{name} version {version} is built in; it cannot be removed")]
+    BuiltIn { name: String, version: u32 },
     #[error("{name} version {version} is the default; set another default first")]
     IsDefault { name: String, version: u32 },
     #[error(transparent)]
@@ -83,6 +85,8 @@ pub struct Catalog {
 }
 
 const CHANNEL: &str = "sagaflow_definitions";
+/// Who registered the built-in versions.
+const BUILT_IN: &str = "built-in";
 
 impl Catalog {
     /// Stores the built-in documents (once: a version already stored must be identical)
@@ -94,7 +98,7 @@ impl Catalog {
         for text in document::BUILT_IN {
             let document: Value = serde_json::from_str(text)?;
             catalog
-                .register(conn, &document, "built-in")
+                .register(conn, &document, BUILT_IN)
                 .await
                 .with_context(|| {
                     format!(
@@ -219,18 +223,27 @@ impl Catalog {
         name: &str,
         version: u32,
     ) -> Result<(), Refused> {
-        let locked: Option<i32> = saga_definitions::table
+        let locked: Option<String> = saga_definitions::table
             .find((name, to_i32(version)))
-            .select(saga_definitions::version)
+            .select(saga_definitions::created_by)
             .for_update()
             .first(conn)
             .await
             .optional()?;
-        if locked.is_none() {
-            return Err(Refused::NotFound {
-                name: name.to_owned(),
-                version,
-            });
+        match locked.as_deref() {
+            None => {
+                return Err(Refused::NotFound {
+                    name: name.to_owned(),
+                    version,
+                });
+            }
+            Some(BUILT_IN) => {
+                return Err(Refused::BuiltIn {
+                    name: name.to_owned(),
+                    version,
+                });
+            }
+            Some(_) => {}
         }
         let pinned: Option<i32> = saga_definition_defaults::table
             .find(name)

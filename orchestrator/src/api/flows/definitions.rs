@@ -291,12 +291,12 @@ fn flow_view(name: String, versions: &[Version], default: u32) -> SagaDefinition
     }
 }
 
-/// A version in a path: a whole number from 1 (named `version` when it is not).
+/// A version in a path: versions are whole numbers from 1, so anything else names none.
 fn version_of(text: &str) -> ApiResult<u32> {
     text.parse::<u32>()
         .ok()
         .filter(|version| *version >= 1)
-        .ok_or_else(|| ApiError::invalid("version", "a version is a whole number from 1"))
+        .ok_or_else(|| ApiError::not_found("saga definition version", text))
 }
 
 fn unknown(name: &str) -> ApiError {
@@ -322,7 +322,8 @@ fn refused(err: Refused) -> ApiError {
         }
         conflict @ (Refused::Immutable { .. }
         | Refused::InUse { .. }
-        | Refused::IsDefault { .. }) => ApiError::conflict(conflict.to_string()),
+        | Refused::IsDefault { .. }
+        | Refused::BuiltIn { .. }) => ApiError::conflict(conflict.to_string()),
         Refused::Invalid(faults) => {
             let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();
             ApiError::invalid(
@@ -461,7 +462,8 @@ impl DefinitionsApi {
     /// Remove a saga definition version
     ///
     /// Only a version no saga still needs: one a saga that is not over runs on is 409, and
-    /// so is the default an admin set. No saga can start on it while this runs.
+    /// so are the default an admin set and the built-in versions (the shop's fronts start
+    /// them). No saga can start on it while this runs.
     #[oai(
         path = "/v1/saga-definitions/:name/versions/:version",
         method = "delete"

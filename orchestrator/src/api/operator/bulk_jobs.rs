@@ -142,6 +142,15 @@ impl BulkJobsApi {
             "/v1/bulk-jobs",
             &*body,
         )?;
+        // A definition that is not registered is a reference to nothing, like a user_id.
+        if let Some(name) = &body.definition
+            && state.engine.catalog().current(name).is_none()
+        {
+            return Err(ApiError::unprocessable(
+                "definition",
+                format!("no saga definition `{name}`"),
+            ));
+        }
         let filter = SagaFilter {
             definition: body.definition.clone(),
             status: Some(body.action.status().to_owned()),
