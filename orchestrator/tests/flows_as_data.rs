@@ -345,7 +345,10 @@ async fn no_pickup_in_time_undoes_both_parallel_steps_and_a_version_in_use_stays
     // A built-in version is the shop's fronts' own: never removed, even unused.
     let remove = http
         .client
-        .delete(format!("{}/v1/saga-definitions/order/versions/1", http.base))
+        .delete(format!(
+            "{}/v1/saga-definitions/order/versions/1",
+            http.base
+        ))
         .send()
         .await
         .unwrap();

@@ -33,6 +33,16 @@ pub struct Problem {
     /// The resource's current status, for conflicts about it.
     #[oai(skip_serializing_if_is_none)]
     pub current_status: Option<String>,
+    /// Every fault of a refused document (a saga definition), each with a JSON pointer.
+    #[oai(skip_serializing_if_is_none)]
+    pub faults: Option<Vec<Fault>>,
+}
+
+/// Where a document went wrong: a JSON pointer into it, and why.
+#[derive(Debug, Clone, Object)]
+pub struct Fault {
+    pub pointer: String,
+    pub message: String,
 }
 
 impl Problem {
@@ -44,6 +54,7 @@ impl Problem {
             detail: detail.into(),
             field: None,
             current_status: None,
+            faults: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use serde_json::Value;
 use platform::db::Connection;
 
 use crate::api::State;
-use crate::api::problem::{ApiError, ApiResult, Problem};
+use crate::api::problem::{ApiError, ApiResult, Fault, Problem};
 use crate::auth::Caller;
 use crate::engine::catalog::{Refused, Version};
 use crate::saga::definition::{RetryPolicy, Step, StepKind, Wake};
@@ -117,26 +117,6 @@ struct RetryBudget {
     max_backoff_ms: u64,
 }
 
-/// Where a registration went wrong: a JSON pointer into the document and why.
-#[derive(Debug, Object)]
-struct DocumentFault {
-    pointer: String,
-    message: String,
-}
-
-/// The refusal of a document, with every fault.
-#[derive(Debug, Object)]
-struct RefusedDocument {
-    #[oai(rename = "type")]
-    kind: String,
-    title: String,
-    status: u16,
-    detail: String,
-    /// The first fault's pointer.
-    field: String,
-    faults: Vec<DocumentFault>,
-}
-
 /// Which version new sagas start on.
 #[derive(Debug, Object)]
 struct DefaultVersion {
@@ -171,12 +151,6 @@ enum RegisterResponse {
     /// The same document was registered before: nothing changed.
     #[oai(status = 200)]
     Unchanged(Json<DefinitionVersion>),
-    /// The document is not a valid definition; `faults` lists each with a JSON pointer.
-    #[oai(status = 400, content_type = "application/problem+json")]
-    Invalid(Json<RefusedDocument>),
-    /// The version exists with another document; versions are immutable.
-    #[oai(status = 409, content_type = "application/problem+json")]
-    Conflict(Json<Problem>),
 }
 
 #[derive(ApiResponse)]
@@ -326,10 +300,23 @@ fn refused(err: Refused) -> ApiError {
         | Refused::BuiltIn { .. }) => ApiError::conflict(conflict.to_string()),
         Refused::Invalid(faults) => {
             let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();
-            ApiError::invalid(
-                faults.first().map_or("", |fault| fault.pointer.as_str()),
+            let mut problem = Problem::new(
+                400,
+                "invalid-definition",
+                "Invalid saga definition",
                 detail.join("; "),
-            )
+            );
+            problem.field = faults.first().map(|fault| fault.pointer.clone());
+            problem.faults = Some(
+                faults
+                    .into_iter()
+                    .map(|fault| Fault {
+                        pointer: fault.pointer,
+                        message: fault.message,
+                    })
+                    .collect(),
+            );
+            ApiError::BadRequest(Json(problem))
         }
         Refused::Pool(err) => ApiError::from(err),
         Refused::Database(err) => ApiError::from(err),
@@ -375,38 +362,10 @@ impl DefinitionsApi {
         let catalog = state.engine.catalog();
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
-        let registered = match catalog.register(conn, &document.0, &caller.name).await {
-            Ok(registered) => registered,
-            Err(Refused::Invalid(faults)) => {
-                let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();
-                return Ok(RegisterResponse::Invalid(Json(RefusedDocument {
-                    kind: "https://sagaflow.dev/problems/invalid-definition".to_owned(),
-                    title: "Invalid saga definition".to_owned(),
-                    status: 400,
-                    detail: detail.join("; "),
-                    field: faults
-                        .first()
-                        .map(|f| f.pointer.clone())
-                        .unwrap_or_default(),
-                    faults: faults
-                        .into_iter()
-                        .map(|fault| DocumentFault {
-                            pointer: fault.pointer,
-                            message: fault.message,
-                        })
-                        .collect(),
-                })));
-            }
-            Err(conflict @ Refused::Immutable { .. }) => {
-                return Ok(RegisterResponse::Conflict(Json(Problem::new(
-                    409,
-                    "immutable-version",
-                    "The version exists",
-                    conflict.to_string(),
-                ))));
-            }
-            Err(err) => return Err(refused(err)),
-        };
+        let registered = catalog
+            .register(conn, &document.0, &caller.name)
+            .await
+            .map_err(refused)?;
         catalog.reload(conn).await?;
         let roles: Vec<String> = registered
             .definition

@@ -27,7 +27,10 @@ pub(crate) struct NewSaga {
     #[oai(validator(pattern = r"^[a-z][a-z0-9_]{0,62}$"))]
     definition: String,
     /// Pins a version; without it the flow's default version runs.
-    #[oai(validator(minimum(value = "1"), maximum(value = "1000000")))]
+    #[oai(
+        validator(minimum(value = "1"), maximum(value = "1000000")),
+        skip_serializing_if_is_none
+    )]
     version: Option<u32>,
     /// The saga's input, checked against the version's input schema.
     input: Value,
