@@ -152,3 +152,130 @@ async fn sagas_complete_through_a_python_participant_that_applies_a_redelivered_
     orchestrator.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The third flow is only data and a participant outside Rust: click-and-collect
+/// (`participants/python/click_and_collect.json`) registered over the API, run by the real
+/// inventory and payment participants (`dev`) and the Python loyalty role. It completes
+/// through a loyalty service that fails twice first (the forward-only award is retried
+/// until it lands), and a pickup that never comes refunds and releases.
+#[tokio::test(flavor = "multi_thread")]
+async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_recovers() {
+    use reqwest::StatusCode;
+    use support::http::{Http, answer};
+    if !python_with_kafka() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the Python participant: pip install confluent-kafka"
+        );
+        eprintln!("python participant test skipped: python3 -m pip install confluent-kafka");
+        return;
+    }
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::dev(&env).await;
+    let http = Http::new(orchestrator.base());
+    let sku = format!("BOX-{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let product = json!({ "sku": sku, "name": "Box", "price_cents": 1500, "stock": 5 });
+    answer(
+        http.post("/v1/products", &product).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let user = json!({ "name": "Jiwoo", "balance_cents": 10_000 });
+    let user = answer(http.post("/v1/users", &user).await, StatusCode::CREATED).await;
+    let user_id = user["id"].as_str().unwrap().to_owned();
+
+    // The shipped document, with the waits of a test rather than of a shop.
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../participants/python/click_and_collect.json"
+    );
+    let mut document: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    document["steps"][1]["timeout_ms"] = json!(120_000);
+    document["steps"][2]["duration_ms"] = json!(200);
+    answer(
+        http.post("/v1/saga-definitions", &document).await,
+        StatusCode::CREATED,
+    )
+    .await;
+
+    let dir = std::env::temp_dir().join(format!("sagaflow-loyalty-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("handled.jsonl");
+    let _python = Python(
+        Process::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../participants/python/loyalty.py"
+            ))
+            .env("KAFKA_BROKERS", env.kafka.cluster.brokers())
+            .env("TOPIC_PREFIX", env.kafka.cluster.topics().prefix())
+            .env("INBOX_DB", dir.join("inbox.db"))
+            .env("PARTICIPANT_LOG", &log)
+            .env("LOYALTY_FAIL_FIRST", "2")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 starts"),
+    );
+    let input = json!({
+        "user_id": user_id, "lines": [{ "sku": sku, "quantity": 1 }],
+        "total_cents": 1500, "points": 15
+    });
+    let start = json!({ "definition": "click_and_collect", "input": input });
+    let started = answer(http.post("/v1/sagas", &start).await, StatusCode::ACCEPTED).await;
+    let id: Uuid = started["saga_id"].as_str().unwrap().parse().unwrap();
+    eventually("the saga waits for the pickup", async || {
+        load(&env, id).await.state["steps"][2]["forward"] == "in_flight"
+    })
+    .await;
+    let signal = format!("/v1/sagas/{id}/signals/picked_up");
+    answer(
+        http.post(&signal, &json!({ "desk": 4 })).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let row = wait_for_status(&env, id, "COMPLETED").await;
+    assert_eq!(
+        row.state["steps"][4]["output"]["points"], 15,
+        "{}",
+        row.state
+    );
+    let outcomes: Vec<String> = log_entries(&log)
+        .iter()
+        .map(|entry| entry["outcome"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(outcomes, ["failed", "failed", "succeeded"], "{outcomes:?}");
+    let stock = answer(
+        http.get(&format!("/v1/products/{sku}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stock["stock"], 4);
+
+    // No pickup in time: the charge is refunded and the stock released.
+    document["version"] = json!(2);
+    document["steps"][1]["timeout_ms"] = json!(1_000);
+    answer(
+        http.post("/v1/saga-definitions", &document).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let started = answer(http.post("/v1/sagas", &start).await, StatusCode::ACCEPTED).await;
+    let late: Uuid = started["saga_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(started["version"], 2);
+    wait_for_status(&env, late, "COMPENSATED").await;
+    let stock = answer(
+        http.get(&format!("/v1/products/{sku}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(stock["stock"], 4, "released");
+    let user = answer(
+        http.get(&format!("/v1/users/{user_id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(user["balance_cents"], 8_500, "charged once, refunded once");
+    orchestrator.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
