@@ -137,6 +137,21 @@ async fn a_flow_registered_over_the_api_runs_parallel_steps_a_signal_a_wait_and_
         ]
     );
 
+    // The live Kafka contract names the new role and its command; the snapshot does not.
+    let contract = answer(http.get("/asyncapi.json").await, StatusCode::OK).await;
+    let roles = &contract["channels"]["commands"]["parameters"]["role"]["enum"];
+    assert!(
+        roles.as_array().unwrap().contains(&json!("loyalty")),
+        "{roles}"
+    );
+    let names = &contract["components"]["schemas"]["CommandName"]["enum"];
+    assert!(
+        names.as_array().unwrap().contains(&json!("loyalty.award")),
+        "{names}"
+    );
+    let snapshot = include_str!("../../openapi/asyncapi.json");
+    assert!(!snapshot.contains("loyalty"));
+
     // `loyalty` is a role no Rust code names: registering the flow created its topic.
     let awards = Arc::new(AtomicU32::new(0));
     let counted = Arc::clone(&awards);

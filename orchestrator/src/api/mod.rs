@@ -186,8 +186,15 @@ pub fn routes(state: State, gate: crate::auth::Gate) -> impl Endpoint {
             .content_type("application/json")
             .body(spec.clone())
     });
+    let catalog = std::sync::Arc::clone(state.engine.catalog());
+    let asyncapi = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json")
+            .body(flows::asyncapi::live(&catalog).to_string())
+    });
     Route::new()
         .nest("/", service)
+        .at("/asyncapi.json", poem::get(asyncapi))
         .at("/docs", poem::get(docs))
         .at("/openapi.json", poem::get(spec))
         .at(

@@ -108,7 +108,7 @@ impl RouteLabels {
             Some((_, _, id)) => id.clone(),
             None if matches!(
                 path,
-                "/docs" | "/openapi.json" | "/saga-definition.schema.json"
+                "/docs" | "/openapi.json" | "/asyncapi.json" | "/saga-definition.schema.json"
             ) =>
             {
                 "docs".to_owned()
