@@ -156,3 +156,92 @@ async fn an_operator_finds_a_saga_reads_its_steps_and_cancels_it_with_a_reason()
     browser.quit().await;
     orchestrator.stop().await;
 }
+
+/// Flows as data on the console: a definition's versions (the default marked), its parallel
+/// stage drawn as one group, its compensation paths; and on a saga waiting for a signal, the
+/// signal sent from the page, after which the saga completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_sees_versions_parallel_stages_and_paths_and_sends_a_signal() {
+    let Some(browser) = Browser::start().await else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the console test: install chromium and chromium-driver"
+        );
+        eprintln!("console test skipped: no chromium/chromedriver");
+        return;
+    };
+    let env = TestEnv::start().await;
+    let keys = "ops:operator+admin:ops-secret-00000000003";
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Serve,
+        Options::default(),
+        &[("AUTH", "on"), ("API_KEYS", keys)],
+    )
+    .await;
+    let base = orchestrator.base();
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+    let ops = Http::with_key(base.clone(), "ops-secret-00000000003");
+    let pickup = |version: u32| {
+        json!({
+            "name": "pickup", "version": version, "input": { "type": "object" },
+            "steps": [
+                { "name": "hold", "kind": "parallel", "tasks": [
+                    { "name": "reserve_stock", "kind": "task", "role": "inventory",
+                      "command": "inventory.reserve", "compensation": "inventory.release" },
+                    { "name": "charge_payment", "kind": "task", "role": "payment",
+                      "command": "payment.charge", "compensation": "payment.refund" }
+                ]},
+                { "name": "picked_up", "kind": "signal", "scope": "operator",
+                  "timeout_ms": 600_000 * u64::from(version), "pivot": true }
+            ]
+        })
+    };
+    for version in [1, 2] {
+        let registered = ops.post("/v1/saga-definitions", &pickup(version)).await;
+        answer(registered, StatusCode::CREATED).await;
+    }
+    let body = json!({ "definition": "pickup", "input": {} });
+    let started = answer(ops.post("/v1/sagas", &body).await, StatusCode::ACCEPTED).await;
+    let saga = started["saga_id"].as_str().unwrap().to_owned();
+
+    browser.goto(&format!("{base}/ui")).await;
+    browser.type_into("#key", "ops-secret-00000000003").await;
+    browser.click("#key-form button[type=submit]").await;
+    browser.goto(&format!("{base}/ui#/definitions")).await;
+    let shown = browser
+        .wait_for_text("[data-definition=pickup]", "v2 (default)")
+        .await;
+    assert!(shown.contains("v1 by ops"), "{shown}");
+    let group = browser
+        .run("return document.querySelectorAll('[data-definition=pickup] .stage.parallel .step').length")
+        .await;
+    assert_eq!(
+        group,
+        json!(2),
+        "the parallel stage is drawn as one group of two"
+    );
+    let paths = browser.text("[data-paths=pickup]").await;
+    assert!(
+        paths.contains("charge_payment (payment.refund) → reserve_stock (inventory.release)"),
+        "{paths}"
+    );
+
+    browser.goto(&format!("{base}/ui#/sagas/{saga}")).await;
+    browser.wait_for_text("#diagram", "picked_up").await;
+    browser
+        .wait_for_text("#signal-picked_up", "Send picked_up")
+        .await;
+    browser.click("#signal-picked_up button").await;
+    browser
+        .wait_for_text("#notice", "signal picked_up sent")
+        .await;
+    let id = saga.parse().unwrap();
+    let row = wait_for_status(&env, id, "COMPLETED").await;
+    assert_eq!(row.state["steps"][2]["output"], json!({}));
+    assert_eq!(row.definition_version, 2);
+
+    browser.quit().await;
+    participants.stop().await;
+    orchestrator.stop().await;
+}

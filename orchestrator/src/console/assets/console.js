@@ -213,7 +213,11 @@ async function sagaDetail(id) {
     h("pre", {}, JSON.stringify(saga.payload, null, 2)),
   );
   const running = saga.status === "RUNNING" || saga.status === "COMPENSATING";
-  return running ? 2000 : null;
+  // A saga that only waits for a signal (which can take days) is not polled: the page
+  // stays as it is while the operator fills in the signal, and sending it re-renders.
+  const onlySignal = saga.steps.every((step) => step.state !== "in_flight" && step.state !== "awaiting_retry"
+    || step.kind === "signal");
+  return running && !onlySignal ? 2000 : null;
 }
 
 function summary(detail) {
@@ -277,6 +281,69 @@ function signalForm(saga, step) {
   } },
   h("label", {}, "body ", h("input", { name: "body", value: "{}", "aria-label": `${step.name} signal body` })),
   h("button", { type: "submit" }, `Send ${step.name}`));
+}
+
+// One bar per attempt, from its first send to its reply, on the saga's own time scale.
+function timeline(saga) {
+  const t = (iso) => new Date(iso).getTime();
+  const start = t(saga.created_at);
+  const finished = !(saga.status === "RUNNING" || saga.status === "COMPENSATING");
+  const end = Math.max(start + 1, finished ? t(saga.updated_at) : Date.now());
+  const bars = [];
+  for (const entry of saga.history) {
+    const sent = entry.kind === "command.sent" || entry.kind === "compensation.sent";
+    if (sent) {
+      const direction = entry.kind === "command.sent" ? "forward" : "compensation";
+      const open = bars.find((b) => b.direction === direction && b.step === entry.step && b.attempt === entry.attempt && b.to === null);
+      if (open) open.sends += 1;
+      else bars.push({ direction, step: entry.step, attempt: entry.attempt, from: t(entry.recorded_at), to: null, sends: 1 });
+    } else if (entry.kind === "reply.received") {
+      const open = [...bars].reverse().find((b) => b.step === entry.step && b.attempt === entry.attempt && b.to === null);
+      if (open) { open.to = t(entry.recorded_at); open.outcome = entry.detail.outcome && entry.detail.outcome.status; }
+    }
+  }
+  if (!bars.length) return h("p", { class: "muted" }, "No command sent yet.");
+  const name = (index) => (saga.steps[index] || {}).name || `step ${index}`;
+  const lanes = bars.map((bar) => {
+    const to = bar.to === null ? end : bar.to;
+    const left = (100 * (bar.from - start)) / (end - start);
+    const width = Math.max(0.3, (100 * (to - bar.from)) / (end - start));
+    const label = `${name(bar.step)} ${bar.direction} attempt ${bar.attempt}: ${bar.to === null ? "no reply yet" : `${to - bar.from} ms, ${bar.outcome || "replied"}`}${bar.sends > 1 ? `, sent ${bar.sends} times` : ""}`;
+    return h("div", { class: "lane" }, h("span", {}, label),
+      h("div", { class: "track" }, h("div", { class: `bar ${bar.direction}${bar.to === null ? " open" : ""}`,
+        style: `left:${left}%;width:${width}%`, title: label })));
+  });
+  return h("div", { class: "timeline", id: "timeline" }, lanes,
+    h("p", { class: "muted" }, `0 to ${end - start} ms after the saga started`));
+}
+
+function act(saga, action) {
+  const dialog = document.getElementById("confirm");
+  const reason = document.getElementById("reason");
+  const texts = {
+    retry: ["Retry the compensation?", "The pending compensation runs again with a fresh budget."],
+    cancel: ["Cancel this saga?", "Its dispatched steps are compensated, newest first, and it ends CANCELLED."],
+    resolve: ["Resolve this saga by hand?", "It ends RESOLVED and nothing more is sent: whatever its compensation could not undo is yours to settle outside sagaflow."],
+  };
+  document.getElementById("confirm-title").textContent = texts[action][0];
+  document.getElementById("confirm-text").textContent = texts[action][1];
+  reason.value = "";
+  dialog.returnValue = "";
+  dialog.onclose = async () => {
+    if (dialog.returnValue !== "ok") return;
+    try {
+      // Only on the saga as shown: if it moved meanwhile, the API answers 412.
+      await api(`/v1/sagas/${saga.id}/${action}`, {
+        method: "POST", body: { reason: reason.value }, headers: { "If-Match": `"${saga.version}"` },
+      });
+      say(`${action} requested`);
+    } catch (error) {
+      say(error.message);
+    }
+    route();
+  };
+  dialog.showModal();
+  reason.focus();
 }
 
 async function deadLetterList(params) {
