@@ -106,6 +106,10 @@ pub async fn all(
             "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'coupon_use' AND s.status = 'COMPLETED' AND NOT ({live_claim} AND {payout})")),
         ("undone coupon use with an effect left", format!(
             "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'coupon_use' AND s.status IN ('COMPENSATED', 'CANCELLED') AND ({live_claim} OR {payout})")),
+        ("completed click-and-collect missing an effect or its award", format!(
+            "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'click_and_collect' AND s.status = 'COMPLETED' AND NOT ({live_reservation} AND {live_payment} AND s.state -> 'steps' -> 4 -> 'output' ->> 'points' IS NOT NULL)")),
+        ("undone click-and-collect with an effect left", format!(
+            "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'click_and_collect' AND s.status IN ('COMPENSATED', 'CANCELLED') AND ({live_reservation} OR {live_payment})")),
         ("payments != applied charges in the inbox", format!(
             "SELECT abs((SELECT count(*) FROM payments) - {}) AS n", inbox("payment"))),
         ("shipments != applied preparations in the inbox", format!(

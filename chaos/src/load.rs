@@ -134,6 +134,8 @@ pub struct Data {
     pub users: Vec<Uuid>,
     pub skus: Vec<String>,
     pub campaigns: Vec<Uuid>,
+    /// The click-and-collect flow is registered (see `system::Options`).
+    pub click_and_collect: bool,
 }
 
 pub async fn seed(api: &Api, sizes: &Sizes) -> anyhow::Result<Data> {
@@ -141,6 +143,7 @@ pub async fn seed(api: &Api, sizes: &Sizes) -> anyhow::Result<Data> {
         users: Vec::new(),
         skus: Vec::new(),
         campaigns: Vec::new(),
+        click_and_collect: false,
     };
     for i in 0..sizes.products {
         let sku = format!("CHAOS-{i:02}");
@@ -200,6 +203,8 @@ fn id(body: &Value) -> anyhow::Result<Uuid> {
 pub struct Record {
     /// Sagas the API accepted (202).
     pub sagas: Vec<Uuid>,
+    /// The click-and-collect ones among them, which wait for a pickup signal.
+    pub pickups: Vec<Uuid>,
     /// Top-ups the API confirmed, per user.
     pub top_ups: HashMap<Uuid, i64>,
     /// Requests by kind and answer.
@@ -215,6 +220,32 @@ pub async fn one(api: &Api, data: &Data, record: &Shared) -> anyhow::Result<()> 
         let user = *data.users.choose(&mut rng).expect("users");
         let roll = rng.random_range(0..100);
         match roll {
+            // Click and collect: hold and charge together, then a pickup signal below.
+            0..5 if data.click_and_collect => {
+                let sku = data.skus.choose(&mut rng).expect("skus");
+                let quantity = rng.random_range(1..=2);
+                let input = json!({
+                    "user_id": user,
+                    "lines": [{ "sku": sku, "quantity": quantity }],
+                    "total_cents": 1_500 * quantity,
+                    "points": quantity * 15,
+                });
+                let body = json!({ "definition": "click_and_collect", "input": input });
+                ("click and collect", "/v1/sagas".to_owned(), body)
+            }
+            // Most pickups come; the others time out, and the saga refunds and releases.
+            5..10 if data.click_and_collect => {
+                let waiting = {
+                    let record = record.lock().expect("record");
+                    let from = record.pickups.len().saturating_sub(30);
+                    record.pickups[from..].choose(&mut rng).copied()
+                };
+                let Some(saga) = waiting else {
+                    return Ok(());
+                };
+                let path = format!("/v1/sagas/{saga}/signals/picked_up");
+                ("pickup", path, json!({ "desk": rng.random_range(1..=9) }))
+            }
             0..55 => {
                 let sku = data.skus.choose(&mut rng).expect("skus");
                 // One in ten orders ships where nobody delivers: it compensates.
@@ -266,6 +297,11 @@ pub async fn one(api: &Api, data: &Data, record: &Shared) -> anyhow::Result<()> 
             let saga: Option<Uuid> = answer["saga_id"].as_str().and_then(|id| id.parse().ok());
             record.sagas.extend(saga);
         }
+        ("click and collect", 202) => {
+            let saga: Option<Uuid> = answer["saga_id"].as_str().and_then(|id| id.parse().ok());
+            record.sagas.extend(saga);
+            record.pickups.extend(saga);
+        }
         ("top-up", 200) => {
             let user = path
                 .split('/')
@@ -283,7 +319,9 @@ pub async fn one(api: &Api, data: &Data, record: &Shared) -> anyhow::Result<()> 
 /// cancel, a 4xx is never expected).
 pub fn unexpected(kind: &str, status: u16) -> bool {
     match kind {
-        "order" | "coupon use" => status != 202,
+        "order" | "coupon use" | "click and collect" => status != 202,
+        // Not waiting (yet, or any more: taken, timed out, cancelled) is 409.
+        "pickup" => status != 202 && status != 409,
         "direct use" => status != 200 && status != 409,
         "top-up" => status != 200,
         "cancel" => status != 202 && status != 409,

@@ -100,16 +100,20 @@ async fn run() -> anyhow::Result<bool> {
     options.durable_broker = args.kill_broker;
     // A Postgres of the run's own, killed like every other process.
     options.own_postgres = true;
+    options.click_and_collect = true;
     let System {
         procs,
         ports,
         database_url,
         dir,
+        click_and_collect,
         ..
     } = System::start(&options).await?;
     println!("chaos: database {database_url}, logs in {}", dir.display());
     let api = load::Api::new(&ports);
-    let data = Arc::new(load::seed(&api, &load::Sizes::default()).await?);
+    let mut data = load::seed(&api, &load::Sizes::default()).await?;
+    data.click_and_collect = click_and_collect;
+    let data = Arc::new(data);
     println!(
         "chaos: {} processes up; {} sagas at {}/s, a kill every {:?}",
         procs.len(),

@@ -42,6 +42,10 @@ pub struct Options {
     /// A Postgres cluster of the run's own (initdb on a spare port), which chaos may kill;
     /// else the server `DATABASE_URL` names (the machine's, never touched).
     pub own_postgres: bool,
+    /// Register the click-and-collect flow (`participants/python/click_and_collect.json`)
+    /// and run its Python loyalty participant: on a real broker only, and only where
+    /// python3 has confluent-kafka.
+    pub click_and_collect: bool,
 }
 
 impl Options {
@@ -56,6 +60,7 @@ impl Options {
             durable_broker: false,
             env: Vec::new(),
             own_postgres: false,
+            click_and_collect: false,
         }
     }
 
@@ -75,6 +80,8 @@ pub struct System {
     pub dir: PathBuf,
     /// What the broker is: `embedded`, `tansu` or `KAFKA_BROKERS`.
     pub broker: &'static str,
+    /// Whether the click-and-collect flow and its loyalty participant run.
+    pub click_and_collect: bool,
 }
 
 impl System {
@@ -133,6 +140,8 @@ impl System {
         };
         let mut ports = Vec::new();
         let broker;
+        let click_and_collect = options.click_and_collect && !options.dev && python_with_kafka();
+        let mut loyalty = None;
         if options.dev {
             broker = "embedded";
             let port = free_port()?;
@@ -165,6 +174,23 @@ impl System {
                         .context("give --tansu PATH (or TANSU), or KAFKA_BROKERS")?
                 }
             };
+            let definitions = dir.join("definitions");
+            if click_and_collect {
+                write_click_and_collect(&definitions)?;
+                let name = "worker-loyalty-1";
+                loyalty = Some(
+                    common(Proc::new(
+                        name,
+                        Kind::Worker,
+                        &PathBuf::from("python3"),
+                        &[&participant("loyalty.py").to_string_lossy()],
+                        &dir,
+                    ))
+                    .env("KAFKA_BROKERS", &brokers)
+                    .env("KAFKA_INSTANCE_ID", name)
+                    .env("INBOX_DB", dir.join("loyalty.db").to_string_lossy()),
+                );
+            }
             for replica in 0..options.replicas {
                 let name = format!("orchestrator-{}", char::from(b'a' + replica as u8));
                 let port = free_port()?;
@@ -181,6 +207,9 @@ impl System {
                 .env("API_KEYS", crate::load::API_KEY_ENTRY)
                 .env("DATABASE_POOL_SIZE", "8")
                 .env("DATABASE_ENGINE_POOL_SIZE", "12");
+                if click_and_collect {
+                    proc = proc.env("DEFINITIONS_DIR", definitions.to_string_lossy());
+                }
                 proc.port = Some(port);
                 ports.push(port);
                 procs.push(proc);
@@ -212,14 +241,47 @@ impl System {
         for port in &ports {
             wait_ready(*port, Duration::from_secs(120)).await?;
         }
+        // After the orchestrators: registering the flow created the loyalty topic.
+        if let Some(mut loyalty) = loyalty {
+            loyalty.start()?;
+            procs.push(loyalty);
+        }
         Ok(Self {
             procs,
             ports,
             database_url,
             dir,
             broker,
+            click_and_collect,
         })
     }
+}
+
+/// A file of `participants/python/`.
+fn participant(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../participants/python")
+        .join(file)
+}
+
+fn python_with_kafka() -> bool {
+    Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// The shipped click-and-collect document with a run's timings: a pickup awaited 15 s
+/// (the load generator sends most pickups; the rest time out and compensate) and a
+/// settling wait of 1 s.
+fn write_click_and_collect(dir: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(participant("click_and_collect.json"))?;
+    let mut document: serde_json::Value = serde_json::from_str(&text)?;
+    document["steps"][1]["timeout_ms"] = serde_json::json!(15_000);
+    document["steps"][2]["duration_ms"] = serde_json::json!(1_000);
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("click_and_collect.json"), document.to_string())?;
+    Ok(())
 }
 
 /// A Postgres cluster in `dir/pg` on a spare port: `initdb`, then `postgres` itself (not

@@ -643,10 +643,11 @@ async fn a_bulk_cancel_job_cancels_every_running_saga_it_names_and_reports_progr
     }
     let listed = ok(http.get("/v1/bulk-jobs").await).await;
     assert_eq!(listed[0]["id"], created["id"]);
+    // A definition that is not registered is a reference to nothing: 422.
     let bad = json!({ "action": "cancel", "definition": "nope" });
     problem(
         http.api.post("/v1/bulk-jobs", &bad).await,
-        400,
+        422,
         Some("definition"),
     )
     .await;

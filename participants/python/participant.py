@@ -16,8 +16,8 @@ unable to take effect from now on; a fence reports whether it already did.
 The command's `traceparent` header, when there is one, goes back on the reply unchanged.
 
 Environment: KAFKA_BROKERS (required), TOPIC_PREFIX (default `sagaflow`), INBOX_DB (a
-SQLite file, default `<role>.db`), PARTICIPANT_LOG (optional: one JSON line per command,
-for tests). Needs `confluent-kafka` from PyPI.
+SQLite file, default `<role>.db`), KAFKA_INSTANCE_ID (optional: a static group member
+under this id), PARTICIPANT_LOG (optional: one JSON line per command, for tests). Needs `confluent-kafka` from PyPI.
 """
 
 import json
@@ -125,13 +125,20 @@ def run(role):
     prefix = os.environ.get("TOPIC_PREFIX", "sagaflow")
     db = open_inbox(os.environ.get("INBOX_DB", f"{role.NAME}.db"), role.SCHEMA)
     log_path = os.environ.get("PARTICIPANT_LOG")
-    consumer = Consumer({
+    settings = {
         "bootstrap.servers": brokers,
         "group.id": f"{prefix}.{role.NAME}",
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": 10,
-    })
+    }
+    instance = os.environ.get("KAFKA_INSTANCE_ID")
+    if instance:
+        # A static member, as the Rust processes are: a restart under the same id takes
+        # the old member's place at once (a broker may never evict a dead dynamic one).
+        settings["group.instance.id"] = f"{prefix}.{role.NAME}:{instance}"
+        settings["session.timeout.ms"] = 45000
+    consumer = Consumer(settings)
     producer = Producer({"bootstrap.servers": brokers, "linger.ms": 0})
     topic = f"{prefix}.commands.{role.NAME}"
     consumer.subscribe([topic])
