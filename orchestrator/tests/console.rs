@@ -208,6 +208,7 @@ async fn an_operator_sees_versions_parallel_stages_and_paths_and_sends_a_signal(
     browser.goto(&format!("{base}/ui")).await;
     browser.type_into("#key", "ops-secret-00000000003").await;
     browser.click("#key-form button[type=submit]").await;
+    // Straight on, while the overview may still be loading: it must not draw over this.
     browser.goto(&format!("{base}/ui#/definitions")).await;
     let shown = browser
         .wait_for_text("[data-definition=pickup]", "v2 (default)")

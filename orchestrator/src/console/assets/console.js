@@ -454,7 +454,18 @@ async function definitionList() {
 
 // --- Routing -----------------------------------------------------------------------------
 
-async function route() {
+// Renders run one after another: a view still loading when the hash changes finishes
+// first, and the view for the new hash is drawn after it, so a slow render never draws
+// over a newer one.
+let rendering = Promise.resolve();
+
+function route() {
+  const previous = rendering;
+  rendering = previous.then(renderRoute, renderRoute);
+  return rendering;
+}
+
+async function renderRoute() {
   clearTimeout(refresh);
   const [path, query] = location.hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
