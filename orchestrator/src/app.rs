@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 
 use platform::contract::Role;
 use platform::health::Probes;
-use platform::kafka::{Cluster, ConsumerLoop, DeadLetter, Producer};
+use platform::kafka::{Cluster, Producer};
 use platform::liveness::Loops;
 use platform::{cache, db};
 
@@ -23,15 +23,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::catalog::Catalog;
-use crate::relay::{Relay, RelayOptions};
-use crate::replies::ReplyHandler;
-use crate::timers::Timers;
-
-/// Engine loops that each hold one engine-pool connection while they work: relay, timers,
-/// bulk jobs, dead letters, retention.
-const ENGINE_LOOPS: usize = 5;
-/// Engine-pool connections kept for operator actions (retry, cancel, resolve).
-const OPERATOR_ACTIONS: usize = 3;
+use crate::loops::relay::RelayOptions;
 
 /// Which processes run inside this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,89 +149,17 @@ pub async fn start_with(
         options.clock.clone(),
         Arc::clone(&catalog),
     );
-    loops.spawn(
-        &tasks,
-        "definitions",
-        &shutdown,
-        Arc::clone(&catalog).follow(
-            config.stores.database_url.clone(),
-            engine_database.clone(),
-            Duration::from_secs(5),
-            shutdown.clone(),
-        ),
-    );
-    let relay = Relay::new(
-        &config.stores.database_url,
-        engine_database.clone(),
-        producer.clone(),
-        options.clock.clone(),
-        options.relay.clone(),
-    );
-    if options.relay_enabled {
-        loops.spawn_infallible(&tasks, "relay", &shutdown, relay.run(shutdown.clone()));
-    }
-    loops.spawn_infallible(
-        &tasks,
-        "timers",
-        &shutdown,
-        Timers::new(engine.clone(), options.timer_interval).run(shutdown.clone()),
-    );
-    // Bulk jobs are not latency-critical: a slower poll keeps an idle deployment quiet.
-    loops.spawn_infallible(
-        &tasks,
-        "bulk",
-        &shutdown,
-        crate::bulk::run(
-            engine.clone(),
-            options.timer_interval.max(Duration::from_secs(1)),
-            shutdown.clone(),
-        ),
-    );
-    loops.spawn_infallible(
-        &tasks,
-        "dead-letters",
-        &shutdown,
-        crate::dead_letters::run(cluster.clone(), engine_database.clone(), shutdown.clone()),
-    );
-    loops.spawn_infallible(
-        &tasks,
-        "retention",
-        &shutdown,
-        crate::retention::run(
-            engine_database.clone(),
-            config.retention.clone(),
-            shutdown.clone(),
-        ),
-    );
-    // Replies of different sagas are applied in parallel batches, one saga's in order. The
-    // engine pool's rule: one connection for each loop that holds one (relay, timers, bulk,
-    // dead letters, retention), a few for operator actions from the API, and the rest for
-    // reply batches, so no user of the pool ever waits on another kind of user.
-    for slot in 0..options.reply_consumers {
-        let mut consumer_options = cluster.consumer_options(
-            format!("{}.orchestrator", cluster.topics().prefix()),
-            vec![cluster.topics().replies()],
-        );
-        let for_replies = engine
-            .pool()
-            .status()
-            .max_size
-            .saturating_sub(ENGINE_LOOPS + OPERATOR_ACTIONS)
-            .max(1);
-        consumer_options.concurrency = consumer_options.concurrency.min(for_replies);
-        consumer_options.instance_id = cluster.member_id(&consumer_options.group_id, slot);
-        let replies = ConsumerLoop::new(
-            cluster.brokers(),
-            consumer_options,
-            ReplyHandler::new(engine.clone()),
-            DeadLetter::new(producer.clone(), cluster.topics().dead_letter()),
-        )?;
-        loops.spawn(
-            &tasks,
-            format!("replies-{slot}"),
-            &shutdown,
-            replies.run(shutdown.clone()),
-        );
+    let wiring = crate::loops::Wiring {
+        engine: &engine,
+        engine_database: &engine_database,
+        database_url: &config.stores.database_url,
+        cluster: &cluster,
+        producer: &producer,
+        retention: &config.retention,
+        options: &options,
+    };
+    for (name, running) in crate::loops::all(&wiring, &shutdown)? {
+        loops.spawn(&tasks, name, &shutdown, running);
     }
     if mode == Mode::Dev {
         let deps = workers::Deps {

@@ -18,16 +18,11 @@
 pub mod api;
 pub mod app;
 pub mod auth;
-pub mod bulk;
 pub mod clock;
 pub mod config;
 pub mod console;
-pub mod dead_letters;
 pub mod engine;
-pub mod relay;
-pub mod replies;
-pub mod retention;
+pub mod loops;
 pub mod saga;
 pub mod schema;
 pub mod seed;
-pub mod timers;

@@ -67,7 +67,7 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
         sql_query(statement).execute(&mut conn).await.unwrap();
     }
     let windows = RetentionEnv::from_vars(&Vars::from_pairs([])).unwrap();
-    let mut rules = orchestrator::retention::RULES.to_vec();
+    let mut rules = orchestrator::loops::retention::RULES.to_vec();
     rules.extend_from_slice(workers::retention::RULES);
     let deleted = retention::sweep(&mut conn, &rules, &windows, Utc::now())
         .await

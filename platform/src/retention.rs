@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Connection, Pool};
 
+/// How often a process sweeps its tables.
+pub const EVERY: Duration = Duration::from_secs(600);
+
 /// Which window a rule's rows age against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {

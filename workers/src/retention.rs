@@ -9,15 +9,12 @@
 //! moves would make a payout that happened look as if it had not. The sagas live in the
 //! same database (one schema history), so the rule reads their status.
 
-use std::time::Duration;
-
 use platform::db::Pool;
 use platform::env::RetentionEnv;
 use platform::retention::{Rule, Window};
 use tokio_util::sync::CancellationToken;
 
-/// How often the sweep runs.
-pub const EVERY: Duration = Duration::from_secs(600);
+pub use platform::retention::EVERY;
 
 pub static RULES: &[Rule] = &[
     Rule {

@@ -4,7 +4,7 @@
 //! the transitions in memory, write the new states (guarded by the row versions), the
 //! history entries and the outbox messages the transitions ask for, commit. A batch of
 //! inputs costs a constant number of statements ([`batch`]). Nothing is published here: the
-//! [relay](crate::relay) publishes the outbox after the commit, so there is no state without
+//! [relay](crate::loops::relay) publishes the outbox after the commit, so there is no state without
 //! its message and no message without its state.
 
 mod batch;

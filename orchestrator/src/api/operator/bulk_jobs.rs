@@ -1,6 +1,6 @@
 //! Bulk operator actions: retry or cancel every saga a filter names, as an asynchronous job
 //! with progress. The job fixes its sagas when it is created (at most 10 000); the engine's
-//! bulk loop (`crate::bulk`) then acts on each as a single operator action would, with the
+//! bulk loop (`crate::loops::bulk`) then acts on each as a single operator action would, with the
 //! job's reason and requester in every saga's history. Retry only ever names FAILED sagas
 //! and cancel RUNNING ones. With an `Idempotency-Key`, repeating the request returns the
 //! same job.

@@ -9,26 +9,31 @@ use tokio_util::sync::CancellationToken;
 
 use crate::schema::dead_letters;
 
-/// Runs the reader until `shutdown`; one member of `<prefix>.dead-letters` per process.
-pub async fn run(cluster: Cluster, database: db::Pool, shutdown: CancellationToken) {
-    let group = format!("{}.dead-letters", cluster.topics().prefix());
-    let reader = match DeadLetterReader::new(&cluster, group.clone(), cluster.member_id(&group, 0))
-    {
-        Ok(reader) => reader,
-        Err(err) => {
-            tracing::error!(
-                error = format!("{err:#}"),
-                "dead-letter reader could not start"
-            );
-            return;
-        }
-    };
-    reader
-        .run(shutdown, |letter| {
-            let database = database.clone();
-            async move { record(&database, &letter).await }
-        })
-        .await;
+pub struct DeadLetters {
+    cluster: Cluster,
+    database: db::Pool,
+}
+
+impl DeadLetters {
+    pub fn new(cluster: Cluster, database: db::Pool) -> Self {
+        Self { cluster, database }
+    }
+
+    /// Runs the reader until `shutdown`; one member of `<prefix>.dead-letters` per process.
+    /// A reader that cannot start ends the loop with its cause (and `/healthz` says so).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { cluster, database } = self;
+        let group = format!("{}.dead-letters", cluster.topics().prefix());
+        let member = cluster.member_id(&group, 0);
+        let reader = DeadLetterReader::new(&cluster, group, member)?;
+        reader
+            .run(shutdown, |letter| {
+                let database = database.clone();
+                async move { record(&database, &letter).await }
+            })
+            .await;
+        Ok(())
+    }
 }
 
 async fn record(database: &db::Pool, letter: &DeadLetterMessage) -> anyhow::Result<()> {

@@ -77,7 +77,7 @@ impl Relay {
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut listener = match self.listen().await {
             Ok(conn) => Some(conn),
             Err(err) => {
@@ -143,6 +143,7 @@ impl Relay {
             }
         }
         tracing::info!("outbox relay stopped");
+        Ok(())
     }
 
     async fn listen(&self) -> anyhow::Result<AsyncPgConnection> {

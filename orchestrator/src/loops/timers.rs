@@ -23,7 +23,7 @@ impl Timers {
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!("timer loop started");
         loop {
             let fired = match self.engine.fire_due_timers(self.batch).await {
@@ -42,5 +42,6 @@ impl Timers {
             }
         }
         tracing::info!("timer loop stopped");
+        Ok(())
     }
 }

@@ -20,7 +20,23 @@ use crate::schema::{bulk_job_items, bulk_jobs};
 
 const BATCH: i64 = 50;
 
-pub async fn run(engine: Engine, interval: Duration, shutdown: CancellationToken) {
+pub struct Bulk {
+    engine: Engine,
+    interval: Duration,
+}
+
+impl Bulk {
+    pub fn new(engine: Engine, interval: Duration) -> Self {
+        Self { engine, interval }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        run(self.engine, self.interval, shutdown).await;
+        Ok(())
+    }
+}
+
+async fn run(engine: Engine, interval: Duration, shutdown: CancellationToken) {
     tracing::info!("bulk-job loop started");
     loop {
         let worked = match work(&engine).await {

@@ -28,8 +28,20 @@ pub static RULES: &[Rule] = &[
     },
 ];
 
-/// Sweeps the orchestrator's tables every `workers::retention::EVERY` until shutdown.
-pub async fn run(pool: Pool, windows: RetentionEnv, shutdown: CancellationToken) {
-    let every = workers::retention::EVERY;
-    platform::retention::run(pool, RULES, windows, every, shutdown).await;
+pub struct Retention {
+    pool: Pool,
+    windows: RetentionEnv,
+}
+
+impl Retention {
+    pub fn new(pool: Pool, windows: RetentionEnv) -> Self {
+        Self { pool, windows }
+    }
+
+    /// Sweeps the orchestrator's tables every `platform::retention::EVERY` until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let every = platform::retention::EVERY;
+        platform::retention::run(self.pool, RULES, self.windows, every, shutdown).await;
+        Ok(())
+    }
 }
