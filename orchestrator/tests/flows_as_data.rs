@@ -50,6 +50,16 @@ fn click_and_collect(version: u32, timeout_ms: u64) -> Value {
     })
 }
 
+/// The JSON pointers of a refused document's faults.
+fn fault_pointers(refused: &Value) -> Vec<&str> {
+    refused["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["pointer"].as_str().unwrap())
+        .collect()
+}
+
 fn input() -> Value {
     json!({ "order_id": Uuid::now_v7(), "user_id": Uuid::now_v7(), "points": 12 })
 }
@@ -89,21 +99,11 @@ async fn a_flow_registered_over_the_api_runs_parallel_steps_a_signal_a_wait_and_
     broken["steps"][3]["forward_only"] = json!(false);
     broken["input"] = json!({ "type": "colour" });
     let refused = problem(http.post("/v1/saga-definitions", &broken).await, 400, None).await;
-    let pointers: Vec<&str> = refused["faults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["pointer"].as_str().unwrap())
-        .collect();
+    let pointers = fault_pointers(&refused);
     assert_eq!(pointers, ["/steps/0/tasks/1/compensation"], "{refused}");
     broken["steps"][0]["tasks"][1]["compensation"] = json!("payment.refund");
     let refused = problem(http.post("/v1/saga-definitions", &broken).await, 400, None).await;
-    let pointers: Vec<&str> = refused["faults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["pointer"].as_str().unwrap())
-        .collect();
+    let pointers = fault_pointers(&refused);
     assert_eq!(pointers, ["/input", "/steps/3/forward_only"], "{refused}");
 
     let document = click_and_collect(1, 60_000);

@@ -31,9 +31,11 @@ use crate::saga::{Definition, Status};
 use crate::schema::{saga_definition_defaults, saga_definitions, sagas};
 
 /// One stored version.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Version {
     pub definition: Arc<Definition>,
+    /// The definition's input schema, compiled once per version.
+    pub input: Arc<jsonschema::Validator>,
     pub document: Value,
     pub created_by: String,
     pub created_at: chrono::DateTime<Utc>,
@@ -340,28 +342,34 @@ impl Catalog {
             .await?;
         let mut known = Known::default();
         for (name, version, document, created_by, created_at) in rows {
-            // The lost-member rule held when the version was registered; a build that
-            // raised it must still run the sagas already on it.
-            match document::parse(&document, Duration::ZERO) {
-                Ok(definition) => {
-                    let version_number = u32::try_from(version).unwrap_or_default();
-                    known.versions.entry(name).or_default().insert(
-                        version_number,
-                        Version {
-                            definition: Arc::new(definition),
-                            document,
-                            created_by,
-                            created_at,
-                        },
-                    );
-                }
-                Err(faults) => tracing::warn!(
-                    definition = name,
-                    version,
-                    faults = ?faults,
-                    "stored definition unreadable by this build; skipped"
-                ),
-            }
+            let number = u32::try_from(version).unwrap_or_default();
+            // Versions are immutable: one already held is kept, not read again.
+            let stored = match self.stored_version(&name, number) {
+                Some(held) => held,
+                None => match read_version(&document) {
+                    Ok((definition, input)) => Version {
+                        definition: Arc::new(definition),
+                        input: Arc::new(input),
+                        document,
+                        created_by,
+                        created_at,
+                    },
+                    Err(faults) => {
+                        tracing::warn!(
+                            definition = name,
+                            version,
+                            faults = ?faults,
+                            "stored definition unreadable by this build; skipped"
+                        );
+                        continue;
+                    }
+                },
+            };
+            known
+                .versions
+                .entry(name)
+                .or_default()
+                .insert(number, stored);
         }
         for (name, version) in defaults {
             known
@@ -510,6 +518,17 @@ impl Catalog {
             }
         }
     }
+}
+
+/// A stored document as this build reads it, with its input schema compiled. The
+/// lost-member rule held when the version was registered; a build that raised it must
+/// still run the sagas already on it, so it is not applied here.
+fn read_version(document: &Value) -> Result<(Definition, jsonschema::Validator), Vec<String>> {
+    let definition = document::parse(document, Duration::ZERO)
+        .map_err(|faults| faults.iter().map(Fault::to_string).collect::<Vec<_>>())?;
+    let input = jsonschema::validator_for(&definition.input_schema)
+        .map_err(|err| vec![format!("/input: {err}")])?;
+    Ok((definition, input))
 }
 
 async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {

@@ -273,8 +273,16 @@ fn version_of(text: &str) -> ApiResult<u32> {
         .ok_or_else(|| ApiError::not_found("saga definition version", text))
 }
 
-fn unknown(name: &str) -> ApiError {
-    ApiError::not_found("saga definition", name)
+/// One flow as the API shows it.
+fn flow(state: &State, name: &str) -> ApiResult<SagaDefinition> {
+    let (name, versions, default) = state
+        .engine
+        .catalog()
+        .flows()
+        .into_iter()
+        .find(|(flow, ..)| flow == name)
+        .ok_or_else(|| ApiError::not_found("saga definition", name))?;
+    Ok(flow_view(name, &versions, default))
 }
 
 /// The stored version `name`/`version` with whether it is the default.
@@ -393,14 +401,7 @@ impl DefinitionsApi {
         state: Data<&State>,
         name: Path<String>,
     ) -> ApiResult<Json<SagaDefinition>> {
-        let (name, versions, default) = state
-            .engine
-            .catalog()
-            .flows()
-            .into_iter()
-            .find(|(flow, ..)| *flow == name.0)
-            .ok_or_else(|| unknown(&name.0))?;
-        Ok(Json(flow_view(name, &versions, default)))
+        Ok(Json(flow(&state, &name.0)?))
     }
 
     /// Get a saga definition version
@@ -468,12 +469,7 @@ impl DefinitionsApi {
             .await
             .map_err(refused)?;
         catalog.reload(conn).await?;
-        let (name, versions, default) = catalog
-            .flows()
-            .into_iter()
-            .find(|(flow, ..)| *flow == name.0)
-            .ok_or_else(|| unknown(&name.0))?;
-        Ok(Json(flow_view(name, &versions, default)))
+        Ok(Json(flow(&state, &name.0)?))
     }
 
     /// List a saga definition version's compensation paths

@@ -71,10 +71,9 @@ pub(crate) enum StartResponse {
     ),
 }
 
-/// The first fault the schema finds, named by its JSON pointer under `input`.
-fn check_input(schema: &Value, input: &Value) -> ApiResult<()> {
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|err| ApiError::internal(format!("stored input schema unusable: {err}")))?;
+/// The first fault the version's input schema (compiled once, in the catalog) finds,
+/// named by its JSON pointer under `input`.
+fn check_input(validator: &jsonschema::Validator, input: &Value) -> ApiResult<()> {
     match validator.iter_errors(input).next() {
         None => Ok(()),
         Some(error) => {
@@ -84,24 +83,21 @@ fn check_input(schema: &Value, input: &Value) -> ApiResult<()> {
     }
 }
 
-impl From<engine::Error> for StartRefused {
-    fn from(err: engine::Error) -> Self {
-        StartRefused(match err {
-            engine::Error::UnknownDefinition(name) => {
-                ApiError::unprocessable("definition", format!("no saga definition `{name}`"))
-            }
-            engine::Error::UnknownVersion { name, version } => ApiError::unprocessable(
-                "version",
-                format!("saga definition `{name}` has no version {version}"),
-            ),
-            engine::Error::BadInput(reason) => ApiError::invalid("input", reason),
-            other => ApiError::from(other),
-        })
+/// An engine error as the start answers it: the definition and version are the body's
+/// references (422), a start the input cannot make is the input's fault (400).
+fn refused(err: engine::Error) -> ApiError {
+    match err {
+        engine::Error::UnknownDefinition(name) => {
+            ApiError::unprocessable("definition", format!("no saga definition `{name}`"))
+        }
+        engine::Error::UnknownVersion { name, version } => ApiError::unprocessable(
+            "version",
+            format!("saga definition `{name}` has no version {version}"),
+        ),
+        engine::Error::BadInput(reason) => ApiError::invalid("input", reason),
+        other => ApiError::from(other),
     }
 }
-
-/// An engine error as the start answers it.
-struct StartRefused(ApiError);
 
 /// The handler of `POST /v1/sagas` (declared in `operator::sagas`, beside `GET /v1/sagas`:
 /// poem-openapi keeps one path's operations in one API).
@@ -121,8 +117,12 @@ pub(crate) async fn start(
     let engine = &state.engine;
     let definition = engine
         .definition_for(&body.definition, body.version)
-        .map_err(|err| StartRefused::from(err).0)?;
-    check_input(&definition.input_schema, &body.input)?;
+        .map_err(refused)?;
+    let stored = engine
+        .catalog()
+        .stored_version(&definition.name, definition.version)
+        .ok_or_else(|| refused(engine::Error::UnknownDefinition(definition.name.clone())))?;
+    check_input(&stored.input, &body.input)?;
     let mut pooled = state.database.get().await?;
     let conn: &mut Connection = &mut pooled;
     let (started, replayed) = conn
@@ -137,10 +137,7 @@ pub(crate) async fn start(
                 started_by: caller.owner(),
                 ..Start::new(&definition.name, &body.input)
             };
-            let started = engine
-                .start_with(conn, start)
-                .await
-                .map_err(|err| StartRefused::from(err).0)?;
+            let started = engine.start_with(conn, start).await.map_err(refused)?;
             let answer = SagaStarted {
                 saga_id: started.id,
                 definition: definition.name.clone(),
