@@ -8,7 +8,7 @@
 //! and checks every invariant from the database. Exit code 1 on any violation.
 //!
 //! ```text
-//! cargo build -p orchestrator -p workers -p chaos
+//! cargo build -p orchestrator -p chaos
 //! target/debug/chaos [--sagas 10000] [--rate 40] [--kill-every 3] [--tansu PATH] [--kill-broker]
 //! target/debug/chaos --dev [--sagas 1000]
 //! ```

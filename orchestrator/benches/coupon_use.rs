@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use orchestrator::schema::sagas;
+use engine::schema::sagas;
 use platform::testkit::TestEnv;
 use serde_json::json;
+use shop::fixtures::{add_campaign, add_user, add_vendor};
 use support::Orchestrator;
 use uuid::Uuid;
-use workers::fixtures::{add_campaign, add_user, add_vendor};
 
 /// Coupon uses over HTTP, as a saga and directly.
 #[derive(clap::Parser)]

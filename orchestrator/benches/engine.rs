@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use engine::schema::sagas;
 use orchestrator::app::Options;
-use orchestrator::schema::sagas;
 use platform::testkit::TestEnv;
 use support::{Orchestrator, Participants, script, succeed};
 

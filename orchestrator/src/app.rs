@@ -1,29 +1,19 @@
-//! Wiring: builds the pools and clients once, starts the HTTP server and the background
-//! loops on one [`TaskTracker`], and stops them all on one [`CancellationToken`].
+//! Starts an orchestrator: the engine's core, then (in `dev`) the shop's participant roles on
+//! the same tasks and shutdown token, then the HTTP server with the shop's API mounted beside
+//! the engine's.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use engine::app::{Core, Serving};
 use platform::contract::Role;
-use platform::health::Probes;
-use platform::kafka::{Cluster, Producer};
-use platform::liveness::Loops;
-use platform::{cache, db};
+use platform::db;
+use platform::kafka::Cluster;
+use shop::adjuster::Adjuster;
+use shop::direct::DirectUse;
 
-use workers::adjuster::Adjuster;
-use workers::direct::DirectUse;
-
-use crate::api;
-use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::Engine;
-use crate::engine::catalog::Catalog;
-use crate::loops::relay::RelayOptions;
+
+pub use engine::app::{Options, Running};
 
 /// Which processes run inside this one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,51 +22,6 @@ pub enum Mode {
     Serve,
     /// API, engine loops and every worker role: the all-in-one first run.
     Dev,
-}
-
-/// A started orchestrator.
-pub struct Running {
-    pub local_addr: SocketAddr,
-    pub engine: Engine,
-    /// The background loops, as `/healthz` reports them.
-    pub loops: Loops,
-    tasks: TaskTracker,
-    producer: Producer,
-}
-
-impl Running {
-    /// Waits until every task stopped (after the shutdown token was cancelled).
-    pub async fn wait(self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-        self.producer.flush(Duration::from_secs(5));
-    }
-}
-
-/// Knobs that tests turn; production uses the defaults.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub clock: Clock,
-    pub relay: RelayOptions,
-    /// `false` simulates an orchestrator that commits but never publishes (crash between
-    /// commit and publish).
-    pub relay_enabled: bool,
-    pub timer_interval: Duration,
-    /// Reply consumers (members of one group) in this process. One is enough: it applies
-    /// replies of different sagas in parallel batches (`KAFKA_CONSUMER_CONCURRENCY`).
-    pub reply_consumers: usize,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            clock: Clock::system(),
-            relay: RelayOptions::default(),
-            relay_enabled: true,
-            timer_interval: Duration::from_millis(250),
-            reply_consumers: 1,
-        }
-    }
 }
 
 pub async fn start(
@@ -95,7 +40,7 @@ pub async fn start_with(
     options: Options,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let auth = &config.auth;
+    let auth = &config.engine.auth;
     if mode == Mode::Serve && auth.enabled && auth.keys.is_empty() {
         anyhow::bail!(
             "no API keys: set API_KEYS or API_KEYS_FILE (see README, \"Access control\"), \
@@ -108,162 +53,92 @@ pub async fn start_with(
              (set API_KEYS to switch it on)"
         );
     }
-    db::prepare(&config.stores.database_url).await?;
-    let stores = &config.stores;
-    // The API and the engine loops draw from separate pools, so requests cannot starve the
-    // relay, timers and reply consumers (and in `dev`, the workers get their own too).
-    let database = db::pool_with(
-        &stores.database_url,
-        stores.pool_options(stores.database_pool_size),
-    )?;
-    let engine_database = db::pool_with(
-        &stores.database_url,
-        stores.pool_options(stores.database_engine_pool_size),
-    )?;
-    let redis = cache::pool(&config.stores.redis_url)?;
-    cluster
-        .ensure_topics()
-        .await
-        .context("creating Kafka topics")?;
-    let producer = cluster.producer()?;
-
-    let tasks = TaskTracker::new();
-    // Every loop is spawned through `loops`, which tells `/healthz` when one stopped.
-    let loops = Loops::stopping(shutdown.clone());
-    // The registered flows: the built-in ones, then DEFINITIONS_DIR's, then whatever
-    // admins registered over the API; every role they name gets its command topic.
-    let catalog = Arc::new(Catalog::open(&engine_database).await?);
-    if let Some(dir) = &config.definitions_dir {
-        let count = catalog.register_dir(&engine_database, dir).await?;
-        let mut pooled = engine_database.get().await?;
-        catalog.reload(&mut pooled).await?;
-        tracing::info!(count, dir = %dir.display(), "definitions registered from DEFINITIONS_DIR");
-    }
-    cluster
-        .ensure_role_topics(&catalog.roles())
-        .await
-        .context("creating the command topics of registered roles")?;
-    let engine = Engine::new(
-        engine_database.clone(),
-        cluster.topics().clone(),
-        options.clock.clone(),
-        Arc::clone(&catalog),
-    );
-    let wiring = crate::loops::Wiring {
-        engine: &engine,
-        engine_database: &engine_database,
-        database_url: &config.stores.database_url,
-        cluster: &cluster,
-        producer: &producer,
-        retention: &config.retention,
-        options: &options,
-    };
-    for (name, running) in crate::loops::all(&wiring, &shutdown)? {
-        loops.spawn(&tasks, name, &shutdown, running);
-    }
+    let core = Core::start(
+        &config.engine,
+        &shop::definitions::BUILT_IN,
+        cluster,
+        options,
+        shutdown,
+    )
+    .await?;
     if mode == Mode::Dev {
-        let deps = workers::Deps {
+        let stores = &config.engine.stores;
+        let deps = shop::Deps {
+            // The workers get their own pool, as in their own process.
             database: db::pool_with(
                 &stores.database_url,
                 stores.pool_options(stores.database_engine_pool_size),
             )?,
-            redis: redis.clone(),
-            cluster: cluster.clone(),
-            producer: producer.clone(),
+            redis: core.redis.clone(),
+            cluster: core.cluster.clone(),
+            producer: core.producer.clone(),
             runtime: config.workers.clone(),
         };
-        tasks.spawn(workers::retention::run(
+        core.tasks.spawn(shop::retention::run(
             deps.database.clone(),
-            config.retention.clone(),
-            shutdown.clone(),
+            config.engine.retention.clone(),
+            core.shutdown.clone(),
         ));
-        workers::spawn_roles(&Role::ALL, &deps, &tasks, &shutdown)?;
+        shop::spawn_roles(&Role::ALL, &deps, &core.tasks, &core.shutdown)?;
     }
-
-    let mut state = api_state(config, &cluster, &database, &redis, &producer, &engine);
-    state.loops = loops.clone();
-    loops.spawn_infallible(
-        &tasks,
-        "lag",
-        &shutdown,
-        state.lag_cache.clone().refresh(
-            state.lag.clone(),
-            cluster.topics().clone(),
-            shutdown.clone(),
-        ),
-    );
-    state.snapshots.take(&state.probes).await;
-    loops.spawn_infallible(
-        &tasks,
-        "probes",
-        &shutdown,
-        state
-            .snapshots
-            .clone()
-            .refresh(state.probes.clone(), shutdown.clone()),
-    );
-    state.demo = mode == Mode::Dev;
-    state.auth_enforced = config.auth.enforced();
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
-    let local_addr = listener.local_addr().context("listener address")?;
-    let server = api::server::serve(
-        listener,
-        api::routes(state, crate::auth::Gate::new(config.auth.clone())),
-        config.http,
-        shutdown.clone(),
-    );
-    loops.spawn(&tasks, "http", &shutdown, async move {
-        server.await.context("HTTP server")
-    });
-    Ok(Running {
-        local_addr,
-        loops,
-        tasks,
-        producer,
-        engine,
-    })
-}
-
-/// The API's shared state; the direct coupon use and stock/balance changes run the
-/// participants' code in-process, under the same concurrency strategy as the workers.
-fn api_state(
-    config: &Config,
-    cluster: &Cluster,
-    database: &db::Pool,
-    redis: &cache::Pool,
-    producer: &Producer,
-    engine: &Engine,
-) -> api::State {
-    let redis_prefix = format!("{}:", cluster.topics().prefix());
-    api::State {
-        probes: Probes {
-            database: database.clone(),
-            redis: redis.clone(),
-            kafka: producer.clone(),
-        },
-        engine: engine.clone(),
-        database: database.clone(),
-        cluster: cluster.clone(),
-        lag: std::sync::Arc::new(platform::kafka::LagProbe::new(cluster)),
-        demo: false,
-        auth_enforced: false,
+    // The direct coupon use and stock/balance changes run the participants' code in the
+    // request, under the same concurrency strategy as the workers.
+    let redis_prefix = format!("{}:", core.cluster.topics().prefix());
+    let shop = shop::api::Shop {
         direct: DirectUse::new(
-            database.clone(),
-            redis.clone(),
+            core.database.clone(),
+            core.redis.clone(),
             &redis_prefix,
             config.workers.clone(),
         ),
         adjuster: Adjuster::new(
-            database.clone(),
-            redis.clone(),
+            core.database.clone(),
+            core.redis.clone(),
             &redis_prefix,
             config.workers.clone(),
         ),
-        http: api::observe::HttpMetrics::default(),
-        lag_cache: api::metrics::LagCache::default(),
-        snapshots: api::snapshot::Snapshots::default(),
-        loops: Loops::default(),
+    };
+    let serving = Serving {
+        demo: mode == Mode::Dev,
+        metrics: (mode == Mode::Dev).then_some(register_participant_metrics as fn(&mut _)),
+    };
+    core.serve(&config.engine, shop::api::mount(shop), serving)
+        .await
+}
+
+/// The OpenAPI document this orchestrator serves (checked in as `openapi/openapi.json`).
+pub fn spec_json() -> String {
+    engine::api::spec_json(
+        shop::api::apis(),
+        &engine::auth::Policy::new(shop::api::RULES),
+    )
+}
+
+fn register_participant_metrics(registry: &mut prometheus_client::registry::Registry) {
+    shop::metrics::METRICS.register(registry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_served_has_an_access_rule_and_every_rule_an_operation() {
+        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap();
+        let policy = engine::auth::Policy::new(shop::api::RULES);
+        assert_eq!(policy.mismatches(&spec), Vec::<String>::new());
+    }
+
+    #[test]
+    fn operation_ids_stay_unique_with_the_shop_mounted() {
+        let spec: serde_json::Value = serde_json::from_str(&spec_json()).unwrap();
+        let mut ids = std::collections::HashSet::new();
+        for operations in spec["paths"].as_object().unwrap().values() {
+            for operation in operations.as_object().unwrap().values() {
+                let id = operation["operationId"].as_str().unwrap().to_owned();
+                assert!(ids.insert(id.clone()), "operationId {id} twice");
+            }
+        }
+        assert!(ids.contains("placeOrder") && ids.contains("startSaga"));
     }
 }

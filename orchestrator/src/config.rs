@@ -1,137 +1,9 @@
-//! The orchestrator's configuration, read once at start-up.
-//!
-//! Variables (all optional; defaults suit a machine with local Postgres and Redis):
-//! - `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/sagaflow`; created if missing)
-//! - `DATABASE_POOL_SIZE` (default 16), `DATABASE_ENGINE_POOL_SIZE` (default 16),
-//!   `DATABASE_POOL_WAIT_MS` (default 2000), `DATABASE_STATEMENT_TIMEOUT_MS` (default 30000)
-//! - `RETENTION_INBOX_DAYS` (default 14), `RETENTION_HISTORY_DAYS` (default 90)
-//! - `REDIS_URL` (default `redis://127.0.0.1:6379`)
-//! - `KAFKA_BROKERS` (`host:port,...`; unset: `dev` starts an embedded Kafka, `serve` refuses)
-//! - `TOPIC_PREFIX` (default `sagaflow`)
-//! - `HTTP_ADDR` (default `127.0.0.1:8080`); the server's limits `HTTP_HEADER_TIMEOUT_MS`
-//!   (10000), `HTTP_IDLE_TIMEOUT_MS` (60000), `HTTP_REQUEST_TIMEOUT_MS` (30000),
-//!   `HTTP_MAX_CONNECTIONS` (2048), `HTTP_MAX_REQUESTS` (1024) (see `api::server`)
-//! - `DEFINITIONS_DIR`: saga definition documents registered at start (see
-//!   [`crate::engine::catalog`])
-//! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
-//! - `AUTH` (`on`/`off`, default `on`), `API_KEYS`, `API_KEYS_FILE`, `METRICS_AUTH`
-//!   (`open`/`operator`, default `open`): access control (see [`crate::auth`])
-//! - `CONCURRENCY_STRATEGY`, `LOCK_WAIT_MS`, `LOCK_LEASE_MS`: the participants' settings,
-//!   used by `dev`, which runs them in-process (see `workers::config`)
+//! The `orchestrator` binary's configuration, read once at start-up: the engine's settings
+//! ([`engine::config`]) and the participants' ([`shop::config`]), which `dev` runs
+//! in-process. `orchestrator --help` lists every one with its flag, variable and default.
 
-use std::net::SocketAddr;
-
-use platform::env::{self, KafkaEnv, LogFormat, RetentionEnv, StoreEnv, Vars};
-use platform::settings::{self, Setting};
-
-use crate::api::server::ServerLimits;
-use crate::auth::AuthConfig;
-
-fn http_limits(vars: &Vars) -> Result<ServerLimits, env::Error> {
-    let defaults = ServerLimits::default();
-    let millis = |name: &'static str, default: std::time::Duration| -> Result<_, env::Error> {
-        let ms: u64 = vars.parse_or(name, default.as_millis() as u64)?;
-        if ms == 0 {
-            return Err(env::Error::new(name, "0", "must be at least 1"));
-        }
-        Ok(std::time::Duration::from_millis(ms))
-    };
-    let count = |name: &'static str, default: usize| -> Result<usize, env::Error> {
-        let n: usize = vars.parse_or(name, default)?;
-        if n == 0 {
-            return Err(env::Error::new(name, "0", "must be at least 1"));
-        }
-        Ok(n)
-    };
-    Ok(ServerLimits {
-        header_timeout: millis("HTTP_HEADER_TIMEOUT_MS", defaults.header_timeout)?,
-        idle_timeout: millis("HTTP_IDLE_TIMEOUT_MS", defaults.idle_timeout)?,
-        request_timeout: millis("HTTP_REQUEST_TIMEOUT_MS", defaults.request_timeout)?,
-        max_connections: count("HTTP_MAX_CONNECTIONS", defaults.max_connections)?,
-        max_requests: count("HTTP_MAX_REQUESTS", defaults.max_requests)?,
-    })
-}
-
-/// The orchestrator's own settings: its HTTP address and access control.
-pub const ORCHESTRATOR: &[Setting] = &[
-    Setting {
-        env: "HTTP_ADDR",
-        long: "http-addr",
-        default: Some(Config::DEFAULT_HTTP_ADDR),
-        help: "API listen address",
-        secret: false,
-    },
-    Setting {
-        env: "HTTP_HEADER_TIMEOUT_MS",
-        long: "http-header-timeout-ms",
-        default: Some("10000"),
-        help: "a request's headers must arrive within this (HTTP/1), else the connection is closed",
-        secret: false,
-    },
-    Setting {
-        env: "HTTP_IDLE_TIMEOUT_MS",
-        long: "http-idle-timeout-ms",
-        default: Some("60000"),
-        help: "a connection with no request in flight and no bytes moving for this long is closed (HTTP/2; an HTTP/1 connection waiting for its next request is closed at the header timeout)",
-        secret: false,
-    },
-    Setting {
-        env: "HTTP_REQUEST_TIMEOUT_MS",
-        long: "http-request-timeout-ms",
-        default: Some("30000"),
-        help: "a request not answered within this is answered 503",
-        secret: false,
-    },
-    Setting {
-        env: "HTTP_MAX_CONNECTIONS",
-        long: "http-max-connections",
-        default: Some("2048"),
-        help: "open connections at most; past it a new one gets 503 with Retry-After and is closed",
-        secret: false,
-    },
-    Setting {
-        env: "HTTP_MAX_REQUESTS",
-        long: "http-max-requests",
-        default: Some("1024"),
-        help: "requests in flight at most; past it a request is answered 503 with Retry-After at once",
-        secret: false,
-    },
-    Setting {
-        env: "DEFINITIONS_DIR",
-        long: "definitions-dir",
-        default: None,
-        help: "a directory of saga definition documents (*.json) registered at start, beside the built-in ones",
-        secret: false,
-    },
-    Setting {
-        env: "API_KEYS",
-        long: "api-keys",
-        default: None,
-        help: "API keys, comma-separated, each name:scopes:secret (scopes client, operator, admin joined by +)",
-        secret: true,
-    },
-    Setting {
-        env: "API_KEYS_FILE",
-        long: "api-keys-file",
-        default: None,
-        help: "a file of more keys, one per line (# comments)",
-        secret: false,
-    },
-    Setting {
-        env: "AUTH",
-        long: "auth",
-        default: Some("on"),
-        help: "off serves without access control; serve refuses to start with on and no keys, dev without keys runs open",
-        secret: false,
-    },
-    Setting {
-        env: "METRICS_AUTH",
-        long: "metrics-auth",
-        default: Some("open"),
-        help: "operator: /metrics needs an operator key",
-        secret: false,
-    },
-];
+use platform::env::{self, Vars};
+use platform::settings;
 
 platform::settings_args!(
     Settings,
@@ -140,49 +12,28 @@ platform::settings_args!(
         settings::KAFKA,
         settings::RETENTION,
         settings::LOGS,
-        ORCHESTRATOR,
-        workers::config::PARTICIPANTS
+        engine::config::ORCHESTRATOR,
+        shop::config::PARTICIPANTS
     ]
 );
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub stores: StoreEnv,
-    pub kafka: KafkaEnv,
-    pub http_addr: SocketAddr,
-    /// The HTTP server's timeouts and caps (`HTTP_*`).
-    pub http: ServerLimits,
-    pub log_format: LogFormat,
-    pub workers: workers::runtime::RuntimeOptions,
-    pub retention: RetentionEnv,
-    pub auth: AuthConfig,
-    /// `DEFINITIONS_DIR`: definition documents registered at start.
-    pub definitions_dir: Option<std::path::PathBuf>,
+    pub engine: engine::config::Config,
+    /// The participants' settings, for `dev`'s in-process roles and the shop's API fronts
+    /// (stock and balance changes run under the same concurrency strategy).
+    pub workers: shop::runtime::RuntimeOptions,
 }
 
 impl Config {
-    pub const DEFAULT_HTTP_ADDR: &'static str = "127.0.0.1:8080";
-
     pub fn from_env() -> Result<Self, env::Error> {
         Self::from_vars(&Vars::process())
     }
 
     pub fn from_vars(vars: &Vars) -> Result<Self, env::Error> {
-        let default_addr: SocketAddr = Self::DEFAULT_HTTP_ADDR
-            .parse()
-            .map_err(|_| env::Error::new("HTTP_ADDR", Self::DEFAULT_HTTP_ADDR, "bad default"))?;
         Ok(Self {
-            stores: StoreEnv::from_vars(vars)?,
-            kafka: KafkaEnv::from_vars(vars)?,
-            http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
-            http: http_limits(vars)?,
-            log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
-            workers: workers::config::runtime_options(vars)?,
-            retention: RetentionEnv::from_vars(vars)?,
-            auth: AuthConfig::from_vars(vars)?,
-            definitions_dir: vars
-                .optional("DEFINITIONS_DIR")?
-                .map(std::path::PathBuf::from),
+            engine: engine::config::Config::from_vars(vars)?,
+            workers: shop::config::runtime_options(vars)?,
         })
     }
 }
@@ -194,15 +45,16 @@ mod tests {
     #[test]
     fn defaults_need_no_environment() {
         let config = Config::from_vars(&Vars::from_pairs([])).unwrap();
-        assert_eq!(config.http_addr.to_string(), Config::DEFAULT_HTTP_ADDR);
-        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(
+            config.engine.http_addr.to_string(),
+            engine::config::Config::DEFAULT_HTTP_ADDR
+        );
     }
 
     #[test]
-    fn a_malformed_address_names_the_variable() {
-        let err = Config::from_vars(&Vars::from_pairs([("HTTP_ADDR", "localhost")])).unwrap_err();
-        assert_eq!(err.name, "HTTP_ADDR");
-        let err = Config::from_vars(&Vars::from_pairs([("LOG_FORMAT", "xml")])).unwrap_err();
-        assert_eq!(err.name, "LOG_FORMAT");
+    fn a_bad_participant_setting_names_its_variable() {
+        let err =
+            Config::from_vars(&Vars::from_pairs([("CONCURRENCY_STRATEGY", "hope")])).unwrap_err();
+        assert_eq!(err.name, "CONCURRENCY_STRATEGY");
     }
 }

@@ -1,28 +1,11 @@
-//! The sagaflow orchestrator.
+//! sagaflow's composition point: the one place that joins the engine ([`engine`], which
+//! knows no application) and the shop ([`shop`], its first application). The
+//! `orchestrator` binary serves the engine with the shop's API mounted beside it (and in
+//! `dev` runs the shop's participants in the same process); the `worker` binary runs the
+//! shop's participant roles.
 //!
-//! # Layout
-//! - [`saga`]: the pure core: definitions and the transition function (no I/O).
-//! - [`engine`]: runs the core against Postgres (state, history, outbox in one transaction).
-//! - [`relay`]: publishes the outbox to Kafka after commit.
-//! - [`replies`]: applies participants' replies.
-//! - [`timers`]: fires deadlines and retry times.
-//! - [`dead_letters`]: records the dead-letter topic for operators.
-//! - [`bulk`]: works through bulk operator jobs.
-//! - [`api`]: the REST API (poem-openapi) and its problem+json errors.
-//! - [`auth`]: API keys, scopes, and what each operation needs.
-//! - [`console`]: the operator console at `/ui`, a page over the same API.
-//! - [`retention`]: the orchestrator's tables that age out.
-//! - [`seed`]: the demo data set of `orchestrator seed`.
-//! - [`app`]: wiring of pools, clients, the HTTP server and the loops; [`config`]: environment.
+//! - [`app`]: starts an orchestrator (`serve` or `dev`);
+//! - [`config`]: the settings of both.
 
-pub mod api;
 pub mod app;
-pub mod auth;
-pub mod clock;
 pub mod config;
-pub mod console;
-pub mod engine;
-pub mod loops;
-pub mod saga;
-pub mod schema;
-pub mod seed;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Commands::Dev);
     if command == Commands::Openapi {
-        println!("{}", orchestrator::api::spec_json());
+        println!("{}", orchestrator::app::spec_json());
         return ExitCode::SUCCESS;
     }
     let config = match Config::from_vars(&cli.settings.vars) {
@@ -54,7 +54,8 @@ fn main() -> ExitCode {
     };
     let filter = cli.settings.vars.optional("RUST_LOG").ok().flatten();
     // Held to the end of main: dropping it flushes the spans not yet exported.
-    let _telemetry = platform::telemetry::init(SERVICE, config.log_format, filter.as_deref());
+    let _telemetry =
+        platform::telemetry::init(SERVICE, config.engine.log_format, filter.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
         match command {
             Commands::Dev => run(&config, Mode::Dev).await,
             Commands::Serve => run(&config, Mode::Serve).await,
-            Commands::Migrate => platform::db::prepare(&config.stores.database_url).await,
+            Commands::Migrate => platform::db::prepare(&config.engine.stores.database_url).await,
             Commands::Seed => seed(&config).await,
             Commands::Openapi => Ok(()),
         }
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
 
 async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
     let shutdown = platform::shutdown::on_signal()?;
-    let cluster = Cluster::from_env(&config.kafka, mode == Mode::Dev)?;
+    let cluster = Cluster::from_env(&config.engine.kafka, mode == Mode::Dev)?;
     let running = app::start(config, cluster.clone(), mode, shutdown)
         .await
         .context("starting the orchestrator")?;
@@ -100,7 +101,7 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
         "sagaflow orchestrator ready",
     );
     println!("sagaflow is up: API {base}/v1  Swagger UI {base}/docs  readiness {base}/readyz");
-    if !config.auth.enforced() {
+    if !config.engine.auth.enforced() {
         println!(
             "!! ACCESS CONTROL IS OFF: anyone who reaches {base} may do everything, \
              minting money included. Fine on a laptop; set API_KEYS before sharing the port. !!"
@@ -111,7 +112,7 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
     if let Some(fatal) = loops.fatal() {
         anyhow::bail!("{} stopped: {}", fatal.name, fatal.reason);
     }
-    if let Some(reason) = workers::metrics::fatal_reason() {
+    if let Some(reason) = shop::metrics::fatal_reason() {
         anyhow::bail!("{reason}"); // `dev`: a worker role's
     }
     tracing::info!("orchestrator stopped");
@@ -119,9 +120,9 @@ async fn run(config: &Config, mode: Mode) -> anyhow::Result<()> {
 }
 
 async fn seed(config: &Config) -> anyhow::Result<()> {
-    platform::db::prepare(&config.stores.database_url).await?;
-    let pool = platform::db::pool(&config.stores.database_url, 2)?;
-    let seeded = orchestrator::seed::run(&pool).await?;
+    platform::db::prepare(&config.engine.stores.database_url).await?;
+    let pool = platform::db::pool(&config.engine.stores.database_url, 2)?;
+    let seeded = shop::seed::run(&pool).await?;
     println!(
         "seeded {} products, {} users, {} vendors, {} coupon campaigns",
         seeded.products,

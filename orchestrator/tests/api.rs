@@ -616,8 +616,8 @@ async fn bad_values_name_their_field_and_never_reach_a_500() {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
         let mut conn = api._env.db.pool.get().await.unwrap();
-        diesel::update(workers::schema::products::table.find("MUG-01"))
-            .set(workers::schema::products::stock.eq(i32::MAX - 5))
+        diesel::update(shop::schema::products::table.find("MUG-01"))
+            .set(shop::schema::products::stock.eq(i32::MAX - 5))
             .execute(&mut conn)
             .await
             .unwrap();

@@ -7,6 +7,7 @@ mod support;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use engine::schema::notifications;
 use orchestrator::app::Options;
 use platform::contract::Outcome;
 use platform::testkit::TestEnv;
@@ -15,7 +16,6 @@ use serde_json::{Value, json};
 use support::http::{answer, problem};
 use support::*;
 use uuid::Uuid;
-use workers::schema::notifications;
 
 /// An orchestrator and an HTTP client pointed at it.
 struct Http {
@@ -468,9 +468,9 @@ async fn metrics_expose_engine_counters_and_database_gauges() {
         );
     }
     // Every series the provisioned Grafana dashboard queries exists here, or is a worker's
-    // (the participants here are the test's own; workers/tests/metrics.rs checks those).
+    // (the participants here are the test's own; shop/tests/metrics.rs checks those).
     for name in platform::testkit::dashboard_series() {
-        let workers = workers::metrics::FAMILIES
+        let workers = shop::metrics::FAMILIES
             .iter()
             .any(|family| name.starts_with(family));
         assert!(

@@ -5,7 +5,7 @@
 //! constants, one-of), while messages that break the contract do not.
 
 use chrono::Utc;
-use orchestrator::saga::EventKind;
+use engine::saga::EventKind;
 use platform::contract::{
     Command, CommandPayload, Direction, Dispatch, Event, Fenced, Outcome, Reply, Role, commands,
 };

@@ -9,17 +9,19 @@ use chrono::Utc;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use orchestrator::clock::Clock;
-use orchestrator::engine::Engine;
-use orchestrator::engine::catalog::Catalog;
-use orchestrator::schema::{processed_replies, saga_history, sagas};
+use engine::clock::Clock;
+use engine::schema::{processed_replies, saga_history, sagas};
+use engine::shell::Engine;
+use engine::shell::catalog::Catalog;
 use platform::contract::{Direction, Outcome, Reply, Topics, command_id};
 use platform::testkit::TestDb;
 use serde_json::json;
 use uuid::Uuid;
 
 async fn engine(db: &TestDb) -> Engine {
-    let catalog = Catalog::open(&db.pool).await.expect("catalog");
+    let catalog = Catalog::open(&db.pool, &shop::definitions::BUILT_IN)
+        .await
+        .expect("catalog");
     Engine::new(
         db.pool.clone(),
         Topics::new("batch").unwrap(),
@@ -68,7 +70,7 @@ async fn counting(db: &TestDb) -> (AsyncPgConnection, Arc<AtomicUsize>) {
 }
 
 async fn apply(engine: &Engine, conn: &mut AsyncPgConnection, replies: &[Reply]) {
-    conn.transaction::<_, orchestrator::engine::Error, _>(async |conn| {
+    conn.transaction::<_, engine::shell::Error, _>(async |conn| {
         engine.apply_replies(conn, replies).await
     })
     .await

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use orchestrator::schema::{saga_history, sagas};
+use engine::schema::{saga_history, sagas};
 use platform::testkit::TestEnv;
 use rand::Rng as _;
 use serde_json::json;
-use workers::fixtures::{add_product, add_user};
-use workers::schema::{payments, products, users};
+use shop::fixtures::{add_product, add_user};
+use shop::schema::{payments, products, users};
 
 const ORDERS: usize = 30;
 

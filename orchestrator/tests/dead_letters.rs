@@ -213,7 +213,7 @@ async fn a_forged_payout_in_the_dead_letter_topic_is_listed_refused_and_pays_nob
     let genuine: Value = {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
-        use orchestrator::schema::outbox;
+        use engine::schema::outbox;
         let mut conn = env.db.pool.get().await.unwrap();
         outbox::table
             .filter(outbox::topic.eq(&vendor_topic))
@@ -298,7 +298,7 @@ async fn a_forged_payout_in_the_dead_letter_topic_is_listed_refused_and_pays_nob
     let vendor_messages: i64 = {
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
-        use orchestrator::schema::outbox;
+        use engine::schema::outbox;
         let mut conn = env.db.pool.get().await.unwrap();
         outbox::table
             .filter(outbox::topic.eq(&vendor_topic))

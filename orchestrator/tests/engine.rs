@@ -8,8 +8,8 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use orchestrator::app::Options;
-use orchestrator::engine;
-use orchestrator::schema::{outbox, processed_replies, saga_history};
+
+use engine::schema::{outbox, processed_replies, saga_history};
 use platform::contract::{Direction, Outcome, Reply};
 use platform::testkit::TestEnv;
 use serde_json::json;
@@ -35,7 +35,7 @@ async fn history_kinds(env: &TestEnv, saga: Uuid) -> Vec<String> {
 /// loaded machine catches up.
 fn frozen_clock() -> Options {
     Options {
-        clock: orchestrator::clock::Clock::frozen(),
+        clock: engine::clock::Clock::frozen(),
         ..Options::default()
     }
 }
@@ -274,7 +274,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
     // Only FAILED sagas can be retried; only RUNNING ones cancelled.
     assert!(matches!(
         engine.cancel(started.id).await,
-        Err(engine::Error::Conflict { .. })
+        Err(engine::shell::Error::Conflict { .. })
     ));
 
     participants.set_script(script(|_| succeed()));
@@ -285,7 +285,7 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_and_an_operator_retry_
     assert_eq!(names.last().unwrap(), "inventory.release");
     assert!(matches!(
         engine.retry(started.id).await,
-        Err(engine::Error::Conflict { .. })
+        Err(engine::shell::Error::Conflict { .. })
     ));
 
     participants.stop().await;
@@ -588,7 +588,7 @@ async fn a_payout_of_unknown_outcome_is_fenced_before_its_claim_is_returned() {
 
 /// Inserts a saga this version cannot read, with a timer long due.
 async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::Value) -> Uuid {
-    use orchestrator::schema::sagas;
+    use engine::schema::sagas;
     let id = Uuid::now_v7();
     let mut conn = env.db.pool.get().await.unwrap();
     diesel::insert_into(sagas::table)
@@ -611,7 +611,7 @@ async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::V
 /// it is quarantined, with the reason, and the others move on.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
-    use orchestrator::schema::sagas;
+    use engine::schema::sagas;
     let env = TestEnv::start().await;
     let orchestrator = Orchestrator::start(&env, frozen_clock()).await;
     let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
@@ -654,7 +654,7 @@ async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
 /// with the reason, and the healthy saga's timer still fires among them.
 #[tokio::test(flavor = "multi_thread")]
 async fn sagas_that_no_longer_match_their_definition_are_quarantined_and_hide_no_timer() {
-    use orchestrator::schema::sagas;
+    use engine::schema::sagas;
     let env = TestEnv::start().await;
     let options = frozen_clock();
     let orchestrator = Orchestrator::start(&env, options).await;
@@ -773,7 +773,7 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
     .await;
     assert!(matches!(
         engine.retry(garbled).await,
-        Err(engine::Error::Corrupt { .. })
+        Err(engine::shell::Error::Corrupt { .. })
     ));
 
     participants.stop().await;

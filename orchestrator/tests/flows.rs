@@ -5,13 +5,14 @@ mod support;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
-use orchestrator::schema::saga_history;
+use engine::schema::notifications;
+use engine::schema::saga_history;
 use platform::testkit::TestEnv;
 use serde_json::{Value, json};
+use shop::fixtures::{add_campaign, add_product, add_user, add_vendor};
+use shop::schema::{coupon_campaigns, products, shipments, users, vendors};
 use support::{Orchestrator, eventually, wait_for_status};
 use uuid::Uuid;
-use workers::fixtures::{add_campaign, add_product, add_user, add_vendor};
-use workers::schema::{coupon_campaigns, notifications, products, shipments, users, vendors};
 
 struct Dev {
     env: TestEnv,

@@ -3,7 +3,7 @@
 #[test]
 fn checked_in_openapi_document_matches_the_code() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
-    let generated = orchestrator::api::spec_json();
+    let generated = orchestrator::app::spec_json();
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in.trim_end() == generated.trim_end(),
@@ -16,7 +16,7 @@ fn checked_in_openapi_document_matches_the_code() {
 /// non-string path parameter is called `id`.
 #[test]
 fn every_typed_path_parameter_is_named_id() {
-    let spec: serde_json::Value = serde_json::from_str(&orchestrator::api::spec_json()).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&orchestrator::app::spec_json()).unwrap();
     for (path, operations) in spec["paths"].as_object().unwrap() {
         for operation in operations.as_object().unwrap().values() {
             for parameter in operation["parameters"].as_array().into_iter().flatten() {

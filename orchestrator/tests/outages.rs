@@ -122,16 +122,16 @@ impl Workers {
             .cluster
             .clone()
             .with_instance_id(Some(instance.to_owned()));
-        let deps = workers::Deps {
+        let deps = shop::Deps {
             database: env.db.pool.clone(),
             redis: env.redis.pool.clone(),
             producer: cluster.producer().unwrap(),
             cluster,
-            runtime: workers::runtime::RuntimeOptions::default(),
+            runtime: shop::runtime::RuntimeOptions::default(),
         };
         let tasks = tokio_util::task::TaskTracker::new();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        workers::spawn_roles(&platform::contract::Role::ALL, &deps, &tasks, &shutdown).unwrap();
+        shop::spawn_roles(&platform::contract::Role::ALL, &deps, &tasks, &shutdown).unwrap();
         Self { tasks, shutdown }
     }
 

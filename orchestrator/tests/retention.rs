@@ -67,8 +67,8 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
         sql_query(statement).execute(&mut conn).await.unwrap();
     }
     let windows = RetentionEnv::from_vars(&Vars::from_pairs([])).unwrap();
-    let mut rules = orchestrator::loops::retention::RULES.to_vec();
-    rules.extend_from_slice(workers::retention::RULES);
+    let mut rules = engine::loops::retention::RULES.to_vec();
+    rules.extend_from_slice(shop::retention::RULES);
     let deleted = retention::sweep(&mut conn, &rules, &windows, Utc::now())
         .await
         .unwrap();

@@ -3,12 +3,12 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use platform::testkit::TestDb;
-use workers::schema::{coupon_campaigns, products, users};
+use shop::schema::{coupon_campaigns, products, users};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_creates_products_users_vendors_and_campaigns() {
     let db = TestDb::migrated().await;
-    let seeded = orchestrator::seed::run(&db.pool).await.unwrap();
+    let seeded = shop::seed::run(&db.pool).await.unwrap();
     assert_eq!(seeded.products, 6);
     assert_eq!(
         (
@@ -39,6 +39,6 @@ async fn seed_creates_products_users_vendors_and_campaigns() {
     assert_eq!((stocked, funded), (6, 10));
     assert!(coupons.unwrap() >= 30);
     // Seeding twice adds people and campaigns but never duplicates products.
-    let again = orchestrator::seed::run(&db.pool).await.unwrap();
+    let again = shop::seed::run(&db.pool).await.unwrap();
     assert_eq!(again.products, 0);
 }

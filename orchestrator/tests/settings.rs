@@ -33,7 +33,7 @@ fn every_setting_is_in_the_readme_with_its_default_and_every_row_is_a_setting() 
     // The orchestrator's settings, and the worker's own (the rest it shares).
     let settings: Vec<_> = Settings::TABLES
         .iter()
-        .chain([&workers::config::WORKER])
+        .chain([&shop::config::WORKER])
         .flat_map(|table| table.iter())
         .collect();
     for setting in &settings {

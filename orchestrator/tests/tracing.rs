@@ -12,16 +12,16 @@ use std::sync::{Arc, Mutex};
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use engine::schema::{outbox, sagas};
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use orchestrator::schema::{outbox, sagas};
 use platform::contract::commands;
 use platform::env::LogFormat;
 use platform::testkit::TestEnv;
 use serde_json::{Value, json};
+use shop::fixtures::{add_product, add_user};
 use support::{Orchestrator, eventually, wait_for_status};
 use uuid::Uuid;
-use workers::fixtures::{add_product, add_user};
 
 /// The caller's trace: the saga must join it.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -13,10 +13,10 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use engine::schema::sagas;
+use engine::shell::store::SagaRow;
 use orchestrator::app::{self, Mode, Options, Running};
 use orchestrator::config::Config;
-use orchestrator::engine::store::SagaRow;
-use orchestrator::schema::sagas;
 use platform::contract::{Command, Outcome, Reply, Role, Topics};
 use platform::env::Vars;
 use platform::kafka::{
@@ -302,13 +302,13 @@ pub fn awaiting_retry(row: &SagaRow) -> bool {
 }
 
 /// Sagas an orchestrator instance finished as COMPLETED.
-pub fn completed(engine: &orchestrator::engine::Engine) -> u64 {
+pub fn completed(engine: &engine::shell::Engine) -> u64 {
     engine.metrics().completed.get()
 }
 
 /// Moves `clock` just past the saga's pending retry time, when it waits for one, and never
 /// further: a stale read cannot push an attempt already in flight past its deadline.
-pub fn skip_retry_wait(clock: &orchestrator::clock::Clock, row: &SagaRow) {
+pub fn skip_retry_wait(clock: &engine::clock::Clock, row: &SagaRow) {
     if !awaiting_retry(row) {
         return;
     }

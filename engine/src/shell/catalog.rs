@@ -1,0 +1,568 @@
+//! The registered flows: every version of every definition, stored in Postgres and held in
+//! memory by each replica.
+//!
+//! - **Stored, immutable.** `saga_definitions` holds each (name, version) with its document;
+//!   registering the same document again changes nothing, a different one under a used
+//!   version is refused. The built-in documents are stored at start, so every store has
+//!   version 1 of `order` and `coupon_use` (what sagas ran on before versions existed).
+//! - **The default.** New sagas start on the version `saga_definition_defaults` names, or
+//!   the highest when none is set (an admin sets one to roll back).
+//! - **Every replica sees a change without a restart.** A trigger NOTIFYs
+//!   `sagaflow_definitions`; [`Catalog::follow`] reloads on it and every few seconds as a
+//!   net. A saga whose version this replica has not loaded yet makes the engine reload
+//!   before it decides anything ([`Catalog::ensure`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt as _;
+use platform::db::{self, Connection};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::saga::document::{self, Fault};
+use crate::saga::{Definition, Status};
+use crate::schema::{saga_definition_defaults, saga_definitions, sagas};
+
+/// One stored version.
+#[derive(Clone)]
+pub struct Version {
+    pub definition: Arc<Definition>,
+    /// The definition's input schema, compiled once per version.
+    pub input: Arc<jsonschema::Validator>,
+    pub document: Value,
+    pub created_by: String,
+    pub created_at: chrono::DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Known {
+    versions: HashMap<String, BTreeMap<u32, Version>>,
+    defaults: HashMap<String, u32>,
+}
+
+/// Why a registration or an admin change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("the document is not a valid definition")]
+    Invalid(Vec<Fault>),
+    #[error(
+        "{name} version {version} exists with a different document; versions are immutable, register a new one"
+    )]
+    Immutable { name: String, version: u32 },
+    #[error("no definition {name} version {version}")]
+    NotFound { name: String, version: u32 },
+    #[error("{name} version {version} is used by {live} saga(s) that are not over")]
+    InUse {
+        name: String,
+        version: u32,
+        live: i64,
+    },
+    #[error("{name} version {version} is built in; it cannot be removed")]
+    BuiltIn { name: String, version: u32 },
+    #[error("{name} version {version} is the default; set another default first")]
+    IsDefault { name: String, version: u32 },
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Pool(#[from] diesel_async::pooled_connection::deadpool::PoolError),
+}
+
+/// A registration that was accepted: stored now, or found identical.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub definition: Arc<Definition>,
+    pub created: bool,
+}
+
+#[derive(Default)]
+pub struct Catalog {
+    known: RwLock<Known>,
+}
+
+const CHANNEL: &str = "sagaflow_definitions";
+/// Who registered the built-in versions.
+const BUILT_IN: &str = "built-in";
+
+impl Catalog {
+    /// Stores the built-in documents (once: a version already stored must be identical)
+    /// and loads everything stored. The built-in documents are the application's (the
+    /// shop's `order` and `coupon_use`), handed over by the composition point: the engine
+    /// embeds no flow of its own.
+    pub async fn open(pool: &db::Pool, built_in: &[&str]) -> anyhow::Result<Catalog> {
+        let catalog = Catalog::default();
+        let mut pooled = pool.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        for text in built_in {
+            let document: Value = serde_json::from_str(text)?;
+            catalog
+                .register(conn, &document, BUILT_IN)
+                .await
+                .with_context(|| {
+                    format!(
+                        "storing the built-in definition {}",
+                        document["name"].as_str().unwrap_or("?")
+                    )
+                })?;
+        }
+        catalog.reload(conn).await?;
+        Ok(catalog)
+    }
+
+    /// Adds the documents of a directory (every `*.json` file), as at start with
+    /// `DEFINITIONS_DIR`.
+    pub async fn register_dir(
+        &self,
+        pool: &db::Pool,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<usize> {
+        let mut pooled = pool.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading DEFINITIONS_DIR {}", dir.display()))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+            .collect();
+        paths.sort();
+        for path in &paths {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let document: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            match self.register(conn, &document, "definitions-dir").await {
+                Ok(_) => {}
+                Err(Refused::Invalid(faults)) => {
+                    let faults: Vec<String> = faults.iter().map(Fault::to_string).collect();
+                    anyhow::bail!("{}: {}", path.display(), faults.join("; "));
+                }
+                Err(err) => return Err(err).with_context(|| path.display().to_string()),
+            }
+        }
+        Ok(paths.len())
+    }
+
+    /// Checks a document and stores it as a new version (call [`Catalog::reload`] once the
+    /// caller's transaction committed; the other replicas are notified by the store). The same document again is
+    /// accepted and changes nothing; another document under a stored version is refused.
+    pub async fn register(
+        &self,
+        conn: &mut Connection,
+        document: &Value,
+        actor: &str,
+    ) -> Result<Registered, Refused> {
+        let definition = document::parse(document, platform::kafka::LOST_MEMBER_COST)
+            .map_err(Refused::Invalid)?;
+        let version = i32::try_from(definition.version).unwrap_or(i32::MAX);
+        let inserted = diesel::insert_into(saga_definitions::table)
+            .values((
+                saga_definitions::name.eq(&definition.name),
+                saga_definitions::version.eq(version),
+                saga_definitions::document.eq(document),
+                saga_definitions::created_by.eq(actor),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        if inserted == 0 {
+            let stored: Value = saga_definitions::table
+                .find((&definition.name, version))
+                .select(saga_definitions::document)
+                .first(conn)
+                .await?;
+            if &stored != document {
+                return Err(Refused::Immutable {
+                    name: definition.name,
+                    version: definition.version,
+                });
+            }
+        }
+        let definition = Arc::new(definition);
+        Ok(Registered {
+            definition,
+            created: inserted > 0,
+        })
+    }
+
+    /// Makes `version` the one new sagas of `name` start on.
+    pub async fn set_default(
+        &self,
+        conn: &mut Connection,
+        name: &str,
+        version: u32,
+        actor: &str,
+    ) -> Result<(), Refused> {
+        self.stored(conn, name, version).await?;
+        let now = Utc::now();
+        diesel::insert_into(saga_definition_defaults::table)
+            .values((
+                saga_definition_defaults::name.eq(name),
+                saga_definition_defaults::version.eq(to_i32(version)),
+                saga_definition_defaults::set_by.eq(actor),
+                saga_definition_defaults::set_at.eq(now),
+            ))
+            .on_conflict(saga_definition_defaults::name)
+            .do_update()
+            .set((
+                saga_definition_defaults::version.eq(excluded(saga_definition_defaults::version)),
+                saga_definition_defaults::set_by.eq(excluded(saga_definition_defaults::set_by)),
+                saga_definition_defaults::set_at.eq(excluded(saga_definition_defaults::set_at)),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a version no saga still needs: one that a saga not yet over runs on, or the
+    /// pinned default, is refused. The caller's transaction holds the version's row lock,
+    /// so no saga can start on it meanwhile (starts read it `FOR SHARE`).
+    pub async fn remove(
+        &self,
+        conn: &mut Connection,
+        name: &str,
+        version: u32,
+    ) -> Result<(), Refused> {
+        let locked: Option<String> = saga_definitions::table
+            .find((name, to_i32(version)))
+            .select(saga_definitions::created_by)
+            .for_update()
+            .first(conn)
+            .await
+            .optional()?;
+        match locked.as_deref() {
+            None => {
+                return Err(Refused::NotFound {
+                    name: name.to_owned(),
+                    version,
+                });
+            }
+            Some(BUILT_IN) => {
+                return Err(Refused::BuiltIn {
+                    name: name.to_owned(),
+                    version,
+                });
+            }
+            Some(_) => {}
+        }
+        let pinned: Option<i32> = saga_definition_defaults::table
+            .find(name)
+            .select(saga_definition_defaults::version)
+            .first(conn)
+            .await
+            .optional()?;
+        if pinned == Some(to_i32(version)) {
+            return Err(Refused::IsDefault {
+                name: name.to_owned(),
+                version,
+            });
+        }
+        let terminal: Vec<&str> = Status::ALL
+            .into_iter()
+            .filter(|status| status.is_terminal())
+            .map(Status::as_str)
+            .collect();
+        let live: i64 = sagas::table
+            .filter(sagas::definition.eq(name))
+            .filter(sagas::definition_version.eq(to_i32(version)))
+            .filter(sagas::status.ne_all(terminal))
+            .count()
+            .get_result(conn)
+            .await?;
+        if live > 0 {
+            return Err(Refused::InUse {
+                name: name.to_owned(),
+                version,
+                live,
+            });
+        }
+        diesel::delete(saga_definitions::table.find((name, to_i32(version))))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Locks a version against removal until the caller's transaction ends (a saga is
+    /// being started on it).
+    pub async fn hold(
+        &self,
+        conn: &mut Connection,
+        name: &str,
+        version: u32,
+    ) -> Result<bool, diesel::result::Error> {
+        let held: Option<i32> = saga_definitions::table
+            .find((name, to_i32(version)))
+            .select(saga_definitions::version)
+            .for_share()
+            .first(conn)
+            .await
+            .optional()?;
+        Ok(held.is_some())
+    }
+
+    async fn stored(&self, conn: &mut Connection, name: &str, version: u32) -> Result<(), Refused> {
+        let found: Option<i32> = saga_definitions::table
+            .find((name, to_i32(version)))
+            .select(saga_definitions::version)
+            .first(conn)
+            .await
+            .optional()?;
+        match found {
+            Some(_) => Ok(()),
+            None => Err(Refused::NotFound {
+                name: name.to_owned(),
+                version,
+            }),
+        }
+    }
+
+    /// Reads every stored version and default and replaces what is held. A stored
+    /// document this build cannot read (a newer format, say) is skipped with a warning:
+    /// its sagas are quarantined by the engine, the others keep running.
+    pub async fn reload(&self, conn: &mut Connection) -> Result<(), diesel::result::Error> {
+        let rows: Vec<(String, i32, Value, String, chrono::DateTime<Utc>)> =
+            saga_definitions::table
+                .select((
+                    saga_definitions::name,
+                    saga_definitions::version,
+                    saga_definitions::document,
+                    saga_definitions::created_by,
+                    saga_definitions::created_at,
+                ))
+                .load(conn)
+                .await?;
+        let defaults: Vec<(String, i32)> = saga_definition_defaults::table
+            .select((
+                saga_definition_defaults::name,
+                saga_definition_defaults::version,
+            ))
+            .load(conn)
+            .await?;
+        let mut known = Known::default();
+        for (name, version, document, created_by, created_at) in rows {
+            let number = u32::try_from(version).unwrap_or_default();
+            // Versions are immutable: one already held is kept, not read again.
+            let stored = match self.stored_version(&name, number) {
+                Some(held) => held,
+                None => match read_version(&document) {
+                    Ok((definition, input)) => Version {
+                        definition: Arc::new(definition),
+                        input: Arc::new(input),
+                        document,
+                        created_by,
+                        created_at,
+                    },
+                    Err(faults) => {
+                        tracing::warn!(
+                            definition = name,
+                            version,
+                            faults = ?faults,
+                            "stored definition unreadable by this build; skipped"
+                        );
+                        continue;
+                    }
+                },
+            };
+            known
+                .versions
+                .entry(name)
+                .or_default()
+                .insert(number, stored);
+        }
+        for (name, version) in defaults {
+            known
+                .defaults
+                .insert(name, u32::try_from(version).unwrap_or_default());
+        }
+        *self
+            .known
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner()) = known;
+        Ok(())
+    }
+
+    /// Makes sure every (name, version) asked for is held, reloading once if one is not
+    /// (it may have been registered on another replica a moment ago).
+    pub async fn ensure<'a>(
+        &self,
+        conn: &mut Connection,
+        wanted: impl IntoIterator<Item = (&'a str, u32)>,
+    ) -> Result<(), diesel::result::Error> {
+        let missing = wanted
+            .into_iter()
+            .any(|(name, version)| self.version(name, version).is_none());
+        if missing {
+            self.reload(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts a version in memory only, as if loaded (the planner's tests need no database).
+    #[cfg(test)]
+    pub(crate) fn know_for_test(&self, definition: Definition) {
+        let version = Version {
+            input: Arc::new(jsonschema::validator_for(&definition.input_schema).unwrap()),
+            definition: Arc::new(definition),
+            document: Value::Null,
+            created_by: "test".to_owned(),
+            created_at: Utc::now(),
+        };
+        let mut known = self.known.write().unwrap();
+        let name = version.definition.name.clone();
+        let number = version.definition.version;
+        known
+            .versions
+            .entry(name)
+            .or_default()
+            .insert(number, version);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Known> {
+        self.known
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The version new sagas of `name` start on.
+    pub fn current(&self, name: &str) -> Option<Arc<Definition>> {
+        let known = self.read();
+        let versions = known.versions.get(name)?;
+        let chosen = known
+            .defaults
+            .get(name)
+            .and_then(|version| versions.get(version))
+            .or_else(|| versions.values().next_back())?;
+        Some(Arc::clone(&chosen.definition))
+    }
+
+    /// The exact shape a saga runs on.
+    pub fn version(&self, name: &str, version: u32) -> Option<Arc<Definition>> {
+        self.stored_version(name, version)
+            .map(|stored| stored.definition)
+    }
+
+    pub fn stored_version(&self, name: &str, version: u32) -> Option<Version> {
+        self.read().versions.get(name)?.get(&version).cloned()
+    }
+
+    /// Every flow's name with its versions (ascending) and its default version.
+    pub fn flows(&self) -> Vec<(String, Vec<Version>, u32)> {
+        let known = self.read();
+        let mut flows: Vec<_> = known
+            .versions
+            .iter()
+            .map(|(name, versions)| {
+                let default = known
+                    .defaults
+                    .get(name)
+                    .copied()
+                    .filter(|version| versions.contains_key(version))
+                    .or_else(|| versions.keys().next_back().copied())
+                    .unwrap_or_default();
+                (name.clone(), versions.values().cloned().collect(), default)
+            })
+            .collect();
+        flows.sort_by(|a, b| a.0.cmp(&b.0));
+        flows
+    }
+
+    /// Every role some stored definition sends commands to.
+    pub fn roles(&self) -> Vec<String> {
+        let known = self.read();
+        let mut roles: Vec<String> = known
+            .versions
+            .values()
+            .flat_map(|versions| versions.values())
+            .flat_map(|version| {
+                version
+                    .definition
+                    .roles()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
+    /// Keeps this replica's copy current: reloads when another replica changes the store
+    /// (NOTIFY), and every `interval` in case a notification was missed.
+    pub async fn follow(
+        self: Arc<Self>,
+        database_url: String,
+        pool: db::Pool,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut listener = match listen(&database_url).await {
+            Ok(conn) => Some(conn),
+            Err(err) => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "definitions LISTEN failed; polling only"
+                );
+                None
+            }
+        };
+        let mut wakeups = listener
+            .as_mut()
+            .map(|conn| Box::pin(conn.notifications_stream()));
+        loop {
+            let notified = async {
+                match wakeups.as_mut() {
+                    Some(stream) => stream.next().await.is_some(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+                still_listening = notified => {
+                    if !still_listening {
+                        tracing::warn!("definitions notifications ended; polling only");
+                        wakeups = None;
+                    }
+                }
+            }
+            let reloaded = async {
+                let mut pooled = pool.get().await?;
+                self.reload(&mut pooled).await?;
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(err) = reloaded.await {
+                tracing::warn!(error = format!("{err:#}"), "reloading definitions failed");
+            }
+        }
+    }
+}
+
+/// A stored document as this build reads it, with its input schema compiled. The
+/// lost-member rule held when the version was registered; a build that raised it must
+/// still run the sagas already on it, so it is not applied here.
+fn read_version(document: &Value) -> Result<(Definition, jsonschema::Validator), Vec<String>> {
+    let definition = document::parse(document, Duration::ZERO)
+        .map_err(|faults| faults.iter().map(Fault::to_string).collect::<Vec<_>>())?;
+    let input = jsonschema::validator_for(&definition.input_schema)
+        .map_err(|err| vec![format!("/input: {err}")])?;
+    Ok((definition, input))
+}
+
+async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {
+    let mut conn = AsyncPgConnection::establish(database_url)
+        .await
+        .context("connecting the definitions listener")?;
+    diesel::sql_query(format!("LISTEN {CHANNEL}"))
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+fn to_i32(version: u32) -> i32 {
+    i32::try_from(version).unwrap_or(i32::MAX)
+}

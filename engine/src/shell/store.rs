@@ -1,0 +1,283 @@
+//! Row-level persistence of saga instances, their history and the outbox. Every function
+//! takes a connection that the caller has inside a transaction: the engine decides what
+//! belongs together, this module only knows how to write it.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+};
+use diesel_async::RunQueryDsl;
+use platform::contract::Reply;
+use platform::db::Connection;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::batch::RowChange;
+
+use crate::schema::{outbox, processed_replies, saga_history, sagas};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = sagas)]
+pub struct SagaRow {
+    pub id: Uuid,
+    pub definition: String,
+    pub status: String,
+    pub current_step: i32,
+    pub payload: Value,
+    pub state: Value,
+    pub version: i64,
+    pub idempotency_key: Option<String>,
+    pub next_timer_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Why the engine stopped moving this saga, when it did (see [`quarantine`]).
+    pub quarantine: Option<String>,
+    /// The trace context of its start: the parent of what timers and operators do to it.
+    pub traceparent: Option<String>,
+    /// The version of its definition it started on.
+    pub definition_version: i32,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = sagas)]
+pub struct NewSaga<'a> {
+    pub id: Uuid,
+    pub definition: &'a str,
+    pub status: &'a str,
+    pub current_step: i32,
+    pub payload: &'a Value,
+    pub state: Value,
+    pub version: i64,
+    pub idempotency_key: Option<&'a str>,
+    pub started_by: Option<&'a str>,
+    pub next_timer_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub traceparent: Option<&'a str>,
+    pub definition_version: i32,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = saga_history)]
+pub struct NewHistory {
+    pub saga_id: Uuid,
+    pub kind: String,
+    pub step: Option<i32>,
+    pub attempt: Option<i32>,
+    pub status: String,
+    pub detail: Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = outbox)]
+pub struct NewOutboxMessage {
+    pub topic: String,
+    pub message_key: String,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+    /// Hands the saga's trace on to the command or event (the relay's Kafka header).
+    pub traceparent: Option<String>,
+}
+
+/// Inserts a new saga; `false` when the idempotency key is already taken (the caller then
+/// reads the existing saga). A concurrent insert with the same key waits on the unique index
+/// until the first commits, so exactly one wins.
+pub async fn insert(conn: &mut Connection, saga: &NewSaga<'_>) -> QueryResult<bool> {
+    let inserted = diesel::insert_into(sagas::table)
+        .values(saga)
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+pub async fn find_by_key(
+    conn: &mut Connection,
+    definition: &str,
+    key: &str,
+) -> QueryResult<Option<SagaRow>> {
+    sagas::table
+        .filter(sagas::definition.eq(definition))
+        .filter(sagas::idempotency_key.eq(key))
+        .select(SagaRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Loads sagas and locks their rows until the transaction ends, in id order, so that two
+/// transactions locking overlapping sets cannot deadlock.
+pub async fn lock_all(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<SagaRow>> {
+    sagas::table
+        .filter(sagas::id.eq_any(ids))
+        .order(sagas::id.asc())
+        .select(SagaRow::as_select())
+        .for_update()
+        .load(conn)
+        .await
+}
+
+/// Writes each saga's new row if it is still at the version it was read at; returns how
+/// many were written (fewer means another writer got there first).
+pub(crate) async fn update_all(conn: &mut Connection, rows: &[RowChange]) -> QueryResult<usize> {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut versions = Vec::with_capacity(rows.len());
+    let mut statuses = Vec::with_capacity(rows.len());
+    let mut steps = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    let mut timers = Vec::with_capacity(rows.len());
+    let mut quarantines = Vec::with_capacity(rows.len());
+    let mut updated = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.id);
+        versions.push(row.version);
+        statuses.push(row.status.as_str());
+        steps.push(row.current_step);
+        states.push(&row.state);
+        timers.push(row.next_timer_at);
+        quarantines.push(row.quarantine.as_deref());
+        updated.push(row.updated_at);
+    }
+    diesel::sql_query(
+        "UPDATE sagas AS s SET status = u.status, current_step = u.current_step, state = u.state, \
+           next_timer_at = u.next_timer_at, quarantine = u.quarantine, updated_at = u.updated_at, \
+           version = s.version + 1 \
+         FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], \
+                     $6::timestamptz[], $7::text[], $8::timestamptz[]) \
+           AS u(id, version, status, current_step, state, next_timer_at, quarantine, updated_at) \
+         WHERE s.id = u.id AND s.version = u.version",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&versions)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Integer>, _>(&steps)
+    .bind::<Array<Jsonb>, _>(&states)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&timers)
+    .bind::<Array<Nullable<Text>>, _>(&quarantines)
+    .bind::<Array<Timestamptz>, _>(&updated)
+    .execute(conn)
+    .await
+}
+
+/// Records reply ids in the inbox (in id order, so that two batches sharing a redelivered
+/// reply cannot deadlock); returns the ids that were new. The others are redeliveries.
+pub async fn claim_replies(
+    conn: &mut Connection,
+    replies: &[&Reply],
+) -> QueryResult<HashSet<Uuid>> {
+    if replies.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut rows: Vec<(Uuid, Uuid)> = replies.iter().map(|r| (r.id, r.saga_id)).collect();
+    rows.sort();
+    let values: Vec<_> = rows
+        .iter()
+        .map(|(reply_id, saga_id)| {
+            (
+                processed_replies::reply_id.eq(*reply_id),
+                processed_replies::saga_id.eq(*saga_id),
+                processed_replies::outcome.eq("received"),
+            )
+        })
+        .collect();
+    let fresh: Vec<Uuid> = diesel::insert_into(processed_replies::table)
+        .values(values)
+        .on_conflict_do_nothing()
+        .returning(processed_replies::reply_id)
+        .get_results(conn)
+        .await?;
+    Ok(fresh.into_iter().collect())
+}
+
+/// Records what became of each reply.
+pub async fn settle_replies(conn: &mut Connection, settled: &[(Uuid, String)]) -> QueryResult<()> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = settled.iter().map(|(id, _)| *id).collect();
+    let outcomes: Vec<&str> = settled
+        .iter()
+        .map(|(_, outcome)| outcome.as_str())
+        .collect();
+    diesel::sql_query(
+        "UPDATE processed_replies AS p SET outcome = u.outcome \
+         FROM unnest($1::uuid[], $2::text[]) AS u(reply_id, outcome) \
+         WHERE p.reply_id = u.reply_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&outcomes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What an application's front shows of a saga it started (the shop's order page).
+#[derive(Debug, Clone, Queryable)]
+pub struct Glance {
+    pub status: String,
+    pub state: Value,
+    /// The client that started it (`None`: an operator, or access control off).
+    pub started_by: Option<String>,
+}
+
+/// A saga's [`Glance`], without locking it.
+pub async fn glance(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Glance>> {
+    sagas::table
+        .find(id)
+        .select((sagas::status, sagas::state, sagas::started_by))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Loads a saga and locks its row until the transaction ends.
+pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow>> {
+    sagas::table
+        .find(id)
+        .select(SagaRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+pub async fn append_history(conn: &mut Connection, entries: &[NewHistory]) -> QueryResult<()> {
+    if !entries.is_empty() {
+        diesel::insert_into(saga_history::table)
+            .values(entries)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn enqueue(conn: &mut Connection, messages: &[NewOutboxMessage]) -> QueryResult<()> {
+    if !messages.is_empty() {
+        diesel::insert_into(outbox::table)
+            .values(messages)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Locks up to `limit` sagas whose timer is due, skipping rows another replica holds.
+pub async fn lock_due(
+    conn: &mut Connection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<SagaRow>> {
+    sagas::table
+        .filter(sagas::next_timer_at.le(now))
+        .order(sagas::next_timer_at.asc())
+        .limit(limit)
+        .select(SagaRow::as_select())
+        .for_update()
+        .skip_locked()
+        .load(conn)
+        .await
+}

@@ -1,0 +1,334 @@
+//! Orders: `POST /v1/orders` writes the order, its saga, the saga's first history entry and
+//! its first command in ONE transaction and answers 202; nothing is published in the
+//! request. An `Idempotency-Key` makes a retried request return the first one's answer,
+//! also when the duplicates arrive concurrently; the same key with another request is 422
+//! (see [`engine::api::idempotency`]).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
+use platform::db::Connection;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use engine::api::State;
+use engine::api::idempotency;
+use engine::api::problem::{ApiError, ApiResult};
+use engine::auth::Caller;
+use engine::shell::store::Glance;
+
+use crate::inputs::{self, Address, OrderInput, OrderLine};
+use crate::schema::{orders, products, users};
+
+pub struct OrdersApi;
+
+/// An order to place.
+#[derive(Debug, Object, Serialize)]
+#[oai(example)]
+struct NewOrder {
+    user_id: Uuid,
+    #[oai(validator(min_items = 1, max_items = 50))]
+    lines: Vec<OrderLine>,
+    shipping_address: Address,
+}
+
+impl poem_openapi::types::Example for NewOrder {
+    fn example() -> Self {
+        Self {
+            user_id: Uuid::nil(),
+            lines: vec![OrderLine {
+                sku: "MUG-01".into(),
+                quantity: 2,
+            }],
+            shipping_address: Address {
+                country: "KR".into(),
+                city: "Seoul".into(),
+                line1: "1 Seongsu-ro".into(),
+                postal_code: "04790".into(),
+            },
+        }
+    }
+}
+
+/// An accepted order: poll `status_url` (or the saga) for the outcome.
+#[derive(Debug, Object, Serialize, Deserialize)]
+struct Accepted {
+    order_id: Uuid,
+    saga_id: Uuid,
+    status_url: String,
+    saga_url: String,
+}
+
+/// An order and where its saga stands.
+#[derive(Debug, Object)]
+struct Order {
+    id: Uuid,
+    user_id: Uuid,
+    lines: Vec<OrderLine>,
+    total_cents: i64,
+    shipping_address: Address,
+    /// PENDING, COMPLETED, CANCELLING, REJECTED, CANCELLED or NEEDS_ATTENTION.
+    status: String,
+    /// Why the order did not complete, when it did not.
+    #[oai(skip_serializing_if_is_none)]
+    reason: Option<String>,
+    saga_id: Uuid,
+    saga_status: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(ApiResponse)]
+enum Placed {
+    /// Accepted; the saga runs in the background. `Idempotent-Replayed: true` marks the
+    /// stored answer to an earlier request with the same `Idempotency-Key`.
+    #[oai(status = 202)]
+    Accepted(
+        Json<Accepted>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
+}
+
+#[derive(ApiResponse)]
+enum Found {
+    #[oai(status = 200)]
+    Ok(Json<Order>),
+}
+
+/// An order's row (its saga is read through the engine: [`Glance`]).
+#[derive(Queryable)]
+struct OrderRow {
+    id: Uuid,
+    user_id: Uuid,
+    lines: serde_json::Value,
+    total_cents: i64,
+    address: serde_json::Value,
+    saga_id: Uuid,
+    created_at: DateTime<Utc>,
+}
+
+/// The order's status as a customer sees it, from its saga's.
+fn order_status(saga_status: &str) -> &'static str {
+    match saga_status {
+        "RUNNING" => "PENDING",
+        "COMPLETED" => "COMPLETED",
+        "COMPENSATING" => "CANCELLING",
+        "COMPENSATED" => "REJECTED",
+        "CANCELLED" => "CANCELLED",
+        // An operator closed it by hand; the history says why.
+        "RESOLVED" => "RESOLVED",
+        _ => "NEEDS_ATTENTION",
+    }
+}
+
+fn accepted(order_id: Uuid, saga_id: Uuid) -> Accepted {
+    Accepted {
+        order_id,
+        saga_id,
+        status_url: format!("/v1/orders/{order_id}"),
+        saga_url: format!("/v1/sagas/{saga_id}"),
+    }
+}
+
+fn placed(accepted: Accepted, replayed: bool) -> Placed {
+    let location = accepted.status_url.clone();
+    Placed::Accepted(Json(accepted), location, replayed.then_some(true))
+}
+
+/// Checks the user and the SKUs and prices the order: the saga's input.
+async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<OrderInput> {
+    let known_user: i64 = users::table
+        .filter(users::id.eq(order.user_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    if known_user == 0 {
+        return Err(ApiError::unprocessable(
+            "user_id",
+            format!("user {} does not exist", order.user_id),
+        ));
+    }
+    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+    let prices: HashMap<String, i64> = products::table
+        .filter(products::sku.eq_any(&skus))
+        .select((products::sku, products::price_cents))
+        .load::<(String, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut total_cents = 0i64;
+    for (index, line) in order.lines.iter().enumerate() {
+        let price = prices.get(&line.sku).ok_or_else(|| {
+            ApiError::unprocessable(
+                &format!("lines[{index}].sku"),
+                format!("product {} does not exist", line.sku),
+            )
+        })?;
+        total_cents += price * i64::from(line.quantity);
+    }
+    if total_cents <= 0 {
+        return Err(ApiError::unprocessable(
+            "lines",
+            "the order total must be positive",
+        ));
+    }
+    Ok(OrderInput {
+        order_id: Uuid::now_v7(),
+        user_id: order.user_id,
+        lines: order.lines.clone(),
+        total_cents,
+        shipping_address: order.shipping_address.clone(),
+    })
+}
+
+#[OpenApi(tag = "crate::api::Tag::Orders")]
+impl OrdersApi {
+    /// Place an order
+    ///
+    /// Starts an order saga: reserve stock, charge the user's wallet, prepare the shipment.
+    /// Answers 202 at once with the order and saga ids. With an `Idempotency-Key`, repeating
+    /// the request returns the first request's answer (marked `Idempotent-Replayed: true`)
+    /// and starts nothing new; the same key with a different request is 422. Keys are kept
+    /// for 24 hours. Unknown users or SKUs are 422, naming the field.
+    #[oai(path = "/v1/orders", method = "post")]
+    async fn place(
+        &self,
+        state: Data<&State>,
+        body: Json<NewOrder>,
+        /// Makes retries safe: the same key always answers with the same order.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
+        idempotency_key: Header<Option<String>>,
+        caller: Data<&Caller>,
+    ) -> ApiResult<Placed> {
+        let key = idempotency::Key::of(
+            &caller,
+            idempotency_key.0.as_deref(),
+            "POST",
+            "/v1/orders",
+            &*body,
+        )?;
+        let mut pooled = state.database.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        let engine = &state.engine;
+        conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+            if let Some(key) = &key
+                && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
+            {
+                return Ok(placed(first, true));
+            }
+            let input = priced(conn, &body).await?;
+            let started = engine
+                .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
+                .await?;
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::id.eq(input.order_id),
+                    orders::user_id.eq(input.user_id),
+                    orders::lines.eq(inputs::to_value(&input.lines)),
+                    orders::total_cents.eq(input.total_cents),
+                    orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
+                    orders::saga_id.eq(started.id),
+                ))
+                .execute(conn)
+                .await?;
+            let accepted = accepted(input.order_id, started.id);
+            if let Some(key) = &key {
+                idempotency::finish(conn, key, 202, &accepted).await?;
+            }
+            Ok(placed(accepted, false))
+        })
+        .await
+    }
+
+    /// Get an order
+    ///
+    /// The order and its status, derived from its saga: PENDING while it runs, COMPLETED,
+    /// REJECTED (compensated after a failure, `reason` says why), CANCELLED, or
+    /// NEEDS_ATTENTION (a compensation is stuck; an operator can retry the saga). Shipping
+    /// is to these countries only: KR, JP, US, CA, GB, DE, FR, NL.
+    #[oai(path = "/v1/orders/:id", method = "get")]
+    async fn get(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "engine::api::example_id")] id: Path<Uuid>,
+        caller: Data<&Caller>,
+    ) -> ApiResult<Found> {
+        let mut conn = state.database.get().await?;
+        let row: Option<OrderRow> = orders::table
+            .filter(orders::id.eq(id.0))
+            .select((
+                orders::id,
+                orders::user_id,
+                orders::lines,
+                orders::total_cents,
+                orders::shipping_address,
+                orders::saga_id,
+                orders::created_at,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()?;
+        let Some(OrderRow {
+            id,
+            user_id,
+            lines,
+            total_cents,
+            address,
+            saga_id,
+            created_at,
+        }) = row
+        else {
+            return Err(ApiError::not_found("order", id.0));
+        };
+        let saga = engine::shell::store::glance(&mut conn, saga_id).await?;
+        let Some(Glance {
+            status: saga_status,
+            state: saga_state,
+            started_by,
+        }) = saga
+        else {
+            return Err(ApiError::not_found("order", id));
+        };
+        // A client sees only its own orders; another's is as unknown as a missing one.
+        if caller
+            .owner()
+            .is_some_and(|client| started_by.as_deref() != Some(client))
+        {
+            return Err(ApiError::not_found("order", id));
+        }
+        let status = order_status(&saga_status);
+        let reason = (status != "COMPLETED" && status != "PENDING")
+            .then(|| saga_state["failure"].as_str().map(str::to_owned))
+            .flatten();
+        Ok(Found::Ok(Json(Order {
+            id,
+            user_id,
+            lines: serde_json::from_value(lines).map_err(ApiError::internal)?,
+            total_cents,
+            shipping_address: serde_json::from_value(address).map_err(ApiError::internal)?,
+            status: status.to_owned(),
+            reason,
+            saga_id,
+            saga_status,
+            created_at,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_saga_status_maps_to_an_order_status() {
+        for status in engine::saga::Status::ALL {
+            assert_ne!(super::order_status(status.as_str()), "", "{status}");
+        }
+        assert_eq!(super::order_status("COMPENSATED"), "REJECTED");
+        assert!(crate::participants::shipment::SERVICEABLE_COUNTRIES.contains(&"KR"));
+    }
+}

@@ -1,0 +1,263 @@
+//! A worker batch on the real Postgres and Redis: one transaction and a constant number of
+//! inbox statements whatever its size; a failing command gives back only its own claim; a
+//! fence later in the batch sees its forward command's output; a command twice in a batch,
+//! or answered before, takes effect once.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::{Instrumentation, InstrumentationEvent};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use platform::contract::{Command, Direction, Fenced, Outcome};
+use platform::testkit::{TestDb, TestRedis};
+use serde_json::json;
+use shop::participant::Strategy;
+use shop::participants::payment::Payment;
+use shop::runtime::CommandRuntime;
+use shop::schema::processed_commands;
+use support::*;
+use uuid::Uuid;
+
+fn payments(db: &TestDb, redis: &TestRedis) -> CommandRuntime<Payment> {
+    let options = options(Strategy::RedisLock, Duration::ZERO);
+    runtime(Payment, db, redis, &idle_producer(), options)
+}
+
+fn charge(user: Uuid, cents: i64) -> Command {
+    forward(
+        Uuid::now_v7(),
+        1,
+        "payment.charge",
+        json!({ "user_id": user, "total_cents": cents }),
+    )
+}
+
+async fn inbox_rows(db: &TestDb, id: Uuid) -> i64 {
+    let mut conn = db.pool.get().await.unwrap();
+    processed_commands::table
+        .filter(processed_commands::command_id.eq(id))
+        .count()
+        .get_result(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A connection that records the statements it sends.
+async fn recording(db: &TestDb) -> (AsyncPgConnection, Arc<Mutex<Vec<String>>>) {
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let statements = Arc::new(Mutex::new(Vec::new()));
+    let log = statements.clone();
+    let instrumentation = move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            log.lock().unwrap().push(query.to_string());
+        }
+    };
+    conn.set_instrumentation(Box::new(instrumentation) as Box<dyn Instrumentation>);
+    (conn, statements)
+}
+
+/// (statements on the inbox, commits) for one batch of `size` charges.
+async fn cost_of_batch(
+    db: &TestDb,
+    runtime: &CommandRuntime<Payment>,
+    size: usize,
+) -> (usize, usize) {
+    let mut commands = Vec::new();
+    for _ in 0..size {
+        commands.push(charge(add_user(&db.pool, 1_000).await, 100));
+    }
+    let batch: Vec<&Command> = commands.iter().collect();
+    let (mut conn, statements) = recording(db).await;
+    let answers = runtime.process_batch_on(&mut conn, &batch).await.unwrap();
+    assert_eq!(answers.len(), size);
+    for answer in answers {
+        assert!(succeeded(&answer.unwrap()), "every charge succeeds");
+    }
+    let statements = statements.lock().unwrap();
+    let inbox = statements
+        .iter()
+        .filter(|sql| sql.contains("processed_commands"))
+        .count();
+    let commits = statements
+        .iter()
+        .filter(|sql| sql.trim().eq_ignore_ascii_case("COMMIT"))
+        .count();
+    (inbox, commits)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_costs_one_transaction_and_the_same_inbox_statements_whatever_its_size() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let runtime = payments(&db, &redis);
+    let one = cost_of_batch(&db, &runtime, 1).await;
+    let sixteen = cost_of_batch(&db, &runtime, 16).await;
+    // Read the stored replies, claim, store the replies; one commit.
+    assert_eq!(one, (3, 1));
+    assert_eq!(sixteen, one, "a batch of 16 costs what a batch of one does");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_command_rolls_back_alone_and_its_neighbours_commit() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let runtime = payments(&db, &redis);
+    let mut customers = Vec::new();
+    for _ in 0..4 {
+        customers.push(add_user(&db.pool, 1_000).await);
+    }
+    let broken = customers[2];
+    // A real failure inside Postgres, for one user's row only.
+    let mut conn = db.pool.get().await.unwrap();
+    conn.batch_execute(&format!(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'disk on fire'; END $$; \
+         CREATE TRIGGER refuse BEFORE UPDATE ON users FOR EACH ROW \
+         WHEN (OLD.id = '{broken}') EXECUTE FUNCTION refuse()"
+    ))
+    .await
+    .unwrap();
+    let commands: Vec<Command> = customers.iter().map(|user| charge(*user, 100)).collect();
+    let batch: Vec<&Command> = commands.iter().collect();
+    let answers = runtime.process_batch(&batch).await.unwrap();
+    for (n, answer) in answers.iter().enumerate() {
+        match answer {
+            Ok(reply) if n != 2 => assert!(succeeded(reply), "neighbour {n} charged"),
+            Err(err) if n == 2 => assert!(format!("{err:#}").contains("disk on fire")),
+            other => panic!("command {n}: unexpected {other:?}"),
+        }
+    }
+    for (n, user) in customers.iter().enumerate() {
+        let expected = if n == 2 { 1_000 } else { 900 };
+        assert_eq!(balance(&db, *user).await, expected, "user {n}");
+    }
+    assert_eq!(
+        inbox_rows(&db, commands[2].id).await,
+        0,
+        "its claim was given back"
+    );
+
+    // Once the fault is gone, its retry takes effect, once.
+    conn.batch_execute("DROP TRIGGER refuse ON users")
+        .await
+        .unwrap();
+    assert!(succeeded(&runtime.process(&commands[2]).await.unwrap()));
+    assert_eq!(balance(&db, broken).await, 900);
+    assert_eq!(inbox_rows(&db, commands[2].id).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fence_after_its_forward_command_in_one_batch_reports_its_output() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let runtime = payments(&db, &redis);
+    let user = add_user(&db.pool, 1_000).await;
+    let original = charge(user, 250);
+    let fence = command(
+        original.saga_id,
+        original.step,
+        Direction::Fence,
+        "payment.charge",
+        json!({}),
+        json!({}),
+    );
+    let answers = runtime.process_batch(&[&original, &fence]).await.unwrap();
+    let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    assert!(succeeded(&answers[0]));
+    let Outcome::Succeeded { output } = &answers[1].outcome else {
+        panic!("fence failed: {:?}", answers[1].outcome);
+    };
+    let fenced: Fenced = serde_json::from_value(output.clone()).unwrap();
+    assert!(fenced.applied, "the charge took effect before its fence");
+    assert_eq!(
+        fenced.output,
+        Some(json!({ "user_id": user, "amount_cents": 250 })),
+        "the fence carries the charge's output"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_twice_in_a_batch_or_answered_before_takes_effect_once() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let runtime = payments(&db, &redis);
+    let (first_user, second_user) = (
+        add_user(&db.pool, 1_000).await,
+        add_user(&db.pool, 1_000).await,
+    );
+    let earlier = charge(first_user, 100);
+    let before = runtime.process(&earlier).await.unwrap();
+    let twice = charge(second_user, 100);
+    let answers = runtime
+        .process_batch(&[&earlier, &twice, &twice])
+        .await
+        .unwrap();
+    let answers: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(answers[0].id, before.id, "the stored reply, re-sent");
+    assert_eq!(answers[1].id, answers[2].id, "one reply for both copies");
+    assert_eq!(balance(&db, first_user).await, 900);
+    assert_eq!(balance(&db, second_user).await, 900);
+}
+
+/// Two transactions claiming overlapping commands, in opposite orders, never deadlock:
+/// claims are inserted in command-id order. T1 holds `a`; T2 claims `[b, a]` and waits on
+/// `a`; T1 then claims `b`. In batch order T2 would already hold `b`, and Postgres would
+/// break the cycle by failing one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_claims_in_opposite_orders_do_not_deadlock() {
+    use shop::runtime::inbox;
+    let db = TestDb::migrated().await;
+    let with_id = |id: u128| {
+        let mut command = charge(Uuid::now_v7(), 100);
+        command.id = Uuid::from_u128(id);
+        command
+    };
+    let (a, b) = (with_id(1), with_id(2));
+    let role = platform::contract::Role::Payment;
+
+    let mut first = db.pool.get().await.unwrap();
+    first.batch_execute("BEGIN").await.unwrap();
+    inbox::claim(&mut first, role, &[(&a, None)]).await.unwrap();
+
+    let pool = db.pool.clone();
+    let (a2, b2) = (a.clone(), b.clone());
+    let second = tokio::spawn(async move {
+        let mut conn = pool.get().await.unwrap();
+        conn.batch_execute("BEGIN").await.unwrap();
+        let claimed = inbox::claim(&mut conn, role, &[(&b2, None), (&a2, None)]).await;
+        conn.batch_execute("COMMIT").await.unwrap();
+        claimed
+    });
+    // Wait until the second transaction waits on a lock (on `a`).
+    let mut watcher = db.pool.get().await.unwrap();
+    platform::testkit::poll_until(Duration::from_secs(60), async || {
+        #[derive(QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"processed_commands\"%'",
+        )
+        .get_result(&mut watcher)
+        .await
+        .unwrap();
+        (waiting.n == 1).then_some(())
+    })
+    .await
+    .expect("the second claim waits on the first");
+
+    let claimed = inbox::claim(&mut first, role, &[(&b, None)]).await;
+    assert!(claimed.is_ok(), "no deadlock: {claimed:?}");
+    first.batch_execute("COMMIT").await.unwrap();
+    let theirs = second.await.unwrap();
+    assert_eq!(
+        theirs.expect("no deadlock on the other side either"),
+        Default::default(),
+        "both were the first transaction's"
+    );
+}

@@ -1,0 +1,89 @@
+//! The Lua gate is a filter in front of Postgres: no crash can make it refuse what Postgres
+//! would allow.
+
+mod support;
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use platform::testkit::{TestDb, TestRedis};
+use shop::gate::{Gate, Want};
+use shop::guarded;
+use shop::participant::Strategy;
+use shop::participants::coupon::Coupon;
+use shop::schema::coupon_campaigns;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let vendor = add_vendor(&db.pool, true).await;
+    let campaign = add_campaign(&db.pool, vendor, 3, 1_000).await;
+    let gate = Gate::new(redis.pool.clone(), redis.prefix.clone());
+    let want = Want {
+        resource: format!("coupon:{campaign}"),
+        counter: guarded::COUPONS_CLAIMED,
+        key: campaign.to_string(),
+        amount: 1,
+    };
+    // Three claims took their coupon at the gate a lease ago and crashed before committing:
+    // the gate's counter says 0 left, Postgres still says 3.
+    let mut conn = db.pool.get().await.unwrap();
+    let then = chrono::Utc::now() - chrono::TimeDelta::from_std(shop::gate::LEASE).unwrap();
+    for _ in 0..3 {
+        let op = uuid::Uuid::now_v7();
+        let wants = std::slice::from_ref(&want);
+        assert!(gate.take_at(&mut conn, wants, op, then).await.unwrap());
+    }
+    // A claim in flight right now holds a live lease.
+    let in_flight = uuid::Uuid::now_v7();
+    assert!(
+        gate.take(&mut conn, std::slice::from_ref(&want), in_flight)
+            .await
+            .unwrap()
+    );
+
+    let coupon = runtime(
+        Coupon::default(),
+        &db,
+        &redis,
+        &idle_producer(),
+        options(Strategy::LuaGate, Duration::ZERO),
+    );
+    let claim = async || {
+        let user = add_user(&db.pool, 0).await;
+        let claim = forward(
+            uuid::Uuid::now_v7(),
+            0,
+            "coupon.claim",
+            serde_json::json!({ "campaign_id": campaign, "user_id": user }),
+        );
+        coupon.process(&claim).await.unwrap()
+    };
+    // The crashed claims' coupons are back; the live lease's is not handed out twice.
+    for _ in 0..2 {
+        let reply = claim().await;
+        assert!(succeeded(&reply), "a valid claim was refused: {reply:?}");
+    }
+    let held_back = claim().await;
+    assert!(
+        rejection(&held_back).unwrap().contains("not enough left"),
+        "{held_back:?}"
+    );
+    // The in-flight claim fails and settles: its coupon goes back.
+    gate.settle(std::slice::from_ref(&want), in_flight, false)
+        .await
+        .unwrap();
+    assert!(succeeded(&claim().await));
+    // And the gate still refuses what Postgres refuses.
+    assert!(rejection(&claim().await).is_some());
+    let claimed: i32 = coupon_campaigns::table
+        .find(campaign)
+        .select(coupon_campaigns::claimed)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(claimed, 3);
+}

@@ -1,0 +1,123 @@
+//! Fixtures for the workers' tests: business rows inserted directly, commands built as the
+//! engine builds them, and participant runtimes on the test's database and Redis prefix.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use chrono::Utc;
+use platform::contract::{Command, Direction, Outcome, Reply, Topics};
+use platform::kafka::Producer;
+use platform::testkit::{TestDb, TestRedis};
+use serde_json::{Value, json};
+pub use shop::fixtures::*;
+use shop::participant::{Participant, Strategy};
+use shop::runtime::{CommandRuntime, RuntimeOptions};
+use uuid::Uuid;
+
+/// A command as the engine would send it.
+pub fn command(
+    saga_id: Uuid,
+    step: u32,
+    direction: Direction,
+    name: &str,
+    input: Value,
+    outputs: Value,
+) -> Command {
+    let dispatch = platform::contract::Dispatch {
+        step,
+        attempt: 1,
+        direction,
+    };
+    let payload = platform::contract::CommandPayload {
+        input,
+        outputs: outputs.as_object().cloned().unwrap_or_default(),
+    };
+    Command::new(saga_id, "test", dispatch, name, payload, Utc::now())
+}
+
+/// The next attempt of `command`: the same step, direction and payload, a new id.
+pub fn next_attempt(command: &Command) -> Command {
+    let dispatch = platform::contract::Dispatch {
+        step: command.step,
+        attempt: command.attempt + 1,
+        direction: command.direction,
+    };
+    let next = Command::new(
+        command.saga_id,
+        &command.saga,
+        dispatch,
+        &command.name,
+        command.payload.clone(),
+        Utc::now(),
+    );
+    assert_ne!(next.id, command.id, "a new attempt has a new id");
+    next
+}
+
+pub fn forward(saga_id: Uuid, step: u32, name: &str, input: Value) -> Command {
+    command(saga_id, step, Direction::Forward, name, input, json!({}))
+}
+
+pub fn compensate(saga_id: Uuid, step: u32, name: &str, input: Value) -> Command {
+    command(saga_id, step, Direction::Compensate, name, input, json!({}))
+}
+
+/// A participant runtime, as one worker process would run it.
+pub fn runtime<P: Participant>(
+    participant: P,
+    db: &TestDb,
+    redis: &TestRedis,
+    producer: &Producer,
+    options: RuntimeOptions,
+) -> CommandRuntime<P> {
+    CommandRuntime::new(
+        participant,
+        db.pool.clone(),
+        redis.pool.clone(),
+        &redis.prefix,
+        producer.clone(),
+        &Topics::new("unused").unwrap(),
+        options,
+    )
+}
+
+/// Runtime options for a strategy; `think` widens the read-to-write window.
+pub fn options(strategy: Strategy, think: Duration) -> RuntimeOptions {
+    RuntimeOptions {
+        strategy,
+        lock_wait: Duration::from_secs(30),
+        lock_lease: Duration::from_secs(10),
+        think_time: think,
+    }
+}
+
+pub fn succeeded(reply: &Reply) -> bool {
+    matches!(reply.outcome, Outcome::Succeeded { .. })
+}
+
+pub fn rejection(reply: &Reply) -> Option<&str> {
+    match &reply.outcome {
+        Outcome::Rejected { reason } => Some(reason),
+        _ => None,
+    }
+}
+
+/// A user's wallet balance, in cents.
+pub async fn balance(db: &TestDb, user: Uuid) -> i64 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shop::schema::users;
+    let mut conn = db.pool.get().await.unwrap();
+    users::table
+        .find(user)
+        .select(users::balance_cents)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A producer that is never used to send (the tests call `process`, which does not publish).
+pub fn idle_producer() -> Producer {
+    Producer::connect("127.0.0.1:9").unwrap()
+}
