@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::loops::relay::RelayOptions;
 use crate::shell::Engine;
 use crate::shell::catalog::Catalog;
+use crate::shell::watch::Waiters;
 
 /// Knobs that tests turn; production uses the defaults.
 #[derive(Debug, Clone)]
@@ -204,7 +205,22 @@ impl Core {
             lag_cache: api::metrics::LagCache::default(),
             snapshots: api::snapshot::Snapshots::default(),
             loops: loops.clone(),
+            waiters: Waiters::new(config.http_max_waits),
+            max_wait: config
+                .http
+                .request_timeout
+                .saturating_sub(Duration::from_secs(1)),
         };
+        loops.spawn(
+            &tasks,
+            "waits",
+            &shutdown,
+            Arc::clone(&state.waiters).listen(
+                config.stores.database_url.clone(),
+                Duration::from_secs(1),
+                shutdown.clone(),
+            ),
+        );
         loops.spawn_infallible(
             &tasks,
             "lag",

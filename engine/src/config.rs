@@ -96,6 +96,13 @@ pub const ORCHESTRATOR: &[Setting] = &[
         secret: false,
     },
     Setting {
+        env: "HTTP_MAX_WAITS",
+        long: "http-max-waits",
+        default: Some("1024"),
+        help: "requests waiting for a saga to settle (Prefer: wait) at most; past it a request is answered at once with the current state",
+        secret: false,
+    },
+    Setting {
         env: "DEFINITIONS_DIR",
         long: "definitions-dir",
         default: None,
@@ -142,6 +149,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub retention: RetentionEnv,
     pub auth: AuthConfig,
+    /// `HTTP_MAX_WAITS`: requests waiting for sagas to settle, at most.
+    pub http_max_waits: usize,
     /// `DEFINITIONS_DIR`: definition documents registered at start.
     pub definitions_dir: Option<std::path::PathBuf>,
 }
@@ -165,6 +174,7 @@ impl Config {
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             retention: RetentionEnv::from_vars(vars)?,
             auth: AuthConfig::from_vars(vars)?,
+            http_max_waits: vars.parse_or("HTTP_MAX_WAITS", 1024)?,
             definitions_dir: vars
                 .optional("DEFINITIONS_DIR")?
                 .map(std::path::PathBuf::from),

@@ -8,7 +8,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use engine::schema::notifications;
-use orchestrator::app::Options;
+use orchestrator::app::{Mode, Options};
 use platform::contract::Outcome;
 use platform::testkit::TestEnv;
 use reqwest::{Response, StatusCode};
@@ -286,6 +286,237 @@ async fn a_running_saga_is_cancelled_once_and_cannot_be_retried() {
     assert_eq!(saga["steps"][2]["state"], "pending");
     assert_eq!(http.refused(id, "cancel").await, "CANCELLED");
     assert_eq!(http.refused(id, "retry").await, "CANCELLED");
+
+    participants.stop().await;
+    http.orchestrator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_read_is_answered_when_the_saga_settles_and_past_the_bound_at_once() {
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start_with_vars(
+        &env,
+        Mode::Serve,
+        Options::default(),
+        &[("HTTP_MAX_WAITS", "1")],
+    )
+    .await;
+    let api = support::http::Http::new(orchestrator.base());
+    let participants = Participants::start(&env.kafka.cluster, succeed_unless_held());
+    let engine = &orchestrator.running.engine;
+    let id = engine
+        .start("order", &json!({ "hold": true }), None)
+        .await
+        .unwrap()
+        .id;
+    eventually("the charge command", async || {
+        participants.names_for(id).len() == 2
+    })
+    .await;
+
+    let client = api.client.clone();
+    let url = format!("{}/v1/sagas/{id}", api.base);
+    let waiting = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let response = client
+            .get(url)
+            .header("Prefer", "respond-async, wait=25")
+            .send()
+            .await
+            .unwrap();
+        (response, started.elapsed())
+    });
+    eventually("the request to wait", async || {
+        let metrics = api.get("/metrics").await.text().await.unwrap();
+        metrics.contains("sagaflow_waiting_requests 1\n")
+    })
+    .await;
+    // The bound (one) is reached: another request is answered at once with the current
+    // state and without `Preference-Applied`.
+    let refused = api.get(&format!("/v1/sagas/{id}?wait=25")).await;
+    assert_eq!(refused.status(), StatusCode::OK);
+    assert!(!refused.headers().contains_key("preference-applied"));
+    assert!(!waiting.is_finished(), "the waiting request answered early");
+    let saga = ok(api.get(&format!("/v1/sagas/{id}")).await).await;
+    assert_eq!(saga["status"], "RUNNING");
+
+    // The saga settles (cancelled: the silent charge is refunded): the waiter answers then,
+    // woken through NOTIFY, not at the end of its 25 s.
+    accepted(api.post_empty(&format!("/v1/sagas/{id}/cancel")).await).await;
+    let (response, elapsed) = waiting.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["preference-applied"], "wait=25");
+    let saga: Value = response.json().await.unwrap();
+    assert_eq!(saga["status"], "CANCELLED", "{saga}");
+    assert!(
+        elapsed < std::time::Duration::from_secs(25),
+        "answered at the deadline ({elapsed:?}), not when the saga settled"
+    );
+
+    // A settled saga answers a waiting read at once; a bad preference is a 400 naming it.
+    let settled = api.get(&format!("/v1/sagas/{id}?wait=25")).await;
+    assert_eq!(settled.headers()["preference-applied"], "wait=25");
+    let bad = api
+        .client
+        .get(format!("{}/v1/sagas/{id}", api.base))
+        .header("Prefer", "wait=soon")
+        .send()
+        .await
+        .unwrap();
+    problem(bad, 400, Some("Prefer")).await;
+    problem(
+        api.get(&format!("/v1/sagas/{id}?wait=26")).await,
+        400,
+        Some("wait"),
+    )
+    .await;
+
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
+/// Reads Server-Sent Events off a response: (id, event type, data) each.
+struct Sse {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+}
+
+impl Sse {
+    fn new(response: Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ended.
+    async fn next(&mut self) -> Option<(i64, String, Value)> {
+        use futures_util::StreamExt as _;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let field = |name: &str| {
+                    block
+                        .lines()
+                        .find_map(|line| line.strip_prefix(name).map(|v| v.trim().to_owned()))
+                };
+                let Some(data) = field("data:") else {
+                    continue; // a keep-alive comment
+                };
+                let id = field("id:").unwrap().parse().unwrap();
+                return Some((
+                    id,
+                    field("event:").unwrap(),
+                    serde_json::from_str(&data).unwrap(),
+                ));
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("an event within the wait")?
+                .unwrap();
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    /// Events up to (and including) the first of `kind`.
+    async fn until(&mut self, kind: &str) -> Vec<(i64, String, Value)> {
+        let mut seen = Vec::new();
+        while let Some(event) = self.next().await {
+            let done = event.1 == kind;
+            seen.push(event);
+            if done {
+                return seen;
+            }
+        }
+        panic!("the stream ended before {kind}: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sagas_events_stream_as_they_happen_and_resume_after_the_last_seen() {
+    let env = TestEnv::start().await;
+    let http = Http::start(&env).await;
+    let participants = Participants::start(&env.kafka.cluster, succeed_unless_held());
+    let sse = |path: String, last: Option<i64>| {
+        let mut request = http.api.client.get(format!("{}{path}", http.api.base));
+        if let Some(last) = last {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        async move { Sse::new(request.send().await.unwrap()) }
+    };
+    // Every saga of one definition, from now on.
+    let mut all = sse("/v1/saga-events?definition=order".to_owned(), None).await;
+    let id = http.start_saga(json!({ "hold": true })).await;
+    let mut one = sse(format!("/v1/sagas/{id}/events"), None).await;
+    let start = one.until("saga.start").await;
+    assert_eq!(start[0].2["saga_id"], id.to_string());
+    assert_eq!(start[0].2["definition"], "order");
+    let (first, _, _) = all.next().await.expect("the new saga's start");
+    eventually("the charge command", async || {
+        participants.names_for(id).len() == 2
+    })
+    .await;
+
+    // The cancel arrives as events, the stream of a final saga ends after its last entry.
+    accepted(http.post(&format!("/v1/sagas/{id}/cancel")).await).await;
+    let events = one.until("saga.cancelled").await;
+    let ids: Vec<i64> = events.iter().map(|(id, _, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    assert!(events.iter().any(|(_, kind, _)| kind == "cancel.requested"));
+    assert_eq!(events.last().unwrap().2["status"], "CANCELLED");
+    assert!(
+        one.next().await.is_none(),
+        "the stream ends once the saga is final"
+    );
+
+    // Resuming after an event sends exactly what came after it.
+    let history = http.saga(id).await["history"].as_array().unwrap().clone();
+    let middle = history[history.len() / 2]["id"].as_i64().unwrap();
+    let mut resumed = sse(format!("/v1/sagas/{id}/events"), Some(middle)).await;
+    let mut rest = Vec::new();
+    while let Some((entry, _, _)) = resumed.next().await {
+        rest.push(entry);
+    }
+    let expected: Vec<i64> = history
+        .iter()
+        .map(|entry| entry["id"].as_i64().unwrap())
+        .filter(|entry| *entry > middle)
+        .collect();
+    assert_eq!(rest, expected);
+    let mut later = vec![first];
+    while later.last() != Some(ids.last().unwrap()) {
+        later.push(all.next().await.unwrap().0);
+    }
+
+    let bad = http
+        .api
+        .client
+        .get(format!("{}/v1/sagas/{id}/events", http.api.base))
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    problem(bad, 400, Some("Last-Event-ID")).await;
+    problem(
+        http.get(&format!("/v1/sagas/{}/events", Uuid::now_v7()))
+            .await,
+        404,
+        None,
+    )
+    .await;
+    problem(
+        http.get("/v1/saga-events?status=DONE").await,
+        400,
+        Some("status"),
+    )
+    .await;
 
     participants.stop().await;
     http.orchestrator.stop().await;

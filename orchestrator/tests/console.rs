@@ -98,6 +98,38 @@ async fn an_operator_finds_a_saga_reads_its_steps_and_cancels_it_with_a_reason()
     assert_eq!(entry["detail"]["actor"], "ops");
     assert_eq!(entry["detail"]["reason"], "customer asked to stop");
 
+    // The page follows the saga's events: a cancel sent by someone else shows up on the
+    // open page without a reload (the page polls no more; a reload would clear the mark).
+    let watched = orchestrator
+        .running
+        .engine
+        .start("order", &payload, None)
+        .await
+        .unwrap()
+        .id;
+    browser.goto(&format!("{base}/ui#/sagas/{watched}")).await;
+    browser
+        .wait_for_text("#timeline", "reserve_stock forward attempt 1")
+        .await;
+    browser
+        .run("window.sagaflowMark = 'still here'; return null")
+        .await;
+    let cancelled = ops
+        .post(
+            &format!("/v1/sagas/{watched}/cancel"),
+            &json!({ "reason": "cancelled elsewhere" }),
+        )
+        .await;
+    assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
+    browser
+        .wait_for_text("#history", "cancelled elsewhere")
+        .await;
+    assert_eq!(
+        browser.run("return window.sagaflowMark || null").await,
+        json!("still here"),
+        "the page was redrawn in place, not reloaded"
+    );
+
     // A dead letter: listed with its origin, discarded with a reason.
     let producer = env.kafka.cluster.producer().unwrap();
     let replies = env.kafka.cluster.topics().replies();

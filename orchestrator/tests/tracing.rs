@@ -94,7 +94,7 @@ async fn one_saga_is_one_trace_across_the_outbox_the_broker_and_the_workers() {
     let _telemetry = platform::telemetry::init_with(
         Some(provider),
         LogFormat::Json,
-        Some("warn,workers=debug"),
+        Some("warn,shop=debug"),
         move || writer.clone(),
     );
 

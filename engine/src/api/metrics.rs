@@ -51,7 +51,8 @@ impl MetricsApi {
     /// `sagaflow_outbox_backlog` (outbox messages not yet published),
     /// `sagaflow_outbox_oldest_age_seconds` (the oldest of them) and
     /// `sagaflow_sagas{status}` (sagas still RUNNING, COMPENSATING or FAILED),
-    /// `sagaflow_dead_letters_waiting`; `sagaflow_consumer_lag{consumer,partition}` (read
+    /// `sagaflow_dead_letters_waiting`, `sagaflow_waiting_requests` (requests waiting for a
+    /// saga to settle); `sagaflow_consumer_lag{consumer,partition}` (read
     /// from the broker every 15 s in the background); the HTTP requests by method, route and status
     /// with their latency; in `dev`, the participants' commands and locks as well.
     #[oai(path = "/metrics", method = "get")]
@@ -128,6 +129,13 @@ impl MetricsApi {
             "sagaflow_dead_letters_waiting",
             "Dead letters recorded and neither replayed nor discarded.",
             waiting,
+        );
+        let waits = Gauge::<i64>::default();
+        waits.set(i64::try_from(state.waiters.waiting()).unwrap_or(i64::MAX));
+        registry.register(
+            "sagaflow_waiting_requests",
+            "Requests of this replica waiting for a saga to settle (Prefer: wait).",
+            waits,
         );
         let lags = Family::<Labels, Gauge>::default();
         for (consumer, group_lag) in lag.iter() {

@@ -24,6 +24,7 @@ pub mod problem;
 pub mod server;
 pub mod snapshot;
 mod strict;
+pub mod wait;
 
 use poem::http::StatusCode;
 use poem::{Endpoint, EndpointExt, Request, Route};
@@ -35,7 +36,7 @@ use platform::health::Probes;
 use crate::auth::Policy;
 use crate::shell::Engine;
 use flows::{definitions, signals};
-use operator::{bulk_jobs, dead_letters, lag, notifications, sagas, stats};
+use operator::{bulk_jobs, dead_letters, events, lag, notifications, sagas, stats};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -64,6 +65,10 @@ pub struct State {
     pub snapshots: snapshot::Snapshots,
     /// The process's background loops, as `/healthz` reports them.
     pub loops: platform::liveness::Loops,
+    /// Requests waiting for sagas to settle (`Prefer: wait`), bounded by `HTTP_MAX_WAITS`.
+    pub waiters: std::sync::Arc<crate::shell::watch::Waiters>,
+    /// The longest wait a request gets: under the server's request timeout.
+    pub max_wait: std::time::Duration,
 }
 
 #[derive(Tags)]
@@ -84,7 +89,7 @@ pub enum Tag {
 /// The engine's operations.
 pub type Apis = (
     health::HealthApi,
-    sagas::SagasApi,
+    (sagas::SagasApi, events::EventsApi),
     (signals::SignalsApi, definitions::DefinitionsApi),
     stats::StatsApi,
     dead_letters::DeadLettersApi,
@@ -119,7 +124,7 @@ pub fn openapi<A: OpenApi>(application: A) -> OpenApiService<(Apis, A), ()> {
         (
             (
                 health::HealthApi,
-                sagas::SagasApi,
+                (sagas::SagasApi, events::EventsApi),
                 (signals::SignalsApi, definitions::DefinitionsApi),
                 stats::StatsApi,
                 dead_letters::DeadLettersApi,

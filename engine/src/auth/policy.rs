@@ -68,6 +68,8 @@ pub const ENGINE: &[Rule] = &[
     ("GET", "/v1/saga-stats", OPERATOR),
     ("GET", "/v1/sagas/{id}", OWN_OR_OPERATOR),
     ("GET", "/v1/sagas/{id}/history", OWN_OR_OPERATOR),
+    ("GET", "/v1/sagas/{id}/events", OWN_OR_OPERATOR),
+    ("GET", "/v1/saga-events", OPERATOR),
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),
     ("POST", "/v1/sagas/{id}/resolve", OPERATOR),

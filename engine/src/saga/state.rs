@@ -51,6 +51,12 @@ impl Status {
         )
     }
 
+    /// Nothing moves it without an operator: final, or FAILED. What a request waiting
+    /// with `Prefer: wait` waits for.
+    pub fn is_settled(self) -> bool {
+        self.is_terminal() || self == Status::Failed
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Running => "RUNNING",

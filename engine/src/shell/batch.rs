@@ -111,7 +111,20 @@ impl Writes {
         store::append_history(conn, &self.history).await?;
         store::enqueue(conn, &self.outbox).await?;
         store::settle_replies(conn, &self.settled).await?;
+        // Requests waiting on these sagas (reads, streams) wake on every replica once this
+        // commits.
+        for payload in super::watch::payloads(&self.changed_sagas()) {
+            store::notify(conn, super::watch::CHANNEL, &payload).await?;
+        }
         Ok(())
+    }
+
+    /// Sagas with a new history entry in this batch, each once.
+    pub fn changed_sagas(&self) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = self.history.iter().map(|entry| entry.saga_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 }
 

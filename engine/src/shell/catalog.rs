@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use chrono::Utc;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt as _;
 use platform::db::{self, Connection};
 use serde_json::Value;
@@ -554,13 +554,7 @@ fn read_version(document: &Value) -> Result<(Definition, jsonschema::Validator),
 }
 
 async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {
-    let mut conn = AsyncPgConnection::establish(database_url)
-        .await
-        .context("connecting the definitions listener")?;
-    diesel::sql_query(format!("LISTEN {CHANNEL}"))
-        .execute(&mut conn)
-        .await?;
-    Ok(conn)
+    super::watch::listen_on(database_url, CHANNEL).await
 }
 
 fn to_i32(version: u32) -> i32 {

@@ -18,6 +18,7 @@ pub mod metrics;
 mod plan;
 pub mod replay;
 pub mod store;
+pub mod watch;
 
 use std::sync::Arc;
 

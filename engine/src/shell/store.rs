@@ -234,6 +234,17 @@ pub async fn glance(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Glanc
         .optional()
 }
 
+/// `NOTIFY channel, payload`, delivered when the transaction commits (and never if it
+/// rolls back).
+pub async fn notify(conn: &mut Connection, channel: &str, payload: &str) -> QueryResult<()> {
+    diesel::sql_query("SELECT pg_notify($1, $2)")
+        .bind::<Text, _>(channel)
+        .bind::<Text, _>(payload)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Loads a saga and locks its row until the transaction ends.
 pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow>> {
     sagas::table

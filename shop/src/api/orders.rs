@@ -11,16 +11,17 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use platform::db::Connection;
 use poem::web::Data;
-use poem_openapi::param::{Header, Path};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use engine::api::State;
-use engine::api::idempotency;
 use engine::api::problem::{ApiError, ApiResult};
+use engine::api::{idempotency, wait};
 use engine::auth::Caller;
+use engine::saga::Status;
 use engine::shell::store::Glance;
 
 use crate::inputs::{self, Address, OrderInput, OrderLine};
@@ -98,7 +99,12 @@ enum Placed {
 #[derive(ApiResponse)]
 enum Found {
     #[oai(status = 200)]
-    Ok(Json<Order>),
+    Ok(
+        Json<Order>,
+        /// `wait=N` when the request waited (up to N seconds) for the order to settle.
+        #[oai(header = "Preference-Applied")]
+        Option<String>,
+    ),
 }
 
 /// An order's row (its saga is read through the engine: [`Glance`]).
@@ -257,68 +263,96 @@ impl OrdersApi {
         &self,
         state: Data<&State>,
         #[oai(example = "engine::api::example_id")] id: Path<Uuid>,
+        /// Seconds to wait for the order to settle (0 to 25); wins over `Prefer: wait`.
+        #[oai(validator(maximum(value = "25")))]
+        wait: Query<Option<u32>>,
+        /// RFC 7240 preferences; `wait=N` waits up to N seconds for the order to settle.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
-        let mut conn = state.database.get().await?;
-        let row: Option<OrderRow> = orders::table
-            .filter(orders::id.eq(id.0))
-            .select((
-                orders::id,
-                orders::user_id,
-                orders::lines,
-                orders::total_cents,
-                orders::shipping_address,
-                orders::saga_id,
-                orders::created_at,
-            ))
-            .first(&mut conn)
-            .await
-            .optional()?;
-        let Some(OrderRow {
-            id,
-            user_id,
-            lines,
-            total_cents,
-            address,
-            saga_id,
-            created_at,
-        }) = row
-        else {
-            return Err(ApiError::not_found("order", id.0));
-        };
-        let saga = engine::shell::store::glance(&mut conn, saga_id).await?;
-        let Some(Glance {
-            status: saga_status,
-            state: saga_state,
-            started_by,
-        }) = saga
-        else {
-            return Err(ApiError::not_found("order", id));
-        };
-        // A client sees only its own orders; another's is as unknown as a missing one.
-        if caller
-            .owner()
-            .is_some_and(|client| started_by.as_deref() != Some(client))
-        {
-            return Err(ApiError::not_found("order", id));
+        let wait = wait::requested(&state, prefer.0.as_deref(), wait.0)?;
+        let (order, settled) = read_order(&state, &caller, id.0).await?;
+        if wait.is_zero() {
+            return Ok(Found::Ok(Json(order), None));
         }
-        let status = order_status(&saga_status);
-        let reason = (status != "COMPLETED" && status != "PENDING")
-            .then(|| saga_state["failure"].as_str().map(str::to_owned))
-            .flatten();
-        Ok(Found::Ok(Json(Order {
-            id,
-            user_id,
-            lines: serde_json::from_value(lines).map_err(ApiError::internal)?,
-            total_cents,
-            shipping_address: serde_json::from_value(address).map_err(ApiError::internal)?,
-            status: status.to_owned(),
-            reason,
-            saga_id,
-            saga_status,
-            created_at,
-        })))
+        if settled {
+            return Ok(Found::Ok(
+                Json(order),
+                Some(format!("wait={}", wait.as_secs())),
+            ));
+        }
+        let (order, applied) = wait::until_settled(&state, order.saga_id, wait, || {
+            read_order(&state, &caller, id.0)
+        })
+        .await?;
+        Ok(Found::Ok(Json(order), applied))
     }
+}
+
+/// An order as `GET /v1/orders/{id}` shows it, and whether its saga settled.
+async fn read_order(state: &State, caller: &Caller, id: Uuid) -> ApiResult<(Order, bool)> {
+    let mut conn = state.database.get().await?;
+    let row: Option<OrderRow> = orders::table
+        .filter(orders::id.eq(id))
+        .select((
+            orders::id,
+            orders::user_id,
+            orders::lines,
+            orders::total_cents,
+            orders::shipping_address,
+            orders::saga_id,
+            orders::created_at,
+        ))
+        .first(&mut conn)
+        .await
+        .optional()?;
+    let Some(OrderRow {
+        id,
+        user_id,
+        lines,
+        total_cents,
+        address,
+        saga_id,
+        created_at,
+    }) = row
+    else {
+        return Err(ApiError::not_found("order", id));
+    };
+    let saga = engine::shell::store::glance(&mut conn, saga_id).await?;
+    let Some(Glance {
+        status: saga_status,
+        state: saga_state,
+        started_by,
+    }) = saga
+    else {
+        return Err(ApiError::not_found("order", id));
+    };
+    // A client sees only its own orders; another's is as unknown as a missing one.
+    if caller
+        .owner()
+        .is_some_and(|client| started_by.as_deref() != Some(client))
+    {
+        return Err(ApiError::not_found("order", id));
+    }
+    let status = order_status(&saga_status);
+    let reason = (status != "COMPLETED" && status != "PENDING")
+        .then(|| saga_state["failure"].as_str().map(str::to_owned))
+        .flatten();
+    let settled = saga_status.parse::<Status>().is_ok_and(Status::is_settled);
+    let order = Order {
+        id,
+        user_id,
+        lines: serde_json::from_value(lines).map_err(ApiError::internal)?,
+        total_cents,
+        shipping_address: serde_json::from_value(address).map_err(ApiError::internal)?,
+        status: status.to_owned(),
+        reason,
+        saga_id,
+        saga_status,
+        created_at,
+    };
+    Ok((order, settled))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub(super) mod bulk_jobs;
 pub(super) mod dead_letters;
+pub(super) mod events;
 pub(super) mod lag;
 pub(super) mod notifications;
 pub(super) mod sagas;

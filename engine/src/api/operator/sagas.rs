@@ -159,6 +159,9 @@ enum Found {
         /// The saga's version, quoted: send it back as `If-Match`.
         #[oai(header = "ETag")]
         String,
+        /// `wait=N` when the request waited (up to N seconds) for the saga to settle.
+        #[oai(header = "Preference-Applied")]
+        Option<String>,
     ),
 }
 
@@ -427,6 +430,25 @@ pub(super) fn filtered(
     Ok(query)
 }
 
+/// A saga as `GET /v1/sagas/{id}` shows it, if the caller may read it (one pooled
+/// connection, given back before any wait).
+async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> ApiResult<SagaDetail> {
+    let mut conn = state.database.get().await?;
+    let row = readable_by(caller, id)
+        .select(SagaRow::as_select())
+        .first(&mut conn)
+        .await
+        .optional()?
+        .ok_or_else(|| ApiError::not_found("saga", id))?;
+    let history = saga_history::table
+        .filter(saga_history::saga_id.eq(id))
+        .order(saga_history::id.asc())
+        .select(HistoryEntry::as_select())
+        .load(&mut conn)
+        .await?;
+    detail(state.engine.catalog(), row, history)
+}
+
 #[OpenApi(tag = "crate::api::Tag::Sagas")]
 impl SagasApi {
     /// Get a saga
@@ -434,29 +456,37 @@ impl SagasApi {
     /// The saga's status and input, one entry per step of its definition (forward and
     /// compensation progress, attempts, output, last error) and its full timeline, oldest
     /// first. 404 when no saga has this id.
+    ///
+    /// Instead of polling, ask to wait: `Prefer: wait=N` or `?wait=N` (seconds, at most 25)
+    /// answers as soon as the saga settles (a final status, or FAILED), or after N seconds
+    /// with its current state; `Preference-Applied: wait=N` says the request waited. When
+    /// too many requests wait already (`HTTP_MAX_WAITS`), the answer comes at once without
+    /// that header.
     #[oai(path = "/v1/sagas/:id", method = "get")]
     async fn get(
         &self,
         state: Data<&State>,
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
+        /// Seconds to wait for the saga to settle (0 to 25); wins over `Prefer: wait`.
+        #[oai(validator(maximum(value = "25")))]
+        wait: Query<Option<u32>>,
+        /// RFC 7240 preferences; `wait=N` waits up to N seconds for the saga to settle.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
-        let mut conn = state.database.get().await?;
-        let row = readable_by(&caller, id.0)
-            .select(SagaRow::as_select())
-            .first(&mut conn)
-            .await
-            .optional()?
-            .ok_or_else(|| ApiError::not_found("saga", id.0))?;
-        let history = saga_history::table
-            .filter(saga_history::saga_id.eq(id.0))
-            .order(saga_history::id.asc())
-            .select(HistoryEntry::as_select())
-            .load(&mut conn)
-            .await?;
-        let detail = detail(state.engine.catalog(), row, history)?;
+        let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
+        let (detail, applied) = crate::api::wait::until_settled(&state, id.0, wait, || async {
+            let detail = read_detail(&state, &caller, id.0).await?;
+            let settled = detail
+                .status
+                .parse::<Status>()
+                .is_ok_and(Status::is_settled);
+            Ok((detail, settled))
+        })
+        .await?;
         let etag = format!("\"{}\"", detail.version);
-        Ok(Found::Ok(Json(detail), etag))
+        Ok(Found::Ok(Json(detail), etag, applied))
     }
 
     /// Page through a saga's history

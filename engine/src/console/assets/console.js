@@ -6,7 +6,8 @@
 const KEY = "sagaflow.key";
 const view = document.getElementById("view");
 const notice = document.getElementById("notice");
-let refresh = null; // the current view's polling timer
+let refresh = null; // the current view's retry timer (after an error)
+let stream = null; // the current view's event stream (an AbortController)
 let definitions = null; // cached /v1/saga-definitions
 
 // --- Building the page -------------------------------------------------------------------
@@ -175,10 +176,49 @@ async function sagaList(params) {
       h("thead", {}, h("tr", {}, ["id", "definition", "status", "step", "updated"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 5 }, "No sagas match.")))),
     page.next_cursor ? h("a", { href: `#/sagas?${next}` }, "Older sagas →") : null,
-    h("p", { class: "muted" }, params.get("cursor") ? "" : "The first page refreshes every 3 s."),
+    h("p", { class: "muted" }, params.get("cursor") ? "" : "The first page follows the sagas' events."),
   );
-  // Live on the first page only, so paging back through history stays put.
-  return params.get("cursor") ? null : 3000;
+  // Live on the first page only, so paging back through history stays put: redrawn a
+  // second after sagas change (a burst of events is one redraw).
+  if (!params.get("cursor")) {
+    const only = params.get("definition") ? `?definition=${encodeURIComponent(params.get("definition"))}` : "";
+    follow(`/v1/saga-events${only}`, null, 1000);
+  }
+  return null;
+}
+
+// Follows Server-Sent Events (read with fetch, so the key goes in a header as for every
+// other request) and redraws the view once one arrives, `settle` ms later (lists and the
+// overview gather a burst into one redraw). No timer polls the API.
+function follow(path, lastId, settle = 0) {
+  const controller = new AbortController();
+  stream = controller;
+  const headers = { Accept: "text/event-stream" };
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (lastId) headers["Last-Event-ID"] = String(lastId);
+  const redraw = () => {
+    controller.abort();
+    if (stream === controller) setTimeout(() => { if (stream === controller) route(); }, settle);
+  };
+  fetch(path, { headers, signal: controller.signal }).then(async (response) => {
+    if (!response.ok || !response.body) return;
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      const blocks = buffer.split("\n\n");
+      buffer = blocks.pop();
+      // A block with a data line is an event; ":" lines are keep-alives.
+      if (blocks.some((block) => block.split("\n").some((line) => line.startsWith("data:")))) {
+        redraw();
+        return;
+      }
+    }
+  }).catch(() => {});
 }
 
 async function sagaDetail(id) {
@@ -212,12 +252,13 @@ async function sagaDetail(id) {
     h("h3", {}, "Payload"),
     h("pre", {}, JSON.stringify(saga.payload, null, 2)),
   );
-  const running = saga.status === "RUNNING" || saga.status === "COMPENSATING";
-  // A saga that only waits for a signal (which can take days) is not polled: the page
-  // stays as it is while the operator fills in the signal, and sending it re-renders.
-  const onlySignal = saga.steps.every((step) => step.state !== "in_flight" && step.state !== "awaiting_retry"
-    || step.kind === "signal");
-  return running && !onlySignal ? 2000 : null;
+  // The page follows the saga's events: it is redrawn when the next entry is recorded,
+  // and not otherwise (a saga waiting days for a signal leaves the page, and the signal
+  // form, alone). A final saga records no more.
+  const final = ["COMPLETED", "COMPENSATED", "CANCELLED", "RESOLVED"].includes(saga.status);
+  const last = saga.history.length ? saga.history[saga.history.length - 1].id : 0;
+  if (!final) follow(`/v1/sagas/${encodeURIComponent(id)}/events`, last);
+  return null;
 }
 
 function summary(detail) {
@@ -467,6 +508,8 @@ function route() {
 
 async function renderRoute() {
   clearTimeout(refresh);
+  if (stream) stream.abort();
+  stream = null;
   const [path, query] = location.hash.slice(1).split("?");
   const params = new URLSearchParams(query || "");
   const parts = (path || "/").split("/").filter(Boolean);

@@ -1,0 +1,108 @@
+//! Bounded waits instead of polls: a read of a saga (or of a front onto one, like an order)
+//! with `Prefer: wait=N` (RFC 7240) or `?wait=N` answers as soon as the saga settles (a
+//! final status, or FAILED), or after N seconds with its current state. The wake-up comes
+//! through Postgres `NOTIFY` ([`crate::shell::watch`]), so any replica answers for any saga
+//! at the moment it settles, and a waiting request holds no database connection. Past
+//! `HTTP_MAX_WAITS` waiting requests, a request is answered at once, and its answer says so
+//! by leaving out `Preference-Applied`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::State;
+use super::problem::{ApiError, ApiResult};
+
+/// The longest wait a request may ask for, in seconds.
+pub const MAX_WAIT_SECONDS: u32 = 25;
+
+/// The wait a request asks for: `?wait=N` wins over `Prefer: wait=N`; at most
+/// [`MAX_WAIT_SECONDS`], and never as long as the server's request timeout.
+pub fn requested(state: &State, prefer: Option<&str>, query: Option<u32>) -> ApiResult<Duration> {
+    let from_header = match prefer {
+        None => None,
+        Some(header) => preferred_wait(header)?,
+    };
+    let seconds = query.or(from_header).unwrap_or(0).min(MAX_WAIT_SECONDS);
+    Ok(Duration::from_secs(u64::from(seconds)).min(state.max_wait))
+}
+
+/// `wait=N` among the preferences of a `Prefer` header (others are ignored, as RFC 7240
+/// says); a malformed `wait` is a 400 naming the header.
+fn preferred_wait(header: &str) -> ApiResult<Option<u32>> {
+    for preference in header.split(',') {
+        let token = preference.split(';').next().unwrap_or_default().trim();
+        let Some((name, value)) = token.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("wait") {
+            let value = value.trim().trim_matches('"');
+            return value.parse().map(Some).map_err(|_| {
+                ApiError::invalid(
+                    "Prefer",
+                    format!("Prefer: wait must be a whole number of seconds, got `{value}`"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+/// Reads with `read` (which says whether the saga settled) until it settled, the wait is
+/// over, or the bound on waiters turns the wait down. Returns the last read and the
+/// `Preference-Applied` value when the wait was honoured (also when the saga had settled
+/// already); a wait turned down by the bound leaves it out.
+pub async fn until_settled<T, F, Fut>(
+    state: &State,
+    saga: Uuid,
+    wait: Duration,
+    mut read: F,
+) -> ApiResult<(T, Option<String>)>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ApiResult<(T, bool)>>,
+{
+    let (mut value, settled) = read().await?;
+    if wait.is_zero() {
+        return Ok((value, None));
+    }
+    let applied = Some(format!("wait={}", wait.as_secs()));
+    if settled {
+        return Ok((value, applied));
+    }
+    let Some(mut watch) = state.waiters.watch(saga) else {
+        return Ok((value, None)); // over the bound: the current state, at once
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered first, then read: a settle in between is seen here, not missed.
+        let (now, settled) = read().await?;
+        value = now;
+        if settled
+            || tokio::time::timeout_at(deadline, watch.changed())
+                .await
+                .is_err()
+        {
+            return Ok((value, applied));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_preference_is_read_among_others_and_a_bad_one_names_the_header() {
+        assert_eq!(preferred_wait("wait=5").unwrap(), Some(5));
+        assert_eq!(
+            preferred_wait("respond-async, wait=10; foo").unwrap(),
+            Some(10)
+        );
+        assert_eq!(preferred_wait("return=minimal").unwrap(), None);
+        assert_eq!(preferred_wait("Wait=\"3\"").unwrap(), Some(3));
+        let refused = preferred_wait("wait=soon").unwrap_err();
+        assert!(format!("{refused:?}").contains("Prefer"), "{refused:?}");
+    }
+}
