@@ -287,6 +287,20 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
     }
     assert_eq!(done["status"], "COMPLETED", "{done}");
     assert_eq!(done["total_cents"], 2000);
+    // Placing an order that asks to wait answers with the settled order (200).
+    let settled = api
+        .http
+        .client
+        .post(format!("{}/v1/orders", api.http.base))
+        .header("Prefer", "wait=25")
+        .json(&order("KR"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(settled.status(), StatusCode::OK);
+    assert_eq!(settled.headers()["preference-applied"], "wait=25");
+    let settled: Value = settled.json().await.unwrap();
+    assert_eq!(settled["status"], "COMPLETED", "{settled}");
 
     let far: Value = api
         .post("/v1/orders", order("AQ"))
@@ -364,8 +378,8 @@ async fn orders_complete_compensate_and_honour_idempotency_keys() {
     .await;
     let product: Value = api.get("/v1/products/MUG-01").await.json().await.unwrap();
     assert_eq!(
-        product["stock"], 96,
-        "two completed orders of 2, one rejected and released"
+        product["stock"], 94,
+        "three completed orders of 2 (one placed waiting), one rejected and released"
     );
 
     problem(

@@ -371,6 +371,26 @@ async fn a_waiting_read_is_answered_when_the_saga_settles_and_past_the_bound_at_
     )
     .await;
 
+    // A start that asks to wait gets the settled saga (200), not the 202.
+    let input = json!({
+        "order_id": Uuid::now_v7(), "user_id": Uuid::now_v7(), "total_cents": 100,
+        "lines": [{ "sku": "MUG-01", "quantity": 1 }],
+        "shipping_address": { "country": "KR", "city": "Seoul", "line1": "1", "postal_code": "1" },
+    });
+    let started = api
+        .client
+        .post(format!("{}/v1/sagas", api.base))
+        .header("Prefer", "wait=25")
+        .json(&json!({ "definition": "order", "input": input }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), StatusCode::OK);
+    assert_eq!(started.headers()["preference-applied"], "wait=25");
+    let saga: Value = started.json().await.unwrap();
+    assert_eq!(saga["status"], "COMPLETED", "{saga}");
+    assert_eq!(saga["steps"].as_array().unwrap().len(), 3);
+
     participants.stop().await;
     orchestrator.stop().await;
 }

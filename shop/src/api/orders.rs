@@ -94,6 +94,14 @@ enum Placed {
         #[oai(header = "Location")] String,
         #[oai(header = "Idempotent-Replayed")] Option<bool>,
     ),
+    /// With `Prefer: wait=N`: the order settled within N seconds; here it is, as
+    /// `GET /v1/orders/{id}` shows it.
+    #[oai(status = 200)]
+    Settled(
+        Json<Order>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Preference-Applied")] Option<String>,
+    ),
 }
 
 #[derive(ApiResponse)]
@@ -201,7 +209,9 @@ impl OrdersApi {
     /// Answers 202 at once with the order and saga ids. With an `Idempotency-Key`, repeating
     /// the request returns the first request's answer (marked `Idempotent-Replayed: true`)
     /// and starts nothing new; the same key with a different request is 422. Keys are kept
-    /// for 24 hours. Unknown users or SKUs are 422, naming the field.
+    /// for 24 hours. Unknown users or SKUs are 422, naming the field. With
+    /// `Prefer: wait=N` (seconds, at most 25) the answer is 200 with the order when it
+    /// settles within N seconds, else the 202.
     #[oai(path = "/v1/orders", method = "post")]
     async fn place(
         &self,
@@ -210,46 +220,32 @@ impl OrdersApi {
         /// Makes retries safe: the same key always answers with the same order.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        /// RFC 7240 preferences; `wait=N` waits up to N seconds for the order to settle.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Placed> {
-        let key = idempotency::Key::of(
-            &caller,
-            idempotency_key.0.as_deref(),
-            "POST",
-            "/v1/orders",
-            &*body,
-        )?;
-        let mut pooled = state.database.get().await?;
-        let conn: &mut Connection = &mut pooled;
-        let engine = &state.engine;
-        conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
-            if let Some(key) = &key
-                && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
-            {
-                return Ok(placed(first, true));
-            }
-            let input = priced(conn, &body).await?;
-            let started = engine
-                .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
-                .await?;
-            diesel::insert_into(orders::table)
-                .values((
-                    orders::id.eq(input.order_id),
-                    orders::user_id.eq(input.user_id),
-                    orders::lines.eq(inputs::to_value(&input.lines)),
-                    orders::total_cents.eq(input.total_cents),
-                    orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
-                    orders::saga_id.eq(started.id),
-                ))
-                .execute(conn)
-                .await?;
-            let accepted = accepted(input.order_id, started.id);
-            if let Some(key) = &key {
-                idempotency::finish(conn, key, 202, &accepted).await?;
-            }
-            Ok(placed(accepted, false))
+        let wait = wait::requested(&state, prefer.0.as_deref(), None)?;
+        let placed = place_now(&state, &body, idempotency_key, &caller).await?;
+        let Placed::Accepted(accepted, location, replayed) = placed else {
+            return Ok(placed);
+        };
+        if wait.is_zero() {
+            return Ok(Placed::Accepted(accepted, location, replayed));
+        }
+        let (order, applied) = wait::until_settled(&state, accepted.saga_id, wait, || {
+            read_order(&state, &caller, accepted.order_id)
         })
-        .await
+        .await?;
+        let settled = order
+            .saga_status
+            .parse::<Status>()
+            .is_ok_and(Status::is_settled);
+        Ok(if settled {
+            Placed::Settled(Json(order), location, applied)
+        } else {
+            Placed::Accepted(accepted, location, replayed)
+        })
     }
 
     /// Get an order
@@ -288,6 +284,54 @@ impl OrdersApi {
         .await?;
         Ok(Found::Ok(Json(order), applied))
     }
+}
+
+/// Writes the order and starts its saga in one transaction (or finds the first answer to
+/// the same `Idempotency-Key`).
+async fn place_now(
+    state: &State,
+    body: &NewOrder,
+    idempotency_key: Header<Option<String>>,
+    caller: &Caller,
+) -> ApiResult<Placed> {
+    let key = idempotency::Key::of(
+        &caller,
+        idempotency_key.0.as_deref(),
+        "POST",
+        "/v1/orders",
+        body,
+    )?;
+    let mut pooled = state.database.get().await?;
+    let conn: &mut Connection = &mut pooled;
+    let engine = &state.engine;
+    conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+        if let Some(key) = &key
+            && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
+        {
+            return Ok(placed(first, true));
+        }
+        let input = priced(conn, body).await?;
+        let started = engine
+            .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
+            .await?;
+        diesel::insert_into(orders::table)
+            .values((
+                orders::id.eq(input.order_id),
+                orders::user_id.eq(input.user_id),
+                orders::lines.eq(inputs::to_value(&input.lines)),
+                orders::total_cents.eq(input.total_cents),
+                orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
+                orders::saga_id.eq(started.id),
+            ))
+            .execute(conn)
+            .await?;
+        let accepted = accepted(input.order_id, started.id);
+        if let Some(key) = &key {
+            idempotency::finish(conn, key, 202, &accepted).await?;
+        }
+        Ok(placed(accepted, false))
+    })
+    .await
 }
 
 /// An order as `GET /v1/orders/{id}` shows it, and whether its saga settled.

@@ -52,7 +52,7 @@ impl poem_openapi::types::Example for NewSaga {
 /// The saga that was started (or, with a reused `Idempotency-Key`, found).
 #[derive(Debug, Object, Serialize, Deserialize)]
 pub(crate) struct SagaStarted {
-    saga_id: Uuid,
+    pub(crate) saga_id: Uuid,
     definition: String,
     /// The version it runs on, to its end.
     version: u32,
@@ -68,6 +68,14 @@ pub(crate) enum StartResponse {
         Json<SagaStarted>,
         #[oai(header = "Location")] String,
         #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
+    /// With `Prefer: wait=N`: the saga settled within N seconds; here it is, as
+    /// `GET /v1/sagas/{id}` shows it.
+    #[oai(status = 200)]
+    Settled(
+        Json<crate::api::operator::sagas::SagaDetail>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Preference-Applied")] Option<String>,
     ),
 }
 

@@ -117,7 +117,7 @@ struct HistoryEntry {
 
 /// A saga with its input, its steps and its timeline.
 #[derive(Debug, Object)]
-struct SagaDetail {
+pub(crate) struct SagaDetail {
     id: Uuid,
     definition: String,
     /// The version of its definition it started on (and finishes on).
@@ -432,7 +432,7 @@ pub(super) fn filtered(
 
 /// A saga as `GET /v1/sagas/{id}` shows it, if the caller may read it (one pooled
 /// connection, given back before any wait).
-async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> ApiResult<SagaDetail> {
+pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> ApiResult<SagaDetail> {
     let mut conn = state.database.get().await?;
     let row = readable_by(caller, id)
         .select(SagaRow::as_select())
@@ -633,7 +633,9 @@ impl SagasApi {
     /// (400 naming the field, as `input/...`). Answers 202 at once with the saga's id. With
     /// an `Idempotency-Key`, repeating the request returns the first answer
     /// (`Idempotent-Replayed: true`) and starts nothing; the same key with another body is
-    /// 422. A client's sagas are its own to read.
+    /// 422. A client's sagas are its own to read. With `Prefer: wait=N` (seconds, at most
+    /// 25) the answer is 200 with the saga as `GET /v1/sagas/{id}` shows it when it settles
+    /// within N seconds, else the 202.
     #[oai(path = "/v1/sagas", method = "post")]
     async fn start(
         &self,
@@ -643,8 +645,41 @@ impl SagasApi {
         /// Makes retries safe: the same key always answers with the same saga.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        /// RFC 7240 preferences; `wait=N` waits up to N seconds for the saga to settle.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
     ) -> ApiResult<start::StartResponse> {
-        start::start(state, caller, body, idempotency_key).await
+        let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), None)?;
+        let response = start::start(Data(*state), Data(*caller), body, idempotency_key).await?;
+        let start::StartResponse::Accepted(started, location, replayed) = response else {
+            return Ok(response);
+        };
+        if wait.is_zero() {
+            return Ok(start::StartResponse::Accepted(started, location, replayed));
+        }
+        let id = started.saga_id;
+        let (detail, applied) = crate::api::wait::until_settled(&state, id, wait, || async {
+            let detail = read_detail(&state, &caller, id).await?;
+            let settled = detail
+                .status
+                .parse::<Status>()
+                .is_ok_and(Status::is_settled);
+            Ok((detail, settled))
+        })
+        .await?;
+        if detail
+            .status
+            .parse::<Status>()
+            .is_ok_and(Status::is_settled)
+        {
+            Ok(start::StartResponse::Settled(
+                Json(detail),
+                location,
+                applied,
+            ))
+        } else {
+            Ok(start::StartResponse::Accepted(started, location, replayed))
+        }
     }
 
     /// Resolve a failed saga by hand
