@@ -17,8 +17,10 @@
 //! - `--keep` keeps the run's database and logs.
 //! - `--bin DIR` runs the `orchestrator` and `worker` binaries in DIR (another build, to
 //!   compare before and after) instead of this build's.
-//! - Latency is measured from the POST to the first GET that shows a final status; GETs are
-//!   `--poll-ms` apart (default 2), which bounds the resolution.
+//! - Latency is measured from the POST to the first GET that shows a final status: by
+//!   default a client waits for the end with `GET /v1/sagas/{id}?wait=25` (answered when
+//!   the saga settles), or polls `--poll-ms` apart for comparison, which bounds the
+//!   resolution.
 //!
 //! It reports sagas/s, completion latency percentiles, step latency per role (from the saga
 //! history), peak RSS per process, Postgres transactions per saga, and the invariants of
@@ -68,9 +70,10 @@ struct Args {
     warmup: usize,
     #[arg(long, value_enum, default_value_t = Flow::Order)]
     flow: Flow,
-    /// Milliseconds between status polls of one saga.
-    #[arg(long = "poll-ms", default_value = "2", value_parser = millis)]
-    poll: Duration,
+    /// Poll each saga's status this many milliseconds apart, for comparison; unset, a
+    /// client waits for the end with `GET /v1/sagas/{id}?wait=25` (no polling).
+    #[arg(long = "poll-ms", value_parser = millis)]
+    poll: Option<Duration>,
     /// Worker processes per role, e.g. `payment=3,inventory=2`.
     #[arg(long, value_delimiter = ',', value_parser = role_count)]
     workers: Vec<(String, usize)>,
@@ -283,12 +286,15 @@ async fn run() -> anyhow::Result<bool> {
         elapsed.as_secs_f64()
     );
     println!(
-        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (POST to final status; GET every {} ms, {:.1} per saga)",
+        "  latency ms        p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (POST to final status; {}, {:.1} GETs per saga)",
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.95)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
-        args.poll.as_millis(),
+        match args.poll {
+            Some(poll) => format!("polled every {} ms", poll.as_millis()),
+            None => "waiting GETs (?wait=25), no polling".to_owned(),
+        },
         polls as f64 / outcomes.len().max(1) as f64
     );
     println!("  final statuses    {statuses:?}");
@@ -371,7 +377,8 @@ struct Client {
     api: Api,
     data: Arc<Data>,
     flow: Flow,
-    poll: Duration,
+    /// `None`: wait for the end with the wait API instead of polling.
+    poll: Option<Duration>,
     /// Coupon uses go round the users, so that no user claims one campaign twice.
     users: Arc<Mutex<usize>>,
 }
@@ -389,9 +396,13 @@ impl Client {
         let started = Instant::now();
         let saga = self.start().await?;
         let mut polls = 0;
+        let path = match self.poll {
+            Some(_) => format!("/v1/sagas/{saga}"),
+            None => format!("/v1/sagas/{saga}?wait=25"),
+        };
         loop {
             polls += 1;
-            let view: Value = self.api.get(&format!("/v1/sagas/{saga}")).await?;
+            let view: Value = self.api.get(&path).await?;
             let status = view["status"].as_str().unwrap_or_default();
             if matches!(status, "COMPLETED" | "COMPENSATED" | "CANCELLED" | "FAILED") {
                 return Ok(Outcome {
@@ -405,7 +416,9 @@ impl Client {
                 started.elapsed() < Duration::from_secs(120),
                 "saga {saga} not final after 120 s"
             );
-            tokio::time::sleep(self.poll).await;
+            if let Some(poll) = self.poll {
+                tokio::time::sleep(poll).await;
+            }
         }
     }
 

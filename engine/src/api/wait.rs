@@ -38,12 +38,16 @@ fn preferred_wait(header: &str) -> ApiResult<Option<u32>> {
         };
         if name.trim().eq_ignore_ascii_case("wait") {
             let value = value.trim().trim_matches('"');
-            return value.parse().map(Some).map_err(|_| {
-                ApiError::invalid(
-                    "Prefer",
-                    format!("Prefer: wait must be a whole number of seconds, got `{value}`"),
-                )
-            });
+            // Longer than any wait granted is the longest one (it is clamped anyway).
+            return value
+                .parse::<u64>()
+                .map(|seconds| Some(u32::try_from(seconds).unwrap_or(u32::MAX)))
+                .map_err(|_| {
+                    ApiError::invalid(
+                        "Prefer",
+                        format!("Prefer: wait must be a whole number of seconds, got `{value}`"),
+                    )
+                });
         }
     }
     Ok(None)
@@ -102,6 +106,7 @@ mod tests {
         );
         assert_eq!(preferred_wait("return=minimal").unwrap(), None);
         assert_eq!(preferred_wait("Wait=\"3\"").unwrap(), Some(3));
+        assert_eq!(preferred_wait("wait=99999999999").unwrap(), Some(u32::MAX));
         let refused = preferred_wait("wait=soon").unwrap_err();
         assert!(format!("{refused:?}").contains("Prefer"), "{refused:?}");
     }
