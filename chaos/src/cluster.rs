@@ -130,6 +130,16 @@ impl Proc {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
     }
 
+    /// The resident set size of the live process now (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// CPU time the live process has used so far (user + system).
     pub fn cpu_time(&self) -> Option<Duration> {
         let pid = self.child.as_ref()?.id();

@@ -46,7 +46,7 @@ impl Default for Sizes {
 /// The harness's API key, with every scope, as `serve` is given it (`dev` runs open and
 /// ignores it).
 pub const API_KEY_ENTRY: &str = "harness:client+operator+admin:harness-key-0123456789";
-const API_KEY: &str = "harness-key-0123456789";
+pub const API_KEY: &str = "harness-key-0123456789";
 
 #[derive(Clone)]
 pub struct Api {
