@@ -324,6 +324,9 @@ async fn start_postgres(dir: &Path) -> anyhow::Result<(Proc, String)> {
             "listen_addresses=127.0.0.1",
             "-c",
             "max_connections=200",
+            // The load generator's `--statements` counts statements per saga with it.
+            "-c",
+            "shared_preload_libraries=pg_stat_statements",
         ],
         dir,
     )

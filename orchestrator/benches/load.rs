@@ -92,6 +92,10 @@ struct Args {
     /// Keep the database and logs for a look afterwards.
     #[arg(long)]
     keep: bool,
+    /// Run a Postgres cluster of the run's own with `pg_stat_statements`, and print the
+    /// statements per saga and the ten that cost most.
+    #[arg(long)]
+    statements: bool,
     /// Passed by `cargo bench` to every bench target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -186,6 +190,7 @@ async fn run() -> anyhow::Result<bool> {
     options.workers = args.workers.clone();
     options.tansu = args.tansu.clone();
     options.env = args.env.clone();
+    options.own_postgres = args.statements;
     let system = System::start(&options).await?;
     let api = Api::new(&system.ports);
     // Plenty of everything: a load run measures the happy path, not refusals.
@@ -234,7 +239,15 @@ async fn run() -> anyhow::Result<bool> {
     };
     let elapsed = started.elapsed();
     let cpu_after = cpu_times(&system);
+    if args.statements {
+        statements::reset(&pool).await?;
+    }
     let per_saga = transactions_per_saga(&client, &pool, 50, background).await?;
+    let top = if args.statements {
+        Some(statements::top(&pool, 50).await?)
+    } else {
+        None
+    };
 
     let mut record = Record::default();
     let mut latencies = Vec::with_capacity(outcomes.len());
@@ -305,6 +318,17 @@ async fn run() -> anyhow::Result<bool> {
     println!(
         "  Postgres          {per_saga:.1} transactions per saga (50 more sagas, no status polling, idle loops' {background:.1}/s taken out)"
     );
+    if let Some((total, top)) = &top {
+        println!(
+            "  statements        {total:.1} per saga (pg_stat_statements over the same 50 sagas; this client's own queries left out); the ten that cost most:"
+        );
+        for statement in top {
+            println!(
+                "    {:>6.2} calls {:>7.3} ms  {}",
+                statement.calls, statement.ms, statement.query
+            );
+        }
+    }
     println!("  CPU ms per saga   (while measured; the backends of Postgres and this client too)");
     let mut total = 0.0;
     for ((name, before), (_, after)) in cpu_before.iter().zip(&cpu_after) {
@@ -365,7 +389,10 @@ async fn run() -> anyhow::Result<bool> {
     } = system;
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
-    platform::db::drop_database(&database_url).await?;
+    if !args.statements {
+        // The run's own cluster (`--statements`) went with its directory.
+        platform::db::drop_database(&database_url).await?;
+    }
     Ok(true)
 }
 
@@ -661,4 +688,66 @@ async fn step_latencies(conn: &mut platform::db::Connection) -> anyhow::Result<V
     )
     .load(conn)
     .await?)
+}
+
+/// `pg_stat_statements` over a measured window (the run's own Postgres preloads it).
+mod statements {
+    use diesel::sql_types::{Double, Text};
+    use diesel_async::RunQueryDsl as _;
+
+    /// One statement's share of a saga.
+    #[derive(diesel::QueryableByName)]
+    pub struct PerSaga {
+        #[diesel(sql_type = Double)]
+        pub calls: f64,
+        #[diesel(sql_type = Double)]
+        pub ms: f64,
+        #[diesel(sql_type = Text)]
+        pub query: String,
+    }
+
+    /// This run's database, without the queries of this client (the counters it reads, the
+    /// sagas it waits for).
+    const OURS: &str = "dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                        AND query NOT LIKE '%pg_stat%' AND query NOT LIKE '%status NOT IN (%'";
+
+    pub async fn reset(pool: &platform::db::Pool) -> anyhow::Result<()> {
+        let mut conn = pool.get().await?;
+        diesel::sql_query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await?;
+        diesel::sql_query("SELECT pg_stat_statements_reset()")
+            .execute(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Statements per saga in all, and the ten that took most time, per saga.
+    pub async fn top(
+        pool: &platform::db::Pool,
+        sagas: usize,
+    ) -> anyhow::Result<(f64, Vec<PerSaga>)> {
+        let mut conn = pool.get().await?;
+        let n = sagas as f64;
+        #[derive(diesel::QueryableByName)]
+        struct Total {
+            #[diesel(sql_type = Double)]
+            calls: f64,
+        }
+        let total: Total = diesel::sql_query(format!(
+            "SELECT coalesce(sum(calls), 0)::float8 / $1 AS calls FROM pg_stat_statements WHERE {OURS}"
+        ))
+        .bind::<Double, _>(n)
+        .get_result(&mut conn)
+        .await?;
+        let top = diesel::sql_query(format!(
+            "SELECT calls::float8 / $1 AS calls, total_exec_time / $1 AS ms, \
+             left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query \
+             FROM pg_stat_statements WHERE {OURS} ORDER BY total_exec_time DESC LIMIT 10"
+        ))
+        .bind::<Double, _>(n)
+        .load(&mut conn)
+        .await?;
+        Ok((total.calls, top))
+    }
 }

@@ -32,7 +32,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let waiters: usize = args.first().map_or(Ok(1_000), |a| a.parse())?;
     let window = Duration::from_secs(args.get(1).map_or(Ok(10), |a| a.parse())?);
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_orchestrator"))
@@ -68,7 +71,11 @@ async fn run() -> anyhow::Result<()> {
         .json(&flow)
         .send()
         .await?;
-    anyhow::ensure!(registered.status().is_success(), "register: {}", registered.status());
+    anyhow::ensure!(
+        registered.status().is_success(),
+        "register: {}",
+        registered.status()
+    );
     let started: Value = client
         .post(format!("{base}/v1/sagas"))
         .json(&json!({ "definition": "held", "input": {} }))
@@ -103,7 +110,12 @@ async fn run() -> anyhow::Result<()> {
     let gauge = format!("sagaflow_waiting_requests {waiters}\n");
     let since = Instant::now();
     loop {
-        let metrics = client.get(format!("{base}/metrics")).send().await?.text().await?;
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
         if metrics.contains(&gauge) {
             break;
         }

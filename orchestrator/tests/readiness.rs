@@ -224,8 +224,11 @@ async fn a_flood_of_probes_leaves_readiness_and_the_api_answering() {
         latencies.len()
     );
     assert!(probes > 4_000, "the flood happened ({probes})");
+    // Probes that reached Postgres or the broker would hold the API for seconds; 500 ms
+    // leaves room for a machine busy with other work (a release build beside CI measured
+    // 162 ms here, an idle one well under 100).
     assert!(
-        p99 < Duration::from_millis(100),
+        p99 < Duration::from_millis(500),
         "API p99 {p99:?} under the flood"
     );
     shutdown.cancel();
