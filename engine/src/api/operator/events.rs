@@ -36,7 +36,9 @@ const PAGE: i64 = 100;
 /// How far back a stream of every saga looks for entries committed after later ones (ids
 /// are taken at insert, commits may land out of order across sagas); entries it already
 /// sent are skipped.
-const LOOKBACK: i64 = 1_000;
+const LOOKBACK: i64 = 200;
+/// A stream of every saga reads at most this often: a burst of changes is one read.
+const GATHER: Duration = Duration::from_millis(100);
 
 /// One entry of a saga's timeline, as a stream sends it.
 #[derive(Debug, Clone, Object, Queryable)]
@@ -103,6 +105,9 @@ impl Cursor {
                     return None; // every entry of a final saga was sent
                 }
                 self.watch.changed().await;
+                if self.scope.saga.is_none() {
+                    tokio::time::sleep(GATHER).await;
+                }
                 continue;
             }
             for event in page {

@@ -468,7 +468,7 @@ impl SagasApi {
         state: Data<&State>,
         #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
         /// Seconds to wait for the saga to settle (0 to 25); wins over `Prefer: wait`.
-        #[oai(validator(maximum(value = "25")))]
+        #[oai(validator(minimum(value = "0"), maximum(value = "25")))]
         wait: Query<Option<u32>>,
         /// RFC 7240 preferences; `wait=N` waits up to N seconds for the saga to settle.
         #[oai(name = "Prefer")]
