@@ -53,42 +53,67 @@ fn preferred_wait(header: &str) -> ApiResult<Option<u32>> {
     Ok(None)
 }
 
-/// Reads with `read` (which says whether the saga settled) until it settled, the wait is
-/// over, or the bound on waiters turns the wait down. Returns the last read and the
+/// What a wait ended with: the last read, whether the saga had settled by then, and the
 /// `Preference-Applied` value when the wait was honoured (also when the saga had settled
 /// already); a wait turned down by the bound leaves it out.
+pub struct Waited<T> {
+    pub value: T,
+    pub settled: bool,
+    pub applied: Option<String>,
+}
+
+/// From a first read (`first`: the value and whether the saga settled), reads again with
+/// `read` until the saga settled, the wait is over, or the bound on waiters turns the wait
+/// down.
 pub async fn until_settled<T, F, Fut>(
     state: &State,
     saga: Uuid,
     wait: Duration,
+    first: (T, bool),
     mut read: F,
-) -> ApiResult<(T, Option<String>)>
+) -> ApiResult<Waited<T>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<(T, bool)>>,
 {
-    let (mut value, settled) = read().await?;
+    let (mut value, mut settled) = first;
     if wait.is_zero() {
-        return Ok((value, None));
+        return Ok(Waited {
+            value,
+            settled,
+            applied: None,
+        });
     }
     let applied = Some(format!("wait={}", wait.as_secs()));
     if settled {
-        return Ok((value, applied));
+        return Ok(Waited {
+            value,
+            settled,
+            applied,
+        });
     }
     let Some(mut watch) = state.waiters.watch(saga) else {
-        return Ok((value, None)); // over the bound: the current state, at once
+        // Over the bound: the current state, at once.
+        return Ok(Waited {
+            value,
+            settled,
+            applied: None,
+        });
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Registered first, then read: a settle in between is seen here, not missed.
-        let (now, settled) = read().await?;
-        value = now;
+        (value, settled) = read().await?;
         if settled
             || tokio::time::timeout_at(deadline, watch.changed())
                 .await
                 .is_err()
         {
-            return Ok((value, applied));
+            return Ok(Waited {
+                value,
+                settled,
+                applied,
+            });
         }
     }
 }

@@ -236,16 +236,11 @@ impl OrdersApi {
         if wait.is_zero() {
             return Ok(Placed::Accepted(accepted, location, replayed));
         }
-        let (order, applied) = wait::until_settled(&state, accepted.saga_id, wait, || {
-            read_order(&state, &caller, accepted.order_id)
-        })
-        .await?;
-        let settled = order
-            .saga_status
-            .parse::<Status>()
-            .is_ok_and(Status::is_settled);
-        Ok(if settled {
-            Placed::Settled(Json(order), location, applied)
+        let read = || read_order(&state, &caller, accepted.order_id);
+        let first = read().await?;
+        let waited = wait::until_settled(&state, accepted.saga_id, wait, first, read).await?;
+        Ok(if waited.settled {
+            Placed::Settled(Json(waited.value), location, waited.applied)
         } else {
             Placed::Accepted(accepted, location, replayed)
         })
@@ -271,21 +266,11 @@ impl OrdersApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let wait = wait::requested(&state, prefer.0.as_deref(), wait.0)?;
-        let (order, settled) = read_order(&state, &caller, id.0).await?;
-        if wait.is_zero() {
-            return Ok(Found::Ok(Json(order), None));
-        }
-        if settled {
-            return Ok(Found::Ok(
-                Json(order),
-                Some(format!("wait={}", wait.as_secs())),
-            ));
-        }
-        let (order, applied) = wait::until_settled(&state, order.saga_id, wait, || {
-            read_order(&state, &caller, id.0)
-        })
-        .await?;
-        Ok(Found::Ok(Json(order), applied))
+        let read = || read_order(&state, &caller, id.0);
+        let first = read().await?;
+        let saga = first.0.saga_id;
+        let waited = wait::until_settled(&state, saga, wait, first, read).await?;
+        Ok(Found::Ok(Json(waited.value), waited.applied))
     }
 }
 

@@ -253,11 +253,11 @@ impl EventsApi {
     ) -> ApiResult<Events> {
         let after = resume_after(last_event_id.0.as_deref())?.unwrap_or(0);
         let mut conn = state.database.get().await?;
-        let mut query = sagas::table.find(id.0).into_boxed();
-        if let Some(owner) = caller.owner() {
-            query = query.filter(sagas::started_by.eq(owner.to_owned()));
-        }
-        let known: Option<Uuid> = query.select(sagas::id).first(&mut conn).await.optional()?;
+        let known: Option<Uuid> = super::sagas::readable_by(&caller, id.0)
+            .select(sagas::id)
+            .first(&mut conn)
+            .await
+            .optional()?;
         if known.is_none() {
             return Err(ApiError::not_found("saga", id.0));
         }

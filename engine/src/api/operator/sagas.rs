@@ -339,7 +339,10 @@ fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
 
 /// The saga `id` if `caller` may read it: a client only the sagas it started (another's is
 /// as unknown as a missing one), everyone else any.
-fn readable_by<'a>(caller: &'a Caller, id: Uuid) -> sagas::BoxedQuery<'a, diesel::pg::Pg> {
+pub(super) fn readable_by<'a>(
+    caller: &'a Caller,
+    id: Uuid,
+) -> sagas::BoxedQuery<'a, diesel::pg::Pg> {
     let query = sagas::table.find(id).into_boxed();
     match caller.owner() {
         Some(client) => query.filter(sagas::started_by.eq(client)),
@@ -449,6 +452,16 @@ pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> Api
     detail(state.engine.catalog(), row, history)
 }
 
+/// [`read_detail`], and whether the saga settled (what a waiting request waits for).
+async fn settling(state: &State, caller: &Caller, id: Uuid) -> ApiResult<(SagaDetail, bool)> {
+    let detail = read_detail(state, caller, id).await?;
+    let settled = detail
+        .status
+        .parse::<Status>()
+        .is_ok_and(Status::is_settled);
+    Ok((detail, settled))
+}
+
 #[OpenApi(tag = "crate::api::Tag::Sagas")]
 impl SagasApi {
     /// Get a saga
@@ -476,15 +489,10 @@ impl SagasApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
-        let (detail, applied) = crate::api::wait::until_settled(&state, id.0, wait, || async {
-            let detail = read_detail(&state, &caller, id.0).await?;
-            let settled = detail
-                .status
-                .parse::<Status>()
-                .is_ok_and(Status::is_settled);
-            Ok((detail, settled))
-        })
-        .await?;
+        let read = || settling(&state, &caller, id.0);
+        let first = read().await?;
+        let waited = crate::api::wait::until_settled(&state, id.0, wait, first, read).await?;
+        let (detail, applied) = (waited.value, waited.applied);
         let etag = format!("\"{}\"", detail.version);
         Ok(Found::Ok(Json(detail), etag, applied))
     }
@@ -658,24 +666,14 @@ impl SagasApi {
             return Ok(start::StartResponse::Accepted(started, location, replayed));
         }
         let id = started.saga_id;
-        let (detail, applied) = crate::api::wait::until_settled(&state, id, wait, || async {
-            let detail = read_detail(&state, &caller, id).await?;
-            let settled = detail
-                .status
-                .parse::<Status>()
-                .is_ok_and(Status::is_settled);
-            Ok((detail, settled))
-        })
-        .await?;
-        if detail
-            .status
-            .parse::<Status>()
-            .is_ok_and(Status::is_settled)
-        {
+        let read = || settling(&state, &caller, id);
+        let first = read().await?;
+        let waited = crate::api::wait::until_settled(&state, id, wait, first, read).await?;
+        if waited.settled {
             Ok(start::StartResponse::Settled(
-                Json(detail),
+                Json(waited.value),
                 location,
-                applied,
+                waited.applied,
             ))
         } else {
             Ok(start::StartResponse::Accepted(started, location, replayed))
