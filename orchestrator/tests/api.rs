@@ -232,7 +232,10 @@ async fn products_users_and_vendors() {
     let vendors: Value = created(api.post("/v1/demo/vendors", json!({ "count": 2 })).await).await;
     assert_eq!(vendors.as_array().unwrap().len(), 2);
     let huge = json!({ "name": "x".repeat(70_000), "balance_cents": 1 });
-    problem(api.post("/v1/users", huge).await, 413, None).await;
+    let too_large = api.post("/v1/users", huge).await;
+    // Its body unread, the connection is closed: the next request must not reuse it.
+    assert_eq!(too_large.headers()["connection"], "close");
+    problem(too_large, 413, None).await;
 
     let users: Value = created(api.post("/v1/demo/users", json!({ "count": 3 })).await).await;
     assert_eq!(users.as_array().unwrap().len(), 3);

@@ -269,13 +269,15 @@ async fn limit_body<E: Endpoint>(
         .map(poem::IntoResponse::into_response)
 }
 
-/// RFC 9110: a 405 lists the methods the resource supports in `Allow`.
+/// RFC 9110: a 405 lists the methods the resource supports in `Allow`; a 413 closes the
+/// connection.
 async fn allow_header<E: Endpoint>(
     endpoint: std::sync::Arc<E>,
     policy: Policy,
     request: Request,
 ) -> poem::Result<poem::Response> {
     let path = request.uri().path().to_owned();
+    let http1 = request.version() < poem::http::Version::HTTP_2;
     let mut response = endpoint
         .call(request)
         .await
@@ -288,6 +290,15 @@ async fn allow_header<E: Endpoint>(
         if let Ok(value) = allowed.join(", ").parse() {
             response.headers_mut().insert("allow", value);
         }
+    }
+    // (HTTP/2 has no `Connection`: the stream is reset instead.)
+    if http1 && response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The body was left unread: the connection cannot carry another request, so the
+        // client must not reuse it (a reused one fails its next request half-sent).
+        response.headers_mut().insert(
+            poem::http::header::CONNECTION,
+            poem::http::HeaderValue::from_static("close"),
+        );
     }
     Ok(response)
 }
