@@ -104,7 +104,17 @@ impl System {
             .rsplit_once('/')
             .map_or(admin.as_str(), |(root, _)| root);
         let database_url = format!("{server_root}/sagaflow_{run}");
-        platform::db::prepare(&database_url).await?;
+        // The binaries under test create and migrate their database: another build's
+        // (`--bin`) runs on its own schema, not on this build's.
+        let mut migrate = Command::new(options.bin.join("orchestrator"));
+        migrate
+            .arg("migrate")
+            .env("DATABASE_URL", &database_url)
+            .env("RUST_LOG", "warn");
+        let migrated = tokio::task::spawn_blocking(move || migrate.status())
+            .await?
+            .context("running `orchestrator migrate`")?;
+        anyhow::ensure!(migrated.success(), "`orchestrator migrate` failed: {migrated}");
 
         let redis_port = free_port()?;
         let mut redis = Proc::new(

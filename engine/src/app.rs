@@ -22,7 +22,7 @@ use crate::api::{self, Mount};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::loops::relay::RelayOptions;
-use crate::shell::Engine;
+use crate::shell::{Engine, Publisher};
 use crate::shell::catalog::Catalog;
 use crate::shell::watch::Waiters;
 
@@ -143,6 +143,14 @@ impl Core {
             options.clock.clone(),
             Arc::clone(&catalog),
         );
+        // With a relay, the engine publishes what it committed at once and the relay marks
+        // it; without one (tests that watch the outbox), nothing is published.
+        let (engine, marks) = if options.relay_enabled {
+            let (publisher, marks) = Publisher::new(producer.clone());
+            (engine.publishing(publisher), Some(marks))
+        } else {
+            (engine, None)
+        };
         let wiring = crate::loops::Wiring {
             engine: &engine,
             engine_database: &engine_database,
@@ -151,8 +159,9 @@ impl Core {
             producer: &producer,
             retention: &config.retention,
             options: &options,
+            marks,
         };
-        for (name, running) in crate::loops::all(&wiring, &shutdown)? {
+        for (name, running) in crate::loops::all(wiring, &shutdown)? {
             loops.spawn(&tasks, name, &shutdown, running);
         }
         Ok(Self {

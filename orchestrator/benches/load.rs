@@ -23,8 +23,10 @@
 //!   resolution.
 //!
 //! It reports sagas/s, completion latency percentiles, step latency per role (from the saga
-//! history), peak RSS per process, Postgres transactions per saga, and the invariants of
-//! the chaos run (exit code 1 when one is broken).
+//! history) and where one step's time goes (relay, broker to worker, worker, back, apply),
+//! peak RSS per process, Postgres transactions (and with `--statements`, statements) per
+//! saga over the measured window, and the invariants of the chaos run (exit code 1 when one
+//! is broken).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -231,6 +233,11 @@ async fn run() -> anyhow::Result<bool> {
         tokio::time::sleep(quiet).await;
         (transactions(&pool).await? - before) as f64 / quiet.as_secs_f64()
     };
+    // The measured window: only the measured sagas (and the client's own GETs) run in it.
+    if args.statements {
+        statements::reset(&pool).await?;
+    }
+    let transactions_before = transactions(&pool).await?;
     let cpu_before = cpu_times(&system);
     let started = Instant::now();
     let outcomes = match args.rate {
@@ -239,12 +246,12 @@ async fn run() -> anyhow::Result<bool> {
     };
     let elapsed = started.elapsed();
     let cpu_after = cpu_times(&system);
-    if args.statements {
-        statements::reset(&pool).await?;
-    }
-    let per_saga = transactions_per_saga(&client, &pool, 50, background).await?;
+    let measured = outcomes.len().max(1) as f64;
+    let per_saga = ((transactions(&pool).await? - transactions_before) as f64
+        - background * elapsed.as_secs_f64())
+        / measured;
     let top = if args.statements {
-        Some(statements::top(&pool, 50).await?)
+        Some(statements::top(&pool, outcomes.len().max(1)).await?)
     } else {
         None
     };
@@ -267,6 +274,7 @@ async fn run() -> anyhow::Result<bool> {
 
     let mut conn = pool.get().await?;
     let steps = step_latencies(&mut conn).await?;
+    let breakdown = step_breakdown(&mut conn).await?;
     let results = chaos::check::all(&mut conn, &record, &sizes).await?;
     let mode = match args.rate {
         None => format!("closed loop, {} clients", args.clients),
@@ -316,18 +324,39 @@ async fn run() -> anyhow::Result<bool> {
         );
     }
     println!(
-        "  Postgres          {per_saga:.1} transactions per saga (50 more sagas, no status polling, idle loops' {background:.1}/s taken out)"
+        "  one step, p50 ms  relay  to-worker  worker   back  apply  (from queued to acknowledged, taken, replied, applied, locked)"
     );
-    if let Some((total, top)) = &top {
+    for hop in &breakdown {
         println!(
-            "  statements        {total:.1} per saga (pg_stat_statements over the same 50 sagas; this client's own queries left out); the ten that cost most:"
+            "    {:<13} {:>6.1} {:>10.1} {:>7.1} {:>6.1} {:>6.1}  ours (relay + apply) {:.1}  ({} steps)",
+            hop.role,
+            hop.relay,
+            hop.to_worker,
+            hop.worker,
+            hop.back,
+            hop.apply,
+            hop.relay + hop.apply,
+            hop.n
         );
-        for statement in top {
-            println!(
-                "    {:>6.2} calls {:>7.3} ms  {}",
-                statement.calls, statement.ms, statement.query
-            );
-        }
+    }
+    println!(
+        "  Postgres          {per_saga:.1} transactions per saga (over the measured window, the client's GETs included; idle loops' {background:.1}/s taken out)"
+    );
+    if let Some((total, by_time, by_calls)) = &top {
+        println!(
+            "  statements        {total:.1} per saga (pg_stat_statements over the measured window; this client's own queries left out); the ten that cost most:"
+        );
+        let show = |statements: &[statements::PerSaga]| {
+            for statement in statements {
+                println!(
+                    "    {:>6.2} calls {:>7.3} ms  {}",
+                    statement.calls, statement.ms, statement.query
+                );
+            }
+        };
+        show(by_time);
+        println!("                    the ten sent most:");
+        show(by_calls);
     }
     println!("  CPU ms per saga   (while measured; the backends of Postgres and this client too)");
     let mut total = 0.0;
@@ -496,48 +525,6 @@ impl Client {
     }
 }
 
-/// Postgres transactions per saga, on their own: `n` sagas started at once with no status
-/// polling, waited for from the database, the waits and the idle loops' share taken out.
-async fn transactions_per_saga(
-    client: &Client,
-    pool: &platform::db::Pool,
-    n: usize,
-    background: f64,
-) -> anyhow::Result<f64> {
-    let before = transactions(pool).await?;
-    let started = Instant::now();
-    let ids = futures_util::future::try_join_all((0..n).map(|_| client.start())).await?;
-    let mut waits = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waits += 1;
-        if unfinished(pool, &ids).await? == 0 {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
-            "sagas not final after 120 s"
-        );
-    }
-    let elapsed = started.elapsed();
-    // Our own: the waits, and the reading of the counter itself.
-    let spent = (transactions(pool).await? - before - waits - 1) as f64
-        - background * elapsed.as_secs_f64();
-    Ok(spent / n as f64)
-}
-
-async fn unfinished(pool: &platform::db::Pool, ids: &[Uuid]) -> anyhow::Result<i64> {
-    let mut conn = pool.get().await?;
-    let row: Count = diesel::sql_query(
-        "SELECT count(*) AS n FROM sagas WHERE id = ANY($1) \
-         AND status NOT IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'FAILED')",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
-    .get_result(&mut conn)
-    .await?;
-    Ok(row.n)
-}
-
 async fn closed_loop(
     client: &Client,
     clients: usize,
@@ -690,6 +677,63 @@ async fn step_latencies(conn: &mut platform::db::Connection) -> anyhow::Result<V
     .await?)
 }
 
+/// Where one forward step's time goes, per role (medians, ms), joined from the timestamps
+/// each hop leaves: the outbox row (queued, then marked published once the broker
+/// acknowledged it), the worker's inbox row (its transaction's start) and reply
+/// (`replied_at`), the engine's reply inbox row (its transaction's start), and the
+/// reply's history entry (stamped when its saga was locked; the messages its transition
+/// queues carry the same time, so the rest of that transaction is the next step's relay).
+#[derive(QueryableByName)]
+struct Breakdown {
+    #[diesel(sql_type = Text)]
+    role: String,
+    /// Queued in the outbox to acknowledged by the broker: the engine's commit, the
+    /// relay's wake-up and read, the produce.
+    #[diesel(sql_type = Double)]
+    relay: f64,
+    /// Acknowledged to the worker's transaction: the consumer's fetch, the worker's inbox
+    /// read and its Redis locks.
+    #[diesel(sql_type = Double)]
+    to_worker: f64,
+    /// The worker's transaction up to its reply.
+    #[diesel(sql_type = Double)]
+    worker: f64,
+    /// Reply to the engine's transaction: the worker's commit, the reply's produce, the
+    /// broker, the engine consumer's fetch.
+    #[diesel(sql_type = Double)]
+    back: f64,
+    /// The engine's transaction up to its saga's lock: the reply's claim, the row lock.
+    #[diesel(sql_type = Double)]
+    apply: f64,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+async fn step_breakdown(conn: &mut platform::db::Connection) -> anyhow::Result<Vec<Breakdown>> {
+    Ok(diesel::sql_query(
+        "WITH hops AS ( \
+           SELECT pc.role, o.created_at AS queued, o.published_at AS published, \
+             pc.processed_at AS taken, (pc.reply ->> 'replied_at')::timestamptz AS replied, \
+             pr.processed_at AS applied, h.recorded_at AS next \
+           FROM outbox o \
+           JOIN processed_commands pc ON pc.command_id = (o.payload ->> 'id')::uuid \
+           JOIN processed_replies pr ON pr.reply_id = (pc.reply ->> 'id')::uuid \
+           JOIN saga_history h ON h.saga_id = pr.saga_id AND h.kind = 'reply.received' \
+             AND h.detail ->> 'reply_id' = pr.reply_id::text \
+           WHERE o.payload ->> 'direction' = 'forward' AND o.published_at IS NOT NULL) \
+         SELECT role, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM published - queued)) * 1000 AS relay, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM taken - published)) * 1000 AS to_worker, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM replied - taken)) * 1000 AS worker, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM applied - replied)) * 1000 AS back, \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM next - applied)) * 1000 AS apply, \
+           count(*) AS n \
+         FROM hops GROUP BY role ORDER BY role",
+    )
+    .load(conn)
+    .await?)
+}
+
 /// `pg_stat_statements` over a measured window (the run's own Postgres preloads it).
 mod statements {
     use diesel::sql_types::{Double, Text};
@@ -722,11 +766,12 @@ mod statements {
         Ok(())
     }
 
-    /// Statements per saga in all, and the ten that took most time, per saga.
+    /// Statements per saga in all, the ten that took most time and the ten sent most, per
+    /// saga.
     pub async fn top(
         pool: &platform::db::Pool,
         sagas: usize,
-    ) -> anyhow::Result<(f64, Vec<PerSaga>)> {
+    ) -> anyhow::Result<(f64, Vec<PerSaga>, Vec<PerSaga>)> {
         let mut conn = pool.get().await?;
         let n = sagas as f64;
         #[derive(diesel::QueryableByName)]
@@ -740,14 +785,18 @@ mod statements {
         .bind::<Double, _>(n)
         .get_result(&mut conn)
         .await?;
-        let top = diesel::sql_query(format!(
-            "SELECT calls::float8 / $1 AS calls, total_exec_time / $1 AS ms, \
-             left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query \
-             FROM pg_stat_statements WHERE {OURS} ORDER BY total_exec_time DESC LIMIT 10"
-        ))
-        .bind::<Double, _>(n)
-        .load(&mut conn)
-        .await?;
-        Ok((total.calls, top))
+        let mut ten = async |order: &str| {
+            diesel::sql_query(format!(
+                "SELECT calls::float8 / $1 AS calls, total_exec_time / $1 AS ms, \
+                 left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query \
+                 FROM pg_stat_statements WHERE {OURS} ORDER BY {order} DESC LIMIT 10"
+            ))
+            .bind::<Double, _>(n)
+            .load::<PerSaga>(&mut conn)
+            .await
+        };
+        let by_time = ten("total_exec_time").await?;
+        let by_calls = ten("calls").await?;
+        Ok((total.calls, by_time, by_calls))
     }
 }

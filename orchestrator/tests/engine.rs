@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
+use engine::loops::relay::RelayOptions;
 use orchestrator::app::Options;
 
 use engine::schema::{outbox, processed_replies, saga_history};
@@ -404,6 +405,44 @@ async fn an_orchestrator_stopped_between_commit_and_publish_loses_nothing() {
     }
     participants.stop().await;
     restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn committed_messages_leave_at_once_and_are_marked_without_the_sweep() {
+    let env = TestEnv::start().await;
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+    // The sweep takes only rows an hour old: whatever reaches a participant here, the task
+    // that committed it sent.
+    let orchestrator = Orchestrator::start(
+        &env,
+        Options {
+            relay: RelayOptions {
+                sweep_after: Duration::from_secs(3600),
+                ..RelayOptions::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let engine = &orchestrator.running.engine;
+    let id = engine.start("order", &order_payload(), None).await.unwrap().id;
+    wait_for_status(&env, id, "COMPLETED").await;
+    assert_eq!(participants.names_for(id).len(), 3);
+    // And the relay marked every row the engine sent: none is left for a sweep to repeat.
+    eventually("every outbox row of the saga marked published", async || {
+        let mut conn = env.db.pool.get().await.unwrap();
+        let unmarked: i64 = outbox::table
+            .filter(outbox::message_key.eq(id.to_string()))
+            .filter(outbox::published_at.is_null())
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        unmarked == 0
+    })
+    .await;
+    participants.stop().await;
+    orchestrator.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

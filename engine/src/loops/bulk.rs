@@ -131,9 +131,9 @@ async fn work(engine: &Engine) -> anyhow::Result<usize> {
         })
         .await?;
     let (worked, acted) = worked;
-    for (saga, writes) in &acted {
-        // Committed: count it. A saga quarantined on the way was written as such.
-        let _ = engine.acted(*saga, writes);
+    for (saga, writes) in acted {
+        // Committed: count and publish it. A saga quarantined on the way was written as such.
+        let _ = engine.acted(saga, writes);
     }
     Ok(worked)
 }

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Options;
 use crate::shell::Engine;
+use crate::shell::publish::Marks;
 
 /// A loop ready to spawn.
 pub type Running = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -50,11 +51,13 @@ pub struct Wiring<'a> {
     pub producer: &'a Producer,
     pub retention: &'a RetentionEnv,
     pub options: &'a Options,
+    /// What the engine sent after its commits, for the relay to mark.
+    pub marks: Option<Marks>,
 }
 
 /// Every loop of an orchestrator, named as `/healthz` reports it.
 pub fn all(
-    wiring: &Wiring<'_>,
+    wiring: Wiring<'_>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Vec<(String, Running)>> {
     let Wiring {
@@ -65,6 +68,7 @@ pub fn all(
         producer,
         retention,
         options,
+        marks,
     } = wiring;
     let mut loops: Vec<(String, Running)> = Vec::new();
     let mut add = |name: String, running: Running| loops.push((name, running));
@@ -77,13 +81,13 @@ pub fn all(
             shutdown.clone(),
         )),
     );
-    if options.relay_enabled {
+    if let Some(marks) = marks {
         let relay = relay::Relay::new(
-            database_url,
             (*engine_database).clone(),
             (*producer).clone(),
             options.clock.clone(),
             options.relay.clone(),
+            marks,
         );
         add("relay".to_owned(), Box::pin(relay.run(shutdown.clone())));
     }

@@ -1,34 +1,38 @@
-//! The outbox relay: publishes outbox rows to Kafka after the transaction that wrote them
-//! committed, and marks them published only once the broker acknowledged them.
+//! The outbox relay: marks published what the engine sent after its commits, and sweeps
+//! up whatever is left unsent.
 //!
-//! Rows are claimed in id order with `FOR UPDATE SKIP LOCKED`, so several orchestrator
-//! replicas never publish the same row twice, and rows of one saga (one key, one partition)
-//! are handed to the idempotent producer in the order they were written. A crash between
-//! publish and mark re-publishes the batch: consumers dedup by message id.
-//!
-//! The relay LISTENs for the outbox trigger's NOTIFY before its first query, so no wake-up
-//! is lost; a poll interval covers a dropped notification connection.
+//! The task that commits a transition publishes its messages itself
+//! ([`crate::shell::publish`]) and hands the acknowledged ids here: the relay marks them
+//! published a few milliseconds later, many batches in one statement. Every
+//! `poll_interval` it also sweeps: rows still unpublished `sweep_after` their transaction
+//! (their process died before sending, the broker refused, a caller never published) are
+//! claimed in id order with `FOR UPDATE SKIP LOCKED`, so several orchestrator replicas
+//! never sweep the same row twice, and rows of one saga (one key, one partition) are
+//! handed to the idempotent producer in the order they were written. A crash between
+//! publish and mark re-publishes: consumers dedup by message id.
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
-use futures_util::StreamExt as _;
+use diesel::sql_types::{Array, BigInt, Timestamptz};
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use platform::db::{self, Connection};
 use platform::kafka::Producer;
-use platform::telemetry;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::schema::outbox;
+use crate::shell::publish::{self, Marks, Message};
 
 #[derive(Debug, Clone)]
 pub struct RelayOptions {
     pub batch_size: i64,
+    /// How often to sweep for rows left unsent.
     pub poll_interval: Duration,
+    /// How old an unsent row must be before the sweep takes it: the committing task sends
+    /// its own at once, and the sweep should not race it.
+    pub sweep_after: Duration,
     /// Published rows older than this are deleted.
     pub retention: Duration,
 }
@@ -38,72 +42,80 @@ impl Default for RelayOptions {
         Self {
             batch_size: 256,
             poll_interval: Duration::from_millis(500),
+            sweep_after: Duration::from_secs(1),
             retention: Duration::from_secs(3600),
         }
     }
 }
 
+/// Ids sent after commit are gathered this long, so that busy moments mark many batches'
+/// messages in one statement.
+const MARK_WINDOW: Duration = Duration::from_millis(10);
+
 pub struct Relay {
-    database_url: String,
     pool: db::Pool,
     producer: Producer,
     clock: Clock,
     options: RelayOptions,
-}
-
-#[derive(Queryable)]
-struct Pending {
-    id: i64,
-    topic: String,
-    message_key: String,
-    payload: serde_json::Value,
-    traceparent: Option<String>,
+    marks: Marks,
 }
 
 impl Relay {
     pub fn new(
-        database_url: &str,
         pool: db::Pool,
         producer: Producer,
         clock: Clock,
         options: RelayOptions,
+        marks: Marks,
     ) -> Self {
         Self {
-            database_url: database_url.to_owned(),
             pool,
             producer,
             clock,
             options,
+            marks,
         }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut listener = match self.listen().await {
-            Ok(conn) => Some(conn),
-            Err(err) => {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "outbox LISTEN failed; polling only"
-                );
-                None
-            }
-        };
-        let mut wakeups = listener
-            .as_mut()
-            .map(|conn| Box::pin(conn.notifications_stream()));
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut last_cleanup = std::time::Instant::now();
         let mut failures = 0u32;
+        let mut sent = Vec::new();
+        let mut next_sweep = tokio::time::Instant::now();
         tracing::info!("outbox relay started");
         loop {
-            if shutdown.is_cancelled() {
-                break;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.marks.recv_many(&mut sent, 4096) => {
+                    if received == 0 {
+                        // Every publisher is gone: only sweeping is left.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep_until(next_sweep) => {}
+                        }
+                    } else {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(MARK_WINDOW) => {}
+                        }
+                        while let Ok(mark) = self.marks.try_recv() {
+                            sent.push(mark);
+                        }
+                        self.mark(&mut sent).await;
+                        continue;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_sweep) => {}
             }
             match self.publish_batch().await {
                 Ok(published) => {
                     failures = 0;
-                    if published as i64 == self.options.batch_size {
-                        continue; // more is waiting
-                    }
+                    next_sweep = tokio::time::Instant::now()
+                        + if published as i64 == self.options.batch_size {
+                            Duration::ZERO // more is waiting
+                        } else {
+                            self.options.poll_interval
+                        };
                 }
                 Err(err) => {
                     failures += 1;
@@ -112,11 +124,8 @@ impl Relay {
                         failures,
                         "outbox publish failed"
                     );
-                    let pause = Duration::from_millis(100 * 2u64.pow(failures.min(6)));
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
+                    next_sweep = tokio::time::Instant::now()
+                        + Duration::from_millis(100 * 2u64.pow(failures.min(6)));
                 }
             }
             if last_cleanup.elapsed() > Duration::from_secs(60) {
@@ -125,46 +134,59 @@ impl Relay {
                     tracing::warn!(error = format!("{err:#}"), "outbox cleanup failed");
                 }
             }
-            let notified = async {
-                match wakeups.as_mut() {
-                    Some(stream) => stream.next().await.is_some(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.options.poll_interval) => {}
-                still_listening = notified => {
-                    if !still_listening {
-                        tracing::warn!("outbox notifications ended; polling only");
-                        wakeups = None;
-                    }
-                }
-            }
         }
+        // What was sent but not yet marked: marked now, rather than sent again later.
+        while let Ok(mark) = self.marks.try_recv() {
+            sent.push(mark);
+        }
+        self.mark(&mut sent).await;
         tracing::info!("outbox relay stopped");
         Ok(())
     }
 
-    async fn listen(&self) -> anyhow::Result<AsyncPgConnection> {
-        let mut conn = AsyncPgConnection::establish(&self.database_url)
-            .await
-            .context("connecting the outbox listener")?;
-        diesel::sql_query("LISTEN sagaflow_outbox")
+    /// Marks rows the engine sent after its commits, each with when the broker acknowledged
+    /// it; on failure they stay unmarked, and the sweep sends them again (a duplicate, which
+    /// consumers drop).
+    async fn mark(&self, sent: &mut Vec<(i64, DateTime<Utc>)>) {
+        if sent.is_empty() {
+            return;
+        }
+        let (ids, acknowledged): (Vec<i64>, Vec<DateTime<Utc>>) = sent.iter().copied().unzip();
+        let marked = async {
+            let mut conn = self.pool.get().await?;
+            diesel::sql_query(
+                "UPDATE outbox SET published_at = u.acknowledged \
+                 FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, acknowledged) \
+                 WHERE outbox.id = u.id",
+            )
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<Timestamptz>, _>(&acknowledged)
             .execute(&mut conn)
             .await?;
-        Ok(conn)
+            anyhow::Ok(())
+        };
+        if let Err(err) = marked.await {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                rows = sent.len(),
+                "marking sent outbox rows failed; the sweep sends them again"
+            );
+        }
+        sent.clear();
     }
 
-    /// Publishes up to one batch; returns how many rows were published.
+    /// Sweeps up to one batch of rows left unsent; returns how many were published.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let horizon = self.clock.now()
+            - chrono::TimeDelta::from_std(self.options.sweep_after).unwrap_or_default();
         let mut pooled = self.pool.get().await?;
         let conn: &mut Connection = &mut pooled;
         let producer = &self.producer;
         let batch_size = self.options.batch_size;
         conn.transaction(async |conn: &mut Connection| {
-            let pending: Vec<Pending> = outbox::table
+            let messages: Vec<Message> = outbox::table
                 .filter(outbox::published_at.is_null())
+                .filter(outbox::created_at.lt(horizon))
                 .order(outbox::id.asc())
                 .limit(batch_size)
                 .select((
@@ -178,38 +200,20 @@ impl Relay {
                 .skip_locked()
                 .load(conn)
                 .await?;
-            if pending.is_empty() {
+            if messages.is_empty() {
                 return Ok(0);
             }
             // All sends are enqueued in id order before any is awaited, so the producer
             // keeps the per-key order while pipelining the batch.
-            let sends = pending.iter().map(|row| async move {
-                // The hop from the outbox to the broker, in the saga's trace; the message's
-                // header makes this span the parent of whoever consumes it.
-                let span = tracing::info_span!(
-                    "outbox.publish",
-                    saga.id = %row.message_key,
-                    topic = %row.topic,
-                    trace_id = tracing::field::Empty,
-                );
-                telemetry::continue_trace(&span, row.traceparent.as_deref());
-                let traceparent = telemetry::handed_on(&span, row.traceparent.as_deref());
-                producer
-                    .send_traced(
-                        &row.topic,
-                        &row.message_key,
-                        &row.payload,
-                        traceparent.as_deref(),
-                    )
-                    .instrument(span)
-                    .await
-            });
+            let sends = messages
+                .iter()
+                .map(|message| publish::send(producer, message));
             let results = futures_util::future::join_all(sends).await;
-            let mut published = Vec::with_capacity(pending.len());
+            let mut published = Vec::with_capacity(messages.len());
             let mut first_error = None;
-            for (row, result) in pending.iter().zip(results) {
+            for (message, result) in messages.iter().zip(results) {
                 match result {
-                    Ok(_) => published.push(row.id),
+                    Ok(_) => published.push(message.id),
                     Err(err) => {
                         first_error.get_or_insert(err);
                     }

@@ -66,13 +66,16 @@ impl Handler<Reply> for ReplyHandler {
         let mut pooled = self.engine.pool().get().await?;
         let conn: &mut Connection = &mut pooled;
         let engine = &self.engine;
-        conn.transaction::<_, shell::Error, _>(async |conn: &mut Connection| {
-            engine
-                .apply_traced_replies(conn, traced.iter().cloned())
-                .await
-        })
-        .await
-        .map_err(transient_waits)?;
+        let queued = conn
+            .transaction::<_, shell::Error, _>(async |conn: &mut Connection| {
+                engine
+                    .apply_traced_replies(conn, traced.iter().cloned())
+                    .await
+            })
+            .await
+            .map_err(transient_waits)?;
+        // Committed: the commands and events it caused leave now.
+        engine.publish(queued);
         drop(spans);
         for delivery in batch {
             engine.record_reply_metrics(&delivery.message);

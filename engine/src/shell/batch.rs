@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::messages;
+use super::publish::Queued;
 use super::store::{self, NewHistory, NewOutboxMessage};
 use super::{Engine, Error, SagaContext};
 use crate::saga::{Action, Input, Status};
@@ -68,6 +69,8 @@ pub(crate) struct Writes {
     pub finished: Vec<(Status, Duration)>,
     /// For a single operator action: why the saga refused it.
     pub refused: Option<(Status, String)>,
+    /// The outbox messages once written, to publish after the commit.
+    pub queued: Queued,
 }
 
 impl Writes {
@@ -101,7 +104,8 @@ impl Writes {
     /// Writes the batch: one versioned multi-row update of the sagas, one insert each for
     /// history and outbox, one update of the reply inbox. A saga changed by someone else
     /// since it was locked (impossible under the row lock, but checked) fails the batch.
-    pub async fn flush(&self, conn: &mut Connection) -> Result<(), Error> {
+    /// The outbox messages move to [`Writes::queued`], to publish after the commit.
+    pub async fn flush(&mut self, conn: &mut Connection) -> Result<(), Error> {
         if !self.rows.is_empty() {
             let updated = store::update_all(conn, &self.rows).await?;
             if updated != self.rows.len() {
@@ -109,7 +113,7 @@ impl Writes {
             }
         }
         store::append_history(conn, &self.history).await?;
-        store::enqueue(conn, &self.outbox).await?;
+        self.queued = store::enqueue(conn, std::mem::take(&mut self.outbox)).await?;
         store::settle_replies(conn, &self.settled).await?;
         // Requests waiting on these sagas (reads, streams) wake on every replica once this
         // commits.

@@ -5,10 +5,10 @@
 //! operator actions and signals are all [`batch::Arrival`]s, planned by one pure function
 //! ([`plan`]) beside the state machine. **Act** on the plan: write the new states (guarded
 //! by the row versions), the history entries and the outbox messages the transitions ask
-//! for, inside the caller's transaction; commit, then count. A batch of
-//! inputs costs a constant number of statements ([`batch`]). Nothing is published here: the
-//! [relay](crate::loops::relay) publishes the outbox after the commit, so there is no state without
-//! its message and no message without its state.
+//! for, inside the caller's transaction; commit, then count and publish ([`publish`]). A
+//! batch of inputs costs a constant number of statements ([`batch`]). Nothing is published
+//! before the commit, so there is no state without its message and no message without its
+//! state; what the committing task fails to send, the [relay](crate::loops::relay) sweeps.
 
 mod batch;
 pub mod catalog;
@@ -16,6 +16,7 @@ mod codec;
 mod messages;
 pub mod metrics;
 mod plan;
+pub mod publish;
 pub mod replay;
 pub mod store;
 pub mod watch;
@@ -37,6 +38,7 @@ use catalog::Catalog;
 use codec::{current_step, encode_state, reply_input};
 use messages::history;
 use metrics::Metrics;
+pub use publish::{Publisher, Queued};
 use store::NewSaga;
 
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +74,13 @@ pub enum Error {
 }
 
 /// A started (or, with a reused idempotency key, found) saga.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Started {
     pub id: Uuid,
     /// `false` when the idempotency key named an existing saga.
     pub created: bool,
+    /// Its first messages: for [`Engine::publish`] once the caller's transaction committed.
+    pub queued: Queued,
 }
 
 #[derive(Clone)]
@@ -86,6 +90,8 @@ pub struct Engine {
     clock: Clock,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
+    /// Sends committed messages at once; without one, the relay sends them all.
+    publisher: Option<Publisher>,
 }
 
 /// What to start: a flow (at its default version unless one is pinned) on an input.
@@ -120,6 +126,23 @@ impl Engine {
             clock,
             catalog,
             metrics: Arc::new(Metrics::default()),
+            publisher: None,
+        }
+    }
+
+    /// This engine publishes what its callers committed at once through `publisher`.
+    pub fn publishing(self, publisher: Publisher) -> Self {
+        Self {
+            publisher: Some(publisher),
+            ..self
+        }
+    }
+
+    /// Publishes the messages of a transaction that committed (an engine without a
+    /// publisher leaves them to the relay).
+    pub fn publish(&self, queued: Queued) {
+        if let Some(publisher) = &self.publisher {
+            publisher.publish(queued);
         }
     }
 
@@ -157,13 +180,16 @@ impl Engine {
             idempotency_key,
             ..Start::new(definition, payload)
         };
-        conn.transaction(async |conn: &mut Connection| self.start_with(conn, start).await)
-            .await
+        let mut started = conn
+            .transaction(async |conn: &mut Connection| self.start_with(conn, start).await)
+            .await?;
+        self.publish(std::mem::take(&mut started.queued));
+        Ok(started)
     }
 
     /// Starts a saga inside the caller's transaction (so an order row and its saga commit
     /// together). With an idempotency key already used for this definition, returns the
-    /// existing saga and writes nothing.
+    /// existing saga and writes nothing. Publish its `queued` once the transaction committed.
     pub async fn start_in(
         &self,
         conn: &mut Connection,
@@ -277,6 +303,7 @@ impl Engine {
             return Ok(Started {
                 id: existing.id,
                 created: false,
+                queued: Queued::default(),
             });
         }
         let context = SagaContext {
@@ -300,21 +327,26 @@ impl Engine {
             now,
         ));
         writes.effects(&self.topics, &context, &transition.actions, now, now);
-        self.act(conn, &writes).await?;
+        self.act(conn, &mut writes).await?;
         self.metrics.saga_started();
-        Ok(Started { id, created: true })
+        Ok(Started {
+            id,
+            created: true,
+            queued: writes.queued,
+        })
     }
 
     /// Applies a batch of participants' replies inside the caller's transaction, with a
     /// constant number of statements: the replies claimed in the inbox (a redelivered reply
     /// changes nothing), their sagas locked in id order (so that replicas cannot deadlock),
     /// the transitions computed in memory in the batch's order, and the changes written.
-    /// A reply for an unknown, quarantined or stale saga is recorded and ignored.
+    /// A reply for an unknown, quarantined or stale saga is recorded and ignored. Publish
+    /// what it queued once the transaction committed.
     pub async fn apply_replies<'a>(
         &self,
         conn: &mut Connection,
         replies: impl IntoIterator<Item = &'a Reply>,
-    ) -> Result<(), Error> {
+    ) -> Result<Queued, Error> {
         self.apply_traced_replies(conn, replies.into_iter().map(|reply| (reply, None)))
             .await
     }
@@ -325,7 +357,7 @@ impl Engine {
         &self,
         conn: &mut Connection,
         replies: impl IntoIterator<Item = (&'a Reply, Option<String>)>,
-    ) -> Result<(), Error> {
+    ) -> Result<Queued, Error> {
         let mut seen = std::collections::HashSet::new();
         let mut received = 0;
         let unique: Vec<(&Reply, Option<String>)> = replies
@@ -364,7 +396,7 @@ impl Engine {
             );
         }
         if arrivals.is_empty() {
-            return Ok(());
+            return Ok(Queued::default());
         }
         let mut ids: Vec<Uuid> = arrivals.iter().map(|a| a.saga_id).collect();
         ids.sort();
@@ -372,7 +404,7 @@ impl Engine {
         let rows = store::lock_all(conn, &ids).await?;
         let writes = self.apply(conn, &rows, arrivals, self.clock.now()).await?;
         self.record(&writes);
-        Ok(())
+        Ok(writes.queued)
     }
 
     /// Verb two: applies inputs of any kind to sagas the caller locked, in its transaction:
@@ -396,13 +428,15 @@ impl Engine {
         if let Some((status, reason)) = writes.refused.clone() {
             return Err(Error::Conflict { status, reason });
         }
-        self.act(conn, &writes).await?;
+        let mut writes = writes;
+        self.act(conn, &mut writes).await?;
         Ok(writes)
     }
 
     /// Verb three: carries out a plan in the caller's transaction, one statement per
-    /// table. Nothing is published here: the relay publishes the outbox after the commit.
-    async fn act(&self, conn: &mut Connection, writes: &Writes) -> Result<(), Error> {
+    /// table. Nothing is published here: its messages wait in `writes.queued` for the
+    /// commit ([`Engine::publish`]).
+    async fn act(&self, conn: &mut Connection, writes: &mut Writes) -> Result<(), Error> {
         writes.flush(conn).await
     }
 
@@ -461,6 +495,7 @@ impl Engine {
             .await?;
         let (fired, writes) = writes;
         self.record(&writes);
+        self.publish(writes.queued);
         Ok(fired)
     }
 
@@ -507,7 +542,7 @@ impl Engine {
                 self.operator_in(conn, id, input, kind, operator).await
             })
             .await?;
-        self.acted(id, &writes)
+        self.acted(id, writes)
     }
 
     /// A bulk job's action on one saga, inside the caller's transaction (so the job
@@ -526,10 +561,11 @@ impl Engine {
         self.operator_in(conn, id, input, kind, operator).await
     }
 
-    /// Counts what a committed operator action did; a saga it found unreadable (and
-    /// quarantined) is reported as such.
-    pub(crate) fn acted(&self, id: Uuid, writes: &Writes) -> Result<(), Error> {
-        self.record(writes);
+    /// Counts and publishes what a committed operator action did; a saga it found
+    /// unreadable (and quarantined) is reported as such.
+    pub(crate) fn acted(&self, id: Uuid, mut writes: Writes) -> Result<(), Error> {
+        self.record(&writes);
+        self.publish(std::mem::take(&mut writes.queued));
         match writes.quarantine() {
             Some(reason) => Err(Error::Corrupt {
                 id,

@@ -16,6 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::batch::RowChange;
+use super::publish::{Message, Queued};
 
 use crate::schema::{outbox, processed_replies, saga_history, sagas};
 
@@ -266,14 +267,31 @@ pub async fn append_history(conn: &mut Connection, entries: &[NewHistory]) -> Qu
     Ok(())
 }
 
-pub async fn enqueue(conn: &mut Connection, messages: &[NewOutboxMessage]) -> QueryResult<()> {
-    if !messages.is_empty() {
-        diesel::insert_into(outbox::table)
-            .values(messages)
-            .execute(conn)
-            .await?;
+/// Writes messages to the outbox; the [`Queued`] they became is for
+/// [`super::Engine::publish`] once the transaction committed.
+pub async fn enqueue(conn: &mut Connection, messages: Vec<NewOutboxMessage>) -> QueryResult<Queued> {
+    if messages.is_empty() {
+        return Ok(Queued::default());
     }
-    Ok(())
+    let mut ids: Vec<i64> = diesel::insert_into(outbox::table)
+        .values(&messages)
+        .returning(outbox::id)
+        .get_results(conn)
+        .await?;
+    // The ids come from the sequence row by row, in the order of the VALUES list.
+    ids.sort_unstable();
+    let queued = messages
+        .into_iter()
+        .zip(ids)
+        .map(|(message, id)| Message {
+            id,
+            topic: message.topic,
+            key: message.message_key,
+            payload: message.payload,
+            traceparent: message.traceparent,
+        })
+        .collect();
+    Ok(Queued(queued))
 }
 
 /// Locks up to `limit` sagas whose timer is due, skipping rows another replica holds.

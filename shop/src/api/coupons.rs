@@ -24,6 +24,7 @@ use engine::api::State;
 use engine::api::idempotency;
 use engine::api::problem::{ApiError, ApiResult};
 use engine::auth::Caller;
+use engine::shell::Queued;
 
 /// Most coupons of one kind, across all its campaigns.
 pub const KIND_LIMIT: i64 = 100;
@@ -282,12 +283,12 @@ impl CouponsApi {
         let engine = &state.engine;
         let mut pooled = state.database.get().await?;
         let conn: &mut Connection = &mut pooled;
-        let (accepted, replayed) = conn
+        let (accepted, replayed, queued) = conn
             .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
                 if let Some(key) = &key
                     && let Some(first) = idempotency::begin::<UseAccepted>(conn, key).await?
                 {
-                    return Ok((first, true));
+                    return Ok((first, true, Queued::default()));
                 }
                 let started = engine
                     .start_for_in(conn, "coupon_use", &payload, caller.owner())
@@ -299,9 +300,11 @@ impl CouponsApi {
                 if let Some(key) = &key {
                     idempotency::finish(conn, key, 202, &accepted).await?;
                 }
-                Ok((accepted, false))
+                Ok((accepted, false, started.queued))
             })
             .await?;
+        // Committed: the saga's first command leaves now.
+        engine.publish(queued);
         let location = accepted.saga_url.clone();
         Ok(Used::Accepted(
             Json(accepted),

@@ -21,6 +21,7 @@ use engine::api::State;
 use engine::api::problem::{ApiError, ApiResult};
 use engine::api::{idempotency, wait};
 use engine::auth::Caller;
+use engine::shell::Queued;
 use engine::saga::Status;
 use engine::shell::store::Glance;
 
@@ -292,11 +293,12 @@ async fn place_now(
     let mut pooled = state.database.get().await?;
     let conn: &mut Connection = &mut pooled;
     let engine = &state.engine;
-    conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+    let (placed, queued) = conn
+        .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
         if let Some(key) = &key
             && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
         {
-            return Ok(placed(first, true));
+            return Ok((placed(first, true), Queued::default()));
         }
         let input = priced(conn, body).await?;
         let started = engine
@@ -317,9 +319,12 @@ async fn place_now(
         if let Some(key) = &key {
             idempotency::finish(conn, key, 202, &accepted).await?;
         }
-        Ok(placed(accepted, false))
+        Ok((placed(accepted, false), started.queued))
     })
-    .await
+    .await?;
+    // Committed: the saga's first command leaves now.
+    engine.publish(queued);
+    Ok(placed)
 }
 
 /// An order as `GET /v1/orders/{id}` shows it, and whether its saga settled.

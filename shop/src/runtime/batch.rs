@@ -1,16 +1,18 @@
 //! A batch of commands, as the consumer loop hands it over, processed together.
 //!
-//! What a command costs on its own (an inbox read, the locks, a transaction with its claim,
-//! its reply and its commit) is paid once per batch:
-//! 1. one inbox read finds the commands answered before (redeliveries): they get their
-//!    stored reply and nothing else;
-//! 2. with the Lua gate, each forward command takes its capacity (a lease of its own);
-//! 3. with Redis locks, the union of the batch's resources is locked once, in sorted order
+//! What a command costs on its own (the locks, a transaction with its claim, its reply and
+//! its commit) is paid once per batch:
+//! 1. with the Lua gate, each forward command takes its capacity (a lease of its own);
+//! 2. with Redis locks, the union of the batch's resources is locked once, in sorted order
 //!    (see [`Locks::lock_all`](crate::lock::Locks::lock_all)), so two batches with
 //!    overlapping resources cannot deadlock;
-//! 4. one transaction: one claim of every command, then each command in its own savepoint
+//! 3. one transaction: one claim of every command, then each command in its own savepoint
 //!    in batch order (which keeps each saga's commands in order), then one statement
-//!    storing every reply, and one commit.
+//!    storing every reply, and one commit;
+//! 4. a command the claim found answered before (a redelivery, or another replica's
+//!    retry that committed first) gets that stored reply, read after the commit, and
+//!    nothing else: its lock and gate capacity were taken for nothing and are given back.
+//!    Redeliveries are rare, so the claim finds them instead of a read before every batch.
 //!
 //! A command that fails (a business rule is not a failure; an infrastructure error is)
 //! rolls back its savepoint only and gives its claim back: its neighbours commit, and the
@@ -51,7 +53,8 @@ struct Work<'a> {
 enum Ended {
     Replied(Reply),
     Failed(anyhow::Error),
-    /// Another replica's transaction claimed it first; its stored reply is read after ours.
+    /// Answered before (a redelivery), or claimed by another replica's transaction that
+    /// committed first: its stored reply is read after ours.
     Elsewhere,
 }
 
@@ -71,17 +74,12 @@ impl<P: Participant> CommandRuntime<P> {
         commands: &[&Command],
     ) -> anyhow::Result<Vec<Answer>> {
         let ids: Vec<Uuid> = commands.iter().map(|command| command.id).collect();
-        let stored = inbox::stored_replies(conn, &ids).await?;
         let mut answers: Vec<Option<Answer>> = commands.iter().map(|_| None).collect();
         // A command id twice in one batch (a producer retry, a re-send) is processed once.
         let mut first: HashMap<Uuid, usize> = HashMap::new();
         let mut works = Vec::new();
         for (index, command) in commands.iter().enumerate() {
-            if let Some(reply) = stored.get(&command.id) {
-                tracing::info!(command.id = %command.id, saga.id = %command.saga_id, "redelivered command; re-sending its reply");
-                answers[index] = Some(Ok(reply.clone()));
-            } else if let std::collections::hash_map::Entry::Vacant(entry) = first.entry(command.id)
-            {
+            if let std::collections::hash_map::Entry::Vacant(entry) = first.entry(command.id) {
                 entry.insert(index);
                 match self.prepare(index, command) {
                     Ok(work) => works.push(work),
@@ -104,6 +102,9 @@ impl<P: Participant> CommandRuntime<P> {
             .filter(|work| matches!(ended.get(&work.index), Some(Ended::Elsewhere)))
             .map(|work| work.command.id)
             .collect();
+        if !elsewhere.is_empty() {
+            tracing::info!(commands = ?elsewhere, "redelivered commands; re-sending their stored replies");
+        }
         let mut theirs = inbox::stored_replies(conn, &elsewhere).await?;
         for work in &works {
             let answer = match ended.remove(&work.index) {

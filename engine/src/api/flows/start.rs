@@ -17,7 +17,7 @@ use crate::api::State;
 use crate::api::idempotency;
 use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
-use crate::shell::{self, Start};
+use crate::shell::{self, Queued, Start};
 
 /// A saga to start.
 #[derive(Debug, Object, Serialize)]
@@ -133,12 +133,12 @@ pub(crate) async fn start(
     check_input(&stored.input, &body.input)?;
     let mut pooled = state.database.get().await?;
     let conn: &mut Connection = &mut pooled;
-    let (started, replayed) = conn
+    let (started, replayed, queued) = conn
         .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
             if let Some(key) = &key
                 && let Some(first) = idempotency::begin::<SagaStarted>(conn, key).await?
             {
-                return Ok((first, true));
+                return Ok((first, true, Queued::default()));
             }
             let start = Start {
                 version: Some(definition.version),
@@ -155,9 +155,11 @@ pub(crate) async fn start(
             if let Some(key) = &key {
                 idempotency::finish(conn, key, 202, &answer).await?;
             }
-            Ok((answer, false))
+            Ok((answer, false, started.queued))
         })
         .await?;
+    // Committed: the saga's first command leaves now.
+    engine.publish(queued);
     let location = started.saga_url.clone();
     Ok(StartResponse::Accepted(
         Json(started),

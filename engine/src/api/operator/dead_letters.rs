@@ -214,13 +214,16 @@ impl DeadLettersApi {
                             Err(reason) => return Ok(Err(reason)),
                         };
                     // The outbox row and the letter's state commit together: once.
-                    store::enqueue(conn, &[message]).await?;
+                    let queued = store::enqueue(conn, vec![message]).await?;
                     mark(conn, id, "replayed", &caller.name, body.reason.as_deref()).await?;
-                    Ok(Ok(()))
+                    Ok(Ok(queued))
                 })
                 .await?;
             match outcome {
-                Ok(()) => settled.done.push(id),
+                Ok(queued) => {
+                    state.engine.publish(queued);
+                    settled.done.push(id);
+                }
                 Err(reason) => settled.skipped.push(Skipped { id, reason }),
             }
         }
