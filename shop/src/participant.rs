@@ -112,8 +112,9 @@ pub trait Participant: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
-    /// Applies the command (forward or compensation) inside the runtime's savepoint and
-    /// returns the reply's output.
+    /// Applies the command (forward or compensation) inside the runtime's transaction and
+    /// returns the reply's output; a rejection's changes are rolled back, and only its own
+    /// (see `runtime::batch`).
     fn apply(
         &self,
         conn: &mut Connection,

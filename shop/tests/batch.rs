@@ -59,12 +59,12 @@ async fn recording(db: &TestDb) -> (AsyncPgConnection, Arc<Mutex<Vec<String>>>) 
     (conn, statements)
 }
 
-/// (statements on the inbox, commits) for one batch of `size` charges.
+/// (statements on the inbox, commits, savepoints) for one batch of `size` charges.
 async fn cost_of_batch(
     db: &TestDb,
     runtime: &CommandRuntime<Payment>,
     size: usize,
-) -> (usize, usize) {
+) -> (usize, usize, usize) {
     let mut commands = Vec::new();
     for _ in 0..size {
         commands.push(charge(add_user(&db.pool, 1_000).await, 100));
@@ -85,7 +85,11 @@ async fn cost_of_batch(
         .iter()
         .filter(|sql| sql.trim().eq_ignore_ascii_case("COMMIT"))
         .count();
-    (inbox, commits)
+    let savepoints = statements
+        .iter()
+        .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
+        .count();
+    (inbox, commits, savepoints)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -95,9 +99,52 @@ async fn a_batch_costs_one_transaction_and_the_same_inbox_statements_whatever_it
     let runtime = payments(&db, &redis);
     let one = cost_of_batch(&db, &runtime, 1).await;
     let sixteen = cost_of_batch(&db, &runtime, 16).await;
-    // Claim (which finds redeliveries too), store the replies; one commit.
-    assert_eq!(one, (2, 1));
+    // Claim (which finds redeliveries too), store the replies; one commit; no savepoint
+    // while every command succeeds.
+    assert_eq!(one, (2, 1, 0));
     assert_eq!(sixteen, one, "a batch of 16 costs what a batch of one does");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let runtime = payments(&db, &redis);
+    let mut customers = Vec::new();
+    for n in 0..4 {
+        // The third cannot pay: its charge is a business rejection.
+        customers.push(add_user(&db.pool, if n == 2 { 50 } else { 1_000 }).await);
+    }
+    let commands: Vec<Command> = customers.iter().map(|user| charge(*user, 100)).collect();
+    let batch: Vec<&Command> = commands.iter().collect();
+    let (mut conn, statements) = recording(&db).await;
+    let answers = runtime.process_batch_on(&mut conn, &batch).await.unwrap();
+    for (n, answer) in answers.iter().enumerate() {
+        let reply = answer.as_ref().unwrap();
+        if n == 2 {
+            assert!(
+                rejection(reply).is_some_and(|why| why.contains("insufficient funds")),
+                "{reply:?}"
+            );
+        } else {
+            assert!(succeeded(reply), "neighbour {n} charged");
+        }
+    }
+    // Together first; the rejection sent the batch round again, apart.
+    let savepoints = statements
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
+        .count();
+    assert_eq!(savepoints, 4, "the second round runs each command apart");
+    for (n, user) in customers.iter().enumerate() {
+        let expected = if n == 2 { 50 } else { 900 };
+        assert_eq!(balance(&db, *user).await, expected, "user {n}: charged once");
+    }
+    for command in &commands {
+        assert_eq!(inbox_rows(&db, command.id).await, 1, "every command answered");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -92,7 +92,7 @@ where
             applied,
         });
     }
-    let Some(mut watch) = state.waiters.watch(saga) else {
+    let Some(mut watch) = state.waiters.watch_settling(saga) else {
         // Over the bound: the current state, at once.
         return Ok(Waited {
             value,

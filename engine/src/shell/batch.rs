@@ -1,6 +1,7 @@
 //! What a batch writes ([`Writes`]) and how: everything the batch changed is written with
 //! one statement per table, whatever the batch size. [`super::plan`] decides the writes.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,6 +11,7 @@ use uuid::Uuid;
 
 use super::messages;
 use super::publish::Queued;
+use super::watch::Change;
 use super::store::{self, NewHistory, NewOutboxMessage};
 use super::{Engine, Error, SagaContext};
 use crate::saga::{Action, Input, Status};
@@ -106,29 +108,55 @@ impl Writes {
     /// since it was locked (impossible under the row lock, but checked) fails the batch.
     /// The outbox messages move to [`Writes::queued`], to publish after the commit.
     pub async fn flush(&mut self, conn: &mut Connection) -> Result<(), Error> {
-        if !self.rows.is_empty() {
-            let updated = store::update_all(conn, &self.rows).await?;
-            if updated != self.rows.len() {
-                return Err(Error::Concurrent(self.rows[0].id));
+        // Independent statements, sent together: one round trip for the batch's writes.
+        let conn: &Connection = conn;
+        let outbox = std::mem::take(&mut self.outbox);
+        let changes = &self.rows;
+        let rows = async {
+            if changes.is_empty() {
+                return Ok(0);
             }
-        }
-        store::append_history(conn, &self.history).await?;
-        self.queued = store::enqueue(conn, std::mem::take(&mut self.outbox)).await?;
-        store::settle_replies(conn, &self.settled).await?;
+            store::update_all(conn, changes).await
+        };
         // Requests waiting on these sagas (reads, streams) wake on every replica once this
         // commits.
-        for payload in super::watch::payloads(&self.changed_sagas()) {
-            store::notify(conn, super::watch::CHANNEL, &payload).await?;
+        let payloads = super::watch::payloads(&self.changed_sagas());
+        let notified = async {
+            for payload in &payloads {
+                store::notify(conn, super::watch::CHANNEL, payload).await?;
+            }
+            Ok(())
+        };
+        let (updated, (), queued, (), ()) = futures_util::try_join!(
+            rows,
+            store::append_history(conn, &self.history),
+            store::enqueue(conn, outbox),
+            store::settle_replies(conn, &self.settled),
+            notified,
+        )?;
+        if updated != self.rows.len() {
+            return Err(Error::Concurrent(self.rows[0].id));
         }
+        self.queued = queued;
         Ok(())
     }
 
-    /// Sagas with a new history entry in this batch, each once.
-    pub fn changed_sagas(&self) -> Vec<Uuid> {
-        let mut ids: Vec<Uuid> = self.history.iter().map(|entry| entry.saga_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+    /// Sagas with a new history entry in this batch, each once, and whether the batch left
+    /// it settled (its last entry's status).
+    pub fn changed_sagas(&self) -> Vec<Change> {
+        let mut last: HashMap<Uuid, &str> = HashMap::new();
+        for entry in &self.history {
+            last.insert(entry.saga_id, &entry.status);
+        }
+        let mut changes: Vec<Change> = last
+            .into_iter()
+            .map(|(id, status)| {
+                let settled = status.parse::<Status>().is_ok_and(Status::is_settled);
+                (id, settled)
+            })
+            .collect();
+        changes.sort_unstable();
+        changes
     }
 }
 

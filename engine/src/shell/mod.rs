@@ -338,7 +338,8 @@ impl Engine {
 
     /// Applies a batch of participants' replies inside the caller's transaction, with a
     /// constant number of statements: the replies claimed in the inbox (a redelivered reply
-    /// changes nothing), their sagas locked in id order (so that replicas cannot deadlock),
+    /// changes nothing) and their sagas locked in id order (so that replicas cannot deadlock),
+    /// both in one round trip,
     /// the transitions computed in memory in the batch's order, and the changes written.
     /// A reply for an unknown, quarantined or stale saga is recorded and ignored. Publish
     /// what it queued once the transaction committed.
@@ -366,7 +367,16 @@ impl Engine {
             .filter(|(r, _)| seen.insert(r.id))
             .collect();
         let (unique, traces): (Vec<&Reply>, Vec<Option<String>>) = unique.into_iter().unzip();
-        let fresh = store::claim_replies(conn, &unique).await?;
+        // The claim and the locks, sent together (pipelined): every saga of the batch is
+        // locked, in id order, though a redelivered reply then locks its saga for nothing.
+        let mut ids: Vec<Uuid> = unique.iter().map(|reply| reply.saga_id).collect();
+        ids.sort();
+        ids.dedup();
+        let shared: &Connection = conn;
+        let (fresh, mut rows) = futures_util::try_join!(
+            store::claim_replies(shared, &unique),
+            store::lock_all(shared, &ids),
+        )?;
         let arrivals: Vec<Arrival> = unique
             .into_iter()
             .zip(traces)
@@ -398,10 +408,7 @@ impl Engine {
         if arrivals.is_empty() {
             return Ok(Queued::default());
         }
-        let mut ids: Vec<Uuid> = arrivals.iter().map(|a| a.saga_id).collect();
-        ids.sort();
-        ids.dedup();
-        let rows = store::lock_all(conn, &ids).await?;
+        rows.retain(|row| arrivals.iter().any(|arrival| arrival.saga_id == row.id));
         let writes = self.apply(conn, &rows, arrivals, self.clock.now()).await?;
         self.record(&writes);
         Ok(writes.queued)

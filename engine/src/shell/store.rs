@@ -1,6 +1,8 @@
 //! Row-level persistence of saga instances, their history and the outbox. Every function
 //! takes a connection that the caller has inside a transaction: the engine decides what
-//! belongs together, this module only knows how to write it.
+//! belongs together, this module only knows how to write it. The batch's statements take a
+//! shared `&Connection`, so that a caller can send several at once: diesel-async pipelines
+//! futures polled together on one connection (one round trip instead of one each).
 
 use std::collections::HashSet;
 
@@ -112,19 +114,21 @@ pub async fn find_by_key(
 
 /// Loads sagas and locks their rows until the transaction ends, in id order, so that two
 /// transactions locking overlapping sets cannot deadlock.
-pub async fn lock_all(conn: &mut Connection, ids: &[Uuid]) -> QueryResult<Vec<SagaRow>> {
+pub async fn lock_all(conn: &Connection, ids: &[Uuid]) -> QueryResult<Vec<SagaRow>> {
+    let mut conn = conn;
     sagas::table
         .filter(sagas::id.eq_any(ids))
         .order(sagas::id.asc())
         .select(SagaRow::as_select())
         .for_update()
-        .load(conn)
+        .load(&mut conn)
         .await
 }
 
 /// Writes each saga's new row if it is still at the version it was read at; returns how
 /// many were written (fewer means another writer got there first).
-pub(crate) async fn update_all(conn: &mut Connection, rows: &[RowChange]) -> QueryResult<usize> {
+pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryResult<usize> {
+    let mut conn = conn;
     let mut ids = Vec::with_capacity(rows.len());
     let mut versions = Vec::with_capacity(rows.len());
     let mut statuses = Vec::with_capacity(rows.len());
@@ -160,16 +164,17 @@ pub(crate) async fn update_all(conn: &mut Connection, rows: &[RowChange]) -> Que
     .bind::<Array<Nullable<Timestamptz>>, _>(&timers)
     .bind::<Array<Nullable<Text>>, _>(&quarantines)
     .bind::<Array<Timestamptz>, _>(&updated)
-    .execute(conn)
+    .execute(&mut conn)
     .await
 }
 
 /// Records reply ids in the inbox (in id order, so that two batches sharing a redelivered
 /// reply cannot deadlock); returns the ids that were new. The others are redeliveries.
 pub async fn claim_replies(
-    conn: &mut Connection,
+    conn: &Connection,
     replies: &[&Reply],
 ) -> QueryResult<HashSet<Uuid>> {
+    let mut conn = conn;
     if replies.is_empty() {
         return Ok(HashSet::new());
     }
@@ -189,13 +194,14 @@ pub async fn claim_replies(
         .values(values)
         .on_conflict_do_nothing()
         .returning(processed_replies::reply_id)
-        .get_results(conn)
+        .get_results(&mut conn)
         .await?;
     Ok(fresh.into_iter().collect())
 }
 
 /// Records what became of each reply.
-pub async fn settle_replies(conn: &mut Connection, settled: &[(Uuid, String)]) -> QueryResult<()> {
+pub async fn settle_replies(conn: &Connection, settled: &[(Uuid, String)]) -> QueryResult<()> {
+    let mut conn = conn;
     if settled.is_empty() {
         return Ok(());
     }
@@ -211,7 +217,7 @@ pub async fn settle_replies(conn: &mut Connection, settled: &[(Uuid, String)]) -
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Text>, _>(&outcomes)
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(())
 }
@@ -237,11 +243,12 @@ pub async fn glance(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Glanc
 
 /// `NOTIFY channel, payload`, delivered when the transaction commits (and never if it
 /// rolls back).
-pub async fn notify(conn: &mut Connection, channel: &str, payload: &str) -> QueryResult<()> {
+pub async fn notify(conn: &Connection, channel: &str, payload: &str) -> QueryResult<()> {
+    let mut conn = conn;
     diesel::sql_query("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
-        .execute(conn)
+        .execute(&mut conn)
         .await?;
     Ok(())
 }
@@ -257,11 +264,12 @@ pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow
         .optional()
 }
 
-pub async fn append_history(conn: &mut Connection, entries: &[NewHistory]) -> QueryResult<()> {
+pub async fn append_history(conn: &Connection, entries: &[NewHistory]) -> QueryResult<()> {
+    let mut conn = conn;
     if !entries.is_empty() {
         diesel::insert_into(saga_history::table)
             .values(entries)
-            .execute(conn)
+            .execute(&mut conn)
             .await?;
     }
     Ok(())
@@ -269,14 +277,15 @@ pub async fn append_history(conn: &mut Connection, entries: &[NewHistory]) -> Qu
 
 /// Writes messages to the outbox; the [`Queued`] they became is for
 /// [`super::Engine::publish`] once the transaction committed.
-pub async fn enqueue(conn: &mut Connection, messages: Vec<NewOutboxMessage>) -> QueryResult<Queued> {
+pub async fn enqueue(conn: &Connection, messages: Vec<NewOutboxMessage>) -> QueryResult<Queued> {
+    let mut conn = conn;
     if messages.is_empty() {
         return Ok(Queued::default());
     }
     let mut ids: Vec<i64> = diesel::insert_into(outbox::table)
         .values(&messages)
         .returning(outbox::id)
-        .get_results(conn)
+        .get_results(&mut conn)
         .await?;
     // The ids come from the sequence row by row, in the order of the VALUES list.
     ids.sort_unstable();

@@ -9,6 +9,11 @@
 //! request registers before it reads again, so a change between its first read and its
 //! registration is not missed. The number of watching requests is bounded: past the bound,
 //! a watch is refused and the request is answered at once.
+//!
+//! A saga the batch settled (final, or FAILED) is marked in the payload (`!id`): a read
+//! waiting for the end wakes only then ([`Waiters::watch_settling`]), not at each of the
+//! saga's steps, so a waiting read costs its saga one read more, not one per step. Streams
+//! wake at every change.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,11 +39,21 @@ pub struct Waiters {
     watched: Mutex<Watched>,
 }
 
+/// A saga changed, and whether that change settled it.
+pub type Change = (Uuid, bool);
+
+/// How often a watched saga (or any saga) changed, and settled, so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    changes: u64,
+    settles: u64,
+}
+
 #[derive(Debug)]
 struct Watched {
-    by_saga: HashMap<Uuid, watch::Sender<u64>>,
+    by_saga: HashMap<Uuid, watch::Sender<Count>>,
     /// Bumped on every change of any saga.
-    any: watch::Sender<u64>,
+    any: watch::Sender<Count>,
     waiting: usize,
 }
 
@@ -46,7 +61,7 @@ impl Default for Watched {
     fn default() -> Self {
         Self {
             by_saga: HashMap::new(),
-            any: watch::channel(0).0,
+            any: watch::channel(Count::default()).0,
             waiting: 0,
         }
     }
@@ -58,15 +73,26 @@ pub struct Watch {
     waiters: Arc<Waiters>,
     /// `None`: every saga.
     id: Option<Uuid>,
-    changes: watch::Receiver<u64>,
+    changes: watch::Receiver<Count>,
+    /// Wake only when the saga settled (or may have: a reconnect), with the settles seen.
+    settling: Option<u64>,
 }
 
 impl Watch {
-    /// Resolves when the saga may have settled since the registration (a wake-up for its
-    /// id, or the listener reconnecting, which may have missed one).
+    /// Resolves when the saga changed since the registration or the last call, or for a
+    /// [`Waiters::watch_settling`] watch, when it may have settled (a wake-up marking it
+    /// settled, or the listener reconnecting, which may have missed one).
     pub async fn changed(&mut self) {
-        if self.changes.changed().await.is_err() {
-            std::future::pending::<()>().await;
+        loop {
+            if self.changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let Some(seen) = self.settling else { return };
+            let settles = self.changes.borrow_and_update().settles;
+            if settles != seen {
+                self.settling = Some(settles);
+                return;
+            }
         }
     }
 }
@@ -99,8 +125,19 @@ impl Waiters {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Registers a request waiting for `id`; `None` when `limit` requests already wait.
+    /// Registers a request watching every change of `id` (a stream); `None` when `limit`
+    /// requests already wait.
     pub fn watch(self: &Arc<Self>, id: Uuid) -> Option<Watch> {
+        self.register(id, false)
+    }
+
+    /// Registers a request waiting for `id` to settle (a waiting read); `None` past the
+    /// bound.
+    pub fn watch_settling(self: &Arc<Self>, id: Uuid) -> Option<Watch> {
+        self.register(id, true)
+    }
+
+    fn register(self: &Arc<Self>, id: Uuid, settling: bool) -> Option<Watch> {
         let mut watched = self.lock();
         if watched.waiting >= self.limit {
             return None;
@@ -109,12 +146,14 @@ impl Waiters {
         let changes = watched
             .by_saga
             .entry(id)
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(Count::default()).0)
             .subscribe();
+        let settles = changes.borrow().settles;
         Some(Watch {
             waiters: Arc::clone(self),
             id: Some(id),
             changes,
+            settling: settling.then_some(settles),
         })
     }
 
@@ -131,6 +170,7 @@ impl Waiters {
             waiters: Arc::clone(self),
             id: None,
             changes,
+            settling: None,
         })
     }
 
@@ -139,24 +179,32 @@ impl Waiters {
         self.lock().waiting
     }
 
-    /// Wakes the requests watching `ids` or every saga.
-    pub fn wake(&self, ids: impl IntoIterator<Item = Uuid>) {
+    /// Wakes the requests watching the changed sagas or every saga; those waiting for a
+    /// saga to settle only if it did.
+    pub fn wake(&self, changes: impl IntoIterator<Item = Change>) {
         let watched = self.lock();
-        for id in ids {
+        for (id, settled) in changes {
             if let Some(sender) = watched.by_saga.get(&id) {
-                sender.send_modify(|n| *n += 1);
+                sender.send_modify(|count| {
+                    count.changes += 1;
+                    count.settles += u64::from(settled);
+                });
             }
         }
-        watched.any.send_modify(|n| *n += 1);
+        watched.any.send_modify(|count| count.changes += 1);
     }
 
     /// Wakes every watching request (they read again and wait on).
     pub fn wake_all(&self) {
+        let bump = |count: &mut Count| {
+            count.changes += 1;
+            count.settles += 1;
+        };
         let watched = self.lock();
         for sender in watched.by_saga.values() {
-            sender.send_modify(|n| *n += 1);
+            sender.send_modify(bump);
         }
-        watched.any.send_modify(|n| *n += 1);
+        watched.any.send_modify(bump);
     }
 
     /// Listens for changed sagas and wakes their watchers, until `shutdown`. A lost
@@ -177,9 +225,7 @@ impl Waiters {
                         tokio::select! {
                             _ = shutdown.cancelled() => return Ok(()),
                             next = stream.next() => match next {
-                                Some(Ok(notification)) => self.wake(
-                                    notification.payload.split(',').filter_map(|id| id.parse().ok()),
-                                ),
+                                Some(Ok(notification)) => self.wake(parse(&notification.payload)),
                                 Some(Err(err)) => {
                                     tracing::warn!(error = %err, "changed-saga listener failed");
                                     break;
@@ -217,16 +263,20 @@ async fn listener(database_url: &str) -> anyhow::Result<AsyncPgConnection> {
     listen_on(database_url, CHANNEL).await
 }
 
-/// The `NOTIFY` payloads for these ids, each under [`MAX_PAYLOAD`] bytes.
-pub fn payloads(ids: &[Uuid]) -> Vec<String> {
+/// The `NOTIFY` payloads for these changes, each under [`MAX_PAYLOAD`] bytes: the ids,
+/// comma-separated, a settled saga's marked `!`.
+pub fn payloads(changes: &[Change]) -> Vec<String> {
     let mut payloads = Vec::new();
     let mut current = String::new();
-    for id in ids {
-        if current.len() + 37 > MAX_PAYLOAD {
+    for (id, settled) in changes {
+        if current.len() + 38 > MAX_PAYLOAD {
             payloads.push(std::mem::take(&mut current));
         }
         if !current.is_empty() {
             current.push(',');
+        }
+        if *settled {
+            current.push('!');
         }
         current.push_str(&id.to_string());
     }
@@ -236,22 +286,52 @@ pub fn payloads(ids: &[Uuid]) -> Vec<String> {
     payloads
 }
 
+/// The changes a payload names; what does not parse is left out.
+fn parse(payload: &str) -> impl Iterator<Item = Change> + '_ {
+    payload.split(',').filter_map(|item| match item.strip_prefix('!') {
+        Some(id) => Some((id.parse().ok()?, true)),
+        None => Some((item.parse().ok()?, false)),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn payloads_stay_under_the_notify_limit_and_keep_every_id() {
-        let ids: Vec<Uuid> = (0..500).map(|_| Uuid::now_v7()).collect();
-        let payloads = payloads(&ids);
+    fn payloads_stay_under_the_notify_limit_and_keep_every_change() {
+        let changes: Vec<Change> = (0..500).map(|n| (Uuid::now_v7(), n % 3 == 0)).collect();
+        let payloads = payloads(&changes);
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
-        let back: Vec<Uuid> = payloads
-            .iter()
-            .flat_map(|p| p.split(','))
-            .map(|id| id.parse().unwrap())
-            .collect();
-        assert_eq!(back, ids);
+        let back: Vec<Change> = payloads.iter().flat_map(|p| parse(p)).collect();
+        assert_eq!(back, changes);
+    }
+
+    #[tokio::test]
+    async fn a_read_waiting_for_the_end_sleeps_through_steps_and_wakes_when_it_settles() {
+        let waiters = Waiters::new(4);
+        let saga = Uuid::now_v7();
+        let mut settling = waiters.watch_settling(saga).unwrap();
+        let mut stream = waiters.watch(saga).unwrap();
+        waiters.wake([(saga, false)]);
+        tokio::time::timeout(Duration::from_secs(5), stream.changed())
+            .await
+            .expect("a stream wakes at every change");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), settling.changed())
+                .await
+                .is_err(),
+            "a step does not wake a read waiting for the end"
+        );
+        waiters.wake([(saga, true)]);
+        tokio::time::timeout(Duration::from_secs(5), settling.changed())
+            .await
+            .expect("the end wakes it");
+        waiters.wake_all();
+        tokio::time::timeout(Duration::from_secs(5), settling.changed())
+            .await
+            .expect("a reconnect may have missed the end: it wakes too");
     }
 
     #[tokio::test]
@@ -264,7 +344,7 @@ mod tests {
             waiters.watch(a).is_none(),
             "a third waiter is over the bound"
         );
-        waiters.wake([a]);
+        waiters.wake([(a, true)]);
         // A wake before the wait is not lost: the receiver saw a change.
         tokio::time::timeout(Duration::from_secs(5), first.changed())
             .await
@@ -280,7 +360,7 @@ mod tests {
         assert!(waiters.watch(a).is_some(), "a freed place is taken again");
         drop(second);
         let mut all = waiters.watch_all().unwrap();
-        waiters.wake([Uuid::now_v7()]);
+        waiters.wake([(Uuid::now_v7(), false)]);
         tokio::time::timeout(Duration::from_secs(5), all.changed())
             .await
             .expect("a stream of every saga wakes for any saga");

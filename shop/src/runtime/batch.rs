@@ -6,9 +6,12 @@
 //! 2. with Redis locks, the union of the batch's resources is locked once, in sorted order
 //!    (see [`Locks::lock_all`](crate::lock::Locks::lock_all)), so two batches with
 //!    overlapping resources cannot deadlock;
-//! 3. one transaction: one claim of every command, then each command in its own savepoint
-//!    in batch order (which keeps each saga's commands in order), then one statement
-//!    storing every reply, and one commit;
+//! 3. one transaction: one claim of every command, then each command in batch order (which
+//!    keeps each saga's commands in order), then one statement storing every reply, and one
+//!    commit. Commands run together first, with no savepoint between them: that is the
+//!    common case, where every one succeeds. The first one rejected or failing aborts that
+//!    attempt, and the batch runs again with each command in its own savepoint, so that a
+//!    rejection or a failure rolls back only its own change;
 //! 4. a command the claim found answered before (a redelivery, or another replica's
 //!    retry that committed first) gets that stored reply, read after the commit, and
 //!    nothing else: its lock and gate capacity were taken for nothing and are given back.
@@ -228,12 +231,29 @@ impl<P: Participant> CommandRuntime<P> {
         ended
     }
 
-    /// The batch's transaction: one claim, a savepoint per command, one reply store.
+    /// The batch's transaction: one claim, the commands together, one reply store; or, when
+    /// one of them must roll back alone, again with a savepoint per command.
     async fn transact(
         &self,
         conn: &mut Connection,
         works: &[Work<'_>],
         context: &Context,
+    ) -> anyhow::Result<HashMap<usize, Ended>> {
+        match self.transact_as(conn, works, context, Isolation::Together).await {
+            Err(err) if err.is::<Apart>() => {
+                self.transact_as(conn, works, context, Isolation::Apart)
+                    .await
+            }
+            ended => ended,
+        }
+    }
+
+    async fn transact_as(
+        &self,
+        conn: &mut Connection,
+        works: &[Work<'_>],
+        context: &Context,
+        isolation: Isolation,
     ) -> anyhow::Result<HashMap<usize, Ended>> {
         let participant = &self.participant;
         conn.transaction::<_, anyhow::Error, _>(async |conn: &mut Connection| {
@@ -258,12 +278,14 @@ impl<P: Participant> CommandRuntime<P> {
                         inbox::store_replies(conn, &unstored).await?;
                         unstored.clear();
                     }
-                    match apply(participant, conn, command, context).await {
+                    match apply(participant, conn, command, context, isolation).await {
                         Ok(outcome) => {
                             let reply = Reply::answering(command, outcome);
                             unstored.push(reply.clone());
                             Ended::Replied(reply)
                         }
+                        // Together, nothing can roll back alone: this attempt is over.
+                        Err(err) if isolation == Isolation::Together => return Err(err),
                         Err(err) => {
                             failed.push(command.id);
                             Ended::Failed(err)
@@ -280,33 +302,67 @@ impl<P: Participant> CommandRuntime<P> {
     }
 }
 
-/// One command in its own savepoint: a rejection or a failure rolls back only its own
-/// business change. The step fence orders it against its step's fence or compensation; a
-/// fence command runs no business change, its reply says whether the original took effect.
+/// How the commands of a batch are kept apart inside its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// No savepoints: every command is expected to succeed. The first that does not ends
+    /// the attempt with [`Apart`].
+    Together,
+    /// Each command in its own savepoint: a rejection or a failure rolls back only its own
+    /// business change.
+    Apart,
+}
+
+/// A command of a batch run together was rejected or failed: its change must roll back
+/// alone, so the batch runs again apart.
+#[derive(Debug, thiserror::Error)]
+#[error("a command of the batch must roll back alone")]
+struct Apart;
+
+/// One command. The step fence orders it against its step's fence or compensation; a fence
+/// command runs no business change, its reply says whether the original took effect.
 async fn apply<P: Participant>(
     participant: &P,
     conn: &mut Connection,
     command: &Command,
     context: &Context,
+    isolation: Isolation,
 ) -> anyhow::Result<Outcome> {
-    let change = conn
-        .transaction::<_, Failure, _>(async |conn: &mut Connection| {
-            match command.direction {
-                Direction::Forward => fence::claim_forward(conn, command).await?,
-                Direction::Compensate => {
-                    fence::fence(conn, command).await?;
-                }
-                Direction::Fence => {
-                    let fenced = fence::fence(conn, command).await?;
-                    return Ok(serde_json::to_value(fenced).map_err(anyhow::Error::from)?);
-                }
-            }
-            participant.apply(conn, command, context).await
-        })
-        .await;
+    let change = match isolation {
+        Isolation::Together => change(participant, conn, command, context).await,
+        Isolation::Apart => {
+            conn.transaction::<_, Failure, _>(async |conn: &mut Connection| {
+                change(participant, conn, command, context).await
+            })
+            .await
+        }
+    };
+    if isolation == Isolation::Together && change.is_err() {
+        return Err(Apart.into());
+    }
     match change {
         Ok(output) => Ok(Outcome::Succeeded { output }),
         Err(Failure::Rejected(reason)) => Ok(Outcome::Rejected { reason }),
         Err(Failure::Retry(err)) => Err(err),
     }
+}
+
+/// The command's fence rule, then its business change.
+async fn change<P: Participant>(
+    participant: &P,
+    conn: &mut Connection,
+    command: &Command,
+    context: &Context,
+) -> Result<serde_json::Value, Failure> {
+    match command.direction {
+        Direction::Forward => fence::claim_forward(conn, command).await?,
+        Direction::Compensate => {
+            fence::fence(conn, command).await?;
+        }
+        Direction::Fence => {
+            let fenced = fence::fence(conn, command).await?;
+            return Ok(serde_json::to_value(fenced).map_err(anyhow::Error::from)?);
+        }
+    }
+    participant.apply(conn, command, context).await
 }
