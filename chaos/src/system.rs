@@ -114,7 +114,10 @@ impl System {
         let migrated = tokio::task::spawn_blocking(move || migrate.status())
             .await?
             .context("running `orchestrator migrate`")?;
-        anyhow::ensure!(migrated.success(), "`orchestrator migrate` failed: {migrated}");
+        anyhow::ensure!(
+            migrated.success(),
+            "`orchestrator migrate` failed: {migrated}"
+        );
 
         let redis_port = free_port()?;
         let mut redis = Proc::new(

@@ -22,9 +22,9 @@ use crate::api::{self, Mount};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::loops::relay::RelayOptions;
-use crate::shell::{Engine, Publisher};
 use crate::shell::catalog::Catalog;
 use crate::shell::watch::Waiters;
+use crate::shell::{Engine, Publisher};
 
 /// Knobs that tests turn; production uses the defaults.
 #[derive(Debug, Clone)]

@@ -425,21 +425,28 @@ async fn committed_messages_leave_at_once_and_are_marked_without_the_sweep() {
     )
     .await;
     let engine = &orchestrator.running.engine;
-    let id = engine.start("order", &order_payload(), None).await.unwrap().id;
+    let id = engine
+        .start("order", &order_payload(), None)
+        .await
+        .unwrap()
+        .id;
     wait_for_status(&env, id, "COMPLETED").await;
     assert_eq!(participants.names_for(id).len(), 3);
     // And the relay marked every row the engine sent: none is left for a sweep to repeat.
-    eventually("every outbox row of the saga marked published", async || {
-        let mut conn = env.db.pool.get().await.unwrap();
-        let unmarked: i64 = outbox::table
-            .filter(outbox::message_key.eq(id.to_string()))
-            .filter(outbox::published_at.is_null())
-            .count()
-            .get_result(&mut conn)
-            .await
-            .unwrap();
-        unmarked == 0
-    })
+    eventually(
+        "every outbox row of the saga marked published",
+        async || {
+            let mut conn = env.db.pool.get().await.unwrap();
+            let unmarked: i64 = outbox::table
+                .filter(outbox::message_key.eq(id.to_string()))
+                .filter(outbox::published_at.is_null())
+                .count()
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+            unmarked == 0
+        },
+    )
     .await;
     participants.stop().await;
     orchestrator.stop().await;

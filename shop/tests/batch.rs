@@ -140,10 +140,18 @@ async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
     assert_eq!(savepoints, 4, "the second round runs each command apart");
     for (n, user) in customers.iter().enumerate() {
         let expected = if n == 2 { 50 } else { 900 };
-        assert_eq!(balance(&db, *user).await, expected, "user {n}: charged once");
+        assert_eq!(
+            balance(&db, *user).await,
+            expected,
+            "user {n}: charged once"
+        );
     }
     for command in &commands {
-        assert_eq!(inbox_rows(&db, command.id).await, 1, "every command answered");
+        assert_eq!(
+            inbox_rows(&db, command.id).await,
+            1,
+            "every command answered"
+        );
     }
 }
 

@@ -53,7 +53,8 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
         .handle(std::slice::from_ref(&delivery))
         .await
         .unwrap();
-    // A redelivery re-sends the stored reply; the command is not counted twice.
+    // A redelivery re-sends the stored reply; the command is not counted twice. It finds
+    // that reply with its claim, under its lock: the lock is waited for twice.
     payments.handle(&[delivery]).await.unwrap();
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -80,7 +81,7 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
     for expected in [
         "sagaflow_commands_total{role=\"payment\",outcome=\"succeeded\"} 1",
         "sagaflow_command_duration_seconds_count{role=\"payment\"} 1",
-        "sagaflow_lock_wait_seconds_count{role=\"payment\"} 1",
+        "sagaflow_lock_wait_seconds_count{role=\"payment\"} 2",
         "# EOF",
     ] {
         assert!(

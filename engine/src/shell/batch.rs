@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::messages;
 use super::publish::Queued;
-use super::watch::Change;
 use super::store::{self, NewHistory, NewOutboxMessage};
+use super::watch::Change;
 use super::{Engine, Error, SagaContext};
 use crate::saga::{Action, Input, Status};
 use platform::contract::Topics;

@@ -39,7 +39,6 @@ impl Queued {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
 }
 
 impl std::fmt::Debug for Queued {

@@ -170,10 +170,7 @@ pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryRe
 
 /// Records reply ids in the inbox (in id order, so that two batches sharing a redelivered
 /// reply cannot deadlock); returns the ids that were new. The others are redeliveries.
-pub async fn claim_replies(
-    conn: &Connection,
-    replies: &[&Reply],
-) -> QueryResult<HashSet<Uuid>> {
+pub async fn claim_replies(conn: &Connection, replies: &[&Reply]) -> QueryResult<HashSet<Uuid>> {
     let mut conn = conn;
     if replies.is_empty() {
         return Ok(HashSet::new());

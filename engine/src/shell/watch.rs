@@ -288,10 +288,12 @@ pub fn payloads(changes: &[Change]) -> Vec<String> {
 
 /// The changes a payload names; what does not parse is left out.
 fn parse(payload: &str) -> impl Iterator<Item = Change> + '_ {
-    payload.split(',').filter_map(|item| match item.strip_prefix('!') {
-        Some(id) => Some((id.parse().ok()?, true)),
-        None => Some((item.parse().ok()?, false)),
-    })
+    payload
+        .split(',')
+        .filter_map(|item| match item.strip_prefix('!') {
+            Some(id) => Some((id.parse().ok()?, true)),
+            None => Some((item.parse().ok()?, false)),
+        })
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use engine::api::State;
 use engine::api::problem::{ApiError, ApiResult};
 use engine::api::{idempotency, wait};
 use engine::auth::Caller;
-use engine::shell::Queued;
 use engine::saga::Status;
+use engine::shell::Queued;
 use engine::shell::store::Glance;
 
 use crate::inputs::{self, Address, OrderInput, OrderLine};
@@ -295,33 +295,33 @@ async fn place_now(
     let engine = &state.engine;
     let (placed, queued) = conn
         .transaction::<_, ApiError, _>(async |conn: &mut Connection| {
-        if let Some(key) = &key
-            && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
-        {
-            return Ok((placed(first, true), Queued::default()));
-        }
-        let input = priced(conn, body).await?;
-        let started = engine
-            .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
-            .await?;
-        diesel::insert_into(orders::table)
-            .values((
-                orders::id.eq(input.order_id),
-                orders::user_id.eq(input.user_id),
-                orders::lines.eq(inputs::to_value(&input.lines)),
-                orders::total_cents.eq(input.total_cents),
-                orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
-                orders::saga_id.eq(started.id),
-            ))
-            .execute(conn)
-            .await?;
-        let accepted = accepted(input.order_id, started.id);
-        if let Some(key) = &key {
-            idempotency::finish(conn, key, 202, &accepted).await?;
-        }
-        Ok((placed(accepted, false), started.queued))
-    })
-    .await?;
+            if let Some(key) = &key
+                && let Some(first) = idempotency::begin::<Accepted>(conn, key).await?
+            {
+                return Ok((placed(first, true), Queued::default()));
+            }
+            let input = priced(conn, body).await?;
+            let started = engine
+                .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
+                .await?;
+            diesel::insert_into(orders::table)
+                .values((
+                    orders::id.eq(input.order_id),
+                    orders::user_id.eq(input.user_id),
+                    orders::lines.eq(inputs::to_value(&input.lines)),
+                    orders::total_cents.eq(input.total_cents),
+                    orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
+                    orders::saga_id.eq(started.id),
+                ))
+                .execute(conn)
+                .await?;
+            let accepted = accepted(input.order_id, started.id);
+            if let Some(key) = &key {
+                idempotency::finish(conn, key, 202, &accepted).await?;
+            }
+            Ok((placed(accepted, false), started.queued))
+        })
+        .await?;
     // Committed: the saga's first command leaves now.
     engine.publish(queued);
     Ok(placed)

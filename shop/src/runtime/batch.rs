@@ -239,7 +239,10 @@ impl<P: Participant> CommandRuntime<P> {
         works: &[Work<'_>],
         context: &Context,
     ) -> anyhow::Result<HashMap<usize, Ended>> {
-        match self.transact_as(conn, works, context, Isolation::Together).await {
+        match self
+            .transact_as(conn, works, context, Isolation::Together)
+            .await
+        {
             Err(err) if err.is::<Apart>() => {
                 self.transact_as(conn, works, context, Isolation::Apart)
                     .await
