@@ -153,6 +153,24 @@ async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
             "every command answered"
         );
     }
+
+    // After a refusal the next batch starts apart at once (not twice, as a rush of
+    // refusals would be); after a batch without one, together again.
+    let savepoints_of = async |runtime: &CommandRuntime<Payment>| {
+        let user = add_user(&db.pool, 1_000).await;
+        let commands = [charge(user, 10), charge(user, 10)];
+        let batch: Vec<&Command> = commands.iter().collect();
+        let (mut conn, statements) = recording(&db).await;
+        let answers = runtime.process_batch_on(&mut conn, &batch).await.unwrap();
+        assert!(answers.iter().all(|a| succeeded(a.as_ref().unwrap())));
+        let statements = statements.lock().unwrap();
+        statements
+            .iter()
+            .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
+            .count()
+    };
+    assert_eq!(savepoints_of(&runtime).await, 2, "apart, once");
+    assert_eq!(savepoints_of(&runtime).await, 0, "together again");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,9 @@
 //!    commit. Commands run together first, with no savepoint between them: that is the
 //!    common case, where every one succeeds. The first one rejected or failing aborts that
 //!    attempt, and the batch runs again with each command in its own savepoint, so that a
-//!    rejection or a failure rolls back only its own change;
+//!    rejection or a failure rolls back only its own change. After a batch with a refusal
+//!    the next one starts apart, so that a run of refusals (a coupon rush) is not paid
+//!    twice;
 //! 4. a command the claim found answered before (a redelivery, or another replica's
 //!    retry that committed first) gets that stored reply, read after the commit, and
 //!    nothing else: its lock and gate capacity were taken for nothing and are given back.
@@ -22,6 +24,7 @@
 //! consumer loop retries it on its own.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -239,16 +242,27 @@ impl<P: Participant> CommandRuntime<P> {
         works: &[Work<'_>],
         context: &Context,
     ) -> anyhow::Result<HashMap<usize, Ended>> {
-        match self
-            .transact_as(conn, works, context, Isolation::Together)
-            .await
-        {
+        let first = if self.refusing.load(Ordering::Relaxed) {
+            Isolation::Apart
+        } else {
+            Isolation::Together
+        };
+        let ended = match self.transact_as(conn, works, context, first).await {
             Err(err) if err.is::<Apart>() => {
                 self.transact_as(conn, works, context, Isolation::Apart)
                     .await
             }
             ended => ended,
+        };
+        if let Ok(ended) = &ended {
+            let refused = ended.values().any(|end| match end {
+                Ended::Replied(reply) => !matches!(reply.outcome, Outcome::Succeeded { .. }),
+                Ended::Failed(_) => true,
+                Ended::Elsewhere => false,
+            });
+            self.refusing.store(refused, Ordering::Relaxed);
         }
+        ended
     }
 
     async fn transact_as(

@@ -70,6 +70,9 @@ pub struct CommandRuntime<P> {
     producer: Producer,
     replies_topic: String,
     options: RuntimeOptions,
+    /// The last batch had a command rejected or failing: the next one runs apart at once
+    /// rather than twice (a coupon rush rejects most of its claims).
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl<P: Participant> CommandRuntime<P> {
@@ -91,6 +94,7 @@ impl<P: Participant> CommandRuntime<P> {
             producer,
             replies_topic: topics.replies(),
             options,
+            refusing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
