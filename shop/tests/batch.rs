@@ -59,6 +59,14 @@ async fn recording(db: &TestDb) -> (AsyncPgConnection, Arc<Mutex<Vec<String>>>) 
     (conn, statements)
 }
 
+/// How many of `statements` open a savepoint.
+fn savepoints(statements: &[String]) -> usize {
+    statements
+        .iter()
+        .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
+        .count()
+}
+
 /// (statements on the inbox, commits, savepoints) for one batch of `size` charges.
 async fn cost_of_batch(
     db: &TestDb,
@@ -85,11 +93,7 @@ async fn cost_of_batch(
         .iter()
         .filter(|sql| sql.trim().eq_ignore_ascii_case("COMMIT"))
         .count();
-    let savepoints = statements
-        .iter()
-        .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
-        .count();
-    (inbox, commits, savepoints)
+    (inbox, commits, savepoints(&statements))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -131,13 +135,11 @@ async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
         }
     }
     // Together first; the rejection sent the batch round again, apart.
-    let savepoints = statements
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
-        .count();
-    assert_eq!(savepoints, 4, "the second round runs each command apart");
+    assert_eq!(
+        savepoints(&statements.lock().unwrap()),
+        4,
+        "the second round runs each command apart"
+    );
     for (n, user) in customers.iter().enumerate() {
         let expected = if n == 2 { 50 } else { 900 };
         assert_eq!(
@@ -163,11 +165,7 @@ async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
         let (mut conn, statements) = recording(&db).await;
         let answers = runtime.process_batch_on(&mut conn, &batch).await.unwrap();
         assert!(answers.iter().all(|a| succeeded(a.as_ref().unwrap())));
-        let statements = statements.lock().unwrap();
-        statements
-            .iter()
-            .filter(|sql| sql.trim().to_ascii_uppercase().starts_with("SAVEPOINT"))
-            .count()
+        savepoints(&statements.lock().unwrap())
     };
     assert_eq!(savepoints_of(&runtime).await, 2, "apart, once");
     assert_eq!(savepoints_of(&runtime).await, 0, "together again");

@@ -3,7 +3,8 @@
 //! `app` spawns it through `platform::liveness::Loops`, which tells `/healthz` when a loop
 //! stopped and stops the process on a fatal broker error.
 //!
-//! - [`relay`]: publishes the outbox after the commits that wrote it;
+//! - [`relay`]: marks published what the engine sent after its commits, and sweeps up
+//!   what was left unsent;
 //! - [`replies`]: applies participants' replies (a consumer per slot);
 //! - [`timers`]: feeds `Tick` to sagas whose timer is due;
 //! - [`bulk`]: works through bulk jobs, one operator action per saga;
