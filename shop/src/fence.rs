@@ -7,7 +7,7 @@
 //!   command is refused, so a late original can never take effect after the saga moved on;
 //! - fence and compensation: set `fenced_at` and learn whether the original took effect.
 
-use diesel::sql_types::{Bool, Int4, Jsonb, Nullable, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Uuid as SqlUuid};
 use diesel::{OptionalExtension as _, QueryableByName, sql_query};
 use diesel_async::RunQueryDsl;
 use platform::contract::{Command, Fenced};
@@ -41,6 +41,29 @@ pub async fn claim_forward(conn: &mut Connection, command: &Command) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// [`claim_forward`] for a set of forward commands, one statement for all: `false` when a
+/// step of the set was fenced first, and the caller must undo the set's changes.
+pub async fn claim_forwards(conn: &mut Connection, commands: &[&Command]) -> Result<bool, Failure> {
+    // In key order, so that two sets racing on the same steps never deadlock.
+    let mut steps = Vec::with_capacity(commands.len());
+    for command in commands {
+        steps.push((command.saga_id, step_of(command)?));
+    }
+    steps.sort_unstable();
+    let (sagas, steps): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
+    let claimed = sql_query(
+        "INSERT INTO step_fences (saga_id, step, applied_at) \
+         SELECT saga_id, step, now() FROM unnest($1::uuid[], $2::int4[]) AS s(saga_id, step) \
+         ON CONFLICT (saga_id, step) DO UPDATE SET applied_at = excluded.applied_at \
+         WHERE step_fences.fenced_at IS NULL",
+    )
+    .bind::<Array<SqlUuid>, _>(&sagas)
+    .bind::<Array<Int4>, _>(&steps)
+    .execute(conn)
+    .await?;
+    Ok(claimed == sagas.len())
 }
 
 #[derive(QueryableByName)]

@@ -1,10 +1,10 @@
 //! The Lua-script strategy: a Redis gate in front of the database.
 //!
-//! One atomic script per operation checks and takes capacity (stock units, coupons left)
-//! from counters held in Redis, so most losers of a rush (the 400 of 500 claims that cannot
-//! get one of 100 coupons) are turned away without touching Postgres. A counter is seeded
-//! from Postgres the first time it is needed (`SET NX`, so a concurrent seeder cannot reset
-//! capacity already taken).
+//! One atomic script checks and takes capacity (stock units, coupons left) from counters
+//! held in Redis, for every operation of a worker's batch in one call, so most losers of a
+//! rush (the 400 of 500 claims that cannot get one of 100 coupons) are turned away without
+//! touching Postgres. A counter is seeded from Postgres the first time it is needed (`SET
+//! NX`, so a concurrent seeder cannot reset capacity already taken).
 //!
 //! The gate is a filter, not the authority: the write behind it is the Postgres strategy's
 //! conditional `UPDATE`, so an over-generous gate (a reseed while operations are in flight)
@@ -17,6 +17,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -29,9 +30,13 @@ use platform::db::Connection;
 
 use crate::guarded::Counter;
 
-/// KEYS: gate counters. ARGV: the operation's id, now (ms), the lease (ms), then the
-/// amounts, then the seeds (one each per key). Returns 1 and takes every amount, or 0 and
-/// takes nothing.
+/// KEYS: the gate counters of a batch of operations. ARGV: now (ms), the lease (ms), one
+/// seed per key (`''` when not read), then each operation: its id, its number of wants `k`,
+/// and `k` pairs (key index, amount). Takes each operation's amounts, all or nothing, in
+/// order, and returns 1 or 0 per operation. When a counter is missing and its seed was not
+/// given, it takes nothing and returns -1 followed by the missing keys' indexes: the caller
+/// reads those seeds from Postgres and calls again. A seed is set with `NX`, so a
+/// concurrent seeder cannot reset capacity already taken.
 ///
 /// Every take is recorded as a lease (`<counter>:leases`, by expiry, and `<counter>:taken`,
 /// the amount) until the operation settles it. A lease still there at its expiry belongs to
@@ -41,10 +46,21 @@ use crate::guarded::Counter;
 static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"local n = #KEYS
-          local op, now, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+          local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+          local missing = {-1}
+          for i = 1, n do
+              local seed = ARGV[2 + i]
+              if seed ~= '' then
+                  redis.call('SET', KEYS[i], seed, 'NX')
+              elseif redis.call('EXISTS', KEYS[i]) == 0 then
+                  missing[#missing + 1] = i
+              end
+          end
+          if #missing > 1 then
+              return missing
+          end
           for i = 1, n do
               local key = KEYS[i]
-              redis.call('SET', key, ARGV[3 + n + i], 'NX')
               local expired = redis.call('ZRANGEBYSCORE', key .. ':leases', '-inf', now)
               for _, member in ipairs(expired) do
                   local amount = redis.call('HGET', key .. ':taken', member)
@@ -55,36 +71,54 @@ static TAKE: LazyLock<Script> = LazyLock::new(|| {
                   redis.call('ZREM', key .. ':leases', member)
               end
           end
-          for i = 1, n do
-              if tonumber(redis.call('GET', KEYS[i])) < tonumber(ARGV[3 + i]) then
-                  return 0
+          local taken = {}
+          local at = 3 + n
+          while at <= #ARGV do
+              local op, k = ARGV[at], tonumber(ARGV[at + 1])
+              local enough = true
+              for j = 0, k - 1 do
+                  local key = KEYS[tonumber(ARGV[at + 2 + 2 * j])]
+                  if tonumber(redis.call('GET', key)) < tonumber(ARGV[at + 3 + 2 * j]) then
+                      enough = false
+                  end
               end
+              if enough then
+                  for j = 0, k - 1 do
+                      local key = KEYS[tonumber(ARGV[at + 2 + 2 * j])]
+                      local amount = ARGV[at + 3 + 2 * j]
+                      redis.call('DECRBY', key, amount)
+                      redis.call('ZADD', key .. ':leases', now + lease, op)
+                      redis.call('HSET', key .. ':taken', op, amount)
+                  end
+              end
+              taken[#taken + 1] = enough and 1 or 0
+              at = at + 2 + 2 * k
           end
-          for i = 1, n do
-              local key = KEYS[i]
-              redis.call('DECRBY', key, ARGV[3 + i])
-              redis.call('ZADD', key .. ':leases', now + lease, op)
-              redis.call('HSET', key .. ':taken', op, ARGV[3 + i])
-          end
-          return 1",
+          return taken",
     )
 });
 
-/// KEYS: gate counters. ARGV: the operation's id, then `1` to return its amounts (it
-/// failed) or `0` to keep them taken (it committed). A lease already reclaimed at its
-/// expiry is not returned twice.
+/// KEYS: the gate counters of a batch of operations. ARGV: each operation: its id, `1` to
+/// return its amounts (it failed) or `0` to keep them taken (it committed), its number of
+/// keys `k`, and their `k` indexes. A lease already reclaimed at its expiry is not returned
+/// twice.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        r"for i = 1, #KEYS do
-              local key = KEYS[i]
-              local amount = redis.call('HGET', key .. ':taken', ARGV[1])
-              if amount then
-                  if ARGV[2] == '1' then
-                      redis.call('INCRBY', key, amount)
+        r"local at = 1
+          while at <= #ARGV do
+              local op, back, k = ARGV[at], ARGV[at + 1] == '1', tonumber(ARGV[at + 2])
+              for j = 1, k do
+                  local key = KEYS[tonumber(ARGV[at + 2 + j])]
+                  local amount = redis.call('HGET', key .. ':taken', op)
+                  if amount then
+                      if back then
+                          redis.call('INCRBY', key, amount)
+                      end
+                      redis.call('HDEL', key .. ':taken', op)
+                      redis.call('ZREM', key .. ':leases', op)
                   end
-                  redis.call('HDEL', key .. ':taken', ARGV[1])
-                  redis.call('ZREM', key .. ':leases', ARGV[1])
               end
+              at = at + 3 + k
           end
           return 1",
     )
@@ -151,45 +185,109 @@ impl Gate {
         op: Uuid,
         now: DateTime<Utc>,
     ) -> anyhow::Result<bool> {
-        let mut seeds = Vec::with_capacity(wants.len());
-        for want in wants {
-            seeds.push(remaining(conn, want).await?);
+        let taken = self.take_all(conn, &[(op, wants)], now).await?;
+        Ok(matches!(taken.as_slice(), [true]))
+    }
+
+    /// [`Gate::take`] for a batch of operations in one script, in order: whether each
+    /// operation took its amounts. Postgres is read only for counters the gate does not
+    /// hold yet.
+    pub async fn take_all(
+        &self,
+        conn: &mut Connection,
+        ops: &[(Uuid, &[Want])],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Vec<bool>> {
+        let (keys, indexed) = self.keys(ops.iter().map(|(op, wants)| (*op, *wants)));
+        if keys.is_empty() {
+            return Ok(vec![true; ops.len()]);
         }
-        let mut script = TAKE.prepare_invoke();
-        for want in wants {
-            script.key(self.key(&want.resource));
-        }
-        script
-            .arg(op.to_string())
-            .arg(now.timestamp_millis())
-            .arg(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
-        for want in wants {
-            script.arg(want.amount);
-        }
-        for seed in seeds {
-            script.arg(seed);
-        }
+        let mut seeds: Vec<Option<i64>> = vec![None; keys.len()];
         let mut redis = self.pool.get().await?;
-        let taken: i64 = script.invoke_async(&mut redis).await?;
-        Ok(taken == 1)
+        loop {
+            let mut script = TAKE.prepare_invoke();
+            for (key, _) in &keys {
+                script.key(key);
+            }
+            script
+                .arg(now.timestamp_millis())
+                .arg(i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX));
+            for seed in &seeds {
+                script.arg(seed.map_or(String::new(), |seed| seed.to_string()));
+            }
+            for (op, wanted) in &indexed {
+                script.arg(op.to_string()).arg(wanted.len());
+                for (index, amount) in wanted {
+                    script.arg(index + 1).arg(*amount);
+                }
+            }
+            let answer: Vec<i64> = script.invoke_async(&mut redis).await?;
+            if answer.as_slice().first() != Some(&-1) {
+                anyhow::ensure!(answer.len() == ops.len(), "gate answered {answer:?}");
+                return Ok(answer.into_iter().map(|taken| taken == 1).collect());
+            }
+            for index in &answer[1..] {
+                let index = usize::try_from(*index - 1)?;
+                let want = keys.get(index).context("gate named an unknown counter")?.1;
+                seeds[index] = Some(remaining(conn, want).await?);
+            }
+        }
     }
 
     /// Ends operation `op`'s leases: `committed` keeps what it took (Postgres has it now),
     /// otherwise it goes back to the counters.
     pub async fn settle(&self, wants: &[Want], op: Uuid, committed: bool) -> anyhow::Result<()> {
-        if wants.is_empty() {
+        self.settle_all(&[(op, wants, committed)]).await
+    }
+
+    /// [`Gate::settle`] for a batch of operations in one script.
+    pub async fn settle_all(&self, ops: &[(Uuid, &[Want], bool)]) -> anyhow::Result<()> {
+        let (keys, indexed) = self.keys(ops.iter().map(|(op, wants, _)| (*op, *wants)));
+        if keys.is_empty() {
             return Ok(());
         }
         let mut script = SETTLE.prepare_invoke();
-        for want in wants {
-            script.key(self.key(&want.resource));
+        for (key, _) in &keys {
+            script.key(key);
         }
-        script
-            .arg(op.to_string())
-            .arg(if committed { "0" } else { "1" });
+        for ((op, wanted), (_, _, committed)) in indexed.iter().zip(ops) {
+            script
+                .arg(op.to_string())
+                .arg(if *committed { "0" } else { "1" })
+                .arg(wanted.len());
+            for (index, _) in wanted {
+                script.arg(index + 1);
+            }
+        }
         let mut redis = self.pool.get().await?;
         script.invoke_async::<i64>(&mut redis).await?;
         Ok(())
+    }
+
+    /// The distinct counters of `ops` (each with a want that names it), and each
+    /// operation's wants as (counter index, amount).
+    fn keys<'w>(
+        &self,
+        ops: impl Iterator<Item = (Uuid, &'w [Want])>,
+    ) -> (Counters<'w>, Vec<(Uuid, Wanted)>) {
+        let mut keys: Vec<(String, &Want)> = Vec::new();
+        let mut indexed = Vec::new();
+        for (op, wants) in ops {
+            let mut wanted = Vec::with_capacity(wants.len());
+            for want in wants {
+                let key = self.key(&want.resource);
+                let index = match keys.iter().position(|(known, _)| *known == key) {
+                    Some(index) => index,
+                    None => {
+                        keys.push((key, want));
+                        keys.len() - 1
+                    }
+                };
+                wanted.push((index, want.amount));
+            }
+            indexed.push((op, wanted));
+        }
+        (keys, indexed)
     }
 
     /// Drops the counters of `resources`; the next operation reseeds them from Postgres.
@@ -210,6 +308,12 @@ impl Gate {
         Ok(())
     }
 }
+
+/// A batch's distinct gate counters, each with a want that names it (for its seed).
+type Counters<'w> = Vec<(String, &'w Want)>;
+
+/// One operation's wants, as (counter index, amount).
+type Wanted = Vec<(usize, i64)>;
 
 /// The capacity left in Postgres (0 for an unknown row).
 async fn remaining(conn: &mut Connection, want: &Want) -> anyhow::Result<i64> {

@@ -121,6 +121,29 @@ pub trait Participant: Send + Sync + 'static {
         command: &Command,
         context: &Context,
     ) -> impl Future<Output = Result<Value, Failure>> + Send;
+
+    /// Whether [`apply_set`](Participant::apply_set) can take this forward command; none by
+    /// default.
+    fn settable(&self, _command: &Command, _context: &Context) -> bool {
+        false
+    }
+
+    /// Applies forward commands of one name, each of a different saga, as one set: a few
+    /// statements decide all of them, whatever their number (a rush of claims on one
+    /// campaign is one conditional insert, not a savepoint and six statements per claim).
+    /// Returns one answer per command, in order: its output, or the reason it is rejected.
+    /// A rejected command must have changed nothing. The runtime orders the set against
+    /// the step fences afterwards; when a step turns out fenced, the set is rolled back
+    /// and its commands are applied one by one.
+    fn apply_set(
+        &self,
+        _conn: &mut Connection,
+        commands: &[&Command],
+        _context: &Context,
+    ) -> impl Future<Output = anyhow::Result<Vec<Result<Value, String>>>> + Send {
+        let count = commands.len();
+        async move { anyhow::bail!("{} takes no sets ({count} commands)", self.role().as_str()) }
+    }
 }
 
 /// Reads `payload.input` as `T`; a payload that does not fit is a rejection (the saga was

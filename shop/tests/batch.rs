@@ -1,23 +1,23 @@
 //! A worker batch on the real Postgres and Redis: one transaction and a constant number of
 //! inbox statements whatever its size; a failing command gives back only its own claim; a
 //! fence later in the batch sees its forward command's output; a command twice in a batch,
-//! or answered before, takes effect once.
+//! or answered before, takes effect once; a rush of claims is decided as one set, and a set
+//! with a fenced step runs again one by one.
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use diesel::connection::{Instrumentation, InstrumentationEvent};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use platform::contract::{Command, Direction, Fenced, Outcome};
 use platform::testkit::{TestDb, TestRedis};
 use serde_json::json;
 use shop::participant::Strategy;
+use shop::participants::coupon::Coupon;
 use shop::participants::payment::Payment;
 use shop::runtime::CommandRuntime;
-use shop::schema::processed_commands;
+use shop::schema::{coupon_campaigns, coupon_claims, processed_commands};
 use support::*;
 use uuid::Uuid;
 
@@ -43,20 +43,6 @@ async fn inbox_rows(db: &TestDb, id: Uuid) -> i64 {
         .get_result(&mut conn)
         .await
         .unwrap()
-}
-
-/// A connection that records the statements it sends.
-async fn recording(db: &TestDb) -> (AsyncPgConnection, Arc<Mutex<Vec<String>>>) {
-    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-    let statements = Arc::new(Mutex::new(Vec::new()));
-    let log = statements.clone();
-    let instrumentation = move |event: InstrumentationEvent<'_>| {
-        if let InstrumentationEvent::StartQuery { query, .. } = event {
-            log.lock().unwrap().push(query.to_string());
-        }
-    };
-    conn.set_instrumentation(Box::new(instrumentation) as Box<dyn Instrumentation>);
-    (conn, statements)
 }
 
 /// How many of `statements` open a savepoint.
@@ -330,5 +316,158 @@ async fn overlapping_claims_in_opposite_orders_do_not_deadlock() {
         theirs.expect("no deadlock on the other side either"),
         Default::default(),
         "both were the first transaction's"
+    );
+}
+
+fn claim(campaign: Uuid, user: Uuid) -> Command {
+    forward(
+        Uuid::now_v7(),
+        0,
+        "coupon.claim",
+        json!({ "campaign_id": campaign, "user_id": user }),
+    )
+}
+
+async fn claimed(db: &TestDb, campaign: Uuid) -> (i32, Vec<Uuid>) {
+    let mut conn = db.pool.get().await.unwrap();
+    let counter: i32 = coupon_campaigns::table
+        .find(campaign)
+        .select(coupon_campaigns::claimed)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let sagas: Vec<Option<Uuid>> = coupon_claims::table
+        .filter(coupon_claims::campaign_id.eq(campaign))
+        .filter(coupon_claims::unclaimed_at.is_null())
+        .select(coupon_claims::saga_id)
+        .load(&mut conn)
+        .await
+        .unwrap();
+    (counter, sagas.into_iter().flatten().collect())
+}
+
+/// (statements, savepoints) of one batch of claims on a campaign of `quantity` coupons:
+/// the first claims are by the same user twice and by a user nobody knows, then `rush`
+/// claims by distinct users.
+async fn rush_of_claims(
+    db: &TestDb,
+    coupons: &CommandRuntime<Coupon>,
+    quantity: i32,
+    rush: usize,
+) -> (usize, usize) {
+    let vendor = add_vendor(&db.pool, true).await;
+    let campaign = add_campaign(&db.pool, vendor, quantity, 1_000).await;
+    let twice = add_user(&db.pool, 0).await;
+    let mut commands = vec![
+        claim(campaign, twice),
+        claim(campaign, twice),
+        claim(campaign, Uuid::now_v7()),
+    ];
+    for _ in 0..rush {
+        commands.push(claim(campaign, add_user(&db.pool, 0).await));
+    }
+    let batch: Vec<&Command> = commands.iter().collect();
+    let (mut conn, statements) = recording(db).await;
+    let answers = coupons.process_batch_on(&mut conn, &batch).await.unwrap();
+    let replies: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    // The rules of a claim, in the batch's order, while coupons last.
+    let why = |n: usize| rejection(&replies[n]).unwrap_or("claimed").to_owned();
+    assert!(succeeded(&replies[0]), "{:?}", replies[0]);
+    assert!(why(1).contains("already holds"), "{}", why(1));
+    assert!(why(2).contains("unknown user"), "{}", why(2));
+    let mut expected = vec![commands[0].saga_id];
+    for n in 3..commands.len() {
+        if expected.len() < quantity as usize {
+            assert!(succeeded(&replies[n]), "claim {n}: {}", why(n));
+            expected.push(commands[n].saga_id);
+        } else {
+            assert!(why(n).contains("no coupons left"), "claim {n}: {}", why(n));
+        }
+    }
+    let (counter, mut sagas) = claimed(db, campaign).await;
+    assert_eq!(counter, quantity, "the counter holds every claim, no more");
+    sagas.sort();
+    expected.sort();
+    assert_eq!(sagas, expected, "the winners, and only they, hold a coupon");
+    let statements = statements.lock().unwrap();
+    (statements.len(), savepoints(&statements))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rush_of_claims_is_decided_as_a_set_in_the_same_statements_whatever_its_size() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    for strategy in [Strategy::RedisLock, Strategy::Postgres] {
+        let coupons = runtime(
+            Coupon::default(),
+            &db,
+            &redis,
+            &idle_producer(),
+            options(strategy, Duration::ZERO),
+        );
+        let small = rush_of_claims(&db, &coupons, 3, 5).await;
+        let large = rush_of_claims(&db, &coupons, 10, 40).await;
+        // The rejections of a set changed nothing: no savepoint, no second round.
+        assert_eq!(small.1, 0, "{strategy:?}: no savepoint");
+        assert_eq!(large, small, "{strategy:?}: 43 claims cost what 8 do");
+        // And the next batch starts together, as if nothing was refused.
+        let again = rush_of_claims(&db, &coupons, 3, 5).await;
+        assert_eq!(
+            again, small,
+            "{strategy:?}: a refusal in a set runs nothing twice"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_with_a_fenced_step_rolls_back_and_its_claims_run_one_by_one() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let coupons = runtime(
+        Coupon::default(),
+        &db,
+        &redis,
+        &idle_producer(),
+        options(Strategy::RedisLock, Duration::ZERO),
+    );
+    let vendor = add_vendor(&db.pool, true).await;
+    let campaign = add_campaign(&db.pool, vendor, 10, 1_000).await;
+    let mut commands = Vec::new();
+    for _ in 0..4 {
+        commands.push(claim(campaign, add_user(&db.pool, 0).await));
+    }
+    // The saga of the third claim moved on first: its step is fenced.
+    let late = &commands[2];
+    let fence = command(
+        late.saga_id,
+        late.step,
+        Direction::Fence,
+        "coupon.claim",
+        late.payload.input.clone(),
+        json!({}),
+    );
+    let fenced = coupons.process(&fence).await.unwrap();
+    assert!(succeeded(&fenced), "{fenced:?}");
+
+    let batch: Vec<&Command> = commands.iter().collect();
+    let (mut conn, statements) = recording(&db).await;
+    let answers = coupons.process_batch_on(&mut conn, &batch).await.unwrap();
+    for (n, answer) in answers.iter().enumerate() {
+        let reply = answer.as_ref().unwrap();
+        if n == 2 {
+            assert!(
+                rejection(reply).is_some_and(|why| why.contains("step fenced")),
+                "{reply:?}"
+            );
+        } else {
+            assert!(succeeded(reply), "claim {n}: {reply:?}");
+        }
+    }
+    let (counter, sagas) = claimed(&db, campaign).await;
+    assert_eq!(counter, 3, "the fenced claim took no coupon");
+    assert!(!sagas.contains(&late.saga_id), "the fenced saga holds none");
+    assert!(
+        savepoints(&statements.lock().unwrap()) >= 4,
+        "the set ran again, one by one"
     );
 }

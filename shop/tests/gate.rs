@@ -87,3 +87,43 @@ async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
         .unwrap();
     assert_eq!(claimed, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_takes_in_order_in_one_script_and_reads_postgres_once() {
+    let db = TestDb::migrated().await;
+    let redis = TestRedis::start();
+    let vendor = add_vendor(&db.pool, true).await;
+    let campaign = add_campaign(&db.pool, vendor, 3, 1_000).await;
+    let gate = Gate::new(redis.pool.clone(), redis.prefix.clone());
+    let want = Want {
+        resource: format!("coupon:{campaign}"),
+        counter: guarded::COUPONS_CLAIMED,
+        key: campaign.to_string(),
+        amount: 1,
+    };
+    let wants = std::slice::from_ref(&want);
+    let (mut conn, statements) = recording(&db).await;
+    let ops: Vec<(uuid::Uuid, &[Want])> = (0..5).map(|_| (uuid::Uuid::now_v7(), wants)).collect();
+    let now = chrono::Utc::now();
+    let taken = gate.take_all(&mut conn, &ops, now).await.unwrap();
+    assert_eq!(
+        taken,
+        [true, true, true, false, false],
+        "first come, first served"
+    );
+    // The first operation failed: its coupon goes back; the others committed.
+    let settled: Vec<(uuid::Uuid, &[Want], bool)> = ops[..3]
+        .iter()
+        .enumerate()
+        .map(|(n, (op, wants))| (*op, *wants, n != 0))
+        .collect();
+    gate.settle_all(&settled).await.unwrap();
+    let again: Vec<(uuid::Uuid, &[Want])> = (0..2).map(|_| (uuid::Uuid::now_v7(), wants)).collect();
+    let taken = gate.take_all(&mut conn, &again, now).await.unwrap();
+    assert_eq!(taken, [true, false], "exactly the coupon given back");
+    assert_eq!(
+        statements.lock().unwrap().len(),
+        1,
+        "Postgres is read once, to seed the counter"
+    );
+}

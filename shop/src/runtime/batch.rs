@@ -14,7 +14,12 @@
 //!    rejection or a failure rolls back only its own change. After a batch with a refusal
 //!    the next one starts apart, so that a run of refusals (a coupon rush) is not paid
 //!    twice;
-//! 4. a command the claim found answered before (a redelivery, or another replica's
+//! 4. forward commands the participant can decide as a set (`Participant::apply_set`: a
+//!    rush of claims on one campaign) are applied together in a few statements, and their
+//!    steps claimed against the fences in one more; a rejection in a set changed nothing,
+//!    so it needs no savepoint and no second run. A set whose step turns out fenced rolls
+//!    back and runs one by one;
+//! 5. a command the claim found answered before (a redelivery, or another replica's
 //!    retry that committed first) gets that stored reply, read after the commit, and
 //!    nothing else: its lock and gate capacity were taken for nothing and are given back.
 //!    Redeliveries are rare, so the claim finds them instead of a read before every batch.
@@ -23,7 +28,7 @@
 //! rolls back its savepoint only and gives its claim back: its neighbours commit, and the
 //! consumer loop retries it on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
@@ -95,13 +100,18 @@ impl<P: Participant> CommandRuntime<P> {
         }
         self.take_capacity(conn, &mut works, &mut answers).await;
         let ended = self.run(conn, &works).await;
-        for work in &works {
-            let committed = matches!(&ended, Ok(ends) if matches!(
-                ends.get(&work.index),
-                Some(Ended::Replied(Reply { outcome: Outcome::Succeeded { .. }, .. }))
-            ));
-            self.settle(&work.wants, work.op, committed).await;
-        }
+        let settled: Vec<(Uuid, &[Want], bool)> = works
+            .iter()
+            .filter(|work| !work.wants.is_empty())
+            .map(|work| {
+                let committed = matches!(&ended, Ok(ends) if matches!(
+                    ends.get(&work.index),
+                    Some(Ended::Replied(Reply { outcome: Outcome::Succeeded { .. }, .. }))
+                ));
+                (work.op, work.wants.as_slice(), committed)
+            })
+            .collect();
+        self.settle(&settled).await;
         let mut ended = ended?;
         let elsewhere: Vec<Uuid> = works
             .iter()
@@ -182,10 +192,22 @@ impl<P: Participant> CommandRuntime<P> {
         works: &mut Vec<Work<'_>>,
         answers: &mut [Option<Answer>],
     ) {
-        for work in works.iter_mut().filter(|work| !work.wants.is_empty()) {
-            match self.gate.take(conn, &work.wants, work.op).await {
-                Ok(true) => {}
-                Ok(false) => {
+        let wanting: Vec<usize> = (0..works.len())
+            .filter(|&at| !works[at].wants.is_empty())
+            .collect();
+        if wanting.is_empty() {
+            return;
+        }
+        let ops: Vec<(Uuid, &[Want])> = wanting
+            .iter()
+            .map(|&at| (works[at].op, works[at].wants.as_slice()))
+            .collect();
+        let taken = self.gate.take_all(conn, &ops, Utc::now()).await;
+        for (n, &at) in wanting.iter().enumerate() {
+            let work = &mut works[at];
+            match &taken {
+                Ok(taken) if taken[n] => {}
+                Ok(_) => {
                     let short: Vec<&str> = work.wants.iter().map(|w| w.resource.as_str()).collect();
                     let reason = format!("not enough left of {}", short.join(", "));
                     work.wants.clear(); // nothing was taken
@@ -193,7 +215,7 @@ impl<P: Participant> CommandRuntime<P> {
                 }
                 Err(err) => {
                     work.wants.clear();
-                    answers[work.index] = Some(Err(err));
+                    answers[work.index] = Some(Err(anyhow::anyhow!("{err:#}")));
                 }
             }
         }
@@ -247,22 +269,17 @@ impl<P: Participant> CommandRuntime<P> {
         } else {
             Isolation::Together
         };
-        let ended = match self.transact_as(conn, works, context, first).await {
+        let attempt = match self.transact_as(conn, works, context, first).await {
             Err(err) if err.is::<Apart>() => {
                 self.transact_as(conn, works, context, Isolation::Apart)
                     .await
             }
-            ended => ended,
+            attempt => attempt,
         };
-        if let Ok(ended) = &ended {
-            let refused = ended.values().any(|end| match end {
-                Ended::Replied(reply) => !matches!(reply.outcome, Outcome::Succeeded { .. }),
-                Ended::Failed(_) => true,
-                Ended::Elsewhere => false,
-            });
-            self.refusing.store(refused, Ordering::Relaxed);
+        if let Ok(attempt) = &attempt {
+            self.refusing.store(attempt.refused, Ordering::Relaxed);
         }
-        ended
+        attempt.map(|attempt| attempt.ended)
     }
 
     async fn transact_as(
@@ -271,7 +288,7 @@ impl<P: Participant> CommandRuntime<P> {
         works: &[Work<'_>],
         context: &Context,
         isolation: Isolation,
-    ) -> anyhow::Result<HashMap<usize, Ended>> {
+    ) -> anyhow::Result<Attempt> {
         let participant = &self.participant;
         conn.transaction::<_, anyhow::Error, _>(async |conn: &mut Connection| {
             let claims: Vec<(&Command, Option<&Reply>)> = works
@@ -282,7 +299,33 @@ impl<P: Participant> CommandRuntime<P> {
             let mut ended = HashMap::with_capacity(works.len());
             let mut unstored: Vec<Reply> = Vec::new();
             let mut failed: Vec<Uuid> = Vec::new();
+            for set in sets(participant, works, &claimed, context) {
+                let commands: Vec<&Command> = set.iter().map(|work| work.command).collect();
+                match apply_set(participant, conn, &commands, context, isolation).await {
+                    Ok(answers) => {
+                        for (work, answer) in set.iter().zip(answers) {
+                            let outcome = match answer {
+                                Ok(output) => Outcome::Succeeded { output },
+                                Err(reason) => Outcome::Rejected { reason },
+                            };
+                            let reply = Reply::answering(work.command, outcome);
+                            unstored.push(reply.clone());
+                            ended.insert(work.index, Ended::Replied(reply));
+                        }
+                    }
+                    // Together, the set's partial change cannot roll back alone.
+                    Err(_) if isolation == Isolation::Together => return Err(Apart.into()),
+                    // Rolled back to its savepoint: its commands run one by one below.
+                    Err(err) => {
+                        tracing::debug!(error = format!("{err:#}"), "a set ran one by one");
+                    }
+                }
+            }
+            let mut refused = false;
             for work in works {
+                if ended.contains_key(&work.index) {
+                    continue; // applied in a set
+                }
                 let command = work.command;
                 let end = if !claimed.contains(&command.id) {
                     Ended::Elsewhere
@@ -297,6 +340,7 @@ impl<P: Participant> CommandRuntime<P> {
                     }
                     match apply(participant, conn, command, context, isolation).await {
                         Ok(outcome) => {
+                            refused |= !matches!(outcome, Outcome::Succeeded { .. });
                             let reply = Reply::answering(command, outcome);
                             unstored.push(reply.clone());
                             Ended::Replied(reply)
@@ -304,6 +348,7 @@ impl<P: Participant> CommandRuntime<P> {
                         // Together, nothing can roll back alone: this attempt is over.
                         Err(err) if isolation == Isolation::Together => return Err(err),
                         Err(err) => {
+                            refused = true;
                             failed.push(command.id);
                             Ended::Failed(err)
                         }
@@ -313,9 +358,87 @@ impl<P: Participant> CommandRuntime<P> {
             }
             inbox::store_replies(conn, &unstored).await?;
             inbox::release(conn, &failed).await?;
-            Ok(ended)
+            Ok(Attempt { ended, refused })
         })
         .await
+    }
+}
+
+/// One run of a batch's transaction.
+struct Attempt {
+    ended: HashMap<usize, Ended>,
+    /// A command applied one by one was rejected or failed: the next batch starts apart.
+    refused: bool,
+}
+
+/// The sets of a batch: its claimed forward commands that the participant can decide
+/// together, by command name, when there are two or more. A saga with more than one
+/// command in the batch keeps them in order, one by one.
+fn sets<'w, 'a, P: Participant>(
+    participant: &P,
+    works: &'w [Work<'a>],
+    claimed: &HashSet<Uuid>,
+    context: &Context,
+) -> Vec<Vec<&'w Work<'a>>> {
+    let mut per_saga: HashMap<Uuid, usize> = HashMap::new();
+    for work in works {
+        *per_saga.entry(work.command.saga_id).or_default() += 1;
+    }
+    let mut sets: Vec<Vec<&Work>> = Vec::new();
+    for work in works {
+        let command = work.command;
+        let settable = claimed.contains(&command.id)
+            && work.early.is_none()
+            && command.direction == Direction::Forward
+            && per_saga[&command.saga_id] == 1
+            && participant.settable(command, context);
+        if !settable {
+            continue;
+        }
+        match sets
+            .iter_mut()
+            .find(|set| set[0].command.name == command.name)
+        {
+            Some(set) => set.push(work),
+            None => sets.push(vec![work]),
+        }
+    }
+    sets.retain(|set| set.len() > 1);
+    sets
+}
+
+/// A set of forward commands: the participant decides them, then their steps are claimed
+/// against the fences in one statement. Apart, inside a savepoint, so that a set with a
+/// fenced step rolls back alone.
+async fn apply_set<P: Participant>(
+    participant: &P,
+    conn: &mut Connection,
+    commands: &[&Command],
+    context: &Context,
+    isolation: Isolation,
+) -> anyhow::Result<Vec<Result<serde_json::Value, String>>> {
+    let run = async |conn: &mut Connection| {
+        let answers = participant.apply_set(conn, commands, context).await?;
+        anyhow::ensure!(
+            answers.len() == commands.len(),
+            "a set of {} commands got {} answers",
+            commands.len(),
+            answers.len()
+        );
+        let applied: Vec<&Command> = commands
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_ok())
+            .map(|(command, _)| *command)
+            .collect();
+        if !applied.is_empty() && !fence::claim_forwards(conn, &applied).await? {
+            anyhow::bail!("a step of the set was fenced first");
+        }
+        Ok(answers)
+    };
+    match isolation {
+        Isolation::Together => run(conn).await,
+        Isolation::Apart => conn.transaction(run).await,
     }
 }
 

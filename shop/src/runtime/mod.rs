@@ -119,11 +119,12 @@ impl<P: Participant> CommandRuntime<P> {
         }
     }
 
-    async fn settle(&self, wants: &[Want], op: Uuid, committed: bool) {
-        if wants.is_empty() {
+    /// Settles the gate leases of a batch's operations: (operation, wants, committed).
+    async fn settle(&self, ops: &[(Uuid, &[Want], bool)]) {
+        if ops.is_empty() {
             return;
         }
-        if let Err(err) = self.gate.settle(wants, op, committed).await {
+        if let Err(err) = self.gate.settle_all(ops).await {
             // The lease expires and is settled by a later take: late, never lost.
             tracing::warn!(error = format!("{err:#}"), "gate lease not settled");
         }

@@ -121,3 +121,26 @@ pub async fn balance(db: &TestDb, user: Uuid) -> i64 {
 pub fn idle_producer() -> Producer {
     Producer::connect("127.0.0.1:9").unwrap()
 }
+
+/// A connection of its own that records the statements it sends.
+pub async fn recording(
+    db: &TestDb,
+) -> (
+    diesel_async::AsyncPgConnection,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use diesel::connection::{Instrumentation, InstrumentationEvent};
+    use diesel_async::AsyncConnection as _;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&db.url)
+        .await
+        .unwrap();
+    let statements = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = statements.clone();
+    let instrumentation = move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            log.lock().unwrap().push(query.to_string());
+        }
+    };
+    conn.set_instrumentation(Box::new(instrumentation) as Box<dyn Instrumentation>);
+    (conn, statements)
+}
