@@ -1,7 +1,8 @@
 //! Business invariants under concurrency, on the real Postgres and Redis: many concurrent
 //! commands spread over several participant runtimes (as several worker processes would run
 //! them). Each invariant is checked under every production strategy, and the same load
-//! without protection shows the lost updates, which proves the checks can fail.
+//! without protection shows the lost updates, which proves the checks can fail. Coupon
+//! claims also arrive in concurrent batches, whose sets race each other.
 
 mod support;
 
@@ -52,15 +53,57 @@ async fn run_all<P: Participant>(
     replies
 }
 
+/// Runs the commands as concurrent batches of `size`, round-robin over the runtimes, as
+/// the consumer loops of several worker processes would: a batch's claims are one set, so
+/// sets race sets. Replies come back in the commands' order.
+async fn run_batches<P: Participant>(
+    runtimes: Vec<CommandRuntime<P>>,
+    commands: Vec<platform::contract::Command>,
+    size: usize,
+) -> Vec<Reply> {
+    let runtimes = Arc::new(runtimes);
+    let tasks: Vec<_> = commands
+        .chunks(size)
+        .enumerate()
+        .map(|(n, batch)| {
+            let (runtimes, batch) = (runtimes.clone(), batch.to_vec());
+            tokio::spawn(async move {
+                let batch: Vec<&platform::contract::Command> = batch.iter().collect();
+                runtimes[n % runtimes.len()]
+                    .process_batch(&batch)
+                    .await
+                    .expect("batch")
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        for answer in task.await.unwrap() {
+            replies.push(answer.expect("answer"));
+        }
+    }
+    replies
+}
+
 fn runtimes<P: Participant>(
     make: impl Fn() -> P,
     db: &TestDb,
     redis: &TestRedis,
     strategy: Strategy,
 ) -> Vec<CommandRuntime<P>> {
+    runtimes_thinking(make, db, redis, strategy, THINK)
+}
+
+fn runtimes_thinking<P: Participant>(
+    make: impl Fn() -> P,
+    db: &TestDb,
+    redis: &TestRedis,
+    strategy: Strategy,
+    think: Duration,
+) -> Vec<CommandRuntime<P>> {
     let producer = idle_producer();
     (0..INSTANCES)
-        .map(|_| runtime(make(), db, redis, &producer, options(strategy, THINK)))
+        .map(|_| runtime(make(), db, redis, &producer, options(strategy, think)))
         .collect()
 }
 
@@ -118,7 +161,16 @@ async fn without_protection_stock_updates_are_lost() {
 
 /// 500 claims by 250 users (each tries twice) on a campaign of 100: (claims recorded,
 /// campaign's claimed counter, most claims held by one user, rejections by the Lua gate).
-async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64, usize) {
+/// How the claims of [`claim_coupons`] reach the runtimes.
+#[derive(Clone, Copy, PartialEq)]
+enum Arrival {
+    /// Each on its own, with a pause between read and write.
+    OneByOne,
+    /// In concurrent batches of 25, decided as sets.
+    Batches,
+}
+
+async fn claim_coupons(strategy: Strategy, arrival: Arrival) -> (i64, i32, i64, usize) {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let vendor = add_vendor(&db.pool, true).await;
@@ -137,7 +189,16 @@ async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64, usize) {
             )
         })
         .collect();
-    let replies = run_all(runtimes(Coupon::default, &db, &redis, strategy), commands).await;
+    let replies = match arrival {
+        Arrival::OneByOne => {
+            run_all(runtimes(Coupon::default, &db, &redis, strategy), commands).await
+        }
+        Arrival::Batches => {
+            let instances =
+                runtimes_thinking(Coupon::default, &db, &redis, strategy, Duration::ZERO);
+            run_batches(instances, commands, 25).await
+        }
+    };
     let gated = replies
         .iter()
         .filter(|r| rejection(r).is_some_and(|reason| reason.starts_with("not enough left")))
@@ -167,7 +228,8 @@ async fn claim_coupons(strategy: Strategy) -> (i64, i32, i64, usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_claims_on_one_hundred_coupons_give_exactly_one_hundred() {
     for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
-        let (claims, counter, most_per_user, gated) = claim_coupons(strategy).await;
+        let (claims, counter, most_per_user, gated) =
+            claim_coupons(strategy, Arrival::OneByOne).await;
         assert_eq!(
             (claims, counter, most_per_user),
             (100, 100, 1),
@@ -186,8 +248,21 @@ async fn five_hundred_claims_on_one_hundred_coupons_give_exactly_one_hundred() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_claims_in_racing_sets_give_exactly_one_hundred_one_per_user() {
+    // Every user asks twice, often in two batches that run at once on two instances.
+    for strategy in [Strategy::RedisLock, Strategy::Postgres, Strategy::LuaGate] {
+        let (claims, counter, most_per_user, _) = claim_coupons(strategy, Arrival::Batches).await;
+        assert_eq!(
+            (claims, counter, most_per_user),
+            (100, 100, 1),
+            "{strategy:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn without_protection_more_coupons_are_claimed_than_counted() {
-    let (claims, counter, _, _) = claim_coupons(Strategy::Unprotected).await;
+    let (claims, counter, _, _) = claim_coupons(Strategy::Unprotected, Arrival::OneByOne).await;
     assert!(
         claims > i64::from(counter),
         "expected lost updates: {claims} claims recorded, counter says {counter}"
