@@ -17,7 +17,7 @@ use shop::participant::Strategy;
 use shop::participants::coupon::Coupon;
 use shop::participants::payment::Payment;
 use shop::runtime::CommandRuntime;
-use shop::schema::{coupon_campaigns, coupon_claims, processed_commands};
+use shop::schema::{coupon_claims, processed_commands};
 use support::*;
 use uuid::Uuid;
 
@@ -329,13 +329,8 @@ fn claim(campaign: Uuid, user: Uuid) -> Command {
 }
 
 async fn claimed(db: &TestDb, campaign: Uuid) -> (i32, Vec<Uuid>) {
+    let counter = coupons_claimed(db, campaign).await;
     let mut conn = db.pool.get().await.unwrap();
-    let counter: i32 = coupon_campaigns::table
-        .find(campaign)
-        .select(coupon_campaigns::claimed)
-        .first(&mut conn)
-        .await
-        .unwrap();
     let sagas: Vec<Option<Uuid>> = coupon_claims::table
         .filter(coupon_claims::campaign_id.eq(campaign))
         .filter(coupon_claims::unclaimed_at.is_null())

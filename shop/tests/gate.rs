@@ -15,8 +15,8 @@ use shop::participants::coupon::Coupon;
 use shop::schema::coupon_campaigns;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
+/// A campaign of three coupons, the gate, and what one claim wants of it.
+async fn campaign_of_three() -> (TestDb, TestRedis, uuid::Uuid, Gate, Want) {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let vendor = add_vendor(&db.pool, true).await;
@@ -28,6 +28,12 @@ async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
         key: campaign.to_string(),
         amount: 1,
     };
+    (db, redis, campaign, gate, want)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
+    let (db, redis, campaign, gate, want) = campaign_of_three().await;
     // Three claims took their coupon at the gate a lease ago and crashed before committing:
     // the gate's counter says 0 left, Postgres still says 3.
     let mut conn = db.pool.get().await.unwrap();
@@ -90,17 +96,7 @@ async fn capacity_taken_by_a_crashed_claim_is_reconciled_from_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_takes_in_order_in_one_script_and_reads_postgres_once() {
-    let db = TestDb::migrated().await;
-    let redis = TestRedis::start();
-    let vendor = add_vendor(&db.pool, true).await;
-    let campaign = add_campaign(&db.pool, vendor, 3, 1_000).await;
-    let gate = Gate::new(redis.pool.clone(), redis.prefix.clone());
-    let want = Want {
-        resource: format!("coupon:{campaign}"),
-        counter: guarded::COUPONS_CLAIMED,
-        key: campaign.to_string(),
-        amount: 1,
-    };
+    let (db, _redis, _, gate, want) = campaign_of_three().await;
     let wants = std::slice::from_ref(&want);
     let (mut conn, statements) = recording(&db).await;
     let ops: Vec<(uuid::Uuid, &[Want])> = (0..5).map(|_| (uuid::Uuid::now_v7(), wants)).collect();

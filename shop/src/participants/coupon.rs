@@ -198,17 +198,7 @@ impl Coupon {
             }
             Err(err) => return Err(err.into()),
         };
-        Ok(self.claimed(
-            claim_id,
-            campaign_id,
-            &Campaign {
-                vendor_id,
-                value_cents,
-                valid_from,
-                valid_until,
-                total_quantity: 0,
-            },
-        ))
+        Ok(self.claimed(claim_id, campaign_id, vendor_id, value_cents))
     }
 }
 
@@ -343,7 +333,12 @@ impl Coupon {
             answers.push(match judged.claim_id {
                 Some(claim_id) => {
                     winners.insert(one.user_id);
-                    Ok(self.claimed(claim_id, campaign_id, &campaign))
+                    Ok(self.claimed(
+                        claim_id,
+                        campaign_id,
+                        campaign.vendor_id,
+                        campaign.value_cents,
+                    ))
                 }
                 None if !judged.known => Err(reason(missing("user", &one.user_id.to_string()))?),
                 None if judged.holds || winners.contains(&one.user_id) => {
@@ -356,13 +351,19 @@ impl Coupon {
     }
 
     /// A claim's output: what the vendor's payout needs.
-    fn claimed(&self, claim_id: i64, campaign_id: Uuid, campaign: &Campaign) -> Value {
+    fn claimed(
+        &self,
+        claim_id: i64,
+        campaign_id: Uuid,
+        vendor_id: Uuid,
+        value_cents: i64,
+    ) -> Value {
         json!({
             "claim_id": claim_id,
             "campaign_id": campaign_id,
-            "vendor_id": campaign.vendor_id,
-            "value_cents": campaign.value_cents,
-            "payout_cents": campaign.value_cents * self.payout_percent / 100,
+            "vendor_id": vendor_id,
+            "value_cents": value_cents,
+            "payout_cents": value_cents * self.payout_percent / 100,
         })
     }
 }

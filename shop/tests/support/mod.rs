@@ -144,3 +144,17 @@ pub async fn recording(
     conn.set_instrumentation(Box::new(instrumentation) as Box<dyn Instrumentation>);
     (conn, statements)
 }
+
+/// How many coupons of `campaign` its counter says are claimed.
+pub async fn coupons_claimed(db: &TestDb, campaign: Uuid) -> i32 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    use shop::schema::coupon_campaigns;
+    let mut conn = db.pool.get().await.unwrap();
+    coupon_campaigns::table
+        .find(campaign)
+        .select(coupon_campaigns::claimed)
+        .first(&mut conn)
+        .await
+        .unwrap()
+}
