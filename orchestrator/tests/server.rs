@@ -56,6 +56,7 @@ async fn slow_clients_are_closed_after_the_header_timeout_and_slow_nobody_else()
             })
         })
         .collect();
+    drop(connected);
     // Once every slow client holds its connection, normal requests stay fast. A server
     // that let slow clients hold it up would answer only as they are cut off, 5 s on.
     for _ in 0..500 {
