@@ -270,3 +270,48 @@ async fn fencing_tokens_keep_growing_after_redis_lost_its_counters() {
     let after = locks.try_lock("sku:A", NOW, LONG).await.unwrap().unwrap();
     assert!(after.fence() > before, "{} after {before}", after.fence());
 }
+
+/// A release wakes the lock's waiters at once, in every process: a waiter (its own
+/// `Locks`, so its own subscription, as in another process) that would next try a minute
+/// later takes the lock within seconds of the release.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_wakes_a_waiter_long_before_its_next_try() {
+    let redis = TestRedis::start();
+    let holder_side = locks(&redis);
+    let waiter_side = locks(&redis).retrying_every(Duration::from_secs(60));
+    let holder = holder_side
+        .try_lock("campaign:7", NOW, LONG)
+        .await
+        .unwrap()
+        .unwrap();
+    let waiting = waiter_side.clone();
+    let waiter = tokio::spawn(async move {
+        let guard = waiting
+            .try_lock("campaign:7", Duration::from_secs(120), LONG)
+            .await
+            .unwrap();
+        (guard, Instant::now())
+    });
+    // Its first try failed, and so did the one right after it started listening: it now
+    // sleeps for a minute unless a release wakes it.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while waiter_side.contended() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the waiter never tried twice");
+    let released = Instant::now();
+    assert!(holder.release().await.unwrap());
+    let (guard, taken) = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter slept through the release")
+        .unwrap();
+    let guard = guard.expect("the waiter gave up");
+    let after = taken.duration_since(released);
+    assert!(
+        after < Duration::from_secs(10),
+        "taken {after:?} after the release"
+    );
+    assert!(guard.release().await.unwrap());
+}

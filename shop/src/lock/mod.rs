@@ -14,7 +14,9 @@
 //!   finds the lock no longer ours, or Redis stays unreachable until the lease has surely
 //!   run out, the guard is marked lost ([`Guard::is_held`]). Dropping the guard stops the
 //!   watchdog; the lock then lapses with its lease.
-//! - Waiting retries with exponential backoff and full jitter, never sleeping past `wait`.
+//! - Waiting retries with exponential backoff and full jitter, never sleeping past `wait`,
+//!   and a release wakes the waiters at once (`wakeups`: the release script publishes it,
+//!   as Redisson does), so a hot lock passes from holder to waiter without a backoff's delay.
 //!
 //! # Fencing contract
 //! The guarded write must check and store the token in the same statement:
@@ -25,10 +27,13 @@
 //! persistence): each token is at least Redis's clock in microseconds, which is above every
 //! token handed out before, as long as that clock does not go back.
 //!
-//! Keys are `{prefix}lock:{resource}` and `{prefix}fence:{resource}`. The acquire script
-//! touches both, which needs a single Redis (or both keys in one Cluster slot).
+//! Keys are `{prefix}lock:{resource}` and `{prefix}fence:{resource}`; releases are announced
+//! on `{prefix}lock-released`. The acquire script touches both keys, which needs a single
+//! Redis (or both keys in one Cluster slot).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod wakeups;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
@@ -59,11 +64,14 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-/// KEYS: lock. ARGV: owner. Deletes the lock only while `owner` holds it; returns 1 if so.
+/// KEYS: lock, release channel. ARGV: owner. Deletes the lock only while `owner` holds it,
+/// and then announces the lock's key on the channel; returns 1 if so.
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
-              return redis.call('DEL', KEYS[1])
+              redis.call('DEL', KEYS[1])
+              redis.call('PUBLISH', KEYS[2], KEYS[1])
+              return 1
           end
           return 0",
     )
@@ -96,14 +104,23 @@ pub struct Locks {
     pool: cache::Pool,
     prefix: String,
     watchdog: bool,
+    wakeups: Option<Arc<wakeups::Wakeups>>,
+    /// A fixed pause between tries instead of the jittered backoff (tests).
+    pause: Option<Duration>,
+    /// Tries that found the lock held by another.
+    contended: Arc<AtomicU64>,
 }
 
 impl Locks {
     pub fn new(pool: cache::Pool, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
         Self {
+            wakeups: Some(wakeups::Wakeups::new(pool.client().clone(), &prefix)),
             pool,
-            prefix: prefix.into(),
+            prefix,
             watchdog: true,
+            pause: None,
+            contended: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -112,6 +129,25 @@ impl Locks {
     pub fn without_watchdog(mut self) -> Self {
         self.watchdog = false;
         self
+    }
+
+    /// Waiters that are not woken by releases, only by their backoff (how the lock behaved
+    /// before; for comparison in benchmarks).
+    pub fn without_wakeups(mut self) -> Self {
+        self.wakeups = None;
+        self
+    }
+
+    /// Waiters retry every `pause` exactly, instead of after a jittered backoff. Test-only:
+    /// with a long pause, a waiter that takes the lock soon after its release was woken.
+    pub fn retrying_every(mut self, pause: Duration) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
+    /// How many tries, by these locks' waiters, found the lock held by another.
+    pub fn contended(&self) -> u64 {
+        self.contended.load(Ordering::Relaxed)
     }
 
     /// Tries to take `resource` (e.g. `sku:ABC`) for `lease`, retrying for up to `wait`.
@@ -127,7 +163,14 @@ impl Locks {
         let owner = Uuid::new_v4().to_string();
         let started = Instant::now();
         let mut backoff = FIRST_BACKOFF;
+        let mut waiting = None;
         loop {
+            // Registered before the try, so a release right after a failed try wakes us.
+            let woken = waiting.as_ref().map(|waiting: &wakeups::Waiting| {
+                let mut woken = Box::pin(waiting.notify().notified_owned());
+                woken.as_mut().enable();
+                woken
+            });
             // The lease starts on the server somewhere after this instant; counting from
             // here never overstates how long we hold it.
             let sent = Instant::now();
@@ -144,14 +187,46 @@ impl Locks {
                 let guard = self.guard(resource, key, owner, fence, lease, sent);
                 return Ok(Some(guard));
             }
+            self.contended.fetch_add(1, Ordering::Relaxed);
             let left = wait.saturating_sub(started.elapsed());
             if left.is_zero() {
                 return Ok(None);
             }
-            // Full jitter: waiters that collided once spread out instead of retrying in step.
-            let pause = rand::rng().random_range(Duration::ZERO..=backoff);
-            tokio::time::sleep(pause.min(left)).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let Some(woken) = woken else {
+                // The first failed try: from now on a release wakes us; try once more at
+                // once, since it may have come before we listened.
+                if let Some(wakeups) = &self.wakeups {
+                    waiting = Some(wakeups.wait_on(&key).await);
+                    continue;
+                }
+                self.sleep(&mut backoff, left, None).await;
+                continue;
+            };
+            self.sleep(&mut backoff, left, Some(woken)).await;
+        }
+    }
+
+    /// The pause between two tries: the backoff (full jitter, so waiters that collided once
+    /// spread out instead of retrying in step), cut short by a release.
+    async fn sleep(
+        &self,
+        backoff: &mut Duration,
+        left: Duration,
+        woken: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    ) {
+        let pause = self
+            .pause
+            .unwrap_or_else(|| rand::rng().random_range(Duration::ZERO..=*backoff));
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        let sleep = tokio::time::sleep(pause.min(left));
+        match woken {
+            Some(woken) => {
+                tokio::select! {
+                    () = sleep => {}
+                    () = woken => {}
+                }
+            }
+            None => sleep.await,
         }
     }
 
@@ -212,6 +287,7 @@ impl Locks {
         Guard {
             pool: self.pool.clone(),
             resource: resource.to_owned(),
+            channel: wakeups::channel(&self.prefix),
             key,
             owner,
             fence,
@@ -292,6 +368,8 @@ impl Watchdog {
 pub struct Guard {
     pool: cache::Pool,
     resource: String,
+    /// Where the release is announced.
+    channel: String,
     key: String,
     owner: String,
     fence: u64,
@@ -324,6 +402,7 @@ impl Guard {
         let mut conn = self.pool.get().await?;
         let deleted: u64 = RELEASE
             .key(&self.key)
+            .key(&self.channel)
             .arg(&self.owner)
             .invoke_async(&mut conn)
             .await?;
