@@ -262,6 +262,14 @@ async fn an_operator_sees_versions_parallel_stages_and_paths_and_sends_a_signal(
 
     browser.goto(&format!("{base}/ui#/sagas/{saga}")).await;
     browser.wait_for_text("#diagram", "picked_up").await;
+    // The engine may take longer than the browser's wait on a loaded machine (the embedded
+    // broker's group joins): once the saga waits for the signal, the open page must show
+    // the form without a reload, from its event stream.
+    let id = saga.parse().unwrap();
+    eventually("the saga waits for its signal", async || {
+        load(&env, id).await.state["steps"][2]["forward"] == "in_flight"
+    })
+    .await;
     browser
         .wait_for_text("#signal-picked_up", "Send picked_up")
         .await;
@@ -269,7 +277,6 @@ async fn an_operator_sees_versions_parallel_stages_and_paths_and_sends_a_signal(
     browser
         .wait_for_text("#notice", "signal picked_up sent")
         .await;
-    let id = saga.parse().unwrap();
     let row = wait_for_status(&env, id, "COMPLETED").await;
     assert_eq!(row.state["steps"][2]["output"], json!({}));
     assert_eq!(row.definition_version, 2);
