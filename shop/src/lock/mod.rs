@@ -104,7 +104,7 @@ pub struct Locks {
     pool: cache::Pool,
     prefix: String,
     watchdog: bool,
-    wakeups: Option<Arc<wakeups::Wakeups>>,
+    wakeups: Arc<wakeups::Wakeups>,
     /// A fixed pause between tries instead of the jittered backoff (tests).
     pause: Option<Duration>,
     /// Tries that found the lock held by another.
@@ -115,7 +115,7 @@ impl Locks {
     pub fn new(pool: cache::Pool, prefix: impl Into<String>) -> Self {
         let prefix = prefix.into();
         Self {
-            wakeups: Some(wakeups::Wakeups::new(pool.client().clone(), &prefix)),
+            wakeups: wakeups::Wakeups::new(pool.client().clone(), &prefix),
             pool,
             prefix,
             watchdog: true,
@@ -128,13 +128,6 @@ impl Locks {
     /// outliving its lease, which is what fencing tokens protect against.
     pub fn without_watchdog(mut self) -> Self {
         self.watchdog = false;
-        self
-    }
-
-    /// Waiters that are not woken by releases, only by their backoff (how the lock behaved
-    /// before; for comparison in benchmarks).
-    pub fn without_wakeups(mut self) -> Self {
-        self.wakeups = None;
         self
     }
 
@@ -192,17 +185,12 @@ impl Locks {
             if left.is_zero() {
                 return Ok(None);
             }
-            let Some(woken) = woken else {
-                // The first failed try: from now on a release wakes us; try once more at
-                // once, since it may have come before we listened.
-                if let Some(wakeups) = &self.wakeups {
-                    waiting = Some(wakeups.wait_on(&key).await);
-                    continue;
-                }
-                self.sleep(&mut backoff, left, None).await;
-                continue;
-            };
-            self.sleep(&mut backoff, left, Some(woken)).await;
+            match woken {
+                // The first failed try: from now on a release wakes us. Try once more at
+                // once, since the release may have come before we listened.
+                None => waiting = Some(self.wakeups.wait_on(&key).await),
+                Some(woken) => self.sleep(&mut backoff, left, woken).await,
+            }
         }
     }
 
@@ -212,21 +200,15 @@ impl Locks {
         &self,
         backoff: &mut Duration,
         left: Duration,
-        woken: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+        woken: std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
     ) {
         let pause = self
             .pause
             .unwrap_or_else(|| rand::rng().random_range(Duration::ZERO..=*backoff));
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
-        let sleep = tokio::time::sleep(pause.min(left));
-        match woken {
-            Some(woken) => {
-                tokio::select! {
-                    () = sleep => {}
-                    () = woken => {}
-                }
-            }
-            None => sleep.await,
+        tokio::select! {
+            () = tokio::time::sleep(pause.min(left)) => {}
+            () = woken => {}
         }
     }
 
@@ -287,7 +269,7 @@ impl Locks {
         Guard {
             pool: self.pool.clone(),
             resource: resource.to_owned(),
-            channel: wakeups::channel(&self.prefix),
+            channel: self.wakeups.channel().to_owned(),
             key,
             owner,
             fence,

@@ -48,7 +48,7 @@ impl Wakeups {
     pub(super) fn new(client: Client, prefix: &str) -> Arc<Self> {
         Arc::new(Self {
             client,
-            channel: channel(prefix),
+            channel: format!("{prefix}lock-released"),
             waiting: Mutex::new(HashMap::new()),
             listener: watch::Sender::new(Listener::NotStarted),
             stop: CancellationToken::new(),
@@ -91,6 +91,11 @@ impl Wakeups {
         }
     }
 
+    /// The channel the release script announces on.
+    pub(super) fn channel(&self) -> &str {
+        &self.channel
+    }
+
     fn wake(&self, key: &[u8]) {
         let Ok(key) = std::str::from_utf8(key) else {
             return;
@@ -113,11 +118,6 @@ impl Drop for Wakeups {
     }
 }
 
-/// The channel the release script announces on.
-pub(super) fn channel(prefix: &str) -> String {
-    format!("{prefix}lock-released")
-}
-
 /// A waiter's registration on one key; dropping it removes the key once nobody waits.
 pub(super) struct Waiting {
     wakeups: Arc<Wakeups>,
@@ -135,8 +135,9 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         let mut waiting = self.wakeups.waiting.lock().expect("waiters");
-        // The map's handle and ours are the last two once no other waiter holds one (a
-        // waiter's pending wake holds one too, but is dropped before its registration).
+        // Only the map's handle and ours left: nobody else waits on this key. (Another
+        // waiter's handles are its registration, made under this mutex, and its pending
+        // wake, which it drops before its registration.)
         if Arc::strong_count(&self.notify) == 2 {
             waiting.remove(&self.key);
         }
