@@ -62,22 +62,26 @@ pub struct Waited<T> {
     pub applied: Option<String>,
 }
 
-/// From a first read (`first`: the value and whether the saga settled), reads again with
-/// `read` until the saga settled, the wait is over, or the bound on waiters turns the wait
-/// down.
+/// Reads with `read` until the saga settled, the wait is over, or the bound on waiters
+/// turns the wait down. `first` is a read the caller already made (when it needed one to
+/// learn which saga to wait for); without it, the watch is registered before the first
+/// read, so an unsettled saga costs one read before the wait and one after it.
 pub async fn until_settled<T, F, Fut>(
     state: &State,
     saga: Uuid,
     wait: Duration,
-    first: (T, bool),
+    first: Option<(T, bool)>,
     mut read: F,
 ) -> ApiResult<Waited<T>>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ApiResult<(T, bool)>>,
 {
-    let (mut value, mut settled) = first;
     if wait.is_zero() {
+        let (value, settled) = match first {
+            Some(first) => first,
+            None => read().await?,
+        };
         return Ok(Waited {
             value,
             settled,
@@ -85,15 +89,19 @@ where
         });
     }
     let applied = Some(format!("wait={}", wait.as_secs()));
-    if settled {
+    if let Some((value, true)) = first {
         return Ok(Waited {
             value,
-            settled,
+            settled: true,
             applied,
         });
     }
     let Some(mut watch) = state.waiters.watch_settling(saga) else {
         // Over the bound: the current state, at once.
+        let (value, settled) = match first {
+            Some(first) => first,
+            None => read().await?,
+        };
         return Ok(Waited {
             value,
             settled,
@@ -103,7 +111,7 @@ where
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         // Registered first, then read: a settle in between is seen here, not missed.
-        (value, settled) = read().await?;
+        let (value, settled) = read().await?;
         if settled
             || tokio::time::timeout_at(deadline, watch.changed())
                 .await

@@ -238,8 +238,7 @@ impl OrdersApi {
             return Ok(Placed::Accepted(accepted, location, replayed));
         }
         let read = || read_order(&state, &caller, accepted.order_id);
-        let first = read().await?;
-        let waited = wait::until_settled(&state, accepted.saga_id, wait, first, read).await?;
+        let waited = wait::until_settled(&state, accepted.saga_id, wait, None, read).await?;
         Ok(if waited.settled {
             Placed::Settled(Json(waited.value), location, waited.applied)
         } else {
@@ -270,7 +269,7 @@ impl OrdersApi {
         let read = || read_order(&state, &caller, id.0);
         let first = read().await?;
         let saga = first.0.saga_id;
-        let waited = wait::until_settled(&state, saga, wait, first, read).await?;
+        let waited = wait::until_settled(&state, saga, wait, Some(first), read).await?;
         Ok(Found::Ok(Json(waited.value), waited.applied))
     }
 }

@@ -9,6 +9,7 @@ use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Text};
 use diesel_async::RunQueryDsl;
+use platform::db::Connection;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -436,19 +437,30 @@ pub(super) fn filtered(
 /// A saga as `GET /v1/sagas/{id}` shows it, if the caller may read it (one pooled
 /// connection, given back before any wait).
 pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> ApiResult<SagaDetail> {
-    let mut conn = state.database.get().await?;
-    let row = readable_by(caller, id)
-        .select(SagaRow::as_select())
-        .first(&mut conn)
-        .await
-        .optional()?
-        .ok_or_else(|| ApiError::not_found("saga", id))?;
-    let history = saga_history::table
-        .filter(saga_history::saga_id.eq(id))
-        .order(saga_history::id.asc())
-        .select(HistoryEntry::as_select())
-        .load(&mut conn)
-        .await?;
+    let pooled = state.database.get().await?;
+    // Both reads in one round trip (pipelined); the history of a saga the caller may not
+    // read is dropped unseen.
+    let shared: &Connection = &pooled;
+    let (row, history) = futures_util::try_join!(
+        async {
+            let mut conn = shared;
+            readable_by(caller, id)
+                .select(SagaRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()
+        },
+        async {
+            let mut conn = shared;
+            saga_history::table
+                .filter(saga_history::saga_id.eq(id))
+                .order(saga_history::id.asc())
+                .select(HistoryEntry::as_select())
+                .load(&mut conn)
+                .await
+        },
+    )?;
+    let row = row.ok_or_else(|| ApiError::not_found("saga", id))?;
     detail(state.engine.catalog(), row, history)
 }
 
@@ -490,8 +502,7 @@ impl SagasApi {
     ) -> ApiResult<Found> {
         let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
         let read = || settling(&state, &caller, id.0);
-        let first = read().await?;
-        let waited = crate::api::wait::until_settled(&state, id.0, wait, first, read).await?;
+        let waited = crate::api::wait::until_settled(&state, id.0, wait, None, read).await?;
         let (detail, applied) = (waited.value, waited.applied);
         let etag = format!("\"{}\"", detail.version);
         Ok(Found::Ok(Json(detail), etag, applied))
@@ -667,8 +678,7 @@ impl SagasApi {
         }
         let id = started.saga_id;
         let read = || settling(&state, &caller, id);
-        let first = read().await?;
-        let waited = crate::api::wait::until_settled(&state, id, wait, first, read).await?;
+        let waited = crate::api::wait::until_settled(&state, id, wait, None, read).await?;
         if waited.settled {
             Ok(start::StartResponse::Settled(
                 Json(waited.value),
