@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod contract;
+pub mod door;
 pub mod flows;
 mod health;
 pub mod idempotency;
@@ -26,8 +27,7 @@ pub mod snapshot;
 mod strict;
 pub mod wait;
 
-use poem::http::StatusCode;
-use poem::{Endpoint, EndpointExt, Request, Route};
+use poem::{Endpoint, Route};
 use poem_openapi::{OpenApi, OpenApiService, Tags};
 
 use platform::db;
@@ -173,7 +173,7 @@ pub fn routes<A, D>(
     state: State,
     auth: crate::auth::AuthConfig,
     mount: Mount<A, D>,
-) -> impl Endpoint
+) -> impl Endpoint<Output = poem::Response>
 where
     A: OpenApi + 'static,
     D: Clone + Send + Sync + 'static,
@@ -203,7 +203,7 @@ where
             .content_type("application/json")
             .body(flows::asyncapi::live(&catalog).to_string())
     });
-    Route::new()
+    let routes = Route::new()
         .nest("/", service)
         .at("/asyncapi.json", poem::get(asyncapi))
         .at("/docs", poem::get(docs))
@@ -216,89 +216,15 @@ where
                     .body(crate::saga::document::FORMAT)
             })),
         )
-        .nest("/ui", crate::console::routes())
-        .around(move |endpoint, request| strict::strict_body(endpoint, operations.clone(), request))
-        .around(limit_body)
-        .data(state)
-        .data(mount.data)
-        .around(move |endpoint, request| gate.clone().admit(endpoint, request))
-        .catch_all_error(problem::catch_all)
-        .around(move |endpoint, request| allow_header(endpoint, policy.clone(), request))
-        .around(move |endpoint, request| {
-            observe::request(endpoint, (http.clone(), labels.clone()), request)
-        })
-}
-
-/// Refuses bodies over [`MAX_BODY_BYTES`] with 413, whatever their framing: a declared
-/// length is checked before reading; anything else (chunked, or an HTTP/2 stream that
-/// declares nothing) is read up to the limit, never further.
-async fn limit_body<E: Endpoint>(
-    endpoint: std::sync::Arc<E>,
-    mut request: Request,
-) -> poem::Result<poem::Response> {
-    use tokio::io::AsyncReadExt as _;
-    let too_large = || {
-        poem::Error::from_string(
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        )
-    };
-    let declared = request
-        .header("content-length")
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > MAX_BODY_BYTES) {
-        return Err(too_large());
+        .nest("/ui", crate::console::routes());
+    door::Door {
+        routes,
+        gate,
+        policy,
+        operations,
+        metrics: http,
+        labels,
+        state,
+        data: mount.data,
     }
-    if declared.is_none() {
-        let mut body = Vec::new();
-        request
-            .take_body()
-            .into_async_read()
-            .take(MAX_BODY_BYTES as u64 + 1)
-            .read_to_end(&mut body)
-            .await
-            .map_err(|err| poem::Error::from_string(err.to_string(), StatusCode::BAD_REQUEST))?;
-        if body.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        request.set_body(body);
-    }
-    endpoint
-        .call(request)
-        .await
-        .map(poem::IntoResponse::into_response)
-}
-
-/// RFC 9110: a 405 lists the methods the resource supports in `Allow`; a 413 closes the
-/// connection.
-async fn allow_header<E: Endpoint>(
-    endpoint: std::sync::Arc<E>,
-    policy: Policy,
-    request: Request,
-) -> poem::Result<poem::Response> {
-    let path = request.uri().path().to_owned();
-    let http1 = request.version() < poem::http::Version::HTTP_2;
-    let mut response = endpoint
-        .call(request)
-        .await
-        .map(poem::IntoResponse::into_response)?;
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
-        let mut allowed = policy.allowed_methods(&path);
-        if allowed.is_empty() {
-            allowed = vec!["GET", "HEAD"]; // the documents and the console's files
-        }
-        if let Ok(value) = allowed.join(", ").parse() {
-            response.headers_mut().insert("allow", value);
-        }
-    }
-    // (HTTP/2 has no `Connection`: the stream is reset instead.)
-    if http1 && response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        // The body was left unread: the connection cannot carry another request, so the
-        // client must not reuse it (a reused one fails its next request half-sent).
-        response.headers_mut().insert(
-            poem::http::header::CONNECTION,
-            poem::http::HeaderValue::from_static("close"),
-        );
-    }
-    Ok(response)
 }

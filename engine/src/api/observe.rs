@@ -9,12 +9,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use poem::{Endpoint, IntoResponse as _, Request, Response};
+use poem::{Request, Response};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use tracing::Instrument as _;
 
 use platform::telemetry;
 
@@ -139,33 +138,47 @@ fn method_label(method: &poem::http::Method) -> String {
     }
 }
 
-/// The middleware: wraps the whole route tree (authentication and problem answers
-/// included), so that a 401 or a 404 is counted like any other answer.
-pub async fn request<E: Endpoint>(
-    endpoint: Arc<E>,
-    (metrics, routes): (HttpMetrics, RouteLabels),
-    request: Request,
-) -> poem::Result<Response> {
-    let started = Instant::now();
-    let method = method_label(request.method());
-    let route = routes.label(&method, request.uri().path());
-    let span = tracing::info_span!(
-        "http.request",
-        otel.name = %format_args!("{method} {route}"),
-        http.method = %method,
-        http.route = %route,
-        http.status = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    telemetry::continue_trace(&span, request.header(telemetry::TRACEPARENT));
-    let response = match endpoint.call(request).instrument(span.clone()).await {
-        Ok(response) => response.into_response(),
-        Err(err) => err.into_response(),
-    };
-    let status = response.status().as_u16();
-    span.record("http.status", status);
-    metrics.record(&method, &route, status, started.elapsed().as_secs_f64());
-    Ok(response)
+/// A request on its way through: its span, and what its metrics need when it is answered.
+/// Begun before any check runs and ended with the final response, so a 401 or a 404 is
+/// counted like any other answer ([`super::door`]).
+pub struct Observed {
+    started: Instant,
+    method: String,
+    route: String,
+    pub span: tracing::Span,
+}
+
+impl Observed {
+    pub fn begin(routes: &RouteLabels, request: &Request) -> Self {
+        let method = method_label(request.method());
+        let route = routes.label(&method, request.uri().path());
+        let span = tracing::info_span!(
+            "http.request",
+            otel.name = %format_args!("{method} {route}"),
+            http.method = %method,
+            http.route = %route,
+            http.status = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        telemetry::continue_trace(&span, request.header(telemetry::TRACEPARENT));
+        Observed {
+            started: Instant::now(),
+            method,
+            route,
+            span,
+        }
+    }
+
+    pub fn end(self, metrics: &HttpMetrics, response: &Response) {
+        let status = response.status().as_u16();
+        self.span.record("http.status", status);
+        metrics.record(
+            &self.method,
+            &self.route,
+            status,
+            self.started.elapsed().as_secs_f64(),
+        );
+    }
 }
 
 #[cfg(test)]

@@ -218,7 +218,7 @@ impl From<shell::Error> for ApiError {
 }
 
 /// Turns errors raised outside handlers into problem+json.
-pub async fn catch_all(err: poem::Error) -> Response {
+pub fn catch_all(err: poem::Error) -> Response {
     // A handler's own `ApiError` arrives as an error wrapping its finished problem+json
     // response (no source); pass it through untouched.
     if !err.has_source() {

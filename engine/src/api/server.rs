@@ -29,7 +29,7 @@ use hyper_util::server::conn::auto;
 use poem::endpoint::{DynEndpoint, ToDynEndpoint};
 use poem::http;
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Addr, Endpoint, EndpointExt as _};
+use poem::{Addr, Endpoint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -71,10 +71,9 @@ pub async fn serve<E>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    E: Endpoint + 'static,
+    E: Endpoint<Output = poem::Response> + 'static,
 {
-    let endpoint: Arc<dyn DynEndpoint<Output = poem::Response>> =
-        Arc::new(ToDynEndpoint(endpoint.map_to_response()));
+    let endpoint: Arc<dyn DynEndpoint<Output = poem::Response>> = Arc::new(ToDynEndpoint(endpoint));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let requests = Arc::new(Semaphore::new(limits.max_requests));
     let local = listener.local_addr()?;
@@ -215,8 +214,10 @@ async fn answer(
         RemoteAddr(Addr::SocketAddr(remote)),
         http::uri::Scheme::HTTP,
     ));
-    match tokio::time::timeout(limits.request_timeout, endpoint.get_response(request)).await {
-        Ok(response) => response,
+    // The endpoint's boxed future, made at once: nothing here holds the request beside it.
+    let answered = DynEndpoint::call(endpoint, request);
+    match tokio::time::timeout(limits.request_timeout, answered).await {
+        Ok(response) => response.unwrap_or_else(|err| err.into_response()),
         Err(_) => unavailable(&format!(
             "the request took longer than {} ms",
             limits.request_timeout.as_millis()

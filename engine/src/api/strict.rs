@@ -12,10 +12,8 @@
 //! text can hold it, and the document says so as each free string's `pattern`. (Fields
 //! the schema does not name are dropped unread, whatever they hold.)
 
-use std::sync::Arc;
-
 use poem::http::Method;
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::{IntoResponse, Request, Response};
 use serde_json::Value;
 
 use super::problem::ApiError;
@@ -175,14 +173,21 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-/// Middleware: a body that breaks its schema's types is answered 400 naming the field. An
-/// optional body that is left out (no content, no content type: `curl -X POST`) is read
-/// as absent rather than refused with 415.
-pub async fn strict_body<E: Endpoint>(
-    endpoint: Arc<E>,
-    operations: Arc<Operations>,
-    mut request: Request,
-) -> poem::Result<Response> {
+/// What the strict rules decide before a request's body is read.
+pub enum Before {
+    /// Answered at once: U+0000 in the path or query.
+    Answer(Response),
+    /// Its JSON body must be read and checked against its operation's schema.
+    CheckBody,
+    /// Nothing to check.
+    Pass,
+}
+
+/// The rules that need no body: U+0000 in the path or query is a 400; an optional body that
+/// is left out (no content, no content type: `curl -X POST`) is given a JSON content type,
+/// so that it is read as absent rather than refused with 415. Then, whether the body is
+/// JSON that [`check_body`] must see.
+pub fn before_body(operations: &Operations, request: &mut Request) -> Before {
     // Postgres text and jsonb cannot hold U+0000: refused at the door, never a 500 later.
     let uri = request.uri().to_string();
     if uri.to_ascii_lowercase().contains("%00") {
@@ -191,7 +196,7 @@ pub async fn strict_body<E: Endpoint>(
         } else {
             "query"
         };
-        return Ok(ApiError::invalid(at, format!("{at}: {NUL}")).into_response());
+        return Before::Answer(ApiError::invalid(at, format!("{at}: {NUL}")).into_response());
     }
     let operation = operations.body_schema(request.method(), request.uri().path());
     let left_out = request.header("content-type").is_none()
@@ -205,21 +210,34 @@ pub async fn strict_body<E: Endpoint>(
             poem::http::HeaderValue::from_static("application/json"),
         );
     }
-    let schema = operation.map(|(schema, _)| schema);
     let is_json = request
         .header("content-type")
         .is_some_and(|value| value.starts_with("application/json"));
-    if let (Some(schema), true) = (schema, is_json) {
-        let bytes = request.take_body().into_bytes().await?;
-        if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
-            && let Some((field, detail)) = operations.check(&value, schema, "")
-        {
-            return Ok(ApiError::invalid(&field, format!("{field}: {detail}")).into_response());
-        }
-        request.set_body(bytes);
+    if operation.is_some() && is_json {
+        Before::CheckBody
+    } else {
+        Before::Pass
     }
-    endpoint
-        .call(request)
-        .await
-        .map(IntoResponse::into_response)
+}
+
+/// Reads a JSON body whose operation has a schema ([`Before::CheckBody`]) and checks it: a
+/// body that breaks the schema's types is answered 400 naming the field. The body is put
+/// back for the handler; malformed JSON is left to poem-openapi.
+pub async fn check_body(
+    operations: &Operations,
+    request: &mut Request,
+) -> poem::Result<Option<Response>> {
+    let Some((schema, _)) = operations.body_schema(request.method(), request.uri().path()) else {
+        return Ok(None);
+    };
+    let bytes = request.take_body().into_bytes().await?;
+    if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
+        && let Some((field, detail)) = operations.check(&value, schema, "")
+    {
+        return Ok(Some(
+            ApiError::invalid(&field, format!("{field}: {detail}")).into_response(),
+        ));
+    }
+    request.set_body(bytes);
+    Ok(None)
 }

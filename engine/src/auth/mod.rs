@@ -21,7 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use poem::http::StatusCode;
-use poem::{Endpoint, IntoResponse as _, Request, Response};
+use poem::{Request, Response};
 use sha2::{Digest, Sha256};
 
 use platform::env::{self, Vars};
@@ -297,21 +297,17 @@ impl Gate {
         }
     }
 
-    /// Admits the request (adding its [`Caller`] to it) or answers 401/403.
-    pub async fn admit<E: Endpoint>(
-        self,
-        endpoint: Arc<E>,
-        mut request: Request,
-    ) -> poem::Result<Response> {
+    /// Admits the request (adding its [`Caller`] to it), or gives the answer that refuses
+    /// it (401, 403, 404, 405).
+    pub fn admit(&self, request: &mut Request) -> Result<(), Response> {
         let access = self
             .policy
             .access(request.method().as_str(), request.uri().path());
-        let caller = match self.decide(access, request.header("authorization")) {
-            Ok(caller) => caller,
-            Err(refusal) => return Ok(refusal.response()),
-        };
+        let caller = self
+            .decide(access, request.header("authorization"))
+            .map_err(|refusal| refusal.response())?;
         request.extensions_mut().insert(caller);
-        endpoint.call(request).await.map(|r| r.into_response())
+        Ok(())
     }
 
     fn decide(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Refusal> {
