@@ -9,6 +9,7 @@ use platform::testkit::{TestKafka, unique_name};
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::message::Headers as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -219,6 +220,7 @@ type Running<Seen, H> = (
 /// message numbered `fail` (until shutdown interrupts its retries).
 struct Parallel {
     seen: mpsc::UnboundedSender<(String, u32)>,
+    batches: AtomicUsize,
     running: AtomicUsize,
     most_at_once: AtomicUsize,
     fail: Option<u32>,
@@ -226,6 +228,7 @@ struct Parallel {
 
 impl Handler<Ping> for Arc<Parallel> {
     async fn handle(&self, batch: &[Delivery<Ping>]) -> anyhow::Result<()> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_at_once.fetch_max(now, Ordering::SeqCst);
         // Work that takes a while, so that batches overlap.
@@ -251,6 +254,7 @@ fn start_parallel(
     let (tx, rx) = mpsc::unbounded_channel();
     let handler = Arc::new(Parallel {
         seen: tx,
+        batches: AtomicUsize::new(0),
         running: AtomicUsize::new(0),
         most_at_once: AtomicUsize::new(0),
         fail,
@@ -311,6 +315,57 @@ async fn keys_run_in_parallel_and_each_key_stays_in_order() {
     assert!(
         handler.most_at_once.load(Ordering::SeqCst) > 1,
         "batches never overlapped"
+    );
+}
+
+/// Messages the client holds already are batched together: 40 messages of 40 keys, all in
+/// the topic before the loop starts, arrive in a fetch per partition (two here). Taking
+/// one message per free task would make eight one-message batches before any task is
+/// busy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_already_received_is_batched_together_not_a_message_per_free_task() {
+    let kafka = TestKafka::start().await;
+    let topic = kafka.topics().replies();
+    let count = 40u32;
+    // Sends held back long enough to leave as one record batch per partition: the embedded
+    // broker answers a fetch with one record batch per partition.
+    let lingering: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.brokers())
+        .set("linger.ms", "500")
+        .create()
+        .unwrap();
+    let lingering = &lingering;
+    let sends = (0..count).map(|n| {
+        let (key, payload) = (
+            format!("saga-{n}"),
+            serde_json::to_vec(&Ping { n }).unwrap(),
+        );
+        let topic = topic.clone();
+        async move {
+            let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+            lingering.send(record, Duration::from_secs(30)).await
+        }
+    });
+    for sent in futures_util::future::join_all(sends).await {
+        sent.map_err(|(err, _)| err).unwrap();
+    }
+
+    let (mut seen, handler, shutdown, task) =
+        start_parallel(&kafka, &unique_name("g"), None, |options| {
+            options.concurrency = 8;
+            options.max_batch = 64;
+        });
+    let mut handled = std::collections::HashSet::new();
+    while handled.len() < count as usize {
+        handled.insert(next_keyed(&mut seen).await.1);
+    }
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+
+    let batches = handler.batches.load(Ordering::SeqCst);
+    assert!(
+        batches < 8,
+        "{count} messages fetched together ran as {batches} batches"
     );
 }
 

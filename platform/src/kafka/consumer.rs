@@ -34,6 +34,7 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use rdkafka::Message as _;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -226,7 +227,7 @@ where
         let mut lanes: Lanes<Entry<T>> = Lanes::default();
         let mut running: JoinSet<Finished> = JoinSet::new();
         let mut failure = None;
-        loop {
+        'receiving: loop {
             while running.len() < concurrency {
                 let Some(batch) = lanes.next_batch(max_batch) else {
                     break;
@@ -246,24 +247,35 @@ where
                     }
                     None => {}
                 },
-                received = self.consumer.recv(), if lanes.waiting() < read_ahead => match received {
-                    Ok(message) => {
-                        let raw = raw(&message);
-                        drop(message);
-                        self.revoke(&mut lanes);
-                        let (topic, partition, offset) = (raw.topic.clone(), raw.partition, raw.offset);
-                        let key = raw.key.clone();
-                        lanes.push(&topic, partition, offset, key.as_deref(), entry(raw));
-                    }
-                    Err(err) => match self.fatal(&err) {
-                        // librdkafka will not recover from it: end the loop, say why.
-                        Some(fatal) => {
-                            failure = Some(fatal);
-                            break;
+                received = self.consumer.recv(), if lanes.waiting() < read_ahead => {
+                    let mut received = Some(received);
+                    while let Some(result) = received.take() {
+                        match result {
+                            Ok(message) => {
+                                let raw = raw(&message);
+                                drop(message);
+                                self.revoke(&mut lanes);
+                                let (topic, partition, offset) = (raw.topic.clone(), raw.partition, raw.offset);
+                                let key = raw.key.clone();
+                                lanes.push(&topic, partition, offset, key.as_deref(), entry(raw));
+                                // What librdkafka holds already (the rest of a fetch) joins
+                                // at once, so that a fetch's messages form batches together
+                                // instead of a batch each while tasks are free.
+                                if lanes.waiting() < read_ahead {
+                                    received = self.consumer.recv().now_or_never();
+                                }
+                            }
+                            Err(err) => match self.fatal(&err) {
+                                // librdkafka will not recover from it: end the loop, say why.
+                                Some(fatal) => {
+                                    failure = Some(fatal);
+                                    break 'receiving;
+                                }
+                                None => self.log_receive_error(err).await,
+                            },
                         }
-                        None => self.log_receive_error(err).await,
-                    },
-                },
+                    }
+                }
             }
             self.revoke(&mut lanes);
         }
