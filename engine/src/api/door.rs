@@ -80,7 +80,7 @@ impl<D: Clone + Send + Sync + 'static> Door<D> {
     /// The checks that need no body, in order: the gate (adding the caller), the shared
     /// data, a declared length over the limit, then the strict rules.
     fn before(&self, mut request: Request) -> Passage {
-        if let Err(refusal) = self.gate.admit(&mut request) {
+        if let Some(refusal) = self.gate.refusal(&mut request) {
             return Passage::Answered(Ok(refusal));
         }
         request.extensions_mut().insert(self.data.clone());

@@ -297,17 +297,19 @@ impl Gate {
         }
     }
 
-    /// Admits the request (adding its [`Caller`] to it), or gives the answer that refuses
-    /// it (401, 403, 404, 405).
-    pub fn admit(&self, request: &mut Request) -> Result<(), Response> {
+    /// Admits the request (adding its [`Caller`] to it) and returns nothing, or returns the
+    /// answer that refuses it (401, 403, 404, 405).
+    pub fn refusal(&self, request: &mut Request) -> Option<Response> {
         let access = self
             .policy
             .access(request.method().as_str(), request.uri().path());
-        let caller = self
-            .decide(access, request.header("authorization"))
-            .map_err(|refusal| refusal.response())?;
-        request.extensions_mut().insert(caller);
-        Ok(())
+        match self.decide(access, request.header("authorization")) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                None
+            }
+            Err(refusal) => Some(refusal.response()),
+        }
     }
 
     fn decide(&self, access: Access, authorization: Option<&str>) -> Result<Caller, Refusal> {
