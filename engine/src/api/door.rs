@@ -43,13 +43,15 @@ pub struct Door<D> {
 }
 
 /// Where the checks before the routes sent a request.
-enum Passage {
+enum Passage<'a> {
     /// Answered at the door: refused by the gate, a body too large, U+0000 in its URI.
     Answered(poem::Result<Response>),
     /// On to the routes.
     Routes(Request),
-    /// Its body must be read first.
-    ReadFirst(Request),
+    /// A body without a declared length: read first, then the strict rules.
+    Unsized(Request),
+    /// JSON to check against its operation's schema (this one) first.
+    Check(Request, &'a serde_json::Value),
 }
 
 impl<D: Clone + Send + Sync + 'static> Endpoint for Door<D> {
@@ -62,8 +64,9 @@ impl<D: Clone + Send + Sync + 'static> Endpoint for Door<D> {
         let answer = match passage {
             Passage::Answered(answer) => Either::Left(std::future::ready(answer)),
             Passage::Routes(request) => Either::Right(Either::Left(self.routes.call(request))),
-            Passage::ReadFirst(request) => {
-                Either::Right(Either::Right(Box::pin(self.read_first(request))))
+            Passage::Unsized(request) => Either::Right(Either::Right(self.read_unsized(request))),
+            Passage::Check(request, schema) => {
+                Either::Right(Either::Right(self.checked(request, schema)))
             }
         };
         let span = observed.span.clone();
@@ -79,7 +82,7 @@ impl<D: Clone + Send + Sync + 'static> Endpoint for Door<D> {
 impl<D: Clone + Send + Sync + 'static> Door<D> {
     /// The checks that need no body, in order: the gate (adding the caller), the shared
     /// data, a declared length over the limit, then the strict rules.
-    fn before(&self, mut request: Request) -> Passage {
+    fn before(&self, mut request: Request) -> Passage<'_> {
         if let Some(refusal) = self.gate.refusal(&mut request) {
             return Passage::Answered(Ok(refusal));
         }
@@ -87,12 +90,12 @@ impl<D: Clone + Send + Sync + 'static> Door<D> {
         request.extensions_mut().insert(self.state.clone());
         match declared_length(&request) {
             Some(length) if length > MAX_BODY_BYTES => return Passage::Answered(Err(too_large())),
-            None if !body_is_empty(&mut request) => return Passage::ReadFirst(request),
+            None if !body_is_empty(&mut request) => return Passage::Unsized(request),
             _ => {}
         }
         match strict::before_body(&self.operations, &mut request) {
             Before::Answer(answer) => Passage::Answered(Ok(answer)),
-            Before::CheckBody => Passage::ReadFirst(request),
+            Before::CheckBody(schema) => Passage::Check(request, schema),
             Before::Pass => Passage::Routes(request),
         }
     }
@@ -100,8 +103,8 @@ impl<D: Clone + Send + Sync + 'static> Door<D> {
     /// A body without a declared length (chunked, or an HTTP/2 stream that declares
     /// nothing) is read up to the limit, never further; then the strict rules, with the
     /// body's check; then the routes.
-    async fn read_first(&self, mut request: Request) -> poem::Result<Response> {
-        if declared_length(&request).is_none() {
+    fn read_unsized(&self, mut request: Request) -> Detour<'_> {
+        Box::pin(async move {
             let mut body = Vec::new();
             request
                 .take_body()
@@ -116,19 +119,28 @@ impl<D: Clone + Send + Sync + 'static> Door<D> {
                 return Err(too_large());
             }
             request.set_body(body);
-        }
-        match strict::before_body(&self.operations, &mut request) {
-            Before::Answer(answer) => return Ok(answer),
-            Before::CheckBody => {
-                if let Some(answer) = strict::check_body(&self.operations, &mut request).await? {
-                    return Ok(answer);
-                }
+            match strict::before_body(&self.operations, &mut request) {
+                Before::Answer(answer) => Ok(answer),
+                Before::CheckBody(schema) => self.checked(request, schema).await,
+                Before::Pass => self.routes.call(request).await,
             }
-            Before::Pass => {}
-        }
-        self.routes.call(request).await
+        })
+    }
+
+    /// A JSON body checked against its operation's schema, then the routes.
+    fn checked<'a>(&'a self, mut request: Request, schema: &'a serde_json::Value) -> Detour<'a> {
+        Box::pin(async move {
+            if let Some(answer) = strict::check_body(&self.operations, schema, &mut request).await?
+            {
+                return Ok(answer);
+            }
+            self.routes.call(request).await
+        })
     }
 }
+
+/// The boxed way to the routes of a request whose body is read first.
+type Detour<'a> = std::pin::Pin<Box<dyn Future<Output = poem::Result<Response>> + Send + 'a>>;
 
 /// `Content-Length`, when the request declares one.
 fn declared_length(request: &Request) -> Option<usize> {

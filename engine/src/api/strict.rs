@@ -174,11 +174,11 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// What the strict rules decide before a request's body is read.
-pub enum Before {
+pub enum Before<'a> {
     /// Answered at once: U+0000 in the path or query.
     Answer(Response),
-    /// Its JSON body must be read and checked against its operation's schema.
-    CheckBody,
+    /// Its JSON body must be read and checked against its operation's schema (this one).
+    CheckBody(&'a Value),
     /// Nothing to check.
     Pass,
 }
@@ -187,7 +187,7 @@ pub enum Before {
 /// is left out (no content, no content type: `curl -X POST`) is given a JSON content type,
 /// so that it is read as absent rather than refused with 415. Then, whether the body is
 /// JSON that [`check_body`] must see.
-pub fn before_body(operations: &Operations, request: &mut Request) -> Before {
+pub fn before_body<'a>(operations: &'a Operations, request: &mut Request) -> Before<'a> {
     // Postgres text and jsonb cannot hold U+0000: refused at the door, never a 500 later.
     let uri = request.uri().to_string();
     if uri.to_ascii_lowercase().contains("%00") {
@@ -213,23 +213,20 @@ pub fn before_body(operations: &Operations, request: &mut Request) -> Before {
     let is_json = request
         .header("content-type")
         .is_some_and(|value| value.starts_with("application/json"));
-    if operation.is_some() && is_json {
-        Before::CheckBody
-    } else {
-        Before::Pass
+    match operation {
+        Some((schema, _)) if is_json => Before::CheckBody(schema),
+        _ => Before::Pass,
     }
 }
 
-/// Reads a JSON body whose operation has a schema ([`Before::CheckBody`]) and checks it: a
-/// body that breaks the schema's types is answered 400 naming the field. The body is put
-/// back for the handler; malformed JSON is left to poem-openapi.
+/// Reads a JSON body and checks it against its operation's schema (from
+/// [`Before::CheckBody`]): a body that breaks the schema's types is answered 400 naming the
+/// field. The body is put back for the handler; malformed JSON is left to poem-openapi.
 pub async fn check_body(
     operations: &Operations,
+    schema: &Value,
     request: &mut Request,
 ) -> poem::Result<Option<Response>> {
-    let Some((schema, _)) = operations.body_schema(request.method(), request.uri().path()) else {
-        return Ok(None);
-    };
     let bytes = request.take_body().into_bytes().await?;
     if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
         && let Some((field, detail)) = operations.check(&value, schema, "")
