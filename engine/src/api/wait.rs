@@ -9,10 +9,13 @@
 use std::future::Future;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::State;
 use super::problem::{ApiError, ApiResult};
+use crate::shell::watch::Waiters;
 
 /// The longest wait a request may ask for, in seconds.
 pub const MAX_WAIT_SECONDS: u32 = 25;
@@ -67,7 +70,7 @@ pub struct Waited<T> {
 /// learn which saga to wait for); without it, the watch is registered before the first
 /// read, so an unsettled saga costs one read before the wait and one after it.
 pub async fn until_settled<T, F, Fut>(
-    state: &State,
+    waiters: &Arc<Waiters>,
     saga: Uuid,
     wait: Duration,
     first: Option<(T, bool)>,
@@ -96,7 +99,7 @@ where
             applied,
         });
     }
-    let Some(mut watch) = state.waiters.watch_settling(saga) else {
+    let Some(mut watch) = waiters.watch_settling(saga) else {
         // Over the bound: the current state, at once.
         let (value, settled) = match first {
             Some(first) => first,
@@ -128,7 +131,96 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     use super::*;
+
+    /// A read that counts itself and finds the saga settled once `settled` is set.
+    fn counted(
+        reads: &AtomicUsize,
+        settled: &AtomicBool,
+    ) -> impl FnMut() -> std::future::Ready<ApiResult<(usize, bool)>> {
+        move || {
+            let n = reads.fetch_add(1, Ordering::SeqCst) + 1;
+            std::future::ready(Ok((n, settled.load(Ordering::SeqCst))))
+        }
+    }
+
+    /// Lets the waiting task run until it waits (the test's runtime has one thread: it runs
+    /// while this one yields).
+    async fn settle_tasks() {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsettled_saga_is_read_once_before_the_wait_and_once_when_it_settles() {
+        let waiters = Waiters::new(8);
+        let saga = Uuid::now_v7();
+        let reads = Arc::new(AtomicUsize::new(0));
+        let settled = Arc::new(AtomicBool::new(false));
+        let waiting = tokio::spawn({
+            let (waiters, reads, settled) = (waiters.clone(), reads.clone(), settled.clone());
+            async move {
+                let read = counted(&reads, &settled);
+                until_settled(&waiters, saga, Duration::from_secs(20), None, read).await
+            }
+        });
+        settle_tasks().await;
+        assert_eq!(waiters.waiting(), 1, "registered");
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read before the wait");
+        // A step that does not settle the saga wakes nothing.
+        waiters.wake([(saga, false)]);
+        settle_tasks().await;
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "no read for a step");
+        settled.store(true, Ordering::SeqCst);
+        waiters.wake([(saga, true)]);
+        let waited = waiting
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("read failed"));
+        assert!(waited.settled);
+        assert_eq!(waited.value, 2, "one read after the wake-up");
+        assert_eq!(waited.applied.as_deref(), Some("wait=20"));
+        assert_eq!(waiters.waiting(), 0, "unregistered");
+    }
+
+    #[tokio::test]
+    async fn a_first_read_already_made_is_not_made_again_and_past_the_bound_none_waits() {
+        let waiters = Waiters::new(0);
+        let saga = Uuid::now_v7();
+        let reads = AtomicUsize::new(0);
+        let settled = AtomicBool::new(false);
+        // Settled already: answered with the caller's read.
+        let read = counted(&reads, &settled);
+        let waited = until_settled(
+            &waiters,
+            saga,
+            Duration::from_secs(5),
+            Some((7, true)),
+            read,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("read failed"));
+        assert_eq!((waited.value, waited.settled), (7, true));
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+        // Over the bound (no waiter allowed): the caller's unsettled read, at once, and no
+        // `Preference-Applied`.
+        let read = counted(&reads, &settled);
+        let waited = until_settled(
+            &waiters,
+            saga,
+            Duration::from_secs(5),
+            Some((7, false)),
+            read,
+        )
+        .await
+        .unwrap_or_else(|_| panic!("read failed"));
+        assert_eq!((waited.value, waited.settled), (7, false));
+        assert_eq!(waited.applied, None);
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+    }
 
     #[test]
     fn the_wait_preference_is_read_among_others_and_a_bad_one_names_the_header() {

@@ -502,7 +502,8 @@ impl SagasApi {
     ) -> ApiResult<Found> {
         let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
         let read = || settling(&state, &caller, id.0);
-        let waited = crate::api::wait::until_settled(&state, id.0, wait, None, read).await?;
+        let waited =
+            crate::api::wait::until_settled(&state.waiters, id.0, wait, None, read).await?;
         let (detail, applied) = (waited.value, waited.applied);
         let etag = format!("\"{}\"", detail.version);
         Ok(Found::Ok(Json(detail), etag, applied))
@@ -678,7 +679,7 @@ impl SagasApi {
         }
         let id = started.saga_id;
         let read = || settling(&state, &caller, id);
-        let waited = crate::api::wait::until_settled(&state, id, wait, None, read).await?;
+        let waited = crate::api::wait::until_settled(&state.waiters, id, wait, None, read).await?;
         if waited.settled {
             Ok(start::StartResponse::Settled(
                 Json(waited.value),
