@@ -1,8 +1,20 @@
 //! Redis: the connection pool (deadpool-redis), and the client it was built from.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use deadpool_redis::redis::Client;
-use deadpool_redis::{Config, Runtime};
+use deadpool_redis::{Config, PoolConfig, Runtime, Timeouts};
+
+/// Connections at most: a worker's batches (`KAFKA_CONSUMER_CONCURRENCY`, 8) each hold one
+/// while they call Redis, beside the lock watchdogs; deadpool's default is twice the cores.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// The longest wait for a pooled connection, and for a new one to open. Past it the call
+/// fails as Redis being unavailable (a worker retries the command later) instead of hanging:
+/// without it, an exhausted pool or a Redis that swallows packets held a lock's wait, and
+/// the command, for ever.
+pub const WAIT: Duration = Duration::from_secs(3);
 
 /// The pool, which derefs to deadpool's, and the client behind it: a subscription needs a
 /// connection of its own, which a pooled one cannot be.
@@ -28,7 +40,17 @@ impl std::ops::Deref for Pool {
 }
 
 pub fn pool(url: &str) -> anyhow::Result<Pool> {
-    let pool = Config::from_url(url)
+    let mut config = Config::from_url(url);
+    config.pool = Some(PoolConfig {
+        max_size: MAX_CONNECTIONS,
+        timeouts: Timeouts {
+            wait: Some(WAIT),
+            create: Some(WAIT),
+            recycle: Some(WAIT),
+        },
+        ..PoolConfig::default()
+    });
+    let pool = config
         .create_pool(Some(Runtime::Tokio1))
         .context("building the Redis pool")?;
     let client = Client::open(url).context("reading the Redis URL")?;
