@@ -8,10 +8,10 @@
 //! - fence and compensation: set `fenced_at` and learn whether the original took effect.
 
 use diesel::sql_types::{Array, Bool, Int4, Jsonb, Nullable, Uuid as SqlUuid};
-use diesel::{OptionalExtension as _, QueryableByName, sql_query};
+use diesel::{OptionalExtension as _, QueryableByName};
 use diesel_async::RunQueryDsl;
 use platform::contract::{Command, Fenced};
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use serde_json::Value;
 
 use crate::participant::Failure;
@@ -26,7 +26,7 @@ fn step_of(command: &Command) -> Result<i32, Failure> {
 /// Records that the forward command of its step takes effect in this transaction; refused
 /// when the step was fenced or compensated first.
 pub async fn claim_forward(conn: &mut Connection, command: &Command) -> Result<(), Failure> {
-    let claimed = sql_query(
+    let claimed = prepared(
         "INSERT INTO step_fences (saga_id, step, applied_at) VALUES ($1, $2, now()) \
          ON CONFLICT (saga_id, step) DO UPDATE SET applied_at = excluded.applied_at \
          WHERE step_fences.fenced_at IS NULL",
@@ -53,7 +53,7 @@ pub async fn claim_forwards(conn: &mut Connection, commands: &[&Command]) -> Res
     }
     steps.sort_unstable();
     let (sagas, steps): (Vec<_>, Vec<_>) = steps.into_iter().unzip();
-    let claimed = sql_query(
+    let claimed = prepared(
         "INSERT INTO step_fences (saga_id, step, applied_at) \
          SELECT saga_id, step, now() FROM unnest($1::uuid[], $2::int4[]) AS s(saga_id, step) \
          ON CONFLICT (saga_id, step) DO UPDATE SET applied_at = excluded.applied_at \
@@ -82,7 +82,7 @@ struct ForwardOutput {
 /// effect before, with that command's output.
 pub async fn fence(conn: &mut Connection, command: &Command) -> Result<Fenced, Failure> {
     let step = step_of(command)?;
-    let Applied { applied } = sql_query(
+    let Applied { applied } = prepared(
         "INSERT INTO step_fences (saga_id, step, fenced_at) VALUES ($1, $2, now()) \
          ON CONFLICT (saga_id, step) \
          DO UPDATE SET fenced_at = COALESCE(step_fences.fenced_at, excluded.fenced_at) \
@@ -99,7 +99,7 @@ pub async fn fence(conn: &mut Connection, command: &Command) -> Result<Fenced, F
         });
     }
     // The forward reply was stored in the same transaction that set `applied_at`.
-    let output = sql_query(
+    let output = prepared(
         "SELECT reply -> 'outcome' -> 'output' AS output FROM processed_commands \
          WHERE saga_id = $1 AND reply ->> 'direction' = 'forward' \
            AND reply ->> 'step' = $2::text AND reply -> 'outcome' ->> 'status' = 'succeeded' \

@@ -23,10 +23,10 @@ use uuid::Uuid;
 
 use deadpool_redis::redis::Script;
 use diesel::sql_types::{BigInt, Text};
-use diesel::{OptionalExtension as _, QueryableByName, sql_query};
+use diesel::{OptionalExtension as _, QueryableByName};
 use diesel_async::RunQueryDsl;
 use platform::cache;
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 
 use crate::guarded::Counter;
 
@@ -324,7 +324,7 @@ async fn remaining(conn: &mut Connection, want: &Want) -> anyhow::Result<i64> {
         remaining,
         ..
     } = want.counter;
-    let row: Option<Remaining> = sql_query(format!(
+    let row: Option<Remaining> = prepared(format!(
         "SELECT ({remaining})::bigint AS remaining FROM {table} WHERE {key} = $1::{key_type}"
     ))
     .bind::<Text, _>(&want.key)

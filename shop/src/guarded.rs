@@ -12,9 +12,9 @@
 //! Table and column names come from the constants below, never from input.
 
 use diesel::sql_types::{BigInt, Nullable, Text};
-use diesel::{OptionalExtension as _, QueryableByName, sql_query};
+use diesel::{OptionalExtension as _, QueryableByName};
 use diesel_async::RunQueryDsl;
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 
 use crate::participant::{Context, Failure};
 
@@ -131,7 +131,7 @@ pub async fn adjust(
         let upper_rule = upper_bound.map_or(String::new(), |c| {
             format!(" AND {column}::numeric + $2 <= {c}")
         });
-        let updated: Option<Current> = sql_query(format!(
+        let updated: Option<Current> = prepared(format!(
             "UPDATE {table} SET {column} = {column} + $2, updated_at = now() \
              WHERE {key_column} = $1::{key_type} \
                AND {column}::numeric + $2 BETWEEN 0 AND $3{upper_rule} \
@@ -197,7 +197,7 @@ pub async fn read_fenced(
         ..
     } = counter;
     let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
-    let registered: Option<Current> = sql_query(format!(
+    let registered: Option<Current> = prepared(format!(
         "UPDATE {table} SET fence = $2 WHERE {key_column} = $1::{key_type} AND fence <= $2 \
          RETURNING {column}::bigint AS value, {upper_sql} AS upper"
     ))
@@ -233,7 +233,7 @@ pub async fn write_fenced(
         column_type,
         ..
     } = counter;
-    let written = sql_query(format!(
+    let written = prepared(format!(
         "UPDATE {table} SET {column} = CAST($2 AS {column_type}), \
          fence = COALESCE($3, fence), updated_at = now() \
          WHERE {key_column} = $1::{key_type} AND ($3::bigint IS NULL OR fence <= $3)"
@@ -269,7 +269,7 @@ async fn read(
         ..
     } = counter;
     let upper_sql = upper_bound.map_or("NULL".to_owned(), |c| format!("{c}::bigint"));
-    Ok(sql_query(format!(
+    Ok(prepared(format!(
         "SELECT {column}::bigint AS value, {upper_sql} AS upper \
          FROM {table} WHERE {key_column} = $1::{key_type}"
     ))

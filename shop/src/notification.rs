@@ -1,14 +1,14 @@
 //! The notification worker: records every saga lifecycle event once (keyed by event id, so
 //! a redelivered event changes nothing) and logs it as a structured line.
 
-use diesel::prelude::*;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Array, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use platform::contract::Event;
-use platform::db;
+use platform::db::{self, prepared};
 use platform::kafka::{Delivery, Handler};
 use platform::telemetry;
-
-use engine::schema::notifications;
+use uuid::Uuid;
 
 pub struct Recorder {
     database: db::Pool,
@@ -20,41 +20,34 @@ impl Recorder {
     }
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = notifications)]
-struct NewNotification<'a> {
-    event_id: uuid::Uuid,
-    saga_id: uuid::Uuid,
-    saga: &'a str,
-    kind: &'a str,
-    step: Option<i32>,
-    message: &'a str,
-    occurred_at: chrono::DateTime<chrono::Utc>,
-}
-
 impl Handler<Event> for Recorder {
     async fn handle(&self, batch: &[Delivery<Event>]) -> anyhow::Result<()> {
-        let rows: Vec<NewNotification<'_>> = batch
-            .iter()
-            .map(|delivery| {
-                let event = &delivery.message;
-                NewNotification {
-                    event_id: event.id,
-                    saga_id: event.saga_id,
-                    saga: &event.saga,
-                    kind: &event.kind,
-                    step: event.step.and_then(|step| i32::try_from(step).ok()),
-                    message: &event.message,
-                    occurred_at: event.occurred_at,
-                }
-            })
+        let events = || batch.iter().map(|delivery| &delivery.message);
+        let ids: Vec<Uuid> = events().map(|event| event.id).collect();
+        let sagas: Vec<Uuid> = events().map(|event| event.saga_id).collect();
+        let names: Vec<&str> = events().map(|event| event.saga.as_str()).collect();
+        let kinds: Vec<&str> = events().map(|event| event.kind.as_str()).collect();
+        let steps: Vec<Option<i32>> = events()
+            .map(|event| event.step.and_then(|step| i32::try_from(step).ok()))
             .collect();
+        let messages: Vec<&str> = events().map(|event| event.message.as_str()).collect();
+        let occurred: Vec<DateTime<Utc>> = events().map(|event| event.occurred_at).collect();
         let mut conn = self.database.get().await?;
-        let inserted = diesel::insert_into(notifications::table)
-            .values(&rows)
-            .on_conflict_do_nothing()
-            .execute(&mut conn)
-            .await?;
+        let inserted = prepared(
+            "INSERT INTO notifications (event_id, saga_id, saga, kind, step, message, occurred_at) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[], \
+                                  $6::text[], $7::timestamptz[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&sagas)
+        .bind::<Array<Text>, _>(&names)
+        .bind::<Array<Text>, _>(&kinds)
+        .bind::<Array<Nullable<Integer>>, _>(&steps)
+        .bind::<Array<Text>, _>(&messages)
+        .bind::<Array<Timestamptz>, _>(&occurred)
+        .execute(&mut conn)
+        .await?;
         for delivery in batch {
             // Each event is the last hop of its saga's trace: the relay's span is its parent.
             let event = &delivery.message;

@@ -298,7 +298,7 @@ async fn overlapping_claims_in_opposite_orders_do_not_deadlock() {
         }
         let waiting: Waiting = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_stat_activity \
-             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO \"processed_commands\"%'",
+             WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO processed_commands%'",
         )
         .get_result(&mut watcher)
         .await

@@ -11,7 +11,7 @@ use chrono::{TimeDelta, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -70,7 +70,7 @@ impl Key {
 /// Takes the key for this transaction and returns the answer stored for it, if the same
 /// request used it before. Call first thing in the effect's transaction.
 pub async fn begin<T: DeserializeOwned>(conn: &mut Connection, key: &Key) -> ApiResult<Option<T>> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1 || ':' || $2))")
+    prepared("SELECT pg_advisory_xact_lock(hashtext($1 || ':' || $2))")
         .bind::<Text, _>(&key.caller)
         .bind::<Text, _>(&key.key)
         .execute(conn)

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Timestamptz};
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
-use platform::db::{self, Connection};
+use platform::db::{self, Connection, prepared};
 use platform::kafka::Producer;
 use tokio_util::sync::CancellationToken;
 
@@ -154,7 +154,7 @@ impl Relay {
         let (ids, acknowledged): (Vec<i64>, Vec<DateTime<Utc>>) = sent.iter().copied().unzip();
         let marked = async {
             let mut conn = self.pool.get().await?;
-            diesel::sql_query(
+            prepared(
                 "UPDATE outbox SET published_at = u.acknowledged \
                  FROM unnest($1::int8[], $2::timestamptz[]) AS u(id, acknowledged) \
                  WHERE outbox.id = u.id",

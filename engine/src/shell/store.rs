@@ -13,14 +13,14 @@ use diesel::sql_types::{
 };
 use diesel_async::RunQueryDsl;
 use platform::contract::Reply;
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::batch::RowChange;
 use super::publish::{Message, Queued};
 
-use crate::schema::{outbox, processed_replies, saga_history, sagas};
+use crate::schema::sagas;
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = sagas)]
@@ -44,8 +44,7 @@ pub struct SagaRow {
     pub definition_version: i32,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = sagas)]
+/// A saga to insert ([`insert`]).
 pub struct NewSaga<'a> {
     pub id: Uuid,
     pub definition: &'a str,
@@ -63,8 +62,7 @@ pub struct NewSaga<'a> {
     pub definition_version: i32,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = saga_history)]
+/// A history entry to append ([`append_history`]).
 pub struct NewHistory {
     pub saga_id: Uuid,
     pub kind: String,
@@ -75,8 +73,7 @@ pub struct NewHistory {
     pub recorded_at: DateTime<Utc>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
+/// A message to write to the outbox ([`enqueue`]).
 pub struct NewOutboxMessage {
     pub topic: String,
     pub message_key: String,
@@ -90,11 +87,29 @@ pub struct NewOutboxMessage {
 /// reads the existing saga). A concurrent insert with the same key waits on the unique index
 /// until the first commits, so exactly one wins.
 pub async fn insert(conn: &mut Connection, saga: &NewSaga<'_>) -> QueryResult<bool> {
-    let inserted = diesel::insert_into(sagas::table)
-        .values(saga)
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
+    let inserted = prepared(
+        "INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
+           idempotency_key, started_by, next_timer_at, created_at, updated_at, traceparent, \
+           definition_version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<SqlUuid, _>(saga.id)
+    .bind::<Text, _>(saga.definition)
+    .bind::<Text, _>(saga.status)
+    .bind::<Integer, _>(saga.current_step)
+    .bind::<Jsonb, _>(saga.payload)
+    .bind::<Jsonb, _>(&saga.state)
+    .bind::<BigInt, _>(saga.version)
+    .bind::<Nullable<Text>, _>(saga.idempotency_key)
+    .bind::<Nullable<Text>, _>(saga.started_by)
+    .bind::<Nullable<Timestamptz>, _>(saga.next_timer_at)
+    .bind::<Timestamptz, _>(saga.created_at)
+    .bind::<Timestamptz, _>(saga.updated_at)
+    .bind::<Nullable<Text>, _>(saga.traceparent)
+    .bind::<Integer, _>(saga.definition_version)
+    .execute(conn)
+    .await?;
     Ok(inserted == 1)
 }
 
@@ -147,7 +162,7 @@ pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryRe
         quarantines.push(row.quarantine.as_deref());
         updated.push(row.updated_at);
     }
-    diesel::sql_query(
+    prepared(
         "UPDATE sagas AS s SET status = u.status, current_step = u.current_step, state = u.state, \
            next_timer_at = u.next_timer_at, quarantine = u.quarantine, updated_at = u.updated_at, \
            version = s.version + 1 \
@@ -177,23 +192,23 @@ pub async fn claim_replies(conn: &Connection, replies: &[&Reply]) -> QueryResult
     }
     let mut rows: Vec<(Uuid, Uuid)> = replies.iter().map(|r| (r.id, r.saga_id)).collect();
     rows.sort();
-    let values: Vec<_> = rows
-        .iter()
-        .map(|(reply_id, saga_id)| {
-            (
-                processed_replies::reply_id.eq(*reply_id),
-                processed_replies::saga_id.eq(*saga_id),
-                processed_replies::outcome.eq("received"),
-            )
-        })
-        .collect();
-    let fresh: Vec<Uuid> = diesel::insert_into(processed_replies::table)
-        .values(values)
-        .on_conflict_do_nothing()
-        .returning(processed_replies::reply_id)
-        .get_results(&mut conn)
-        .await?;
-    Ok(fresh.into_iter().collect())
+    let (reply_ids, saga_ids): (Vec<Uuid>, Vec<Uuid>) = rows.into_iter().unzip();
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = SqlUuid)]
+        reply_id: Uuid,
+    }
+    let fresh: Vec<Claimed> = prepared(
+        "INSERT INTO processed_replies (reply_id, saga_id, outcome) \
+         SELECT reply_id, saga_id, 'received' FROM unnest($1::uuid[], $2::uuid[]) \
+           AS u(reply_id, saga_id) \
+         ON CONFLICT DO NOTHING RETURNING reply_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&reply_ids)
+    .bind::<Array<SqlUuid>, _>(&saga_ids)
+    .load(&mut conn)
+    .await?;
+    Ok(fresh.into_iter().map(|claimed| claimed.reply_id).collect())
 }
 
 /// Records what became of each reply.
@@ -207,7 +222,7 @@ pub async fn settle_replies(conn: &Connection, settled: &[(Uuid, String)]) -> Qu
         .iter()
         .map(|(_, outcome)| outcome.as_str())
         .collect();
-    diesel::sql_query(
+    prepared(
         "UPDATE processed_replies AS p SET outcome = u.outcome \
          FROM unnest($1::uuid[], $2::text[]) AS u(reply_id, outcome) \
          WHERE p.reply_id = u.reply_id",
@@ -242,7 +257,7 @@ pub async fn glance(conn: &mut Connection, id: Uuid) -> QueryResult<Option<Glanc
 /// rolls back).
 pub async fn notify(conn: &Connection, channel: &str, payload: &str) -> QueryResult<()> {
     let mut conn = conn;
-    diesel::sql_query("SELECT pg_notify($1, $2)")
+    prepared("SELECT pg_notify($1, $2)")
         .bind::<Text, _>(channel)
         .bind::<Text, _>(payload)
         .execute(&mut conn)
@@ -263,12 +278,34 @@ pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow
 
 pub async fn append_history(conn: &Connection, entries: &[NewHistory]) -> QueryResult<()> {
     let mut conn = conn;
-    if !entries.is_empty() {
-        diesel::insert_into(saga_history::table)
-            .values(entries)
-            .execute(&mut conn)
-            .await?;
+    if entries.is_empty() {
+        return Ok(());
     }
+    let sagas: Vec<Uuid> = entries.iter().map(|e| e.saga_id).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let steps: Vec<Option<i32>> = entries.iter().map(|e| e.step).collect();
+    let attempts: Vec<Option<i32>> = entries.iter().map(|e| e.attempt).collect();
+    let statuses: Vec<&str> = entries.iter().map(|e| e.status.as_str()).collect();
+    let details: Vec<&Value> = entries.iter().map(|e| &e.detail).collect();
+    let recorded: Vec<DateTime<Utc>> = entries.iter().map(|e| e.recorded_at).collect();
+    // `WITH ORDINALITY ... ORDER BY`: the entries get their ids in the batch's order.
+    prepared(
+        "INSERT INTO saga_history (saga_id, kind, step, attempt, status, detail, recorded_at) \
+         SELECT saga_id, kind, step, attempt, status, detail, recorded_at \
+         FROM unnest($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], $6::jsonb[], \
+                     $7::timestamptz[]) WITH ORDINALITY \
+           AS u(saga_id, kind, step, attempt, status, detail, recorded_at, n) \
+         ORDER BY n",
+    )
+    .bind::<Array<SqlUuid>, _>(&sagas)
+    .bind::<Array<Text>, _>(&kinds)
+    .bind::<Array<Nullable<Integer>>, _>(&steps)
+    .bind::<Array<Nullable<Integer>>, _>(&attempts)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Jsonb>, _>(&details)
+    .bind::<Array<Timestamptz>, _>(&recorded)
+    .execute(&mut conn)
+    .await?;
     Ok(())
 }
 
@@ -279,12 +316,32 @@ pub async fn enqueue(conn: &Connection, messages: Vec<NewOutboxMessage>) -> Quer
     if messages.is_empty() {
         return Ok(Queued::default());
     }
-    let mut ids: Vec<i64> = diesel::insert_into(outbox::table)
-        .values(&messages)
-        .returning(outbox::id)
-        .get_results(&mut conn)
-        .await?;
-    // The ids come from the sequence row by row, in the order of the VALUES list.
+    let topics: Vec<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.message_key.as_str()).collect();
+    let payloads: Vec<&Value> = messages.iter().map(|m| &m.payload).collect();
+    let created: Vec<DateTime<Utc>> = messages.iter().map(|m| m.created_at).collect();
+    let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    let ids: Vec<Id> = prepared(
+        "INSERT INTO outbox (topic, message_key, payload, created_at, traceparent) \
+         SELECT topic, message_key, payload, created_at, traceparent \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::text[]) \
+           WITH ORDINALITY AS u(topic, message_key, payload, created_at, traceparent, n) \
+         ORDER BY n RETURNING id",
+    )
+    .bind::<Array<Text>, _>(&topics)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Jsonb>, _>(&payloads)
+    .bind::<Array<Timestamptz>, _>(&created)
+    .bind::<Array<Nullable<Text>>, _>(&traces)
+    .load(&mut conn)
+    .await?;
+    let mut ids: Vec<i64> = ids.into_iter().map(|row| row.id).collect();
+    // The ids come from the sequence row by row, in the order of the rows (`ORDER BY n`).
     ids.sort_unstable();
     let queued = messages
         .into_iter()

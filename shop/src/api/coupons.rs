@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
@@ -196,7 +196,7 @@ pub async fn create_campaign(state: &State, new: &NewCampaign) -> ApiResult<Camp
             ));
         }
         // Serialises creations of one kind until commit.
-        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        prepared("SELECT pg_advisory_xact_lock(hashtext($1))")
             .bind::<Text, _>(&new.kind)
             .execute(conn)
             .await?;

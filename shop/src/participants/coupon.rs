@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Timestamptz, Uuid as SqlUuid};
-use diesel::{QueryableByName, sql_query};
 use diesel_async::RunQueryDsl;
 use platform::contract::{Command, Role, commands};
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -289,7 +289,7 @@ impl Coupon {
     ) -> anyhow::Result<Vec<Result<Value, String>>> {
         let all = |reason: String| Ok(vec![Err(reason); wanted.len()]);
         let fence = context.fence(&resource(campaign_id));
-        let campaign: Option<Campaign> = sql_query(TAKE_CAMPAIGN)
+        let campaign: Option<Campaign> = prepared(TAKE_CAMPAIGN)
             .bind::<SqlUuid, _>(campaign_id)
             .bind::<Nullable<BigInt>, _>(fence)
             .get_result(conn)
@@ -316,7 +316,7 @@ impl Coupon {
         }
         let sagas: Vec<Uuid> = wanted.iter().map(|one| one.saga_id).collect();
         let users: Vec<Uuid> = wanted.iter().map(|one| one.user_id).collect();
-        let judged: Vec<Judged> = sql_query(CLAIM_SET)
+        let judged: Vec<Judged> = prepared(CLAIM_SET)
             .bind::<SqlUuid, _>(campaign_id)
             .bind::<Array<SqlUuid>, _>(&sagas)
             .bind::<Array<SqlUuid>, _>(&users)

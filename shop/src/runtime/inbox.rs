@@ -8,10 +8,10 @@
 use std::collections::{HashMap, HashSet};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Jsonb, Uuid as SqlUuid};
+use diesel::sql_types::{Array, Jsonb, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use platform::contract::{Command, Reply, Role};
-use platform::db::Connection;
+use platform::db::{Connection, prepared};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -54,26 +54,37 @@ pub async fn claim(
     // another replica) then wait on each other's rows in one order and never deadlock.
     let mut claims = claims.to_vec();
     claims.sort_by_key(|(command, _)| command.id);
-    let mut rows = Vec::with_capacity(claims.len());
+    let mut ids = Vec::with_capacity(claims.len());
+    let mut sagas = Vec::with_capacity(claims.len());
+    let mut replies = Vec::with_capacity(claims.len());
     for (command, reply) in claims {
-        let reply = match reply {
+        ids.push(command.id);
+        sagas.push(command.saga_id);
+        replies.push(match reply {
             Some(reply) => serde_json::to_value(reply)?,
             None => Value::Null,
-        };
-        rows.push((
-            processed_commands::command_id.eq(command.id),
-            processed_commands::saga_id.eq(command.saga_id),
-            processed_commands::role.eq(role.as_str()),
-            processed_commands::reply.eq(reply),
-        ));
+        });
     }
-    let claimed: Vec<Uuid> = diesel::insert_into(processed_commands::table)
-        .values(rows)
-        .on_conflict_do_nothing()
-        .returning(processed_commands::command_id)
-        .get_results(conn)
-        .await?;
-    Ok(claimed.into_iter().collect())
+    #[derive(QueryableByName)]
+    struct Claimed {
+        #[diesel(sql_type = SqlUuid)]
+        command_id: Uuid,
+    }
+    let claimed: Vec<Claimed> = prepared(
+        "INSERT INTO processed_commands (command_id, saga_id, role, reply) \
+         SELECT command_id, saga_id, $3, reply \
+         FROM unnest($1::uuid[], $2::uuid[], $4::jsonb[]) WITH ORDINALITY \
+           AS u(command_id, saga_id, reply, n) \
+         ORDER BY n \
+         ON CONFLICT DO NOTHING RETURNING command_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<SqlUuid>, _>(&sagas)
+    .bind::<Text, _>(role.as_str())
+    .bind::<Array<Jsonb>, _>(&replies)
+    .load(conn)
+    .await?;
+    Ok(claimed.into_iter().map(|row| row.command_id).collect())
 }
 
 /// Stores the replies of claimed commands.
@@ -86,7 +97,7 @@ pub async fn store_replies(conn: &mut Connection, replies: &[Reply]) -> anyhow::
         .iter()
         .map(serde_json::to_value)
         .collect::<Result<Vec<Value>, _>>()?;
-    diesel::sql_query(
+    prepared(
         "UPDATE processed_commands AS p SET reply = u.reply \
          FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, reply) WHERE p.command_id = u.id",
     )

@@ -1,7 +1,8 @@
 //! Postgres: the connection pool, database creation and the embedded migrations.
 //!
 //! The schema history lives in the repository's `migrations/` directory and is compiled
-//! into the binaries, so a deployed binary always carries the schema it expects.
+//! into the binaries, so a deployed binary always carries the schema it expects. Batch
+//! statements are [`prepared`] once per connection.
 
 use anyhow::Context as _;
 use diesel::sql_types::{BigInt, Bool, Text};
@@ -16,6 +17,9 @@ use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+mod prepared;
+pub use prepared::{Prepared, prepared};
 
 pub type Pool = DeadPool<AsyncPgConnection>;
 pub type Connection = AsyncPgConnection;
