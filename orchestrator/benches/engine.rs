@@ -16,6 +16,10 @@ use orchestrator::app::Options;
 use platform::testkit::TestEnv;
 use support::{Orchestrator, Participants, script, succeed};
 
+/// The engine runs in this process: with the allocator the orchestrator's binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Order sagas through the engine with participants that answer at once.
 #[derive(clap::Parser)]
 #[command(name = "engine")]
