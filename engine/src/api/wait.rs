@@ -192,31 +192,19 @@ mod tests {
         let saga = Uuid::now_v7();
         let reads = AtomicUsize::new(0);
         let settled = AtomicBool::new(false);
+        let answer = async |first| {
+            let read = counted(&reads, &settled);
+            until_settled(&waiters, saga, Duration::from_secs(5), Some(first), read)
+                .await
+                .unwrap_or_else(|_| panic!("read failed"))
+        };
         // Settled already: answered with the caller's read.
-        let read = counted(&reads, &settled);
-        let waited = until_settled(
-            &waiters,
-            saga,
-            Duration::from_secs(5),
-            Some((7, true)),
-            read,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("read failed"));
+        let waited = answer((7, true)).await;
         assert_eq!((waited.value, waited.settled), (7, true));
         assert_eq!(reads.load(Ordering::SeqCst), 0);
         // Over the bound (no waiter allowed): the caller's unsettled read, at once, and no
         // `Preference-Applied`.
-        let read = counted(&reads, &settled);
-        let waited = until_settled(
-            &waiters,
-            saga,
-            Duration::from_secs(5),
-            Some((7, false)),
-            read,
-        )
-        .await
-        .unwrap_or_else(|_| panic!("read failed"));
+        let waited = answer((7, false)).await;
         assert_eq!((waited.value, waited.settled), (7, false));
         assert_eq!(waited.applied, None);
         assert_eq!(reads.load(Ordering::SeqCst), 0);
