@@ -371,3 +371,86 @@ async fn no_pickup_in_time_undoes_both_parallel_steps_and_a_version_in_use_stays
     participants.stop().await;
     orchestrator.stop().await;
 }
+
+/// A version cannot be removed from under a start that has not committed yet: the removal
+/// waits for the start's transaction, then counts its saga and refuses. Without the
+/// start's hold on the version, the removal would count no saga (the start's is not
+/// committed) and delete the version the saga is about to run on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_is_not_removed_from_under_a_start_in_flight() {
+    use diesel::prelude::*;
+    use diesel::sql_types::BigInt;
+    use diesel_async::{AsyncConnection as _, RunQueryDsl};
+    use engine::shell::{Error, Start};
+
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let http = Http::new(orchestrator.base());
+    register(&http, &click_and_collect(1, 60_000), StatusCode::CREATED).await;
+    register(&http, &click_and_collect(2, 60_000), StatusCode::CREATED).await;
+
+    let engine = orchestrator.running.engine.clone();
+    let pool = env.db.pool.clone();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (commit_tx, commit_rx) = tokio::sync::oneshot::channel::<()>();
+    let starter = tokio::spawn(async move {
+        let mut conn = pool.get().await.unwrap();
+        conn.transaction(async |conn| {
+            let input = input();
+            let start = Start {
+                version: Some(1),
+                ..Start::new("click_and_collect", &input)
+            };
+            let started = engine.start_with(conn, start).await?;
+            started_tx.send(()).unwrap();
+            commit_rx.await.unwrap();
+            Ok::<_, Error>(started.id)
+        })
+        .await
+        .unwrap()
+    });
+    started_rx.await.unwrap();
+
+    let client = http.client.clone();
+    let url = format!(
+        "{}/v1/saga-definitions/click_and_collect/versions/1",
+        http.base
+    );
+    let remover = tokio::spawn(async move { client.delete(url).send().await.unwrap() });
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    eventually(
+        "the removal to wait for the start's transaction",
+        async || {
+            let mut conn = env.db.pool.get().await.unwrap();
+            let waiting: Waiting = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+            waiting.n > 0 || remover.is_finished()
+        },
+    )
+    .await;
+    assert!(
+        !remover.is_finished(),
+        "the removal went ahead while a start on the version was in flight"
+    );
+    commit_tx.send(()).unwrap();
+    let id = starter.await.unwrap();
+    let refused = problem(remover.await.unwrap(), 409, None).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("used by 1 saga"),
+        "{refused}"
+    );
+    assert_eq!(load(&env, id).await.definition_version, 1);
+    orchestrator.stop().await;
+}

@@ -107,9 +107,8 @@ impl Writes {
     /// history and outbox, one update of the reply inbox. A saga changed by someone else
     /// since it was locked (impossible under the row lock, but checked) fails the batch.
     /// The outbox messages move to [`Writes::queued`], to publish after the commit.
-    pub async fn flush(&mut self, conn: &mut Connection) -> Result<(), Error> {
+    pub async fn flush(&mut self, conn: &Connection) -> Result<(), Error> {
         // Independent statements, sent together: one round trip for the batch's writes.
-        let conn: &Connection = conn;
         let outbox = std::mem::take(&mut self.outbox);
         let changes = &self.rows;
         let rows = async {

@@ -19,10 +19,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::Utc;
 use diesel::prelude::*;
+use diesel::sql_types::{Integer, Text};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt as _;
-use platform::db::{self, Connection};
+use platform::db::{self, Connection, prepared};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -219,14 +220,17 @@ impl Catalog {
     }
 
     /// Removes a version no saga still needs: one that a saga not yet over runs on, or the
-    /// pinned default, is refused. The caller's transaction holds the version's row lock,
-    /// so no saga can start on it meanwhile (starts read it `FOR SHARE`).
+    /// pinned default, is refused. The caller's transaction holds the version's lock
+    /// exclusively, so no saga can start on it meanwhile ([`Catalog::hold`]).
     pub async fn remove(
         &self,
         conn: &mut Connection,
         name: &str,
         version: u32,
     ) -> Result<(), Refused> {
+        // Waits for the starts that hold this version to commit, so that their sagas are
+        // counted below; a start after this one finds the version gone.
+        version_lock(conn, Hold::Exclusive, name, version).await?;
         let locked: Option<String> = saga_definitions::table
             .find((name, to_i32(version)))
             .select(saga_definitions::created_by)
@@ -286,37 +290,25 @@ impl Catalog {
         Ok(())
     }
 
-    /// Locks a version against removal until the caller's transaction ends (a saga is
-    /// being started on it).
-    pub async fn hold(
-        &self,
-        conn: &mut Connection,
-        name: &str,
-        version: u32,
-    ) -> Result<bool, diesel::result::Error> {
-        let held: Option<i32> = saga_definitions::table
-            .find((name, to_i32(version)))
-            .select(saga_definitions::version)
-            .for_share()
-            .first(conn)
-            .await
-            .optional()?;
-        Ok(held.is_some())
+    /// Holds a version against removal until the caller's transaction ends (a saga is
+    /// being started on it): a shared advisory lock on the version, which
+    /// [`Catalog::remove`] takes exclusively. Check that the version is stored with
+    /// [`is_stored`], in a statement after this one, so that its snapshot sees a removal
+    /// that committed while the hold waited. The lock lives in the lock manager only:
+    /// `FOR SHARE` on the version's row, which this replaced, made every concurrent start
+    /// rewrite that row (its lockers became a multixact, one member more per start).
+    pub async fn hold(&self, conn: &Connection, name: &str, version: u32) -> QueryResult<()> {
+        version_lock(conn, Hold::Shared, name, version).await
     }
 
     async fn stored(&self, conn: &mut Connection, name: &str, version: u32) -> Result<(), Refused> {
-        let found: Option<i32> = saga_definitions::table
-            .find((name, to_i32(version)))
-            .select(saga_definitions::version)
-            .first(conn)
-            .await
-            .optional()?;
-        match found {
-            Some(_) => Ok(()),
-            None => Err(Refused::NotFound {
+        if is_stored(conn, name, version).await? {
+            Ok(())
+        } else {
+            Err(Refused::NotFound {
                 name: name.to_owned(),
                 version,
-            }),
+            })
         }
     }
 
@@ -555,6 +547,43 @@ fn read_version(document: &Value) -> Result<(Definition, jsonschema::Validator),
 
 async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {
     super::watch::listen_on(database_url, CHANNEL).await
+}
+
+/// Whether a version is stored (a saga may start on it), read with a shared connection so
+/// that a start can send it together with its writes.
+pub async fn is_stored(conn: &Connection, name: &str, version: u32) -> QueryResult<bool> {
+    let mut conn = conn;
+    let found: Option<i32> = saga_definitions::table
+        .find((name, to_i32(version)))
+        .select(saga_definitions::version)
+        .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// How a transaction holds a version's lock: starts share it, a removal excludes them.
+#[derive(Clone, Copy)]
+enum Hold {
+    Shared,
+    Exclusive,
+}
+
+/// Takes a version's advisory lock until the transaction ends. Its key is the two-`int4`
+/// form (the name's hash, the version), a key space apart from the single-`bigint` locks
+/// of migrations and idempotency keys.
+async fn version_lock(conn: &Connection, hold: Hold, name: &str, version: u32) -> QueryResult<()> {
+    let mut conn = conn;
+    let sql = match hold {
+        Hold::Shared => "SELECT pg_advisory_xact_lock_shared(hashtext($1), $2)",
+        Hold::Exclusive => "SELECT pg_advisory_xact_lock(hashtext($1), $2)",
+    };
+    prepared(sql)
+        .bind::<Text, _>(name)
+        .bind::<Integer, _>(to_i32(version))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
 }
 
 fn to_i32(version: u32) -> i32 {

@@ -24,6 +24,7 @@ pub mod watch;
 use std::sync::Arc;
 
 use diesel_async::AsyncConnection as _;
+use futures_util::TryFutureExt as _;
 use platform::contract::{Reply, Topics};
 use platform::db::{self, Connection};
 use platform::telemetry;
@@ -245,7 +246,11 @@ impl Engine {
     }
 
     /// Starts a saga inside the caller's transaction. The version it starts on is held
-    /// (`FOR SHARE`) until the transaction ends, so it cannot be removed meanwhile.
+    /// until the transaction ends, so it cannot be removed meanwhile ([`Catalog::hold`]).
+    /// After the hold, one round trip: the version's check, the saga's row, its history
+    /// and its outbox are sent together (with an idempotency key, the writes wait for the
+    /// insert to tell whether the key was new). A version found gone fails the start, and
+    /// the caller's transaction, which then writes nothing, rolls back.
     pub async fn start_with(
         &self,
         conn: &mut Connection,
@@ -259,16 +264,6 @@ impl Engine {
             started_by,
         } = start;
         let definition = self.definition_for(definition_name, version)?;
-        if !self
-            .catalog
-            .hold(conn, &definition.name, definition.version)
-            .await?
-        {
-            return Err(Error::UnknownVersion {
-                name: definition.name.clone(),
-                version: definition.version,
-            });
-        }
         let now = self.clock.now();
         let id = Uuid::now_v7();
         // The saga's trace starts here, under the caller's span (the HTTP request).
@@ -295,17 +290,6 @@ impl Engine {
             traceparent: traceparent.as_deref(),
             definition_version: i32::try_from(definition.version).unwrap_or(i32::MAX),
         };
-        if !store::insert(conn, &row).await? {
-            let key = idempotency_key.unwrap_or_default();
-            let existing = store::find_by_key(conn, &definition.name, key)
-                .await?
-                .ok_or(Error::Concurrent(id))?;
-            return Ok(Started {
-                id: existing.id,
-                created: false,
-                queued: Queued::default(),
-            });
-        }
         let context = SagaContext {
             id,
             definition: &definition,
@@ -327,7 +311,44 @@ impl Engine {
             now,
         ));
         writes.effects(&self.topics, &context, &transition.actions, now, now);
-        self.act(conn, &mut writes).await?;
+
+        let (name, number) = (definition.name.as_str(), definition.version);
+        self.catalog.hold(conn, name, number).await?;
+        let shared: &Connection = conn;
+        let (stored, inserted) = if idempotency_key.is_none() {
+            // A fresh id and no key: the insert cannot conflict, so the writes go with it.
+            let (stored, inserted, ()) = futures_util::try_join!(
+                catalog::is_stored(shared, name, number).err_into::<Error>(),
+                store::insert(shared, &row).err_into::<Error>(),
+                writes.flush(shared),
+            )?;
+            (stored, inserted)
+        } else {
+            futures_util::try_join!(
+                catalog::is_stored(shared, name, number),
+                store::insert(shared, &row),
+            )?
+        };
+        if !stored {
+            return Err(Error::UnknownVersion {
+                name: name.to_owned(),
+                version: number,
+            });
+        }
+        if !inserted {
+            let key = idempotency_key.unwrap_or_default();
+            let existing = store::find_by_key(conn, name, key)
+                .await?
+                .ok_or(Error::Concurrent(id))?;
+            return Ok(Started {
+                id: existing.id,
+                created: false,
+                queued: Queued::default(),
+            });
+        }
+        if idempotency_key.is_some() {
+            writes.flush(conn).await?;
+        }
         self.metrics.saga_started();
         Ok(Started {
             id,

@@ -86,7 +86,8 @@ pub struct NewOutboxMessage {
 /// Inserts a new saga; `false` when the idempotency key is already taken (the caller then
 /// reads the existing saga). A concurrent insert with the same key waits on the unique index
 /// until the first commits, so exactly one wins.
-pub async fn insert(conn: &mut Connection, saga: &NewSaga<'_>) -> QueryResult<bool> {
+pub async fn insert(conn: &Connection, saga: &NewSaga<'_>) -> QueryResult<bool> {
+    let mut conn = conn;
     let inserted = prepared(
         "INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
            idempotency_key, started_by, next_timer_at, created_at, updated_at, traceparent, \
@@ -108,7 +109,7 @@ pub async fn insert(conn: &mut Connection, saga: &NewSaga<'_>) -> QueryResult<bo
     .bind::<Timestamptz, _>(saga.updated_at)
     .bind::<Nullable<Text>, _>(saga.traceparent)
     .bind::<Integer, _>(saga.definition_version)
-    .execute(conn)
+    .execute(&mut conn)
     .await?;
     Ok(inserted == 1)
 }
