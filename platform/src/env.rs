@@ -121,7 +121,9 @@ pub struct KafkaEnv {
     /// `KAFKA_FETCH_WAIT_MS`: how long a consumer's fetch may wait at the broker when there
     /// is no data (`fetch.wait.max.ms`). tansu and the embedded cluster do not answer a
     /// waiting fetch early when data arrives, so this is added to every hop at low load;
-    /// lower costs idle CPU (README, "Latency settings").
+    /// lower costs idle CPU (README, "Latency settings"). Unset, it is
+    /// [`Self::DEFAULT_FETCH_WAIT_MS`] with `KAFKA_BROKERS`, and
+    /// [`Self::DEFAULT_EMBEDDED_FETCH_WAIT_MS`] without (dev's embedded cluster).
     pub fetch_wait: std::time::Duration,
     /// `KAFKA_CONSUMER_CONCURRENCY`: batches of different keys one consumer runs at once.
     pub consumer_concurrency: usize,
@@ -130,6 +132,10 @@ pub struct KafkaEnv {
 impl KafkaEnv {
     /// Default of `KAFKA_FETCH_WAIT_MS`, measured (README, "Latency settings").
     pub const DEFAULT_FETCH_WAIT_MS: u64 = 10;
+    /// Default of `KAFKA_FETCH_WAIT_MS` for the embedded cluster (`dev`): one process on a
+    /// developer's machine, where a step's latency is what people see and the cluster's idle
+    /// polling is cheap, measured (README, "Latency settings").
+    pub const DEFAULT_EMBEDDED_FETCH_WAIT_MS: u64 = 3;
     /// Default of `KAFKA_CONSUMER_CONCURRENCY`.
     pub const DEFAULT_CONSUMER_CONCURRENCY: usize = 8;
 
@@ -160,7 +166,12 @@ impl KafkaEnv {
             crate::contract::Topics::new(id)
                 .map_err(|reason| Error::new("KAFKA_INSTANCE_ID", id.clone(), reason))?;
         }
-        let fetch_wait = match vars.parse_or("KAFKA_FETCH_WAIT_MS", Self::DEFAULT_FETCH_WAIT_MS)? {
+        let default_fetch_wait = if brokers.is_some() {
+            Self::DEFAULT_FETCH_WAIT_MS
+        } else {
+            Self::DEFAULT_EMBEDDED_FETCH_WAIT_MS
+        };
+        let fetch_wait = match vars.parse_or("KAFKA_FETCH_WAIT_MS", default_fetch_wait)? {
             ms @ 1..=10_000 => std::time::Duration::from_millis(ms),
             ms => {
                 return Err(Error::new(
@@ -315,6 +326,29 @@ mod tests {
         let kafka = KafkaEnv::from_vars(&vars).unwrap();
         assert_eq!(kafka.brokers, None);
         assert_eq!(kafka.topic_prefix, "sagaflow");
+    }
+
+    #[test]
+    fn the_fetch_wait_defaults_lower_for_the_embedded_cluster_only() {
+        let wait = |pairs: &[(&str, &str)]| {
+            KafkaEnv::from_vars(&Vars::from_pairs(pairs.iter().copied()))
+                .unwrap()
+                .fetch_wait
+                .as_millis() as u64
+        };
+        assert_eq!(wait(&[]), KafkaEnv::DEFAULT_EMBEDDED_FETCH_WAIT_MS);
+        assert_eq!(
+            wait(&[("KAFKA_BROKERS", "127.0.0.1:9092")]),
+            KafkaEnv::DEFAULT_FETCH_WAIT_MS
+        );
+        assert_eq!(wait(&[("KAFKA_FETCH_WAIT_MS", "7")]), 7);
+        assert_eq!(
+            wait(&[
+                ("KAFKA_BROKERS", "127.0.0.1:9092"),
+                ("KAFKA_FETCH_WAIT_MS", "7")
+            ]),
+            7
+        );
     }
 
     #[test]

@@ -100,8 +100,9 @@ pub const KAFKA: &[Setting] = &[
     setting(
         "KAFKA_FETCH_WAIT_MS",
         "kafka-fetch-wait-ms",
-        Some("10"),
-        "longest time a fetch waits at the broker when there is nothing to read",
+        None,
+        "longest time a fetch waits at the broker when there is nothing to read; unset: 10, \
+         3 with dev's embedded Kafka",
     ),
     setting(
         "KAFKA_CONSUMER_CONCURRENCY",
