@@ -10,13 +10,21 @@ diesel::table! {
         state -> Jsonb,
         version -> Int8,
         idempotency_key -> Nullable<Text>,
-        next_timer_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         quarantine -> Nullable<Text>,
         started_by -> Nullable<Text>,
         traceparent -> Nullable<Text>,
         definition_version -> Int4,
+        status_changed_at -> Timestamptz,
+    }
+}
+
+// One row per saga that has a timer: when its state next needs looking at.
+diesel::table! {
+    saga_timers (saga_id) {
+        saga_id -> Uuid,
+        fire_at -> Timestamptz,
     }
 }
 
@@ -55,7 +63,13 @@ diesel::table! {
 }
 
 diesel::joinable!(saga_history -> sagas (saga_id));
-diesel::allow_tables_to_appear_in_same_query!(sagas, saga_history, outbox, processed_replies);
+diesel::allow_tables_to_appear_in_same_query!(
+    sagas,
+    saga_timers,
+    saga_history,
+    outbox,
+    processed_replies
+);
 
 diesel::table! {
     idempotency_keys (caller, key) {

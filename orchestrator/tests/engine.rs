@@ -82,6 +82,88 @@ async fn an_order_saga_completes() {
     orchestrator.stop().await;
 }
 
+/// A step that leaves its saga's status alone rewrites the saga's row without touching any
+/// of the table's indexes (a HOT update): the row's indexed columns do not change, its timer
+/// lives in `saga_timers`, and its page keeps room for the new version. Of an order saga's
+/// three updates, the two mid-flight ones can be HOT; the last changes the status. The
+/// timer is written twice per saga (set at the start, gone at the end), not at every step,
+/// though each step's retry time is later than the one before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_keeps_the_status_updates_its_saga_without_index_writes() {
+    #[derive(QueryableByName)]
+    struct Writes {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        relname: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        ins: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        upd: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        hot: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        del: i64,
+    }
+    const SAGAS: i64 = 20;
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, frozen_clock()).await;
+    let engine = &orchestrator.running.engine;
+    // Each command moves the clock on (a little: no retry comes due), so that each step's
+    // retry time is later than the last.
+    let clock = engine.clock().clone();
+    let participants = Participants::start(
+        &env.kafka.cluster,
+        script(move |_| {
+            clock.advance(Duration::from_millis(100));
+            succeed()
+        }),
+    );
+    // One after another: a page's dead versions are pruned once no transaction can see
+    // them, and with sagas in flight together that can come after the next update.
+    for _ in 0..SAGAS {
+        let id = engine
+            .start("order", &order_payload(), None)
+            .await
+            .unwrap()
+            .id;
+        wait_for_status(&env, id, "COMPLETED").await;
+    }
+    // Each backend reports its counts when it goes idle (within seconds): wait until every
+    // saga's three updates and its timer's removal are counted.
+    let mut conn = env.db.pool.get().await.unwrap();
+    let mut counted = Vec::new();
+    eventually("every write to be counted", async || {
+        counted = diesel::sql_query(
+            "SELECT relname::text, n_tup_ins AS ins, n_tup_upd AS upd, \
+               n_tup_hot_upd AS hot, n_tup_del AS del \
+             FROM pg_stat_user_tables WHERE relname IN ('sagas', 'saga_timers') \
+             ORDER BY relname",
+        )
+        .load::<Writes>(&mut conn)
+        .await
+        .unwrap();
+        counted.len() == 2 && counted[0].del == SAGAS && counted[1].upd >= 3 * SAGAS
+    })
+    .await;
+    let (timers, sagas) = (&counted[0], &counted[1]);
+    assert_eq!(
+        (timers.relname.as_str(), sagas.relname.as_str()),
+        ("saga_timers", "sagas")
+    );
+    assert!(
+        sagas.hot * 2 >= sagas.upd,
+        "{} of {} saga updates were HOT",
+        sagas.hot,
+        sagas.upd
+    );
+    assert_eq!(
+        (timers.ins, timers.upd, timers.del),
+        (SAGAS, 0, SAGAS),
+        "timers inserted, updated, deleted"
+    );
+    participants.stop().await;
+    orchestrator.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rejection_at_step_three_compensates_step_two_then_step_one() {
     let env = TestEnv::start().await;
@@ -644,12 +726,40 @@ async fn insert_unreadable(env: &TestEnv, definition: &str, state: serde_json::V
             sagas::status.eq("RUNNING"),
             sagas::payload.eq(json!({})),
             sagas::state.eq(state),
-            sagas::next_timer_at.eq(chrono::Utc::now() - chrono::TimeDelta::hours(1)),
         ))
         .execute(&mut conn)
         .await
         .unwrap();
+    make_timer_due(env, id).await;
     id
+}
+
+/// Sets the saga's timer an hour in the past.
+async fn make_timer_due(env: &TestEnv, id: Uuid) {
+    use engine::schema::saga_timers;
+    let mut conn = env.db.pool.get().await.unwrap();
+    let due = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    diesel::insert_into(saga_timers::table)
+        .values((saga_timers::saga_id.eq(id), saga_timers::fire_at.eq(due)))
+        .on_conflict(saga_timers::saga_id)
+        .do_update()
+        .set(saga_timers::fire_at.eq(due))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// When the saga's timer fires, if it has one.
+async fn timer_of(env: &TestEnv, id: Uuid) -> Option<chrono::DateTime<chrono::Utc>> {
+    use engine::schema::saga_timers;
+    let mut conn = env.db.pool.get().await.unwrap();
+    saga_timers::table
+        .find(id)
+        .select(saga_timers::fire_at)
+        .first(&mut conn)
+        .await
+        .optional()
+        .unwrap()
 }
 
 /// A saga records the version of its definition it started on. A row of a version this
@@ -674,13 +784,11 @@ async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
     // Another saga, as a deploy with a version 2 of `order` would have started it.
     let newer = engine.start("order", &order_payload(), None).await.unwrap();
     diesel::update(sagas::table.find(newer.id))
-        .set((
-            sagas::definition_version.eq(2),
-            sagas::next_timer_at.eq(chrono::Utc::now() - chrono::TimeDelta::hours(1)),
-        ))
+        .set(sagas::definition_version.eq(2))
         .execute(&mut conn)
         .await
         .unwrap();
+    make_timer_due(&env, newer.id).await;
     wait_for_status(&env, current.id, "COMPLETED").await;
     eventually("the newer saga to be quarantined", async || {
         load(&env, newer.id).await.quarantine.is_some()
@@ -720,12 +828,14 @@ async fn sagas_that_no_longer_match_their_definition_are_quarantined_and_hide_no
     // 150 copies of it, each stored with one step fewer, their timers overdue.
     let mut conn = env.db.pool.get().await.unwrap();
     diesel::sql_query(
-        "INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
-         next_timer_at, created_at, updated_at) \
-         SELECT gen_random_uuid(), definition, status, current_step, payload, \
-         jsonb_set(state, '{steps}', (state->'steps') - 2), version, \
-         now() - interval '1 hour', created_at, updated_at \
-         FROM sagas, generate_series(1, 150) WHERE id = $1",
+        "WITH copies AS ( \
+           INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
+             created_at, updated_at) \
+           SELECT gen_random_uuid(), definition, status, current_step, payload, \
+             jsonb_set(state, '{steps}', (state->'steps') - 2), version, created_at, updated_at \
+           FROM sagas, generate_series(1, 150) WHERE id = $1 RETURNING id) \
+         INSERT INTO saga_timers (saga_id, fire_at) \
+         SELECT id, now() - interval '1 hour' FROM copies",
     )
     .bind::<diesel::sql_types::Uuid, _>(template.id)
     .execute(&mut conn)
@@ -786,7 +896,11 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
         let row = load(&env, id).await;
         let quarantine = row.quarantine.unwrap_or_default();
         assert!(quarantine.contains(reason), "{quarantine}");
-        assert_eq!(row.next_timer_at, None, "no timer fires for it again");
+        assert_eq!(
+            timer_of(&env, id).await,
+            None,
+            "no timer fires for it again"
+        );
         assert_eq!(count(&history_kinds(&env, id).await, "saga.quarantined"), 1);
     }
     assert_eq!(engine.metrics().quarantined.get(), 2);

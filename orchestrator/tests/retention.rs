@@ -47,12 +47,12 @@ async fn each_table_keeps_exactly_what_is_inside_its_window() {
          (gen_random_uuid(), '00000000-0000-7000-8000-000000000003', 'vendor', '{}', now() - interval '100 days')",
         "INSERT INTO step_fences (saga_id, step, fenced_at, applied_at) VALUES \
          ('00000000-0000-7000-8000-000000000003', 1, NULL, now() - interval '100 days')",
-        "INSERT INTO sagas (id, definition, status, payload, state, updated_at) VALUES \
-         ('00000000-0000-7000-8000-000000000003', 'coupon_use', 'FAILED', '{}', '{}', now() - interval '100 days')",
+        "INSERT INTO sagas (id, definition, status, payload, state, updated_at, status_changed_at) VALUES \
+         ('00000000-0000-7000-8000-000000000003', 'coupon_use', 'FAILED', '{}', '{}', now() - interval '100 days', now() - interval '100 days')",
         // Two sagas with 100-day-old history: one finished 100 days ago, one still running.
-        "INSERT INTO sagas (id, definition, status, payload, state, updated_at) VALUES \
-         ('00000000-0000-7000-8000-000000000001', 'order', 'COMPLETED', '{}', '{}', now() - interval '100 days'), \
-         ('00000000-0000-7000-8000-000000000002', 'order', 'RUNNING', '{}', '{}', now() - interval '100 days')",
+        "INSERT INTO sagas (id, definition, status, payload, state, updated_at, status_changed_at) VALUES \
+         ('00000000-0000-7000-8000-000000000001', 'order', 'COMPLETED', '{}', '{}', now() - interval '100 days', now() - interval '100 days'), \
+         ('00000000-0000-7000-8000-000000000002', 'order', 'RUNNING', '{}', '{}', now() - interval '100 days', now() - interval '100 days')",
         "INSERT INTO saga_history (saga_id, kind, status, recorded_at) VALUES \
          ('00000000-0000-7000-8000-000000000001', 'saga.start', 'RUNNING', now() - interval '100 days'), \
          ('00000000-0000-7000-8000-000000000002', 'saga.start', 'RUNNING', now() - interval '100 days')",

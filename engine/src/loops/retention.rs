@@ -17,7 +17,7 @@ pub static RULES: &[Rule] = &[
     Rule {
         table: "saga_history",
         age: "recorded_at",
-        and: "saga_id IN (SELECT id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') AND updated_at < $1)",
+        and: "saga_id IN (SELECT id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') AND status_changed_at < $1)",
         window: Window::History,
     },
     Rule {

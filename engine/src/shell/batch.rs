@@ -54,7 +54,13 @@ pub(crate) struct RowChange {
     pub status: String,
     pub current_step: i32,
     pub state: Value,
+    /// The earliest deadline or retry of the new state. Unless `timer_exact`, the stored
+    /// timer only moves earlier (or goes, when there is none), so that a step does not
+    /// rewrite it: a timer that fires early finds nothing due, and is then set exactly.
     pub next_timer_at: Option<DateTime<Utc>>,
+    /// The stored timer is set to `next_timer_at` whatever it was: the batch brought the
+    /// saga a tick, so the stored timer was due.
+    pub timer_exact: bool,
     pub quarantine: Option<String>,
     pub updated_at: DateTime<Utc>,
 }

@@ -114,6 +114,10 @@ impl Planner<'_> {
         };
         let mut changed = false;
         let mut timer_stale = false;
+        // A tick comes only when the stored timer is due: it must then be set anew.
+        let ticked = arrivals
+            .iter()
+            .any(|arrival| matches!(arrival.input, Input::Tick));
         for arrival in arrivals {
             let transition =
                 saga::transition(&definition, &state, &arrival.input, now, (self.jitter)());
@@ -197,6 +201,7 @@ impl Planner<'_> {
                 current_step: current_step(&state),
                 state: encode_state(&state),
                 next_timer_at,
+                timer_exact: ticked,
                 quarantine: None,
                 updated_at: if changed { now } else { row.updated_at },
             });
@@ -214,6 +219,7 @@ fn quarantine(row: &SagaRow, reason: &str, now: DateTime<Utc>, writes: &mut Writ
         current_step: row.current_step,
         state: row.state.clone(),
         next_timer_at: None,
+        timer_exact: true,
         quarantine: Some(reason.to_owned()),
         updated_at: now,
     });
@@ -282,7 +288,6 @@ mod tests {
             state: encode_state(&state),
             version: 0,
             idempotency_key: None,
-            next_timer_at: state.next_timer(),
             created_at: now,
             updated_at: now,
             quarantine: None,
@@ -345,7 +350,6 @@ mod tests {
                     row.state = change.state.clone();
                     row.status = change.status.clone();
                     row.current_step = change.current_step;
-                    row.next_timer_at = change.next_timer_at;
                     row.version += 1;
                     let state = decode_state(row).unwrap();
                     prop_assert_eq!(state.steps.len(), definition.steps.len());

@@ -22,7 +22,7 @@ use super::publish::{Message, Queued};
 
 use crate::schema::sagas;
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = sagas)]
 pub struct SagaRow {
     pub id: Uuid,
@@ -33,7 +33,6 @@ pub struct SagaRow {
     pub state: Value,
     pub version: i64,
     pub idempotency_key: Option<String>,
-    pub next_timer_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Why the engine stopped moving this saga, when it did (see [`quarantine`]).
@@ -88,12 +87,23 @@ pub struct NewOutboxMessage {
 /// until the first commits, so exactly one wins.
 pub async fn insert(conn: &Connection, saga: &NewSaga<'_>) -> QueryResult<bool> {
     let mut conn = conn;
-    let inserted = prepared(
-        "INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
-           idempotency_key, started_by, next_timer_at, created_at, updated_at, traceparent, \
-           definition_version) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-         ON CONFLICT DO NOTHING",
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        rows: i64,
+    }
+    // The timer goes in with the row, in the same statement (and only if the row does).
+    let inserted: Inserted = prepared(
+        "WITH saga AS ( \
+           INSERT INTO sagas (id, definition, status, current_step, payload, state, version, \
+             idempotency_key, started_by, created_at, updated_at, status_changed_at, \
+             traceparent, definition_version) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $11, $12, $11, $13, $14) \
+           ON CONFLICT DO NOTHING RETURNING id), \
+         timer AS ( \
+           INSERT INTO saga_timers (saga_id, fire_at) \
+           SELECT id, $10::timestamptz FROM saga WHERE $10::timestamptz IS NOT NULL) \
+         SELECT count(*) AS rows FROM saga",
     )
     .bind::<SqlUuid, _>(saga.id)
     .bind::<Text, _>(saga.definition)
@@ -109,9 +119,9 @@ pub async fn insert(conn: &Connection, saga: &NewSaga<'_>) -> QueryResult<bool> 
     .bind::<Timestamptz, _>(saga.updated_at)
     .bind::<Nullable<Text>, _>(saga.traceparent)
     .bind::<Integer, _>(saga.definition_version)
-    .execute(&mut conn)
+    .get_result(&mut conn)
     .await?;
-    Ok(inserted == 1)
+    Ok(inserted.rows == 1)
 }
 
 pub async fn find_by_key(
@@ -151,6 +161,7 @@ pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryRe
     let mut steps = Vec::with_capacity(rows.len());
     let mut states = Vec::with_capacity(rows.len());
     let mut timers = Vec::with_capacity(rows.len());
+    let mut exact = Vec::with_capacity(rows.len());
     let mut quarantines = Vec::with_capacity(rows.len());
     let mut updated = Vec::with_capacity(rows.len());
     for row in rows {
@@ -160,17 +171,34 @@ pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryRe
         steps.push(row.current_step);
         states.push(&row.state);
         timers.push(row.next_timer_at);
+        exact.push(row.timer_exact);
         quarantines.push(row.quarantine.as_deref());
         updated.push(row.updated_at);
     }
+    // The saga's row changes no indexed column unless its status or quarantine changes, so
+    // the update is HOT. Its timer, which is indexed, lives in `saga_timers` and is written
+    // in the same statement only when it must move earlier, be set exactly, or go (a
+    // mismatched version fails the whole batch, timers included). Only the holder of the
+    // saga's row lock writes its timer, so reading it here cannot race.
     prepared(
-        "UPDATE sagas AS s SET status = u.status, current_step = u.current_step, state = u.state, \
-           next_timer_at = u.next_timer_at, quarantine = u.quarantine, updated_at = u.updated_at, \
-           version = s.version + 1 \
-         FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], \
-                     $6::timestamptz[], $7::text[], $8::timestamptz[]) \
-           AS u(id, version, status, current_step, state, next_timer_at, quarantine, updated_at) \
-         WHERE s.id = u.id AND s.version = u.version",
+        "WITH u AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], \
+                                $6::timestamptz[], $7::bool[], $8::text[], $9::timestamptz[]) \
+             AS u(id, version, status, current_step, state, fire_at, exact, quarantine, \
+                  updated_at)), \
+         set_timers AS ( \
+           INSERT INTO saga_timers (saga_id, fire_at) \
+           SELECT u.id, u.fire_at FROM u LEFT JOIN saga_timers t ON t.saga_id = u.id \
+           WHERE u.fire_at IS NOT NULL AND t.fire_at IS DISTINCT FROM u.fire_at \
+             AND (u.exact OR t.fire_at IS NULL OR u.fire_at < t.fire_at) \
+           ON CONFLICT (saga_id) DO UPDATE SET fire_at = excluded.fire_at), \
+         clear_timers AS ( \
+           DELETE FROM saga_timers t USING u WHERE t.saga_id = u.id AND u.fire_at IS NULL) \
+         UPDATE sagas AS s SET status = u.status, current_step = u.current_step, state = u.state, \
+           quarantine = u.quarantine, updated_at = u.updated_at, version = s.version + 1, \
+           status_changed_at = CASE WHEN s.status = u.status THEN s.status_changed_at \
+                                    ELSE u.updated_at END \
+         FROM u WHERE s.id = u.id AND s.version = u.version",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<BigInt>, _>(&versions)
@@ -178,6 +206,7 @@ pub(crate) async fn update_all(conn: &Connection, rows: &[RowChange]) -> QueryRe
     .bind::<Array<Integer>, _>(&steps)
     .bind::<Array<Jsonb>, _>(&states)
     .bind::<Array<Nullable<Timestamptz>>, _>(&timers)
+    .bind::<Array<diesel::sql_types::Bool>, _>(&exact)
     .bind::<Array<Nullable<Text>>, _>(&quarantines)
     .bind::<Array<Timestamptz>, _>(&updated)
     .execute(&mut conn)
@@ -364,13 +393,14 @@ pub async fn lock_due(
     now: DateTime<Utc>,
     limit: i64,
 ) -> QueryResult<Vec<SagaRow>> {
-    sagas::table
-        .filter(sagas::next_timer_at.le(now))
-        .order(sagas::next_timer_at.asc())
-        .limit(limit)
-        .select(SagaRow::as_select())
-        .for_update()
-        .skip_locked()
-        .load(conn)
-        .await
+    // Only the sagas' rows are locked: a timer's row is written by its saga's lock holder,
+    // and holding it here would stall that holder for the rest of this transaction.
+    prepared(
+        "SELECT s.* FROM saga_timers t JOIN sagas s ON s.id = t.saga_id \
+         WHERE t.fire_at <= $1 ORDER BY t.fire_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED",
+    )
+    .bind::<Timestamptz, _>(now)
+    .bind::<BigInt, _>(limit)
+    .load(conn)
+    .await
 }

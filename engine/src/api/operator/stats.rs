@@ -95,11 +95,11 @@ impl StatsApi {
                SELECT date_trunc('minute', created_at) AS minute, count(*) AS n FROM sagas \
                WHERE created_at > now() - interval '60 minutes' GROUP BY 1), \
              ended AS ( \
-               SELECT date_trunc('minute', updated_at) AS minute, \
+               SELECT date_trunc('minute', status_changed_at) AS minute, \
                  count(*) FILTER (WHERE status = 'COMPLETED') AS completed, \
                  count(*) FILTER (WHERE status IN ('COMPENSATED', 'CANCELLED')) AS compensated, \
                  count(*) FILTER (WHERE status = 'FAILED') AS failed \
-               FROM sagas WHERE updated_at > now() - interval '60 minutes' \
+               FROM sagas WHERE status_changed_at > now() - interval '60 minutes' \
                  AND status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'FAILED') GROUP BY 1) \
              SELECT coalesce(s.minute, e.minute) AS minute, coalesce(s.n, 0) AS started, \
                coalesce(e.completed, 0) AS completed, coalesce(e.compensated, 0) AS compensated, \
@@ -109,9 +109,10 @@ impl StatsApi {
         .load(&mut conn)
         .await?;
         let overdue: Single = diesel::sql_query(
-            "SELECT count(*) AS count, min(next_timer_at) AS oldest FROM sagas \
-             WHERE next_timer_at < now() - interval '1 minute' \
-               AND status IN ('RUNNING', 'COMPENSATING') AND quarantine IS NULL",
+            "SELECT count(*) AS count, min(t.fire_at) AS oldest \
+             FROM saga_timers t JOIN sagas s ON s.id = t.saga_id \
+             WHERE t.fire_at < now() - interval '1 minute' \
+               AND s.status IN ('RUNNING', 'COMPENSATING') AND s.quarantine IS NULL",
         )
         .get_result(&mut conn)
         .await?;
