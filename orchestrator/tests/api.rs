@@ -477,17 +477,30 @@ async fn coupon_campaigns_and_their_use() {
     .await;
     let user_id = user["id"].as_str().unwrap();
 
-    // The saga way.
+    // The saga way, asking to wait: the answer is the settled saga (200), not a 202 to
+    // follow up on.
     let used = api
-        .post(
-            &format!("/v1/coupons/{campaign_id}/uses"),
-            json!({ "user_id": user_id }),
-        )
-        .await;
-    assert_eq!(used.status(), StatusCode::ACCEPTED);
+        .http
+        .client
+        .post(format!("{}/v1/coupons/{campaign_id}/uses", api.http.base))
+        .header("Prefer", "wait=25")
+        .json(&json!({ "user_id": user_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(used.status(), StatusCode::OK);
+    assert_eq!(used.headers()["preference-applied"], "wait=25");
+    let location = used.headers()["location"].to_str().unwrap().to_owned();
     let used: Value = used.json().await.unwrap();
-    api.wait_for(used["saga_url"].as_str().unwrap(), "status", "COMPLETED")
-        .await;
+    assert_eq!(
+        (&used["definition"], &used["status"]),
+        (&json!("coupon_use"), &json!("COMPLETED")),
+        "{used}"
+    );
+    assert_eq!(
+        location,
+        format!("/v1/sagas/{}", used["id"].as_str().unwrap())
+    );
     let held: Value = api
         .get(&format!("/v1/users/{user_id}/coupons"))
         .await

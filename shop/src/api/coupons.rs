@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use engine::api::State;
 use engine::api::idempotency;
+use engine::api::operator::{SagaDetail, read_settling};
 use engine::api::problem::{ApiError, ApiResult};
+use engine::api::wait;
 use engine::auth::Caller;
 use engine::shell::Queued;
 
@@ -118,6 +120,9 @@ enum Found {
     Ok(Json<CampaignView>),
 }
 
+// The settled saga is the larger answer, and the rarer; boxing it would obscure the type
+// the OpenAPI document shows.
+#[allow(clippy::large_enum_variant)]
 #[derive(ApiResponse)]
 enum Used {
     /// The coupon_use saga started.
@@ -126,6 +131,14 @@ enum Used {
         Json<UseAccepted>,
         #[oai(header = "Location")] String,
         #[oai(header = "Idempotent-Replayed")] Option<bool>,
+    ),
+    /// With `Prefer: wait=N`: the saga settled within N seconds; here it is, as
+    /// `GET /v1/sagas/{id}` shows it.
+    #[oai(status = 200)]
+    Settled(
+        Json<SagaDetail>,
+        #[oai(header = "Location")] String,
+        #[oai(header = "Preference-Applied")] Option<String>,
     ),
 }
 
@@ -258,7 +271,9 @@ impl CouponsApi {
     /// Use a coupon (saga)
     ///
     /// Starts a coupon_use saga: claim one coupon for the user, then pay the vendor 90% of its
-    /// value. 202 with the saga to poll; a refused claim or payout shows as a COMPENSATED saga.
+    /// value. 202 with the saga to follow; a refused claim or payout shows as a COMPENSATED
+    /// saga. With `Prefer: wait=N` (seconds, at most 25) the answer is 200 with the saga when
+    /// it settles within N seconds, else the 202.
     #[oai(path = "/v1/coupons/:id/uses", method = "post")]
     async fn use_coupon(
         &self,
@@ -268,8 +283,12 @@ impl CouponsApi {
         /// Makes retries safe: the same key always answers with the same saga.
         #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 200))]
         idempotency_key: Header<Option<String>>,
+        /// RFC 7240 preferences; `wait=N` waits up to N seconds for the saga to settle.
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Used> {
+        let wait = wait::requested(&state, prefer.0.as_deref(), None)?;
         let path = format!("/v1/coupons/{}/uses", id.0);
         let key =
             idempotency::Key::of(&caller, idempotency_key.0.as_deref(), "POST", &path, &*body)?;
@@ -306,11 +325,21 @@ impl CouponsApi {
         // Committed: the saga's first command leaves now.
         engine.publish(queued);
         let location = accepted.saga_url.clone();
-        Ok(Used::Accepted(
-            Json(accepted),
-            location,
-            replayed.then_some(true),
-        ))
+        if wait.is_zero() {
+            return Ok(Used::Accepted(
+                Json(accepted),
+                location,
+                replayed.then_some(true),
+            ));
+        }
+        let saga = accepted.saga_id;
+        let read = || read_settling(&state, &caller, saga);
+        let waited = wait::until_settled(&state.waiters, saga, wait, None, read).await?;
+        Ok(if waited.settled {
+            Used::Settled(Json(waited.value), location, waited.applied)
+        } else {
+            Used::Accepted(Json(accepted), location, replayed.then_some(true))
+        })
     }
 
     /// Use a coupon (direct)

@@ -9,3 +9,5 @@ pub(super) mod lag;
 pub(super) mod notifications;
 pub(super) mod sagas;
 pub(super) mod stats;
+
+pub use sagas::{SagaDetail, read_settling};

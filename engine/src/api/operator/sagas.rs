@@ -118,7 +118,7 @@ struct HistoryEntry {
 
 /// A saga with its input, its steps and its timeline.
 #[derive(Debug, Object)]
-pub(crate) struct SagaDetail {
+pub struct SagaDetail {
     id: Uuid,
     definition: String,
     /// The version of its definition it started on (and finishes on).
@@ -465,7 +465,13 @@ pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> Api
 }
 
 /// [`read_detail`], and whether the saga settled (what a waiting request waits for).
-async fn settling(state: &State, caller: &Caller, id: Uuid) -> ApiResult<(SagaDetail, bool)> {
+/// The saga as `GET /v1/sagas/{id}` shows it, and whether it has settled: the read a
+/// request waiting for a saga repeats ([`crate::api::wait::until_settled`]).
+pub async fn read_settling(
+    state: &State,
+    caller: &Caller,
+    id: Uuid,
+) -> ApiResult<(SagaDetail, bool)> {
     let detail = read_detail(state, caller, id).await?;
     let settled = detail
         .status
@@ -501,7 +507,7 @@ impl SagasApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Found> {
         let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
-        let read = || settling(&state, &caller, id.0);
+        let read = || read_settling(&state, &caller, id.0);
         let waited =
             crate::api::wait::until_settled(&state.waiters, id.0, wait, None, read).await?;
         let (detail, applied) = (waited.value, waited.applied);
@@ -678,7 +684,7 @@ impl SagasApi {
             return Ok(start::StartResponse::Accepted(started, location, replayed));
         }
         let id = started.saga_id;
-        let read = || settling(&state, &caller, id);
+        let read = || read_settling(&state, &caller, id);
         let waited = crate::api::wait::until_settled(&state.waiters, id, wait, None, read).await?;
         if waited.settled {
             Ok(start::StartResponse::Settled(
