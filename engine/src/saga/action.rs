@@ -1,7 +1,7 @@
 //! What the engine must do after committing a transition.
 //!
 //! Actions are data, not calls: the caller writes the new state and these actions (as outbox
-//! rows, history entries, the timer column) in one transaction and only then performs them,
+//! rows, history entries, the timer) in one transaction and only then performs them,
 //! so a crash can never leave a state without its messages or the other way round.
 
 use chrono::{DateTime, Utc};

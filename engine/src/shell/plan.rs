@@ -156,7 +156,7 @@ impl Planner<'_> {
                 }
                 saga::Outcome::Ignored { reason } => {
                     if matches!(arrival.input, Input::Tick) {
-                        // Nothing was due: the timer column is brought back in line with
+                        // Nothing was due: the stored timer is brought back in line with
                         // the state, so that the timer loop does not pick the saga up again.
                         timer_stale = true;
                     } else if matches!(
