@@ -439,17 +439,13 @@ pub(super) fn filtered(
 pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> ApiResult<SagaDetail> {
     let pooled = state.database.get().await?;
     // Both reads in one round trip (pipelined); the history of a saga the caller may not
-    // read is dropped unseen.
+    // read is dropped unseen. The history is read first: each statement sees what had
+    // committed when it began, so the row is never older than the last entry shown. A
+    // reader that follows the saga's events from that entry (the console) then never
+    // misses a change: the other order could show a step's entry beside the row from
+    // before it, and no later event would come to correct it.
     let shared: &Connection = &pooled;
-    let (row, history) = futures_util::try_join!(
-        async {
-            let mut conn = shared;
-            readable_by(caller, id)
-                .select(SagaRow::as_select())
-                .first(&mut conn)
-                .await
-                .optional()
-        },
+    let (history, row) = futures_util::try_join!(
         async {
             let mut conn = shared;
             saga_history::table
@@ -459,12 +455,19 @@ pub(crate) async fn read_detail(state: &State, caller: &Caller, id: Uuid) -> Api
                 .load(&mut conn)
                 .await
         },
+        async {
+            let mut conn = shared;
+            readable_by(caller, id)
+                .select(SagaRow::as_select())
+                .first(&mut conn)
+                .await
+                .optional()
+        },
     )?;
     let row = row.ok_or_else(|| ApiError::not_found("saga", id))?;
     detail(state.engine.catalog(), row, history)
 }
 
-/// [`read_detail`], and whether the saga settled (what a waiting request waits for).
 /// The saga as `GET /v1/sagas/{id}` shows it, and whether it has settled: the read a
 /// request waiting for a saga repeats ([`crate::api::wait::until_settled`]).
 pub async fn read_settling(
