@@ -110,6 +110,11 @@ pub async fn all(
             "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'click_and_collect' AND s.status = 'COMPLETED' AND NOT ({live_reservation} AND {live_payment} AND s.state -> 'steps' -> 4 -> 'output' ->> 'points' IS NOT NULL)")),
         ("undone click-and-collect with an effect left", format!(
             "SELECT count(*) AS n FROM sagas s WHERE s.definition = 'click_and_collect' AND s.status IN ('COMPENSATED', 'CANCELLED') AND ({live_reservation} OR {live_payment})")),
+        // Money moves only by amounts the server derived: an order pays what its front
+        // priced, any other flow its lines at the products' prices; a payout is at most its
+        // coupon's value, to its campaign's vendor.
+        ("a charge that is not its lines' price", "SELECT count(*) AS n FROM payments p JOIN sagas s ON s.id = p.saga_id WHERE p.amount_cents IS DISTINCT FROM COALESCE((SELECT o.total_cents FROM orders o WHERE o.saga_id = s.id), (SELECT sum(pr.price_cents * (l ->> 'quantity')::bigint) FROM jsonb_array_elements(s.payload -> 'lines') l JOIN products pr ON pr.sku = l ->> 'sku'))".to_owned()),
+        ("a payout above its coupon's value or to another vendor", "SELECT count(*) AS n FROM vendor_ledger v JOIN coupon_claims c ON c.saga_id = v.saga_id JOIN coupon_campaigns k ON k.id = c.campaign_id WHERE v.amount_cents > k.value_cents OR v.vendor_id <> k.vendor_id".to_owned()),
         ("payments != applied charges in the inbox", format!(
             "SELECT abs((SELECT count(*) FROM payments) - {}) AS n", inbox("payment"))),
         ("shipments != applied preparations in the inbox", format!(

@@ -227,8 +227,6 @@ pub async fn one(api: &Api, data: &Data, record: &Shared) -> anyhow::Result<()> 
                 let input = json!({
                     "user_id": user,
                     "lines": [{ "sku": sku, "quantity": quantity }],
-                    "total_cents": 1_500 * quantity,
-                    "points": quantity * 15,
                 });
                 let body = json!({ "definition": "click_and_collect", "input": input });
                 ("click and collect", "/v1/sagas".to_owned(), body)

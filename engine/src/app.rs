@@ -22,7 +22,7 @@ use crate::api::{self, Mount};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::loops::relay::RelayOptions;
-use crate::shell::catalog::Catalog;
+use crate::shell::catalog::{BuiltIn, Catalog};
 use crate::shell::watch::Waiters;
 use crate::shell::{Engine, Publisher};
 
@@ -94,10 +94,11 @@ pub struct Serving {
 }
 
 impl Core {
-    /// `built_in`: the application's flow documents, stored as built-in versions.
+    /// `built_in`: the application's flow documents, stored as built-in versions, the flows
+    /// it fronts and the built-in versions it retired.
     pub async fn start(
         config: &Config,
-        built_in: &[&str],
+        built_in: &BuiltIn<'_>,
         cluster: Cluster,
         options: Options,
         shutdown: CancellationToken,

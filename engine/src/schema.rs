@@ -145,6 +145,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    saga_definition_retirements (name, version) {
+        name -> Text,
+        version -> Int4,
+        reason -> Text,
+        retired_by -> Text,
+        retired_at -> Timestamptz,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(saga_definitions, saga_definition_retirements);
+
 // Written by the notification worker (a participant process), read by the operator API.
 diesel::table! {
     notifications (event_id) {

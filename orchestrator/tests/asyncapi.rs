@@ -126,10 +126,16 @@ fn breaks(doc: &Value, name: &str, value: &Value) {
 }
 
 fn command() -> Command {
-    let mut outputs = serde_json::Map::new();
+    let mut outputs = std::collections::BTreeMap::new();
     outputs.insert(
         "reserve_stock".into(),
-        json!({ "reserved": [{ "sku": "MUG-01", "quantity": 2 }] }),
+        platform::contract::StepOutput {
+            by: platform::contract::Producer::Command {
+                role: "inventory".into(),
+                command: "inventory.reserve".into(),
+            },
+            output: json!({ "reserved": [{ "sku": "MUG-01", "quantity": 2 }] }),
+        },
     );
     let dispatch = Dispatch {
         step: 1,
@@ -137,7 +143,7 @@ fn command() -> Command {
         direction: Direction::Forward,
     };
     let payload = CommandPayload {
-        input: json!({ "user_id": Uuid::nil(), "total_cents": 3000 }),
+        input: json!({ "user_id": Uuid::nil(), "lines": [{ "sku": "MUG-01", "quantity": 2 }] }),
         outputs,
     };
     Command::new(

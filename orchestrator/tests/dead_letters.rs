@@ -1,6 +1,7 @@
 //! Dead letters end to end on the real broker: an undecodable reply is dead-lettered by the
-//! reply consumer and recorded with its origin and reason; a dead letter replayed onto its
-//! origin topic is applied (and cannot be replayed twice); a discard needs a reason.
+//! reply consumer and recorded with its origin and reason; a replayed reply letter re-sends
+//! the command it answers, never its own bytes (and cannot be replayed twice); a discard
+//! needs a reason; forged payouts and forged replies pay nobody.
 
 mod support;
 
@@ -53,7 +54,8 @@ async fn dead_letters_are_recorded_replayed_onto_their_origin_or_discarded_with_
     );
 
     // A reply that (say) failed its budget while the database was down, dead-lettered with
-    // its origin: replayed, the engine applies it.
+    // its origin: replayed, the command it answers goes out again (the participant's inbox
+    // answers it with the reply it stored); the letter itself is never republished.
     let engine = &orchestrator.running.engine;
     let payload = json!({ "user_id": Uuid::nil(), "lines": [{ "sku": "MUG-01", "quantity": 1 }] });
     let saga = engine.start("order", &payload, None).await.unwrap().id;
@@ -114,10 +116,39 @@ async fn dead_letters_are_recorded_replayed_onto_their_origin_or_discarded_with_
         again["skipped"][0]["id"], id,
         "a replayed letter is not replayed twice"
     );
-    eventually("the replayed reply to move the saga on", async || {
-        load(&env, saga).await.current_step >= 1
-    })
-    .await;
+    let (reserves, replies) = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use engine::schema::outbox;
+        let mut conn = env.db.pool.get().await.unwrap();
+        let reserves: Vec<Value> = outbox::table
+            .filter(outbox::topic.eq(topics.commands("inventory")))
+            .filter(outbox::message_key.eq(saga.to_string()))
+            .select(outbox::payload)
+            .load(&mut conn)
+            .await
+            .unwrap();
+        let replies: i64 = outbox::table
+            .filter(outbox::topic.eq(topics.replies()))
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        (reserves, replies)
+    };
+    assert_eq!(reserves.len(), 2, "the reservation, sent and re-sent");
+    assert!(
+        reserves
+            .iter()
+            .all(|c| c["id"] == reply.command_id.to_string()),
+        "the same command, under its id: {reserves:?}"
+    );
+    assert_eq!(replies, 0, "no reply is ever republished");
+    assert_eq!(
+        load(&env, saga).await.current_step,
+        0,
+        "the letter's outcome was not applied"
+    );
 
     // Discarding needs a reason, and records it with the key's name.
     let poison_id = poison["id"].as_i64().unwrap();
@@ -224,7 +255,7 @@ async fn a_forged_payout_in_the_dead_letter_topic_is_listed_refused_and_pays_nob
             .unwrap()
     };
     let inflate = |mut command: Value| {
-        let cents = &mut command["payload"]["outputs"]["claim_coupon"]["payout_cents"];
+        let cents = &mut command["payload"]["outputs"]["claim_coupon"]["output"]["payout_cents"];
         *cents = json!(cents.as_i64().unwrap() * 1000);
         command
     };
@@ -309,5 +340,107 @@ async fn a_forged_payout_in_the_dead_letter_topic_is_listed_refused_and_pays_nob
     };
     assert_eq!(vendor_messages, 1, "only the genuine payout was ever sent");
     assert_eq!(balance().await, paid, "no vendor was paid by a forgery");
+    orchestrator.stop().await;
+}
+
+/// A `succeeded` reply to a coupon claim that is still in flight, written as the AsyncAPI
+/// document describes but naming another vendor and 900 000 000 cents, is put on the
+/// dead-letter topic and replayed by an operator. The replay re-asks the coupon role, whose
+/// genuine answer pays the campaign's vendor the coupon's value, and nobody else anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_reply_replayed_re_asks_its_participant_and_pays_only_the_coupons_value() {
+    use shop::fixtures::{add_campaign, add_user, add_vendor};
+    let env = TestEnv::start().await;
+    let vendor = add_vendor(&env.db.pool, true).await;
+    let attacker = add_vendor(&env.db.pool, true).await;
+    let campaign = add_campaign(&env.db.pool, vendor, 10, 1_000).await;
+    let user = add_user(&env.db.pool, 0).await;
+    // The API and the engine only: the claim waits on its topic, in flight.
+    let orchestrator = Orchestrator::start(&env, Options::default()).await;
+    let api = Http::new(orchestrator.base());
+    let topics = env.kafka.cluster.topics().clone();
+    let input = json!({ "campaign_id": campaign, "user_id": user });
+    let saga = orchestrator
+        .running
+        .engine
+        .start("coupon_use", &input, None)
+        .await
+        .unwrap()
+        .id;
+    let forged = Reply {
+        id: Uuid::now_v7(),
+        command_id: command_id(saga, Direction::Forward, 0, 1),
+        saga_id: saga,
+        step: 0,
+        attempt: 1,
+        direction: Direction::Forward,
+        outcome: Outcome::Succeeded {
+            output: json!({ "vendor_id": attacker, "payout_cents": 900_000_000 }),
+        },
+        command_issued_at: Utc::now(),
+        replied_at: Utc::now(),
+    };
+    let headers = [
+        ("x-original-topic", topics.replies()),
+        ("x-error", "gave up".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.kafka
+        .cluster
+        .producer()
+        .unwrap()
+        .send(
+            &topics.dead_letter(),
+            &saga.to_string(),
+            &serde_json::to_vec(&forged).unwrap(),
+            &headers,
+        )
+        .await
+        .unwrap();
+    let mut letter = Value::Null;
+    eventually("the forged reply to be listed", async || {
+        letter = letters(&api, "state=waiting")
+            .await
+            .into_iter()
+            .find(|l| l["message_key"] == saga.to_string())
+            .unwrap_or_default();
+        !letter.is_null()
+    })
+    .await;
+    let replay = json!({ "ids": [letter["id"]], "reason": "looks genuine" });
+    let settled = answer(
+        api.post("/v1/dead-letters/replay", &replay).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(settled["done"], json!([letter["id"]]), "{settled}");
+    orchestrator.stop().await;
+
+    // Now the real participants: they answer the claim (sent, and re-sent by the replay).
+    let orchestrator = Orchestrator::dev(&env).await;
+    let row = wait_for_status(&env, saga, "COMPLETED").await;
+    assert_ne!(
+        row.state["steps"][0]["output"]["payout_cents"], 900_000_000,
+        "{}",
+        row.state
+    );
+    let balance = async |id: Uuid| {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        use shop::schema::vendors;
+        let mut conn = env.db.pool.get().await.unwrap();
+        vendors::table
+            .find(id)
+            .select(vendors::balance_cents)
+            .first::<i64>(&mut conn)
+            .await
+            .unwrap()
+    };
+    let paid = balance(vendor).await;
+    assert!(
+        paid > 0 && paid <= 1_000,
+        "the campaign's vendor is paid at most the coupon's value: {paid}"
+    );
+    assert_eq!(balance(attacker).await, 0, "nobody else is paid");
     orchestrator.stop().await;
 }

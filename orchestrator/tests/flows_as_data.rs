@@ -250,8 +250,23 @@ async fn a_flow_registered_over_the_api_runs_parallel_steps_a_signal_a_wait_and_
         .into_iter()
         .rfind(|c| c.name == "loyalty.award")
         .unwrap();
-    assert_eq!(award.payload.outputs["picked_up"], json!({ "desk": "B2" }));
-    assert!(award.payload.outputs.contains_key("settle"));
+    let picked_up = &award.payload.outputs["picked_up"];
+    assert_eq!(picked_up.output, json!({ "desk": "B2" }));
+    assert_eq!(
+        picked_up.by,
+        platform::contract::Producer::Signal {
+            name: "picked_up".into()
+        },
+        "a signal's body says it came from a signal"
+    );
+    assert_eq!(
+        award.payload.outputs["settle"].by,
+        platform::contract::Producer::Wait
+    );
+    assert!(
+        award.payload.output_from("payment", "payment.charge").is_ok(),
+        "the award finds the charge it is derived from"
+    );
     assert!(
         participants
             .deliveries_for(id)

@@ -220,9 +220,11 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
             .spawn()
             .expect("python3 starts"),
     );
+    // A caller naming its own price and points: the charge is the box's price, the award
+    // derived from that charge.
     let input = json!({
         "user_id": user_id, "lines": [{ "sku": sku, "quantity": 1 }],
-        "total_cents": 1500, "points": 15
+        "total_cents": 1, "points": 1_000_000
     });
     let start = json!({ "definition": "click_and_collect", "input": input });
     let started = answer(http.post("/v1/sagas", &start).await, StatusCode::ACCEPTED).await;
@@ -239,10 +241,16 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
     .await;
     let row = wait_for_status(&env, id, "COMPLETED").await;
     assert_eq!(
-        row.state["steps"][4]["output"]["points"], 15,
-        "{}",
+        row.state["steps"][4]["output"]["points"], 2,
+        "1 point per started 10.00 of the 15.00 charged: {}",
         row.state
     );
+    let charged = answer(
+        http.get(&format!("/v1/users/{user_id}")).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(charged["balance_cents"], 8_500, "charged the price, not 1 cent");
     let outcomes: Vec<String> = log_entries(&log)
         .iter()
         .map(|entry| entry["outcome"].as_str().unwrap_or_default().to_owned())
@@ -256,7 +264,8 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
     assert_eq!(stock["stock"], 4);
 
     // No pickup in time: the charge is refunded and the stock released.
-    document["version"] = json!(2);
+    let next = document["version"].as_u64().unwrap() + 1;
+    document["version"] = json!(next);
     document["steps"][1]["timeout_ms"] = json!(1_000);
     answer(
         http.post("/v1/saga-definitions", &document).await,
@@ -265,7 +274,7 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
     .await;
     let started = answer(http.post("/v1/sagas", &start).await, StatusCode::ACCEPTED).await;
     let late: Uuid = started["saga_id"].as_str().unwrap().parse().unwrap();
-    assert_eq!(started["version"], 2);
+    assert_eq!(started["version"], next);
     wait_for_status(&env, late, "COMPENSATED").await;
     let stock = answer(
         http.get(&format!("/v1/products/{sku}")).await,
@@ -278,7 +287,10 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
         StatusCode::OK,
     )
     .await;
-    assert_eq!(user["balance_cents"], 8_500, "charged once, refunded once");
+    assert_eq!(
+        user["balance_cents"], 8_500,
+        "the second saga charged once, refunded once"
+    );
     orchestrator.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

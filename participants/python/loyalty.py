@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""The loyalty role, which no Rust code knows: `loyalty.award` credits the saga's user with
-the input's `points` (default 1 per started 10.00 of `total_cents`), once per saga. It is
-meant as a forward-only step after a pivot, so it has no compensation.
+"""The loyalty role, which no Rust code knows: `loyalty.award` credits the charged user with
+1 point per started 10.00 of the saga's charge, once per saga. The charge is the payment
+role's answer to `payment.charge` (found by that command, never by a step name or in the
+input, which a caller writes): no charge, no award. It is meant as a forward-only step after
+a pivot, so it has no compensation.
 
 LOYALTY_FAIL_FIRST=N answers the first N award commands `failed` (the service is down),
 to show a forward-only step retried until the service recovers. The runtime (inbox,
@@ -27,13 +29,14 @@ def effect(db, command):
     if outages_left > 0:
         outages_left -= 1
         return participant.failed("loyalty service unavailable")
-    given = (command.get("payload") or {}).get("input") or {}
-    user = str(given.get("user_id", ""))
-    if not user:
-        return participant.rejected("the input names no user_id")
-    points = given.get("points")
-    if not isinstance(points, int) or points < 0:
-        points = (int(given.get("total_cents", 0)) + 999) // 1000
+    charge = participant.output_from(command, "payment", "payment.charge")
+    if not isinstance(charge, dict):
+        return participant.rejected("loyalty.award needs the payment role's answer to payment.charge")
+    user = str(charge.get("user_id") or "")
+    cents = charge.get("amount_cents")
+    if not user or not isinstance(cents, int) or isinstance(cents, bool) or cents < 0:
+        return participant.rejected("the charge names no user_id and amount_cents")
+    points = (cents + 999) // 1000
     db.execute(
         "INSERT OR IGNORE INTO awards (saga_id, user_id, points) VALUES (?, ?, ?)",
         (command["saga_id"], user, points),

@@ -48,6 +48,23 @@ def succeeded(output):
     return {"status": "succeeded", "output": output}
 
 
+def output_from(command, role, name):
+    """The output of the step whose forward command `name` the role `role` answered, or None.
+
+    Never look an output up by step name: a signal step may carry any name, and its body is
+    whatever its caller sent. Each entry of `payload.outputs` says what produced it (`by`);
+    two entries from the same command are ambiguous and count as none.
+    """
+    outputs = (command.get("payload") or {}).get("outputs") or {}
+    found = [
+        entry.get("output")
+        for entry in outputs.values()
+        if isinstance(entry, dict)
+        and entry.get("by") == {"kind": "command", "role": role, "command": name}
+    ]
+    return found[0] if len(found) == 1 else None
+
+
 def open_inbox(path, schema):
     db = sqlite3.connect(path, isolation_level=None)
     db.executescript(

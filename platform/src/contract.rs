@@ -275,19 +275,52 @@ impl Command {
 }
 
 /// What a command carries: the saga's input, and the outputs of the steps that succeeded
-/// so far by step name (a compensation needs, e.g., the reservation its step made).
+/// so far by step name, each with what produced it (a compensation needs, e.g., the
+/// reservation its step made).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CommandPayload {
     #[serde(default)]
     pub input: serde_json::Value,
     #[serde(default)]
-    pub outputs: serde_json::Map<String, serde_json::Value>,
+    pub outputs: std::collections::BTreeMap<String, StepOutput>,
+}
+
+/// One step's output and what produced it. A step name says nothing about who filled it:
+/// a signal may carry any name a flow gives it, so a participant finds an output by the
+/// command that must have produced it ([`CommandPayload::output_from`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutput {
+    pub by: Producer,
+    pub output: serde_json::Value,
+}
+
+/// What produced a step's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Producer {
+    /// A participant's reply to this command, sent to this role.
+    Command { role: String, command: String },
+    /// The body of a signal a caller sent (`POST /v1/sagas/{id}/signals/{name}`).
+    Signal { name: String },
+    /// A durable wait that ended.
+    Wait,
 }
 
 impl CommandPayload {
-    /// The output step `name` produced, if it succeeded.
-    pub fn output(&self, name: &str) -> Option<&serde_json::Value> {
-        self.outputs.get(name)
+    /// The output of the one step whose forward command `command` was answered by `role`.
+    /// An output of the same step name from a signal, or from another role, is not it; two
+    /// steps that both ran `command` leave it ambiguous, which is refused too.
+    pub fn output_from(&self, role: &str, command: &str) -> Result<&serde_json::Value, String> {
+        let mut found = self.outputs.values().filter(|entry| {
+            matches!(&entry.by, Producer::Command { role: r, command: c } if r == role && c == command)
+        });
+        match (found.next(), found.next()) {
+            (Some(entry), None) => Ok(&entry.output),
+            (None, _) => Err(format!("no output of `{command}` answered by role `{role}`")),
+            (Some(_), Some(_)) => Err(format!(
+                "several steps ran `{command}`: which output to use is ambiguous"
+            )),
+        }
     }
 }
 
@@ -393,6 +426,47 @@ mod tests {
         assert_ne!(id, command_id(saga, Direction::Fence, 1, 1));
         assert_ne!(id, command_id(saga, Direction::Forward, 2, 1));
         assert_ne!(id, command_id(Uuid::now_v7(), Direction::Forward, 1, 1));
+    }
+
+    #[test]
+    fn an_output_is_found_by_the_command_that_produced_it_never_by_its_step_name() {
+        let claimed = |by: Producer, cents: i64| StepOutput {
+            by,
+            output: serde_json::json!({ "payout_cents": cents }),
+        };
+        let claim = || Producer::Command {
+            role: "coupon".into(),
+            command: "coupon.claim".into(),
+        };
+        let mut payload = CommandPayload::default();
+        // A signal named like the claim step, and another role's command of the same name.
+        payload.outputs.insert(
+            "claim_coupon".into(),
+            claimed(Producer::Signal { name: "claim_coupon".into() }, 1_000_000_000),
+        );
+        payload.outputs.insert(
+            "forged".into(),
+            claimed(
+                Producer::Command {
+                    role: "loyalty".into(),
+                    command: "coupon.claim".into(),
+                },
+                900_000_000,
+            ),
+        );
+        assert!(payload.output_from("coupon", "coupon.claim").is_err());
+        payload.outputs.insert("claim".into(), claimed(claim(), 500));
+        assert_eq!(
+            payload.output_from("coupon", "coupon.claim").unwrap()["payout_cents"],
+            500
+        );
+        payload.outputs.insert("claim_again".into(), claimed(claim(), 500));
+        let ambiguous = payload.output_from("coupon", "coupon.claim").unwrap_err();
+        assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
+        let wire = serde_json::to_value(&payload).unwrap();
+        assert_eq!(wire["outputs"]["claim"]["by"]["kind"], "command");
+        assert_eq!(wire["outputs"]["claim_coupon"]["by"]["kind"], "signal");
+        assert_eq!(serde_json::from_value::<CommandPayload>(wire).unwrap(), payload);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use chrono::Utc;
 use diesel_async::AsyncConnection as _;
 use platform::cache;
-use platform::contract::{Command, CommandPayload, Direction, Dispatch, commands};
+use platform::contract::{
+    Command, CommandPayload, Direction, Dispatch, Producer, Role, StepOutput, commands,
+};
 use platform::db::{self, Connection};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -79,13 +81,14 @@ impl DirectUse {
     /// Takes the locks of the campaign and the vendor (sorted), before any connection.
     pub async fn hold(&self, campaign: Uuid, vendor: Uuid, user: Uuid) -> Result<Held, Error> {
         let input = json!({ "campaign_id": campaign, "user_id": user });
-        let claim = command(Uuid::nil(), 0, commands::COUPON_CLAIM, &input, json!({}));
+        let claim = command(Uuid::nil(), 0, commands::COUPON_CLAIM, &input, Vec::new());
+        let claimed = json!({ "vendor_id": vendor, "payout_cents": 0 });
         let payout = command(
             Uuid::nil(),
             1,
             commands::VENDOR_PAYOUT,
             &input,
-            json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 0 } }),
+            vec![("claim_coupon", claim_output(claimed))],
         );
         let mut resources = Coupon::default().resources(&claim)?;
         resources.extend(Vendor.resources(&payout)?);
@@ -120,14 +123,14 @@ impl DirectUse {
     ) -> Result<Used, Error> {
         let use_id = Uuid::now_v7();
         let input = json!({ "campaign_id": campaign, "user_id": user });
-        let claim = command(use_id, 0, commands::COUPON_CLAIM, &input, json!({}));
+        let claim = command(use_id, 0, commands::COUPON_CLAIM, &input, Vec::new());
         let claimed = Coupon::default().apply(conn, &claim, &held.context).await?;
         let payout = command(
             use_id,
             1,
             commands::VENDOR_PAYOUT,
             &input,
-            json!({ "claim_coupon": claimed }),
+            vec![("claim_coupon", claim_output(claimed.clone()))],
         );
         let paid = Vendor.apply(conn, &payout, &held.context).await?;
         Ok(Used {
@@ -146,7 +149,24 @@ impl DirectUse {
     }
 }
 
-fn command(use_id: Uuid, step: u32, name: &str, input: &Value, outputs: Value) -> Command {
+/// The claim's answer as a payout's command carries it: produced by the coupon role.
+fn claim_output(output: Value) -> StepOutput {
+    StepOutput {
+        by: Producer::Command {
+            role: Role::Coupon.as_str().to_owned(),
+            command: commands::COUPON_CLAIM.to_owned(),
+        },
+        output,
+    }
+}
+
+fn command(
+    use_id: Uuid,
+    step: u32,
+    name: &str,
+    input: &Value,
+    outputs: Vec<(&str, StepOutput)>,
+) -> Command {
     let dispatch = Dispatch {
         step,
         attempt: 1,
@@ -154,7 +174,10 @@ fn command(use_id: Uuid, step: u32, name: &str, input: &Value, outputs: Value) -
     };
     let payload = CommandPayload {
         input: input.clone(),
-        outputs: outputs.as_object().cloned().unwrap_or_default(),
+        outputs: outputs
+            .into_iter()
+            .map(|(step, output)| (step.to_owned(), output))
+            .collect(),
     };
     Command::new(
         use_id,

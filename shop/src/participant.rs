@@ -153,12 +153,20 @@ pub fn input<T: DeserializeOwned>(command: &Command) -> Result<T, Failure> {
         .map_err(|err| Failure::rejected(format!("malformed {} input: {err}", command.name)))
 }
 
-/// Reads the output a previous step produced (`payload.outputs.<step>`).
-pub fn output_of<T: DeserializeOwned>(command: &Command, step: &str) -> Result<T, Failure> {
-    let output = command.payload.output(step).cloned().unwrap_or_default();
-    serde_json::from_value(output).map_err(|err| {
+/// Reads the output of the step whose command `produced_by` (`role`, `command`) answered:
+/// never a step found by name, which a signal of the same name could fill with what its
+/// caller chose. Missing, ambiguous or unreadable is a rejection.
+pub fn output_of<T: DeserializeOwned>(
+    command: &Command,
+    (role, produced_by): (Role, &str),
+) -> Result<T, Failure> {
+    let output = command
+        .payload
+        .output_from(role.as_str(), produced_by)
+        .map_err(|why| Failure::rejected(format!("{} needs {why}", command.name)))?;
+    serde_json::from_value(output.clone()).map_err(|err| {
         Failure::rejected(format!(
-            "{} needs the output of {step}: {err}",
+            "{} cannot read the output of {produced_by}: {err}",
             command.name
         ))
     })

@@ -31,7 +31,7 @@ fn charge(user: Uuid, cents: i64) -> Command {
         Uuid::now_v7(),
         1,
         "payment.charge",
-        json!({ "user_id": user, "total_cents": cents }),
+        charge_of(user, cents),
     )
 }
 
@@ -87,6 +87,7 @@ async fn a_batch_costs_one_transaction_and_the_same_inbox_statements_whatever_it
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let runtime = payments(&db, &redis);
+    sell_cents(&db).await;
     let one = cost_of_batch(&db, &runtime, 1).await;
     let sixteen = cost_of_batch(&db, &runtime, 16).await;
     // Claim (which finds redeliveries too), store the replies; one commit; no savepoint
@@ -100,6 +101,7 @@ async fn a_rejected_command_is_answered_so_and_its_neighbours_commit_once() {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let runtime = payments(&db, &redis);
+    sell_cents(&db).await;
     let mut customers = Vec::new();
     for n in 0..4 {
         // The third cannot pay: its charge is a business rejection.
@@ -162,6 +164,7 @@ async fn a_failing_command_rolls_back_alone_and_its_neighbours_commit() {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let runtime = payments(&db, &redis);
+    sell_cents(&db).await;
     let mut customers = Vec::new();
     for _ in 0..4 {
         customers.push(add_user(&db.pool, 1_000).await);
@@ -211,6 +214,7 @@ async fn a_fence_after_its_forward_command_in_one_batch_reports_its_output() {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let runtime = payments(&db, &redis);
+    sell_cents(&db).await;
     let user = add_user(&db.pool, 1_000).await;
     let original = charge(user, 250);
     let fence = command(
@@ -241,6 +245,7 @@ async fn a_command_twice_in_a_batch_or_answered_before_takes_effect_once() {
     let db = TestDb::migrated().await;
     let redis = TestRedis::start();
     let runtime = payments(&db, &redis);
+    sell_cents(&db).await;
     let (first_user, second_user) = (
         add_user(&db.pool, 1_000).await,
         add_user(&db.pool, 1_000).await,

@@ -289,7 +289,7 @@ async fn pay_out(strategy: Strategy) -> (i64, i64) {
                 platform::contract::Direction::Forward,
                 "vendor.payout",
                 json!({}),
-                json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 900 } }),
+                claimed(json!({ "vendor_id": vendor, "payout_cents": 900 })),
             )
         })
         .collect();

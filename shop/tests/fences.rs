@@ -28,7 +28,7 @@ fn payout(saga: Uuid, direction: Direction, vendor: Uuid) -> platform::contract:
         direction,
         "vendor.payout",
         json!({}),
-        json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 900 } }),
+        claimed(json!({ "vendor_id": vendor, "payout_cents": 900 })),
     )
 }
 

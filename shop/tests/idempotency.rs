@@ -91,7 +91,8 @@ async fn payments_charge_at_most_once_and_refund_at_most_once() {
     let payment = runtime(Payment, &db, &redis, &idle_producer(), opts());
     let user = add_user(&db.pool, 10_000).await;
     let saga = Uuid::now_v7();
-    let order = json!({ "user_id": user, "total_cents": 2_500 });
+    sell_cents(&db).await;
+    let order = charge_of(user, 2_500);
 
     let charge = forward(saga, 1, "payment.charge", order.clone());
     payment.process(&charge).await.unwrap();
@@ -217,7 +218,7 @@ async fn coupon_claims_and_payouts_delivered_twice_apply_once() {
         platform::contract::Direction::Forward,
         "vendor.payout",
         coupon_use.clone(),
-        json!({ "claim_coupon": output }),
+        claimed(output),
     );
     vendor_runtime.process(&payout).await.unwrap();
     vendor_runtime.process(&payout).await.unwrap();
@@ -265,7 +266,7 @@ async fn a_payout_to_a_vendor_with_payouts_disabled_is_rejected() {
         platform::contract::Direction::Forward,
         "vendor.payout",
         json!({}),
-        json!({ "claim_coupon": { "vendor_id": vendor, "payout_cents": 900 } }),
+        claimed(json!({ "vendor_id": vendor, "payout_cents": 900 })),
     );
     let reply = vendor_runtime.process(&payout).await.unwrap();
     assert!(rejection(&reply).unwrap().contains("payouts are disabled"));

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use platform::kafka::{Delivery, Handler as _};
 use platform::testkit::{TestEnv, poll_until};
-use serde_json::json;
 use shop::participant::Strategy;
 use shop::participants::payment::Payment;
 use shop::runtime::CommandRuntime;
@@ -35,12 +34,8 @@ async fn a_worker_serves_its_commands_latency_and_lock_waits() {
         options,
     );
     let user = add_user(&env.db.pool, 5_000).await;
-    let charge = forward(
-        Uuid::now_v7(),
-        1,
-        "payment.charge",
-        json!({ "user_id": user, "total_cents": 1_000 }),
-    );
+    sell_cents(&env.db).await;
+    let charge = forward(Uuid::now_v7(), 1, "payment.charge", charge_of(user, 1_000));
     let delivery = Delivery {
         message: charge,
         topic: "test.commands.payment".into(),

@@ -209,6 +209,11 @@ impl From<shell::Error> for ApiError {
                 Self::PreconditionFailed(Json(problem))
             }
             shell::Error::Pool(err) => Self::from(err),
+            retired @ shell::Error::Retired { .. } => {
+                let mut problem = Problem::new(409, "retired", "Version retired", retired.to_string());
+                problem.field = Some("version".to_owned());
+                Self::Conflict(Json(problem))
+            }
             shell::Error::Concurrent(id) => {
                 Self::conflict(format!("saga {id} changed concurrently; retry the request"))
             }

@@ -89,6 +89,16 @@ pub const ENGINE: &[Rule] = &[
         "/v1/saga-definitions/{name}/versions/{version}",
         ADMIN,
     ),
+    (
+        "PUT",
+        "/v1/saga-definitions/{name}/versions/{version}/retirement",
+        ADMIN,
+    ),
+    (
+        "DELETE",
+        "/v1/saga-definitions/{name}/versions/{version}/retirement",
+        ADMIN,
+    ),
 ];
 
 /// The whole table a server judges by: the engine's rows and its application's.

@@ -21,6 +21,9 @@ pub struct Definition {
     pub description: String,
     /// The JSON Schema a saga's input must satisfy (checked when a saga starts).
     pub input_schema: Value,
+    /// The API scopes of which a key needs one to start it through `POST /v1/sagas`
+    /// (`operator` unless the document says otherwise).
+    pub start_scopes: Vec<String>,
     /// Every step, in stage order (members of one parallel stage are adjacent).
     pub steps: Vec<Step>,
 }

@@ -18,6 +18,9 @@ use super::definition::{Definition, RetryPolicy, Signal, Step, StepKind, Task, W
 /// The format's JSON Schema, as published.
 pub const FORMAT: &str = include_str!("../../../openapi/saga-definition.schema.json");
 
+/// Who may start a flow through the generic door when its document does not say.
+pub const DEFAULT_START_SCOPE: &str = "operator";
+
 /// Roles that exist but take no commands (the notification worker reads events).
 const RESERVED_ROLES: [&str; 1] = ["notification"];
 
@@ -87,7 +90,7 @@ pub fn parse(document: &Value, lost_member: Duration) -> Result<Definition, Vec<
 /// engine embeds no flow; the shop hands its documents to the catalog).
 #[cfg(test)]
 pub(crate) const SAMPLES: [&str; 2] = [
-    include_str!("../../../shop/definitions/order.json"),
+    include_str!("../../../shop/definitions/order.v1.json"),
     include_str!("../../../shop/definitions/coupon_use.json"),
 ];
 
@@ -111,6 +114,7 @@ struct Doc {
     #[serde(default)]
     description: String,
     input: Value,
+    start_scopes: Option<Vec<String>>,
     steps: Vec<StageDoc>,
 }
 
@@ -254,6 +258,9 @@ fn build(doc: Doc) -> Definition {
         version: doc.version,
         description: doc.description,
         input_schema: doc.input,
+        start_scopes: doc
+            .start_scopes
+            .unwrap_or_else(|| vec![DEFAULT_START_SCOPE.to_owned()]),
         steps,
     }
 }

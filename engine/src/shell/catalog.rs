@@ -7,6 +7,12 @@
 //!   version 1 of `order` and `coupon_use` (what sagas ran on before versions existed).
 //! - **The default.** New sagas start on the version `saga_definition_defaults` names, or
 //!   the highest when none is set (an admin sets one to roll back).
+//! - **Retired versions** (`saga_definition_retirements`) start no new sagas; the sagas
+//!   already on them finish. The application retires its own built-in versions when it
+//!   ships a changed rule as a new version; an admin retires any other.
+//! - **Fronted flows.** A flow an application starts through a typed endpoint of its own
+//!   (the shop's `order`, whose front prices the lines) is refused by the generic start,
+//!   for every key: [`Catalog::front`] names the endpoint to use.
 //! - **Every replica sees a change without a restart.** A trigger NOTIFYs
 //!   `sagaflow_definitions`; [`Catalog::follow`] reloads on it and every few seconds as a
 //!   net. A saga whose version this replica has not loaded yet makes the engine reload
@@ -29,7 +35,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::saga::document::{self, Fault};
 use crate::saga::{Definition, Status};
-use crate::schema::{saga_definition_defaults, saga_definitions, sagas};
+use crate::schema::{
+    saga_definition_defaults, saga_definition_retirements, saga_definitions, sagas,
+};
 
 /// One stored version.
 #[derive(Clone)]
@@ -46,6 +54,28 @@ pub struct Version {
 struct Known {
     versions: HashMap<String, BTreeMap<u32, Version>>,
     defaults: HashMap<String, u32>,
+    retired: HashMap<(String, u32), Retirement>,
+}
+
+/// Why a version starts no new sagas, and who said so.
+#[derive(Debug, Clone)]
+pub struct Retirement {
+    pub reason: String,
+    pub retired_by: String,
+    pub retired_at: chrono::DateTime<Utc>,
+}
+
+/// What an application brings to the catalog when it opens it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltIn<'a> {
+    /// Its flows' documents, stored as built-in versions (immutable like any other: a
+    /// changed rule ships as a new version).
+    pub documents: &'a [&'a str],
+    /// Flows it starts through typed endpoints of its own: (flow, the endpoint). The
+    /// generic start refuses them for every key and names the endpoint.
+    pub fronts: &'a [(&'a str, &'a str)],
+    /// Its built-in versions that start no new sagas: (flow, version, why).
+    pub retired: &'a [(&'a str, u32, &'a str)],
 }
 
 /// Why a registration or an admin change was refused.
@@ -69,6 +99,8 @@ pub enum Refused {
     BuiltIn { name: String, version: u32 },
     #[error("{name} version {version} is the default; set another default first")]
     IsDefault { name: String, version: u32 },
+    #[error("{name} version {version} was retired by its application; it stays retired")]
+    RetiredByApplication { name: String, version: u32 },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -85,6 +117,8 @@ pub struct Registered {
 #[derive(Default)]
 pub struct Catalog {
     known: RwLock<Known>,
+    /// Flow name -> the application's endpoint that starts it (set at open).
+    fronts: HashMap<String, String>,
 }
 
 const CHANNEL: &str = "sagaflow_definitions";
@@ -92,15 +126,23 @@ const CHANNEL: &str = "sagaflow_definitions";
 const BUILT_IN: &str = "built-in";
 
 impl Catalog {
-    /// Stores the built-in documents (once: a version already stored must be identical)
-    /// and loads everything stored. The built-in documents are the application's (the
-    /// shop's `order` and `coupon_use`), handed over by the composition point: the engine
-    /// embeds no flow of its own.
-    pub async fn open(pool: &db::Pool, built_in: &[&str]) -> anyhow::Result<Catalog> {
-        let catalog = Catalog::default();
+    /// Stores the built-in documents (once: a version already stored must be identical),
+    /// retires the built-in versions the application no longer starts, and loads
+    /// everything stored. The built-in documents are the application's (the shop's
+    /// `order` and `coupon_use`), handed over by the composition point: the engine embeds
+    /// no flow of its own.
+    pub async fn open(pool: &db::Pool, built_in: &BuiltIn<'_>) -> anyhow::Result<Catalog> {
+        let catalog = Catalog {
+            fronts: built_in
+                .fronts
+                .iter()
+                .map(|(flow, front)| ((*flow).to_owned(), (*front).to_owned()))
+                .collect(),
+            ..Catalog::default()
+        };
         let mut pooled = pool.get().await?;
         let conn: &mut Connection = &mut pooled;
-        for text in built_in {
+        for text in built_in.documents {
             let document: Value = serde_json::from_str(text)?;
             catalog
                 .register(conn, &document, BUILT_IN)
@@ -112,8 +154,19 @@ impl Catalog {
                     )
                 })?;
         }
+        for (name, version, reason) in built_in.retired {
+            retire_built_in(conn, name, *version, reason)
+                .await
+                .with_context(|| format!("retiring the built-in {name} version {version}"))?;
+        }
         catalog.reload(conn).await?;
         Ok(catalog)
+    }
+
+    /// The application's endpoint that starts `flow`, when it fronts it: the generic
+    /// start refuses such a flow.
+    pub fn front(&self, flow: &str) -> Option<&str> {
+        self.fronts.get(flow).map(String::as_str)
     }
 
     /// Adds the documents of a directory (every `*.json` file), as at start with
@@ -290,10 +343,75 @@ impl Catalog {
         Ok(())
     }
 
+    /// Retires a version: no new saga starts on it, those on it finish. The pinned
+    /// default is refused (set another first). The caller's transaction holds the
+    /// version's lock exclusively, so a start in flight commits first.
+    pub async fn retire(
+        &self,
+        conn: &mut Connection,
+        name: &str,
+        version: u32,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), Refused> {
+        version_lock(conn, Hold::Exclusive, name, version).await?;
+        self.stored(conn, name, version).await?;
+        let pinned: Option<i32> = saga_definition_defaults::table
+            .find(name)
+            .select(saga_definition_defaults::version)
+            .first(conn)
+            .await
+            .optional()?;
+        if pinned == Some(to_i32(version)) {
+            return Err(Refused::IsDefault {
+                name: name.to_owned(),
+                version,
+            });
+        }
+        diesel::insert_into(saga_definition_retirements::table)
+            .values((
+                saga_definition_retirements::name.eq(name),
+                saga_definition_retirements::version.eq(to_i32(version)),
+                saga_definition_retirements::reason.eq(reason),
+                saga_definition_retirements::retired_by.eq(actor),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Lets a retired version start sagas again; one its application retired stays
+    /// retired (it ships a newer built-in version instead).
+    pub async fn reinstate(
+        &self,
+        conn: &mut Connection,
+        name: &str,
+        version: u32,
+    ) -> Result<(), Refused> {
+        self.stored(conn, name, version).await?;
+        let by: Option<String> = saga_definition_retirements::table
+            .find((name, to_i32(version)))
+            .select(saga_definition_retirements::retired_by)
+            .first(conn)
+            .await
+            .optional()?;
+        if by.as_deref() == Some(BUILT_IN) {
+            return Err(Refused::RetiredByApplication {
+                name: name.to_owned(),
+                version,
+            });
+        }
+        diesel::delete(saga_definition_retirements::table.find((name, to_i32(version))))
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Holds a version against removal until the caller's transaction ends (a saga is
     /// being started on it): a shared advisory lock on the version, which
     /// [`Catalog::remove`] takes exclusively. Check that the version is stored with
-    /// [`is_stored`], in a statement after this one, so that its snapshot sees a removal
+    /// [`is_open`], in a statement after this one, so that its snapshot sees a removal
     /// that committed while the hold waited. The lock lives in the lock manager only:
     /// `FOR SHARE` on the version's row, which this replaced, made every concurrent start
     /// rewrite that row (its lockers became a multixact, one member more per start).
@@ -334,7 +452,27 @@ impl Catalog {
             ))
             .load(conn)
             .await?;
+        let retirements: Vec<(String, i32, String, String, chrono::DateTime<Utc>)> =
+            saga_definition_retirements::table
+                .select((
+                    saga_definition_retirements::name,
+                    saga_definition_retirements::version,
+                    saga_definition_retirements::reason,
+                    saga_definition_retirements::retired_by,
+                    saga_definition_retirements::retired_at,
+                ))
+                .load(conn)
+                .await?;
         let mut known = Known::default();
+        for (name, version, reason, retired_by, retired_at) in retirements {
+            let number = u32::try_from(version).unwrap_or_default();
+            let retirement = Retirement {
+                reason,
+                retired_by,
+                retired_at,
+            };
+            known.retired.insert((name, number), retirement);
+        }
         for (name, version, document, created_by, created_at) in rows {
             let number = u32::try_from(version).unwrap_or_default();
             // Versions are immutable: one already held is kept, not read again.
@@ -419,16 +557,21 @@ impl Catalog {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// The version new sagas of `name` start on.
+    /// The version new sagas of `name` start on: the pinned default, or the highest, that
+    /// is not retired.
     pub fn current(&self, name: &str) -> Option<Arc<Definition>> {
         let known = self.read();
-        let versions = known.versions.get(name)?;
-        let chosen = known
-            .defaults
-            .get(name)
-            .and_then(|version| versions.get(version))
-            .or_else(|| versions.values().next_back())?;
+        let number = known.default_of(name)?;
+        let chosen = known.versions.get(name)?.get(&number)?;
         Some(Arc::clone(&chosen.definition))
+    }
+
+    /// Why `version` of `name` starts no new sagas, if it is retired.
+    pub fn retirement(&self, name: &str, version: u32) -> Option<Retirement> {
+        self.read()
+            .retired
+            .get(&(name.to_owned(), version))
+            .cloned()
     }
 
     /// The exact shape a saga runs on.
@@ -441,20 +584,15 @@ impl Catalog {
         self.read().versions.get(name)?.get(&version).cloned()
     }
 
-    /// Every flow's name with its versions (ascending) and its default version.
+    /// Every flow's name with its versions (ascending) and its default version (0 when
+    /// every version is retired).
     pub fn flows(&self) -> Vec<(String, Vec<Version>, u32)> {
         let known = self.read();
         let mut flows: Vec<_> = known
             .versions
             .iter()
             .map(|(name, versions)| {
-                let default = known
-                    .defaults
-                    .get(name)
-                    .copied()
-                    .filter(|version| versions.contains_key(version))
-                    .or_else(|| versions.keys().next_back().copied())
-                    .unwrap_or_default();
+                let default = known.default_of(name).unwrap_or_default();
                 (name.clone(), versions.values().cloned().collect(), default)
             })
             .collect();
@@ -534,6 +672,48 @@ impl Catalog {
     }
 }
 
+impl Known {
+    /// The version new sagas of `name` start on: the pinned default unless it is retired,
+    /// else the highest version that is not.
+    fn default_of(&self, name: &str) -> Option<u32> {
+        let versions = self.versions.get(name)?;
+        let open = |version: &u32| !self.retired.contains_key(&(name.to_owned(), *version));
+        self.defaults
+            .get(name)
+            .copied()
+            .filter(|version| versions.contains_key(version) && open(version))
+            .or_else(|| versions.keys().rev().copied().find(open))
+    }
+}
+
+/// Retires a built-in version for its application (kept if an admin retired it first).
+async fn retire_built_in(
+    conn: &mut Connection,
+    name: &str,
+    version: u32,
+    reason: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(saga_definition_retirements::table)
+        .values((
+            saga_definition_retirements::name.eq(name),
+            saga_definition_retirements::version.eq(to_i32(version)),
+            saga_definition_retirements::reason.eq(reason),
+            saga_definition_retirements::retired_by.eq(BUILT_IN),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    // A default pinned to it would leave the flow without a version to start on.
+    diesel::delete(
+        saga_definition_defaults::table
+            .filter(saga_definition_defaults::name.eq(name))
+            .filter(saga_definition_defaults::version.eq(to_i32(version))),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A stored document as this build reads it, with its input schema compiled. The
 /// lost-member rule held when the version was registered; a build that raised it must
 /// still run the sagas already on it, so it is not applied here.
@@ -549,14 +729,30 @@ async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {
     super::watch::listen_on(database_url, CHANNEL).await
 }
 
-/// Whether a version is stored (a saga may start on it), read with a shared connection so
-/// that a start can send it together with its writes.
-pub async fn is_stored(conn: &Connection, name: &str, version: u32) -> QueryResult<bool> {
+/// Whether a version is stored and not retired (a saga may start on it), read with a
+/// shared connection so that a start can send it together with its writes.
+pub async fn is_open(conn: &Connection, name: &str, version: u32) -> QueryResult<bool> {
     let mut conn = conn;
     let found: Option<i32> = saga_definitions::table
         .find((name, to_i32(version)))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            saga_definition_retirements::table
+                .filter(saga_definition_retirements::name.eq(name))
+                .filter(saga_definition_retirements::version.eq(to_i32(version))),
+        )))
         .select(saga_definitions::version)
         .first(&mut conn)
+        .await
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// Whether a version is stored.
+async fn is_stored(conn: &mut Connection, name: &str, version: u32) -> QueryResult<bool> {
+    let found: Option<i32> = saga_definitions::table
+        .find((name, to_i32(version)))
+        .select(saga_definitions::version)
+        .first(conn)
         .await
         .optional()?;
     Ok(found.is_some())

@@ -3,13 +3,15 @@
 //! no message: the saga row carries them.
 
 use chrono::{DateTime, Utc};
-use platform::contract::{Command, CommandPayload, Direction, Dispatch, Event, Topics};
-use serde_json::{Map, Value, json};
+use platform::contract::{
+    Command, CommandPayload, Direction, Dispatch, Event, Producer, StepOutput, Topics,
+};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::SagaContext;
 use super::store::{NewHistory, NewOutboxMessage};
-use crate::saga::{Action, SagaState};
+use crate::saga::{Action, SagaState, StepKind};
 
 /// The history entry of an input that moved (or did not move) a saga to `state`.
 pub(super) fn history(
@@ -168,14 +170,28 @@ pub(super) fn command_message(
 }
 
 /// What a participant gets: the saga's input and the outputs of the steps that succeeded,
-/// by step name (a compensation needs, e.g., the reservation its step made).
+/// by step name, each with what produced it (a compensation needs, e.g., the reservation
+/// its step made; a payout needs the claim's reply, and never a signal's body).
 fn command_payload(context: &SagaContext<'_>) -> CommandPayload {
-    let outputs: Map<String, Value> = context
+    let outputs = context
         .definition
         .steps
         .iter()
         .zip(&context.state.steps)
-        .filter_map(|(step, state)| Some((step.name.clone(), state.output.clone()?)))
+        .filter_map(|(step, state)| {
+            let by = match &step.kind {
+                StepKind::Task(task) => Producer::Command {
+                    role: task.role.clone(),
+                    command: task.command.clone(),
+                },
+                StepKind::Signal(_) => Producer::Signal {
+                    name: step.name.clone(),
+                },
+                StepKind::Wait(_) => Producer::Wait,
+            };
+            let output = state.output.clone()?;
+            Some((step.name.clone(), StepOutput { by, output }))
+        })
         .collect();
     CommandPayload {
         input: context.payload.clone(),

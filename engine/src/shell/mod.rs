@@ -48,6 +48,9 @@ pub enum Error {
     UnknownDefinition(String),
     #[error("saga definition `{name}` has no version {version}")]
     UnknownVersion { name: String, version: u32 },
+    /// The version (or, unpinned, every version of the flow) starts no new sagas.
+    #[error("saga definition `{name}` version {version} is retired: it starts no new sagas")]
+    Retired { name: String, version: u32 },
     /// The input cannot start the saga (a wait's time missing from it, say).
     #[error("{0}")]
     BadInput(String),
@@ -221,27 +224,42 @@ impl Engine {
         self.start_with(conn, start).await
     }
 
-    /// The definition a start asks for: the pinned version, or the default one.
+    /// The definition a start asks for: the pinned version, or the default one; a retired
+    /// version starts nothing.
     pub fn definition_for(
         &self,
         name: &str,
         version: Option<u32>,
     ) -> Result<Arc<Definition>, Error> {
+        let retired = |version: u32| Error::Retired {
+            name: name.to_owned(),
+            version,
+        };
         match version {
-            Some(version) => self.catalog.version(name, version).ok_or_else(|| {
-                if self.catalog.current(name).is_some() {
-                    Error::UnknownVersion {
-                        name: name.to_owned(),
-                        version,
+            Some(version) => {
+                let Some(definition) = self.catalog.version(name, version) else {
+                    return Err(if self.catalog.flows().iter().any(|(f, ..)| f == name) {
+                        Error::UnknownVersion {
+                            name: name.to_owned(),
+                            version,
+                        }
+                    } else {
+                        Error::UnknownDefinition(name.to_owned())
+                    });
+                };
+                match self.catalog.retirement(name, version) {
+                    Some(_) => Err(retired(version)),
+                    None => Ok(definition),
+                }
+            }
+            None => self.catalog.current(name).ok_or_else(|| {
+                match self.catalog.flows().into_iter().find(|(f, ..)| f == name) {
+                    Some((_, versions, _)) => {
+                        retired(versions.last().map_or(0, |v| v.definition.version))
                     }
-                } else {
-                    Error::UnknownDefinition(name.to_owned())
+                    None => Error::UnknownDefinition(name.to_owned()),
                 }
             }),
-            None => self
-                .catalog
-                .current(name)
-                .ok_or_else(|| Error::UnknownDefinition(name.to_owned())),
         }
     }
 
@@ -318,21 +336,28 @@ impl Engine {
         let (stored, inserted) = if idempotency_key.is_none() {
             // A fresh id and no key: the insert cannot conflict, so the writes go with it.
             let (stored, inserted, ()) = futures_util::try_join!(
-                catalog::is_stored(shared, name, number).err_into::<Error>(),
+                catalog::is_open(shared, name, number).err_into::<Error>(),
                 store::insert(shared, &row).err_into::<Error>(),
                 writes.flush(shared),
             )?;
             (stored, inserted)
         } else {
             futures_util::try_join!(
-                catalog::is_stored(shared, name, number),
+                catalog::is_open(shared, name, number),
                 store::insert(shared, &row),
             )?
         };
         if !stored {
-            return Err(Error::UnknownVersion {
-                name: name.to_owned(),
-                version: number,
+            // Removed or retired since this replica read the catalog.
+            return Err(match self.catalog.retirement(name, number) {
+                Some(_) => Error::Retired {
+                    name: name.to_owned(),
+                    version: number,
+                },
+                None => Error::UnknownVersion {
+                    name: name.to_owned(),
+                    version: number,
+                },
             });
         }
         if !inserted {

@@ -10,7 +10,11 @@
 //!   attempt, direction, command name and role), to a saga still moving; it is then
 //!   **built again from the saga's own row**, so a changed amount or address in the letter
 //!   never reaches a participant;
-//! - a reply must answer such a command; an event must be one the history recorded.
+//! - a reply is never sent on as it came: its outcome and output are the letter's to say,
+//!   and a forged `succeeded` could name any amount. It must answer such a command, and
+//!   its replay **re-sends that command**, rebuilt from the row, so the participant's inbox
+//!   answers with the reply it stored (or applies the command, if it never did);
+//! - an event must be one the history recorded.
 //!
 //! What passes is enqueued through the outbox by the caller, in the transaction that marks
 //! the letter replayed, so a replay happens exactly once and is published by the relay.
@@ -48,7 +52,7 @@ pub async fn message_for(
 ) -> QueryResult<Result<NewOutboxMessage, String>> {
     let origin = letter.origin_topic;
     if origin == topics.replies() {
-        return reply(conn, topics, letter).await;
+        return reply(conn, catalog, topics, letter, now).await;
     }
     if origin == topics.events() {
         return event(conn, topics, letter).await;
@@ -142,7 +146,23 @@ async fn command(
             sent.id, detail["command"], detail["role"], sent.name, role
         )));
     }
-    Ok(rebuilt(catalog, topics, &row, &sent, role, now))
+    let asked = Asked {
+        id: sent.id,
+        step: sent.step,
+        attempt: sent.attempt,
+        direction: sent.direction,
+        name: &sent.name,
+    };
+    Ok(rebuilt(catalog, topics, &row, &asked, role, now))
+}
+
+/// Which command a letter is about: its identity only, never its payload.
+struct Asked<'a> {
+    id: Uuid,
+    step: u32,
+    attempt: u32,
+    direction: Direction,
+    name: &'a str,
 }
 
 /// The command built again from the saga's own row: the letter lends only its identity.
@@ -150,7 +170,7 @@ fn rebuilt(
     catalog: &Catalog,
     topics: &Topics,
     row: &SagaRow,
-    sent: &Command,
+    sent: &Asked<'_>,
     role: &str,
     now: DateTime<Utc>,
 ) -> Result<NewOutboxMessage, String> {
@@ -176,7 +196,7 @@ fn rebuilt(
         &context,
         (step, sent.attempt),
         sent.direction,
-        &sent.name,
+        sent.name,
         role,
         now,
     );
@@ -189,10 +209,15 @@ fn rebuilt(
     Ok(message)
 }
 
+/// A reply letter re-asks: the command it answers goes out again, rebuilt from the row, and
+/// the participant's inbox answers with the genuine reply it stored. The letter's outcome
+/// and output are never read.
 async fn reply(
     conn: &mut Connection,
+    catalog: &Catalog,
     topics: &Topics,
     letter: &Letter<'_>,
+    now: DateTime<Utc>,
 ) -> QueryResult<Result<NewOutboxMessage, String>> {
     let reply: Reply = match decode(letter, "reply") {
         Ok(reply) => reply,
@@ -201,6 +226,9 @@ async fn reply(
     if let Err(reason) = keyed_by(letter, reply.saga_id) {
         return Ok(Err(reason));
     }
+    let Some(row) = store::lock(conn, reply.saga_id).await? else {
+        return Ok(Err(format!("no saga {}", reply.saga_id)));
+    };
     let answered = sent_entry(
         conn,
         reply.saga_id,
@@ -210,13 +238,26 @@ async fn reply(
         reply.command_id,
     )
     .await?;
-    if answered.is_none() {
+    let Some(detail) = answered else {
         return Ok(Err(format!(
             "reply {} answers no command saga {} sent",
             reply.id, reply.saga_id
         )));
-    }
-    Ok(Ok(outbox(topics.replies(), reply.saga_id, &reply)))
+    };
+    let (Some(name), Some(role)) = (detail["command"].as_str(), detail["role"].as_str()) else {
+        return Ok(Err(format!(
+            "the history does not say which command {} was",
+            reply.command_id
+        )));
+    };
+    let asked = Asked {
+        id: reply.command_id,
+        step: reply.step,
+        attempt: reply.attempt,
+        direction: reply.direction,
+        name,
+    };
+    Ok(rebuilt(catalog, topics, &row, &asked, role, now))
 }
 
 async fn event(

@@ -159,8 +159,9 @@ fn placed(accepted: Accepted, replayed: bool) -> Placed {
     Placed::Accepted(Json(accepted), location, replayed.then_some(true))
 }
 
-/// Checks the user and the SKUs and prices the order: the saga's input.
-async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<OrderInput> {
+/// Checks the user and the SKUs and prices the order: the saga's input and the total the
+/// `orders` row keeps (which the payment role charges).
+async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<(OrderInput, i64)> {
     let known_user: i64 = users::table
         .filter(users::id.eq(order.user_id))
         .count()
@@ -196,13 +197,13 @@ async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<OrderInput
             "the order total must be positive",
         ));
     }
-    Ok(OrderInput {
+    let input = OrderInput {
         order_id: Uuid::now_v7(),
         user_id: order.user_id,
         lines: order.lines.clone(),
-        total_cents,
         shipping_address: order.shipping_address.clone(),
-    })
+    };
+    Ok((input, total_cents))
 }
 
 #[OpenApi(tag = "crate::api::Tag::Orders")]
@@ -300,7 +301,7 @@ async fn place_now(
             {
                 return Ok((placed(first, true), Queued::default()));
             }
-            let input = priced(conn, body).await?;
+            let (input, total_cents) = priced(conn, body).await?;
             let started = engine
                 .start_for_in(conn, "order", &inputs::to_value(&input), caller.owner())
                 .await?;
@@ -309,7 +310,7 @@ async fn place_now(
                     orders::id.eq(input.order_id),
                     orders::user_id.eq(input.user_id),
                     orders::lines.eq(inputs::to_value(&input.lines)),
-                    orders::total_cents.eq(input.total_cents),
+                    orders::total_cents.eq(total_cents),
                     orders::shipping_address.eq(inputs::to_value(&input.shipping_address)),
                     orders::saga_id.eq(started.id),
                 ))

@@ -1,6 +1,13 @@
-//! payment: `payment.charge` debits the order total from the user's wallet or rejects with
-//! insufficient funds; `payment.refund` credits it back, once. One payment row per saga
-//! makes "charged at most once, refunded at most once" a property of the data.
+//! payment: `payment.charge` debits the price of the saga's lines from the user's wallet or
+//! rejects with insufficient funds; `payment.refund` credits it back, once. One payment row
+//! per saga makes "charged at most once, refunded at most once" a property of the data.
+//!
+//! The amount is never read from the saga's input, which a caller writes: it is the total
+//! the order front priced and stored in `orders` for this saga, or, in any other flow, the
+//! lines at the products' prices now. So a flow started through the generic door, or a
+//! saga of a version whose input still carries a `total_cents`, pays the price.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -12,9 +19,9 @@ use uuid::Uuid;
 
 use super::missing;
 use crate::guarded::{self, Adjusted};
-use crate::inputs::Charge;
+use crate::inputs::{Charge, OrderLine};
 use crate::participant::{Context, Failure, Participant, input, unknown_command};
-use crate::schema::payments;
+use crate::schema::{orders, payments, products};
 
 pub struct Payment;
 
@@ -51,13 +58,7 @@ async fn charge(
     command: &Command,
     context: &Context,
 ) -> Result<Value, Failure> {
-    let Charge {
-        user_id,
-        total_cents,
-    } = input(command)?;
-    if total_cents <= 0 {
-        return Err(Failure::rejected("order total must be positive"));
-    }
+    let Charge { user_id, lines } = input(command)?;
     let existing: Option<i64> = payments::table
         .find(command.saga_id)
         .select(payments::amount_cents)
@@ -67,6 +68,10 @@ async fn charge(
     if let Some(amount) = existing {
         // An earlier attempt of this saga charged already: never twice.
         return Ok(json!({ "user_id": user_id, "amount_cents": amount }));
+    }
+    let total_cents = price(conn, command, &lines).await?;
+    if total_cents <= 0 {
+        return Err(Failure::rejected("order total must be positive"));
     }
     let user = user_id.to_string();
     match guarded::adjust(
@@ -97,6 +102,42 @@ async fn charge(
         .execute(conn)
         .await?;
     Ok(json!({ "user_id": user_id, "amount_cents": total_cents }))
+}
+
+/// What the saga's lines cost, from the server's tables: the order front's stored total when
+/// this saga is an order's (the price the customer was shown), else each line at its
+/// product's price now. An unknown product, or a total past `i64`, is a rejection.
+async fn price(
+    conn: &mut Connection,
+    command: &Command,
+    lines: &[OrderLine],
+) -> Result<i64, Failure> {
+    let fronted: Option<i64> = orders::table
+        .filter(orders::saga_id.eq(command.saga_id))
+        .select(orders::total_cents)
+        .first(conn)
+        .await
+        .optional()?;
+    if let Some(total) = fronted {
+        return Ok(total);
+    }
+    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
+    let prices: HashMap<String, i64> = products::table
+        .filter(products::sku.eq_any(&skus))
+        .select((products::sku, products::price_cents))
+        .load::<(String, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    lines.iter().try_fold(0i64, |total, line| {
+        let price = prices
+            .get(&line.sku)
+            .ok_or_else(|| Failure::rejected(format!("product {} does not exist", line.sku)))?;
+        price
+            .checked_mul(i64::from(line.quantity))
+            .and_then(|cost| total.checked_add(cost))
+            .ok_or_else(|| Failure::rejected("the order total is out of range"))
+    })
 }
 
 async fn refund(

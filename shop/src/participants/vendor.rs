@@ -1,6 +1,8 @@
-//! vendor: `vendor.payout` credits the vendor's balance with the payout the coupon claim
-//! computed and writes one ledger row per saga, in the same transaction, so a vendor's
-//! balance always equals the sum of its ledger. A vendor whose payouts are disabled rejects.
+//! vendor: `vendor.payout` credits the vendor's balance with the payout the coupon role's
+//! claim read from the coupon row (found by the command that produced it, never by a step
+//! name a signal could carry too), and writes one ledger row per saga in the same
+//! transaction, so a vendor's balance always equals the sum of its ledger. A vendor whose
+//! payouts are disabled rejects.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -17,7 +19,11 @@ use crate::schema::{vendor_ledger, vendors};
 
 pub struct Vendor;
 
-/// The part of the `claim_coupon` step's output a payout needs.
+/// What a payout is paid from: the `coupon` role's answer to `coupon.claim`.
+const CLAIM: (Role, &str) = (Role::Coupon, commands::COUPON_CLAIM);
+
+/// The part of the claim's reply a payout needs: the coupon row's vendor and value, as the
+/// coupon role read them.
 #[derive(Debug, Deserialize)]
 struct Claimed {
     vendor_id: Uuid,
@@ -34,7 +40,7 @@ impl Participant for Vendor {
     }
 
     fn resources(&self, command: &Command) -> Result<Vec<String>, Failure> {
-        let claimed: Claimed = output_of(command, "claim_coupon")?;
+        let claimed: Claimed = output_of(command, CLAIM)?;
         Ok(vec![resource(claimed.vendor_id)])
     }
 
@@ -59,7 +65,7 @@ async fn payout(
     let Claimed {
         vendor_id,
         payout_cents,
-    } = output_of(command, "claim_coupon")?;
+    } = output_of(command, CLAIM)?;
     if payout_cents <= 0 {
         return Err(Failure::rejected("payout must be positive"));
     }

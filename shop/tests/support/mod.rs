@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
 use platform::contract::{Command, Direction, Outcome, Reply, Topics};
 use platform::kafka::Producer;
 use platform::testkit::{TestDb, TestRedis};
@@ -31,9 +33,44 @@ pub fn command(
     };
     let payload = platform::contract::CommandPayload {
         input,
-        outputs: outputs.as_object().cloned().unwrap_or_default(),
+        outputs: serde_json::from_value(outputs).expect("outputs as the engine sends them"),
     };
     Command::new(saga_id, "test", dispatch, name, payload, Utc::now())
+}
+
+/// A product that costs one cent: a charge of `cents` is that many of it (the payment role
+/// prices a saga's lines from the products, never from its input).
+pub const CENT: &str = "CENT";
+
+/// Makes [`CENT`] a product of `db`.
+pub async fn sell_cents(db: &TestDb) {
+    let mut conn = db.pool.get().await.unwrap();
+    diesel::insert_into(shop::schema::products::table)
+        .values((
+            shop::schema::products::sku.eq(CENT),
+            shop::schema::products::name.eq("one cent"),
+            shop::schema::products::price_cents.eq(1i64),
+            shop::schema::products::stock.eq(0),
+        ))
+        .on_conflict_do_nothing()
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// A charge's input: `user` pays `cents` ([`sell_cents`] first).
+pub fn charge_of(user: Uuid, cents: i64) -> Value {
+    serde_json::json!({ "user_id": user, "lines": [{ "sku": CENT, "quantity": cents }] })
+}
+
+/// The outputs of a payout's command: the coupon role's answer to `coupon.claim`.
+pub fn claimed(output: Value) -> Value {
+    serde_json::json!({
+        "claim_coupon": {
+            "by": { "kind": "command", "role": "coupon", "command": "coupon.claim" },
+            "output": output,
+        }
+    })
 }
 
 /// The next attempt of `command`: the same step, direction and payload, a new id.

@@ -1,6 +1,6 @@
 //! Registered flows: list and read their versions, register a new version, set the
-//! default, remove a version no saga needs, and see every compensation path a version can
-//! take. The documents' own format is `/saga-definition.schema.json`.
+//! default, retire a version (no new sagas) or reinstate it, remove a version no saga
+//! needs, and see every compensation path a version can take. The documents' own format is `/saga-definition.schema.json`.
 
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
@@ -17,7 +17,7 @@ use crate::api::problem::{ApiError, ApiResult, Fault, Problem};
 use crate::auth::Caller;
 use crate::saga::definition::{RetryPolicy, Step, StepKind, Wake};
 use crate::saga::paths;
-use crate::shell::catalog::{Refused, Version};
+use crate::shell::catalog::{Catalog, Refused, Version};
 
 pub struct DefinitionsApi;
 
@@ -35,12 +35,31 @@ struct SagaDefinition {
     steps: Vec<StepDefinition>,
 }
 
-/// Who registered a version, and when.
+/// Who registered a version, and when; whether it still starts sagas.
 #[derive(Debug, Object)]
 struct VersionInfo {
     version: u32,
     created_by: String,
     created_at: DateTime<Utc>,
+    /// Present when the version starts no new sagas.
+    #[oai(skip_serializing_if_is_none)]
+    retired: Option<RetirementView>,
+}
+
+/// Why a version starts no new sagas (those already on it finish).
+#[derive(Debug, Object)]
+struct RetirementView {
+    reason: String,
+    /// The admin key's name, or `built-in` when the application retired it.
+    retired_by: String,
+    retired_at: DateTime<Utc>,
+}
+
+/// Why to retire a version.
+#[derive(Debug, Object)]
+struct Retire {
+    #[oai(validator(min_length = 1, max_length = 500))]
+    reason: String,
 }
 
 /// One version: its shape, the document it was registered from, and its input schema.
@@ -49,8 +68,17 @@ struct DefinitionVersion {
     name: String,
     version: u32,
     description: String,
-    /// Whether new sagas start on it.
+    /// Whether new sagas start on it when a start pins no version.
     default: bool,
+    /// Present when the version starts no new sagas.
+    #[oai(skip_serializing_if_is_none)]
+    retired: Option<RetirementView>,
+    /// Who may start it through `POST /v1/sagas` (keys with one of these scopes).
+    start_scopes: Vec<String>,
+    /// The application endpoint that starts this flow, when one does: the generic start
+    /// then refuses it for every key.
+    #[oai(skip_serializing_if_is_none)]
+    front: Option<String>,
     created_by: String,
     created_at: DateTime<Utc>,
     steps: Vec<StepDefinition>,
@@ -218,13 +246,26 @@ impl From<&Step> for StepDefinition {
     }
 }
 
-fn version_view(stored: &Version, default: bool) -> DefinitionVersion {
+fn retirement_view(catalog: &Catalog, name: &str, version: u32) -> Option<RetirementView> {
+    catalog
+        .retirement(name, version)
+        .map(|retirement| RetirementView {
+            reason: retirement.reason,
+            retired_by: retirement.retired_by,
+            retired_at: retirement.retired_at,
+        })
+}
+
+fn version_view(catalog: &Catalog, stored: &Version, default: bool) -> DefinitionVersion {
     let definition = &stored.definition;
     DefinitionVersion {
         name: definition.name.clone(),
         version: definition.version,
         description: definition.description.clone(),
         default,
+        retired: retirement_view(catalog, &definition.name, definition.version),
+        start_scopes: definition.start_scopes.clone(),
+        front: catalog.front(&definition.name).map(str::to_owned),
         created_by: stored.created_by.clone(),
         created_at: stored.created_at,
         steps: definition.steps.iter().map(StepDefinition::from).collect(),
@@ -233,7 +274,12 @@ fn version_view(stored: &Version, default: bool) -> DefinitionVersion {
     }
 }
 
-fn flow_view(name: String, versions: &[Version], default: u32) -> SagaDefinition {
+fn flow_view(
+    catalog: &Catalog,
+    name: String,
+    versions: &[Version],
+    default: u32,
+) -> SagaDefinition {
     let current = versions
         .iter()
         .find(|stored| stored.definition.version == default)
@@ -250,6 +296,11 @@ fn flow_view(name: String, versions: &[Version], default: u32) -> SagaDefinition
                 version: stored.definition.version,
                 created_by: stored.created_by.clone(),
                 created_at: stored.created_at,
+                retired: retirement_view(
+                    catalog,
+                    &stored.definition.name,
+                    stored.definition.version,
+                ),
             })
             .collect(),
         steps: current
@@ -275,14 +326,13 @@ fn version_of(text: &str) -> ApiResult<u32> {
 
 /// One flow as the API shows it.
 fn flow(state: &State, name: &str) -> ApiResult<SagaDefinition> {
-    let (name, versions, default) = state
-        .engine
-        .catalog()
+    let catalog = state.engine.catalog();
+    let (name, versions, default) = catalog
         .flows()
         .into_iter()
         .find(|(flow, ..)| flow == name)
         .ok_or_else(|| ApiError::not_found("saga definition", name))?;
-    Ok(flow_view(name, &versions, default))
+    Ok(flow_view(catalog, name, &versions, default))
 }
 
 /// The stored version `name`/`version` with whether it is the default.
@@ -305,6 +355,7 @@ fn refused(err: Refused) -> ApiError {
         conflict @ (Refused::Immutable { .. }
         | Refused::InUse { .. }
         | Refused::IsDefault { .. }
+        | Refused::RetiredByApplication { .. }
         | Refused::BuiltIn { .. }) => ApiError::conflict(conflict.to_string()),
         Refused::Invalid(faults) => {
             let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();
@@ -339,13 +390,12 @@ impl DefinitionsApi {
     /// step's kind, stage, role, command, compensation, retry budgets and deadlines.
     #[oai(path = "/v1/saga-definitions", method = "get")]
     async fn list(&self, state: Data<&State>) -> Json<Vec<SagaDefinition>> {
+        let catalog = state.engine.catalog();
         Json(
-            state
-                .engine
-                .catalog()
+            catalog
                 .flows()
                 .into_iter()
-                .map(|(name, versions, default)| flow_view(name, &versions, default))
+                .map(|(name, versions, default)| flow_view(catalog, name, &versions, default))
                 .collect(),
         )
     }
@@ -384,7 +434,7 @@ impl DefinitionsApi {
         state.cluster.ensure_role_topics(&roles).await?;
         let definition = &registered.definition;
         let (stored, default) = find_version(&state, &definition.name, definition.version)?;
-        let view = version_view(&stored, default);
+        let view = version_view(catalog, &stored, default);
         Ok(if registered.created {
             RegisterResponse::Created(Json(view))
         } else {
@@ -416,7 +466,67 @@ impl DefinitionsApi {
         version: Path<String>,
     ) -> ApiResult<Json<DefinitionVersion>> {
         let (stored, default) = find_version(&state, &name.0, version_of(&version.0)?)?;
-        Ok(Json(version_view(&stored, default)))
+        Ok(Json(version_view(state.engine.catalog(), &stored, default)))
+    }
+
+    /// Retire a saga definition version
+    ///
+    /// No new saga starts on it, through any door; the sagas already on it finish. The
+    /// default an admin pinned is 409 (set another first); unpinned, the highest version
+    /// that is not retired becomes the default. Retiring again changes nothing.
+    #[oai(
+        path = "/v1/saga-definitions/:name/versions/:version/retirement",
+        method = "put"
+    )]
+    async fn retire(
+        &self,
+        state: Data<&State>,
+        caller: Data<&Caller>,
+        name: Path<String>,
+        version: Path<String>,
+        body: Json<Retire>,
+    ) -> ApiResult<Json<DefinitionVersion>> {
+        let version = version_of(&version.0)?;
+        let catalog = state.engine.catalog();
+        let mut pooled = state.database.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
+            catalog
+                .retire(conn, &name.0, version, &caller.name, &body.reason)
+                .await
+                .map_err(refused)
+        })
+        .await?;
+        catalog.reload(conn).await?;
+        let (stored, default) = find_version(&state, &name.0, version)?;
+        Ok(Json(version_view(catalog, &stored, default)))
+    }
+
+    /// Reinstate a retired saga definition version
+    ///
+    /// It starts sagas again. A version its application retired (a built-in one whose
+    /// rule changed in a newer version) is 409: it stays retired.
+    #[oai(
+        path = "/v1/saga-definitions/:name/versions/:version/retirement",
+        method = "delete"
+    )]
+    async fn reinstate(
+        &self,
+        state: Data<&State>,
+        name: Path<String>,
+        version: Path<String>,
+    ) -> ApiResult<Json<DefinitionVersion>> {
+        let version = version_of(&version.0)?;
+        let catalog = state.engine.catalog();
+        let mut pooled = state.database.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        catalog
+            .reinstate(conn, &name.0, version)
+            .await
+            .map_err(refused)?;
+        catalog.reload(conn).await?;
+        let (stored, default) = find_version(&state, &name.0, version)?;
+        Ok(Json(version_view(catalog, &stored, default)))
     }
 
     /// Remove a saga definition version

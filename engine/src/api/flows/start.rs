@@ -1,6 +1,8 @@
-//! `POST /v1/sagas`: start a saga of any registered flow on an input its definition's
-//! schema accepts. The shop's `POST /v1/orders` and coupon uses are typed fronts onto the
-//! same engine call.
+//! `POST /v1/sagas`: start a saga of a registered flow on an input its definition's schema
+//! accepts, if the caller's key has one of the scopes the flow's document names
+//! (`start_scopes`, operator when unset). A flow an application fronts is refused for every
+//! key, naming its front: the shop's `POST /v1/orders` prices the lines, which a generic
+//! start could only take from its caller.
 
 use diesel_async::AsyncConnection as _;
 use poem::web::Data;
@@ -15,8 +17,9 @@ use platform::db::Connection;
 
 use crate::api::State;
 use crate::api::idempotency;
-use crate::api::problem::{ApiError, ApiResult};
-use crate::auth::Caller;
+use crate::api::problem::{ApiError, ApiResult, Problem};
+use crate::auth::{Caller, Scope};
+use crate::saga::Definition;
 use crate::shell::{self, Queued, Start};
 
 /// A saga to start.
@@ -107,6 +110,46 @@ fn refused(err: shell::Error) -> ApiError {
     }
 }
 
+/// Whether `caller` may start `definition` here: never a fronted flow, otherwise a key
+/// with one of the scopes its document names.
+fn may_start(state: &State, caller: &Caller, definition: &Definition) -> ApiResult<()> {
+    if let Some(front) = state.engine.catalog().front(&definition.name) {
+        let mut problem = Problem::new(
+            403,
+            "fronted-flow",
+            "Start it through its front",
+            format!(
+                "`{}` starts only through {front}, which derives what the generic start \
+                 would take from its caller",
+                definition.name
+            ),
+        );
+        problem.field = Some("definition".to_owned());
+        return Err(ApiError::Forbidden(Json(problem)));
+    }
+    let allowed = definition
+        .start_scopes
+        .iter()
+        .filter_map(|scope| scope.parse::<Scope>().ok())
+        .any(|scope| caller.has(scope));
+    if allowed {
+        return Ok(());
+    }
+    let mut problem = Problem::new(
+        403,
+        "forbidden",
+        "Forbidden",
+        format!(
+            "`{}` version {} may be started by a key with scope {}",
+            definition.name,
+            definition.version,
+            definition.start_scopes.join(" or ")
+        ),
+    );
+    problem.field = Some("definition".to_owned());
+    Err(ApiError::Forbidden(Json(problem)))
+}
+
 /// The handler of `POST /v1/sagas` (declared in `operator::sagas`, beside `GET /v1/sagas`:
 /// poem-openapi keeps one path's operations in one API).
 pub(crate) async fn start(
@@ -126,6 +169,7 @@ pub(crate) async fn start(
     let definition = engine
         .definition_for(&body.definition, body.version)
         .map_err(refused)?;
+    may_start(&state, &caller, &definition)?;
     let stored = engine
         .catalog()
         .stored_version(&definition.name, definition.version)

@@ -194,6 +194,7 @@ fn a_definition_without_steps_completes_at_start() {
         version: 1,
         description: String::new(),
         input_schema: json!({}),
+        start_scopes: vec!["operator".into()],
         steps: Vec::new(),
     };
     let started = start(&empty, &json!({}), epoch());

@@ -1,0 +1,16 @@
+-- Retired versions start no new sagas; the sagas already on them finish. An application
+-- retires its built-in versions when it ships a changed rule as a new version
+-- (`retired_by` = 'built-in'); an admin retires any other, and may reinstate those.
+CREATE TABLE saga_definition_retirements (
+    name text NOT NULL,
+    version integer NOT NULL,
+    reason text NOT NULL,
+    retired_by text NOT NULL,
+    retired_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version),
+    FOREIGN KEY (name, version) REFERENCES saga_definitions (name, version) ON DELETE CASCADE
+);
+
+CREATE TRIGGER saga_definition_retirements_changed
+    AFTER INSERT OR UPDATE OR DELETE ON saga_definition_retirements
+    FOR EACH STATEMENT EXECUTE FUNCTION saga_definitions_changed();
