@@ -215,11 +215,13 @@ impl Core {
             lag_cache: api::metrics::LagCache::default(),
             snapshots: api::snapshot::Snapshots::default(),
             loops: loops.clone(),
-            waiters: Waiters::new(config.http_max_waits),
+            waiters: Waiters::new(config.http_max_waits, config.http_max_waits_per_key),
             max_wait: config
                 .http
                 .request_timeout
                 .saturating_sub(Duration::from_secs(1)),
+            max_stream: config.http_max_stream,
+            signals: api::quota::PerKey::new(config.http_max_signals_per_key),
         };
         loops.spawn(
             &tasks,

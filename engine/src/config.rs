@@ -11,7 +11,9 @@
 //! - `TOPIC_PREFIX` (default `sagaflow`)
 //! - `HTTP_ADDR` (default `127.0.0.1:8080`); the server's limits `HTTP_HEADER_TIMEOUT_MS`
 //!   (10000), `HTTP_IDLE_TIMEOUT_MS` (60000), `HTTP_REQUEST_TIMEOUT_MS` (30000),
-//!   `HTTP_MAX_CONNECTIONS` (2048), `HTTP_MAX_REQUESTS` (1024) (see `api::server`)
+//!   `HTTP_MAX_CONNECTIONS` (2048), `HTTP_MAX_REQUESTS` (1024) (see `api::server`);
+//!   `HTTP_MAX_WAITS` (768, below `HTTP_MAX_REQUESTS`), `HTTP_MAX_WAITS_PER_KEY` (64),
+//!   `HTTP_MAX_SIGNALS_PER_KEY` (8), `HTTP_MAX_STREAM_SECONDS` (300)
 //! - `DEFINITIONS_DIR`: saga definition documents registered at start (see
 //!   [`crate::shell::catalog`])
 //! - `LOG_FORMAT` (`text` or `json`, default `text`); `RUST_LOG` (default `info`)
@@ -98,8 +100,29 @@ pub const ORCHESTRATOR: &[Setting] = &[
     Setting {
         env: "HTTP_MAX_WAITS",
         long: "http-max-waits",
-        default: Some("1024"),
-        help: "requests waiting for a saga to settle (Prefer: wait) at most; past it a request is answered at once with the current state",
+        default: Some("768"),
+        help: "requests waiting for a saga to settle (Prefer: wait) and open event streams at most, below HTTP_MAX_REQUESTS; past it a wait is answered at once with the current state, a stream 503",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_MAX_WAITS_PER_KEY",
+        long: "http-max-waits-per-key",
+        default: Some("64"),
+        help: "waiting requests and open event streams of one API key at most; past it that key gets 429",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_MAX_SIGNALS_PER_KEY",
+        long: "http-max-signals-per-key",
+        default: Some("8"),
+        help: "signals of one API key in flight at most; past it that key gets 429",
+        secret: false,
+    },
+    Setting {
+        env: "HTTP_MAX_STREAM_SECONDS",
+        long: "http-max-stream-seconds",
+        default: Some("300"),
+        help: "an event stream ends after this; the client resumes with Last-Event-ID",
         secret: false,
     },
     Setting {
@@ -149,8 +172,14 @@ pub struct Config {
     pub log_format: LogFormat,
     pub retention: RetentionEnv,
     pub auth: AuthConfig,
-    /// `HTTP_MAX_WAITS`: requests waiting for sagas to settle, at most.
+    /// `HTTP_MAX_WAITS`: requests waiting for sagas to settle and streams, at most.
     pub http_max_waits: usize,
+    /// `HTTP_MAX_WAITS_PER_KEY`: the same, for one API key.
+    pub http_max_waits_per_key: usize,
+    /// `HTTP_MAX_SIGNALS_PER_KEY`: signals of one API key in flight.
+    pub http_max_signals_per_key: usize,
+    /// `HTTP_MAX_STREAM_SECONDS`: how long an event stream lasts.
+    pub http_max_stream: std::time::Duration,
     /// `DEFINITIONS_DIR`: definition documents registered at start.
     pub definitions_dir: Option<std::path::PathBuf>,
 }
@@ -166,15 +195,39 @@ impl Config {
         let default_addr: SocketAddr = Self::DEFAULT_HTTP_ADDR
             .parse()
             .map_err(|_| env::Error::new("HTTP_ADDR", Self::DEFAULT_HTTP_ADDR, "bad default"))?;
+        let http = http_limits(vars)?;
+        let http_max_waits: usize = vars.parse_or("HTTP_MAX_WAITS", 768)?;
+        if http_max_waits >= http.max_requests {
+            // Waiting requests are requests in flight: at the same bound, waiters alone
+            // would leave no place for any other request.
+            return Err(env::Error::new(
+                "HTTP_MAX_WAITS",
+                http_max_waits.to_string(),
+                "must be below HTTP_MAX_REQUESTS",
+            ));
+        }
+        let at_least_one = |name: &'static str, default: usize| -> Result<usize, env::Error> {
+            let n: usize = vars.parse_or(name, default)?;
+            if n == 0 {
+                return Err(env::Error::new(name, "0", "must be at least 1"));
+            }
+            Ok(n)
+        };
         Ok(Self {
             stores: StoreEnv::from_vars(vars)?,
             kafka: KafkaEnv::from_vars(vars)?,
             http_addr: vars.parse_or("HTTP_ADDR", default_addr)?,
-            http: http_limits(vars)?,
+            http_max_waits_per_key: at_least_one("HTTP_MAX_WAITS_PER_KEY", 64)?,
+            http_max_signals_per_key: at_least_one("HTTP_MAX_SIGNALS_PER_KEY", 8)?,
+            http_max_stream: std::time::Duration::from_secs(at_least_one(
+                "HTTP_MAX_STREAM_SECONDS",
+                300,
+            )? as u64),
+            http,
             log_format: vars.parse_or("LOG_FORMAT", LogFormat::Text)?,
             retention: RetentionEnv::from_vars(vars)?,
             auth: AuthConfig::from_vars(vars)?,
-            http_max_waits: vars.parse_or("HTTP_MAX_WAITS", 1024)?,
+            http_max_waits,
             definitions_dir: vars
                 .optional("DEFINITIONS_DIR")?
                 .map(std::path::PathBuf::from),

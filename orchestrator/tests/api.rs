@@ -656,6 +656,32 @@ async fn bad_values_name_their_field_and_never_reach_a_500() {
     }
     let nul_in_path = api.get("/v1/products/MUG%0001").await;
     problem(nul_in_path, 400, Some("path")).await;
+    let nul_in_query = api.get("/v1/notifications?cursor=%00%ff").await;
+    problem(nul_in_query, 400, Some("cursor")).await;
+    // Where the schema leaves the shape open (a saga's input, a signal's body), a NUL
+    // anywhere is named by its path; an integer past its type's range names its field.
+    let generic = |input: Value| json!({ "definition": "coupon_use", "input": input });
+    let nested = generic(json!({ "campaign_id": { "deep": ["x\u{0}"] } }));
+    problem(
+        api.post("/v1/sagas", nested).await,
+        400,
+        Some("input.campaign_id.deep[0]"),
+    )
+    .await;
+    let huge =
+        json!({ "definition": "coupon_use", "version": 9_223_372_036_854_775_808u64, "input": {} });
+    problem(api.post("/v1/sagas", huge).await, 400, Some("version")).await;
+    let zero = json!({ "definition": "coupon_use", "version": 0, "input": {} });
+    problem(api.post("/v1/sagas", zero).await, 400, Some("version")).await;
+    // The input schema's `format` is asserted at the start.
+    let nil = "00000000-0000-0000-0000-000000000000";
+    let not_a_uuid = generic(json!({ "campaign_id": "nope", "user_id": nil }));
+    problem(
+        api.post("/v1/sagas", not_a_uuid).await,
+        400,
+        Some("input/campaign_id"),
+    )
+    .await;
 
     // A stock raised up to its column's maximum in legal steps: the next step is a 409
     // that says why, not an integer overflow.

@@ -781,7 +781,10 @@ async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
         .first(&mut conn)
         .await
         .unwrap();
-    assert_eq!(recorded, 2, "started on version 2 of `order` (1 is retired)");
+    assert_eq!(
+        recorded, 2,
+        "started on version 2 of `order` (1 is retired)"
+    );
     // Another saga, as a deploy with a version 3 of `order` would have started it.
     let newer = engine.start("order", &order_payload(), None).await.unwrap();
     diesel::update(sagas::table.find(newer.id))

@@ -264,7 +264,10 @@ async fn a_flow_registered_over_the_api_runs_parallel_steps_a_signal_a_wait_and_
         platform::contract::Producer::Wait
     );
     assert!(
-        award.payload.output_from("payment", "payment.charge").is_ok(),
+        award
+            .payload
+            .output_from("payment", "payment.charge")
+            .is_ok(),
         "the award finds the charge it is derived from"
     );
     assert!(

@@ -250,7 +250,10 @@ async fn click_and_collect_is_data_and_a_python_participant_retried_until_it_rec
         StatusCode::OK,
     )
     .await;
-    assert_eq!(charged["balance_cents"], 8_500, "charged the price, not 1 cent");
+    assert_eq!(
+        charged["balance_cents"], 8_500,
+        "charged the price, not 1 cent"
+    );
     let outcomes: Vec<String> = log_entries(&log)
         .iter()
         .map(|entry| entry["outcome"].as_str().unwrap_or_default().to_owned())

@@ -316,7 +316,9 @@ impl CommandPayload {
         });
         match (found.next(), found.next()) {
             (Some(entry), None) => Ok(&entry.output),
-            (None, _) => Err(format!("no output of `{command}` answered by role `{role}`")),
+            (None, _) => Err(format!(
+                "no output of `{command}` answered by role `{role}`"
+            )),
             (Some(_), Some(_)) => Err(format!(
                 "several steps ran `{command}`: which output to use is ambiguous"
             )),
@@ -442,7 +444,12 @@ mod tests {
         // A signal named like the claim step, and another role's command of the same name.
         payload.outputs.insert(
             "claim_coupon".into(),
-            claimed(Producer::Signal { name: "claim_coupon".into() }, 1_000_000_000),
+            claimed(
+                Producer::Signal {
+                    name: "claim_coupon".into(),
+                },
+                1_000_000_000,
+            ),
         );
         payload.outputs.insert(
             "forged".into(),
@@ -455,18 +462,25 @@ mod tests {
             ),
         );
         assert!(payload.output_from("coupon", "coupon.claim").is_err());
-        payload.outputs.insert("claim".into(), claimed(claim(), 500));
+        payload
+            .outputs
+            .insert("claim".into(), claimed(claim(), 500));
         assert_eq!(
             payload.output_from("coupon", "coupon.claim").unwrap()["payout_cents"],
             500
         );
-        payload.outputs.insert("claim_again".into(), claimed(claim(), 500));
+        payload
+            .outputs
+            .insert("claim_again".into(), claimed(claim(), 500));
         let ambiguous = payload.output_from("coupon", "coupon.claim").unwrap_err();
         assert!(ambiguous.contains("ambiguous"), "{ambiguous}");
         let wire = serde_json::to_value(&payload).unwrap();
         assert_eq!(wire["outputs"]["claim"]["by"]["kind"], "command");
         assert_eq!(wire["outputs"]["claim_coupon"]["by"]["kind"], "signal");
-        assert_eq!(serde_json::from_value::<CommandPayload>(wire).unwrap(), payload);
+        assert_eq!(
+            serde_json::from_value::<CommandPayload>(wire).unwrap(),
+            payload
+        );
     }
 
     #[test]

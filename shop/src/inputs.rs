@@ -116,7 +116,10 @@ mod tests {
         assert!(accepts(&schema, &stored));
         // Every participant of the flow finds its view in the stored input.
         let charge: Charge = serde_json::from_value(stored.clone()).unwrap();
-        assert_eq!((charge.user_id, &charge.lines), (order.user_id, &order.lines));
+        assert_eq!(
+            (charge.user_id, &charge.lines),
+            (order.user_id, &order.lines)
+        );
         let lines: Lines = serde_json::from_value(stored.clone()).unwrap();
         assert_eq!(lines.lines, order.lines);
         let ship_to: ShipTo = serde_json::from_value(stored).unwrap();

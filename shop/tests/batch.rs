@@ -27,12 +27,7 @@ fn payments(db: &TestDb, redis: &TestRedis) -> CommandRuntime<Payment> {
 }
 
 fn charge(user: Uuid, cents: i64) -> Command {
-    forward(
-        Uuid::now_v7(),
-        1,
-        "payment.charge",
-        charge_of(user, cents),
-    )
+    forward(Uuid::now_v7(), 1, "payment.charge", charge_of(user, cents))
 }
 
 async fn inbox_rows(db: &TestDb, id: Uuid) -> i64 {

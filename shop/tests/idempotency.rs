@@ -111,12 +111,7 @@ async fn payments_charge_at_most_once_and_refund_at_most_once() {
     assert_eq!(rows, 1);
 
     // Insufficient funds is a business rejection, and changes nothing.
-    let poor = forward(
-        Uuid::now_v7(),
-        1,
-        "payment.charge",
-        json!({ "user_id": user, "total_cents": 50_000 }),
-    );
+    let poor = forward(Uuid::now_v7(), 1, "payment.charge", charge_of(user, 50_000));
     let reply = payment.process(&poor).await.unwrap();
     assert!(rejection(&reply).unwrap().contains("insufficient funds"));
     assert_eq!(balance(&db, user).await, 10_000);

@@ -4,11 +4,14 @@
 //! second in the background, so a flood of probes costs the dependencies nothing), and
 //! liveness from the loops' own reports (see [`crate::loops`]).
 //!
-//! Readiness is reachability (Postgres, Redis, Kafka: 503 when one is down, or when the
-//! last reading is stale) plus the state of the work: a stuck outbox (its oldest unpublished message older than
-//! [`MAX_OUTBOX_AGE`]) or a reply consumer far behind (more than [`MAX_REPLY_LAG`]
-//! messages) makes the answer `degraded`, still 200: both are deployment-wide, so taking
-//! this replica out of rotation would not help, but a monitor should page someone.
+//! Readiness is whether this replica can serve its API: 503 only when it cannot (Postgres
+//! unreachable, one of its loops dead, or the last reading stale). Everything shared by
+//! every replica makes the answer `degraded`, still 200, because taking this replica out
+//! of rotation would not help and one outage must not empty the Service: Redis or Kafka
+//! unreachable (the outbox holds what cannot be published meanwhile, and workers wait
+//! out a Redis outage), a stuck outbox (its oldest unpublished message older than
+//! [`MAX_OUTBOX_AGE`]), or a reply consumer far behind (more than [`MAX_REPLY_LAG`]
+//! messages). A monitor should page someone on `degraded`.
 
 use std::time::Duration;
 
@@ -29,10 +32,10 @@ pub const MAX_OUTBOX_AGE: Duration = Duration::from_secs(30);
 /// Most replies the orchestrator's consumer group may be behind before `degraded`.
 pub const MAX_REPLY_LAG: i64 = 1_000;
 
-/// One check of the work (not of reachability).
+/// One check of what every replica shares: the work, and the shared dependencies.
 #[derive(Debug, Object)]
 struct WorkCheck {
-    /// `outbox` or `reply-lag`.
+    /// `outbox`, `reply-lag`, or a shared dependency that is down (`redis`, `kafka`).
     name: String,
     /// `ok`, `degraded` or `unknown` (not measured in time).
     state: String,
@@ -68,10 +71,12 @@ struct NotReady {
 
 #[derive(ApiResponse)]
 enum ReadyResponse {
-    /// Every dependency is reachable.
+    /// This replica serves its API: `ready`, or `degraded` naming in `checks` what every
+    /// replica shares and is in trouble (Redis or Kafka down, a stuck outbox...).
     #[oai(status = 200)]
     Ready(Json<Readiness>),
-    /// At least one dependency is down; `detail` names it.
+    /// This replica cannot serve: Postgres is down or one of its loops stopped; `detail`
+    /// names it.
     #[oai(status = 503, content_type = "application/problem+json")]
     NotReady(Json<NotReady>),
 }
@@ -126,9 +131,12 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// 200 when Postgres, Redis and Kafka all answer; 503 naming each one that does not.
-    /// Why a dependency is down (its error) is shown only to an `operator` or `admin` key,
-    /// or when access control is off.
+    /// 503 only when this replica cannot serve its API: Postgres does not answer, or one of
+    /// its background loops stopped. Redis or Kafka down is 200 `degraded`, named in
+    /// `checks` (the outbox keeps what cannot be published; an outage of a dependency every
+    /// replica shares must not take them all out of rotation). Why a dependency is down
+    /// (its error) is shown only to an `operator` or `admin` key, or when access control is
+    /// off.
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self, state: Data<&State>, caller: Data<&Caller>) -> ReadyResponse {
         let reveal = !state.auth_enforced || caller.sees_everything();
@@ -144,12 +152,6 @@ impl HealthApi {
                 Vec::new(),
             );
         }
-        let down: Vec<&str> = snapshot
-            .dependencies
-            .iter()
-            .filter(|check| check.error.is_some())
-            .map(|check| check.name)
-            .collect();
         let dependencies = snapshot
             .dependencies
             .iter()
@@ -162,14 +164,24 @@ impl HealthApi {
                     None => None,
                 },
             })
+            .collect::<Vec<_>>();
+        let stopped: Vec<String> = state
+            .loops
+            .stopped()
+            .into_iter()
+            .map(|stopped| stopped.name)
             .collect();
-        if !down.is_empty() {
-            return not_ready(&format!("unreachable: {}", down.join(", ")), dependencies);
+        let down: Vec<&str> = dependencies
+            .iter()
+            .filter(|dependency| !dependency.up)
+            .map(|dependency| dependency.name.as_str())
+            .collect();
+        if let Some(why) = unable_to_serve(&down, &stopped) {
+            return not_ready(&why, dependencies);
         }
-        let mut checks = vec![
-            outbox_check(snapshot.gauges.as_ref()),
-            reply_lag_check(&state),
-        ];
+        let mut checks: Vec<WorkCheck> = down.iter().map(|name| shared_outage(name)).collect();
+        checks.push(outbox_check(snapshot.gauges.as_ref()));
+        checks.push(reply_lag_check(&state));
         if !reveal {
             for check in &mut checks {
                 check.detail.clear(); // anonymous callers learn the state, not the numbers
@@ -181,6 +193,33 @@ impl HealthApi {
             dependencies,
             checks,
         }))
+    }
+}
+
+/// Why this replica cannot serve its API, if it cannot: its own database is unreachable,
+/// or a loop of its own stopped. Redis and Kafka are not here: they are shared, and the
+/// API works without them (the outbox holds what cannot be published).
+fn unable_to_serve(down: &[&str], stopped: &[String]) -> Option<String> {
+    if down.contains(&"postgres") {
+        return Some("unreachable: postgres".to_owned());
+    }
+    if !stopped.is_empty() {
+        return Some(format!("stopped: {}", stopped.join(", ")));
+    }
+    None
+}
+
+/// A shared dependency that does not answer: the replica serves on, degraded.
+fn shared_outage(name: &str) -> WorkCheck {
+    let detail = match name {
+        "kafka" => "unreachable: new commands wait in the outbox until it answers",
+        "redis" => "unreachable: workers wait with their commands until it answers",
+        _ => "unreachable",
+    };
+    WorkCheck {
+        name: name.to_owned(),
+        state: "degraded".to_owned(),
+        detail: detail.to_owned(),
     }
 }
 
@@ -231,5 +270,24 @@ fn reply_lag_check(state: &State) -> WorkCheck {
         name: "reply-lag".to_owned(),
         state: state.to_owned(),
         detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_this_replica_needs_to_serve_makes_it_unready() {
+        assert_eq!(unable_to_serve(&[], &[]), None);
+        assert_eq!(unable_to_serve(&["redis", "kafka"], &[]), None);
+        assert_eq!(
+            unable_to_serve(&["redis", "postgres"], &[]).as_deref(),
+            Some("unreachable: postgres")
+        );
+        assert_eq!(
+            unable_to_serve(&["kafka"], &["relay".to_owned()]).as_deref(),
+            Some("stopped: relay")
+        );
     }
 }

@@ -22,6 +22,7 @@ pub mod observe;
 pub mod operator;
 pub mod pagination;
 pub mod problem;
+pub mod quota;
 pub mod server;
 pub mod snapshot;
 mod strict;
@@ -69,6 +70,10 @@ pub struct State {
     pub waiters: std::sync::Arc<crate::shell::watch::Waiters>,
     /// The longest wait a request gets: under the server's request timeout.
     pub max_wait: std::time::Duration,
+    /// How long an event stream lasts (`HTTP_MAX_STREAM_SECONDS`).
+    pub max_stream: std::time::Duration,
+    /// Signals in flight per key (`HTTP_MAX_SIGNALS_PER_KEY`).
+    pub signals: std::sync::Arc<quota::PerKey>,
 }
 
 #[derive(Tags)]

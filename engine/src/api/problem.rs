@@ -88,6 +88,10 @@ pub enum ApiError {
     /// The request is well-formed but refers to something that cannot be used.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
+    /// This key holds as many waiting requests, streams or signals in flight as one key
+    /// may; others are served. Retry after the given number of seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooMany(Json<Problem>, #[oai(header = "Retry-After")] u64),
     /// A server fault; the body carries an error id to quote, never internals.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -132,6 +136,19 @@ impl ApiError {
     pub fn unavailable(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::Unavailable(
             Json(Problem::new(503, "busy", "Busy, try again", detail)),
+            retry_after_secs,
+        )
+    }
+
+    /// The caller's own bound (named by its setting) is reached.
+    pub fn too_many(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooMany(
+            Json(Problem::new(
+                429,
+                "per-key-limit",
+                "Too many for this key",
+                detail,
+            )),
             retry_after_secs,
         )
     }
@@ -210,7 +227,8 @@ impl From<shell::Error> for ApiError {
             }
             shell::Error::Pool(err) => Self::from(err),
             retired @ shell::Error::Retired { .. } => {
-                let mut problem = Problem::new(409, "retired", "Version retired", retired.to_string());
+                let mut problem =
+                    Problem::new(409, "retired", "Version retired", retired.to_string());
                 problem.field = Some("version".to_owned());
                 Self::Conflict(Json(problem))
             }

@@ -141,6 +141,52 @@ impl Operations {
 /// Why a string with U+0000 is refused (the document states it as each string's pattern).
 const NUL: &str = "must not contain U+0000 (NUL), which no stored text can hold";
 
+/// Where the first U+0000 sits in `value`, in a string or a key, wherever the schema leaves
+/// the shape open (a signal's body, a saga's input): Postgres `jsonb` cannot hold it.
+fn nul_at(value: &Value, path: &str) -> Option<String> {
+    let here = || {
+        if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path.to_owned()
+        }
+    };
+    match value {
+        Value::String(text) => text.contains('\0').then(here),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| nul_at(item, &format!("{path}[{index}]"))),
+        Value::Object(fields) => fields.iter().find_map(|(name, field)| {
+            let at = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            if name.contains('\0') {
+                Some(at)
+            } else {
+                nul_at(field, &at)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// The query parameter whose name or value holds an encoded U+0000, by its name.
+fn nul_parameter(query: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        pair.to_ascii_lowercase().contains("%00").then(|| {
+            let name = pair.split('=').next().unwrap_or_default();
+            if name.is_empty() || name.to_ascii_lowercase().contains("%00") {
+                "query".to_owned()
+            } else {
+                name.to_owned()
+            }
+        })
+    })
+}
+
 /// What is wrong with a scalar of the given format, if anything.
 fn format_error(value: &Value, format: &str) -> Option<String> {
     let fits = match format {
@@ -152,12 +198,16 @@ fn format_error(value: &Value, format: &str) -> Option<String> {
             .is_some_and(|text| chrono::DateTime::parse_from_rfc3339(text).is_ok()),
         "int32" => value.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
         "int64" => value.is_i64(),
+        "uint32" => value.as_u64().is_some_and(|n| u32::try_from(n).is_ok()),
+        "uint64" => value.is_u64(),
         _ => true,
     };
     (!fits).then(|| match format {
         "uuid" => "expected a UUID".to_owned(),
         "date-time" => "expected an RFC 3339 date-time, e.g. 2026-11-25T09:00:00Z".to_owned(),
         "int32" => format!("expected an integer from {} to {}", i32::MIN, i32::MAX),
+        "uint32" => format!("expected an integer from 0 to {}", u32::MAX),
+        "uint64" => format!("expected an integer from 0 to {}", u64::MAX),
         _ => format!("expected an integer from {} to {}", i64::MIN, i64::MAX),
     })
 }
@@ -192,11 +242,12 @@ pub fn before_body<'a>(operations: &'a Operations, request: &mut Request) -> Bef
     let uri = request.uri().to_string();
     if uri.to_ascii_lowercase().contains("%00") {
         let at = if request.uri().path().to_ascii_lowercase().contains("%00") {
-            "path"
+            "path".to_owned()
         } else {
-            "query"
+            nul_parameter(request.uri().query().unwrap_or_default())
+                .unwrap_or_else(|| "query".to_owned())
         };
-        return Before::Answer(ApiError::invalid(at, format!("{at}: {NUL}")).into_response());
+        return Before::Answer(ApiError::invalid(&at, format!("{at}: {NUL}")).into_response());
     }
     let operation = operations.body_schema(request.method(), request.uri().path());
     let left_out = request.header("content-type").is_none()
@@ -229,7 +280,9 @@ pub async fn check_body(
 ) -> poem::Result<Option<Response>> {
     let bytes = request.take_body().into_bytes().await?;
     if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
-        && let Some((field, detail)) = operations.check(&value, schema, "")
+        && let Some((field, detail)) = operations
+            .check(&value, schema, "")
+            .or_else(|| nul_at(&value, "").map(|field| (field, NUL.to_owned())))
     {
         return Ok(Some(
             ApiError::invalid(&field, format!("{field}: {detail}")).into_response(),
@@ -237,4 +290,32 @@ pub async fn check_body(
     }
     request.set_body(bytes);
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_nul_is_named_wherever_it_hides() {
+        let body = json!({ "input": { "lines": [{ "sku": "A\u{0}" }] } });
+        assert_eq!(nul_at(&body, "").as_deref(), Some("input.lines[0].sku"));
+        let key = json!({ "signal": { "bad\u{0}key": 1 } });
+        assert_eq!(nul_at(&key, "").as_deref(), Some("signal.bad\u{0}key"));
+        assert_eq!(nul_at(&json!({ "fine": ["a", 1, null] }), ""), None);
+        assert_eq!(
+            nul_parameter("limit=5&cursor=%00%ff").as_deref(),
+            Some("cursor")
+        );
+        assert_eq!(nul_parameter("%00=1").as_deref(), Some("query"));
+    }
+
+    #[test]
+    fn unsigned_integers_are_checked_against_their_range() {
+        assert!(format_error(&json!(9_223_372_036_854_775_808u64), "uint32").is_some());
+        assert!(format_error(&json!(-1), "uint32").is_some());
+        assert!(format_error(&json!(7), "uint32").is_none());
+    }
 }

@@ -4,7 +4,8 @@
 //! through Postgres `NOTIFY` ([`crate::shell::watch`]), so any replica answers for any saga
 //! at the moment it settles, and a waiting request holds no database connection. Past
 //! `HTTP_MAX_WAITS` waiting requests, a request is answered at once, and its answer says so
-//! by leaving out `Preference-Applied`.
+//! by leaving out `Preference-Applied`; past `HTTP_MAX_WAITS_PER_KEY` of one key (streams
+//! included), that key's request is 429, so one caller cannot take every place.
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 
 use super::State;
 use super::problem::{ApiError, ApiResult};
-use crate::shell::watch::Waiters;
+use crate::shell::watch::{Full, Waiters};
 
 /// The longest wait a request may ask for, in seconds.
 pub const MAX_WAIT_SECONDS: u32 = 25;
@@ -66,11 +67,12 @@ pub struct Waited<T> {
 }
 
 /// Reads with `read` until the saga settled, the wait is over, or the bound on waiters
-/// turns the wait down. `first` is a read the caller already made (when it needed one to
+/// turns the wait down (the caller's own bound, `key`'s, is a 429). `first` is a read the caller already made (when it needed one to
 /// learn which saga to wait for); without it, the watch is registered before the first
 /// read, so an unsettled saga costs one read before the wait and one after it.
 pub async fn until_settled<T, F, Fut>(
     waiters: &Arc<Waiters>,
+    key: &str,
     saga: Uuid,
     wait: Duration,
     first: Option<(T, bool)>,
@@ -99,17 +101,27 @@ where
             applied,
         });
     }
-    let Some(mut watch) = waiters.watch_settling(saga) else {
-        // Over the bound: the current state, at once.
-        let (value, settled) = match first {
-            Some(first) => first,
-            None => read().await?,
-        };
-        return Ok(Waited {
-            value,
-            settled,
-            applied: None,
-        });
+    let mut watch = match waiters.watch_settling(key, saga) {
+        Ok(watch) => watch,
+        Err(Full::Key) => {
+            return Err(ApiError::too_many(
+                "this key has as many requests waiting or streaming as one key may \
+                 (HTTP_MAX_WAITS_PER_KEY)",
+                1,
+            ));
+        }
+        Err(Full::All) => {
+            // Over the bound: the current state, at once.
+            let (value, settled) = match first {
+                Some(first) => first,
+                None => read().await?,
+            };
+            return Ok(Waited {
+                value,
+                settled,
+                applied: None,
+            });
+        }
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -156,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unsettled_saga_is_read_once_before_the_wait_and_once_when_it_settles() {
-        let waiters = Waiters::new(8);
+        let waiters = Waiters::new(8, 8);
         let saga = Uuid::now_v7();
         let reads = Arc::new(AtomicUsize::new(0));
         let settled = Arc::new(AtomicBool::new(false));
@@ -164,7 +176,7 @@ mod tests {
             let (waiters, reads, settled) = (waiters.clone(), reads.clone(), settled.clone());
             async move {
                 let read = counted(&reads, &settled);
-                until_settled(&waiters, saga, Duration::from_secs(20), None, read).await
+                until_settled(&waiters, "k", saga, Duration::from_secs(20), None, read).await
             }
         });
         settle_tasks().await;
@@ -188,15 +200,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_first_read_already_made_is_not_made_again_and_past_the_bound_none_waits() {
-        let waiters = Waiters::new(0);
+        let waiters = Waiters::new(0, 0);
         let saga = Uuid::now_v7();
         let reads = AtomicUsize::new(0);
         let settled = AtomicBool::new(false);
         let answer = async |first| {
             let read = counted(&reads, &settled);
-            until_settled(&waiters, saga, Duration::from_secs(5), Some(first), read)
-                .await
-                .unwrap_or_else(|_| panic!("read failed"))
+            until_settled(
+                &waiters,
+                "k",
+                saga,
+                Duration::from_secs(5),
+                Some(first),
+                read,
+            )
+            .await
+            .unwrap_or_else(|_| panic!("read failed"))
         };
         // Settled already: answered with the caller's read.
         let waited = answer((7, true)).await;

@@ -50,7 +50,8 @@ pub const ENGINE: &[Rule] = &[
     ("GET", "/metrics", Access::Metrics),
     // Operators watch and operate sagas.
     ("GET", "/v1/sagas", OPERATOR),
-    ("POST", "/v1/sagas", OWN_OR_OPERATOR),
+    // Each flow names who may start it (`start_scopes`); the handler checks it.
+    ("POST", "/v1/sagas", ANY_KEY),
     // A signal's scope is the definition's to name; the handler checks it.
     ("POST", "/v1/sagas/{id}/signals/{name}", ANY_KEY),
     ("GET", "/v1/saga-definitions", ADMIN_OR_OPERATOR),

@@ -1,6 +1,6 @@
 //! What the orchestrator deletes as it ages (run by `platform::retention`): its reply inbox,
-//! the history of sagas that finished long ago (the saga rows stay: orders refer to them),
-//! and expired idempotency keys.
+//! the history of sagas that finished long ago, in any final status (RESOLVED included;
+//! the saga rows stay: orders refer to them), and expired idempotency keys.
 
 use platform::db::Pool;
 use platform::env::RetentionEnv;
@@ -17,7 +17,7 @@ pub static RULES: &[Rule] = &[
     Rule {
         table: "saga_history",
         age: "recorded_at",
-        and: "saga_id IN (SELECT id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED') AND status_changed_at < $1)",
+        and: "saga_id IN (SELECT id FROM sagas WHERE status IN ('COMPLETED', 'COMPENSATED', 'CANCELLED', 'RESOLVED') AND status_changed_at < $1)",
         window: Window::History,
     },
     Rule {
@@ -43,5 +43,18 @@ impl Retention {
         let every = platform::retention::EVERY;
         platform::retention::run(self.pool, RULES, self.windows, every, shutdown).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::saga::Status;
+
+    #[test]
+    fn finished_history_is_every_final_status() {
+        let rule = super::RULES[1].and;
+        for status in Status::ALL.into_iter().filter(|s| s.is_terminal()) {
+            assert!(rule.contains(&format!("'{}'", status.as_str())), "{status}");
+        }
     }
 }

@@ -59,8 +59,33 @@ static FORMAT_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 
 /// Checks a document and builds its definition; `lost_member` is how long a dead consumer
 /// can hold a partition (`platform::kafka::LOST_MEMBER_COST`), which every step deadline
-/// must outlast.
+/// must outlast. This is registration: every rule applies.
 pub fn parse(document: &Value, lost_member: Duration) -> Result<Definition, Vec<Fault>> {
+    let (definition, mut faults) = read(document, lost_member)?;
+    check_termination(&definition, &mut faults);
+    if faults.is_empty() {
+        Ok(definition)
+    } else {
+        Err(faults)
+    }
+}
+
+/// Reads a stored version as it was registered: the format and the rules it was stored
+/// under, without those added since, which registration alone enforces. Returns the
+/// definition and what registration would refuse in it today: such a version is retired,
+/// never skipped, so the sagas already on it still finish on it.
+pub fn load(document: &Value) -> Result<(Definition, Vec<Fault>), Vec<Fault>> {
+    let (definition, faults) = read(document, Duration::ZERO)?;
+    if !faults.is_empty() {
+        return Err(faults);
+    }
+    let mut later = Vec::new();
+    check_termination(&definition, &mut later);
+    Ok((definition, later))
+}
+
+/// The format, the input schema and the rules every stored version met.
+fn read(document: &Value, lost_member: Duration) -> Result<(Definition, Vec<Fault>), Vec<Fault>> {
     let faults: Vec<Fault> = FORMAT_VALIDATOR
         .iter_errors(document)
         .map(|error| Fault::at(error.instance_path().to_string(), error.to_string()))
@@ -79,10 +104,44 @@ pub fn parse(document: &Value, lost_member: Duration) -> Result<Definition, Vec<
     }
     let definition = build(doc);
     check_rules(&definition, lost_member, &mut faults);
-    if faults.is_empty() {
-        Ok(definition)
-    } else {
-        Err(faults)
+    Ok((definition, faults))
+}
+
+/// Shapes the engine cannot finish, refused at registration: a forward-only step is retried
+/// until it lands and never undone, so it may only follow the pivot (before it, a later
+/// failure would have to undo it), and never sit in a parallel stage (a sibling's failure
+/// would have to undo it, and its stage could never complete).
+fn check_termination(definition: &Definition, faults: &mut Vec<Fault>) {
+    let pivot_stage = definition
+        .steps
+        .iter()
+        .find(|step| step.pivot)
+        .map(|step| step.stage);
+    for (index, step) in definition.steps.iter().enumerate() {
+        if !step.forward_only {
+            continue;
+        }
+        let at = pointer_of(definition, index);
+        if pivot_stage.is_none_or(|pivot| step.stage <= pivot) {
+            faults.push(Fault::at(
+                format!("{at}/forward_only"),
+                format!(
+                    "step `{}` is forward-only but does not follow the pivot: a later failure \
+                     would have to undo what is never undone",
+                    step.name
+                ),
+            ));
+        }
+        if definition.members(step.stage).count() > 1 {
+            faults.push(Fault::at(
+                format!("{at}/forward_only"),
+                format!(
+                    "step `{}` is forward-only inside a parallel stage: a sibling's failure \
+                     would have to undo it, and the stage could never complete",
+                    step.name
+                ),
+            ));
+        }
     }
 }
 
@@ -378,6 +437,7 @@ fn check_task(
             ));
         }
     } else if parallel && !step.forward_only {
+        // (A forward-only task in a parallel stage is refused on its own, at registration.)
         faults.push(Fault::at(
             format!("{at}/compensation"),
             "a task in a parallel stage needs a compensation: when a sibling fails it is undone",

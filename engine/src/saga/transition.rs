@@ -59,7 +59,7 @@ pub fn start(definition: &Definition, input: &Value, now: DateTime<Utc>) -> Tran
     };
     for (step, state) in definition.steps.iter().zip(&mut initial.steps) {
         if let StepKind::Wait(Wake::At(pointer)) = &step.kind {
-            match wake_time(input, pointer) {
+            match wake_time(input, pointer, now) {
                 Ok(at) => state.wake_at = Some(at),
                 Err(reason) => return Transition::ignored(&initial, reason),
             }
@@ -77,15 +77,26 @@ pub fn start(definition: &Definition, input: &Value, now: DateTime<Utc>) -> Tran
     }
 }
 
-/// The RFC 3339 time at `pointer` in the input.
-fn wake_time(input: &Value, pointer: &str) -> Result<DateTime<Utc>, String> {
+/// How far ahead a wait's time from the input may lie: a caller's input must not park a
+/// saga (and its rows) for centuries.
+pub const WAIT_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(366);
+
+/// The RFC 3339 time at `pointer` in the input, no later than [`WAIT_HORIZON`] from `now`.
+fn wake_time(input: &Value, pointer: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let text = input
         .pointer(pointer)
         .and_then(Value::as_str)
         .ok_or_else(|| format!("input{pointer}: a wait needs an RFC 3339 time here"))?;
-    DateTime::parse_from_rfc3339(text)
+    let at = DateTime::parse_from_rfc3339(text)
         .map(|at| at.with_timezone(&Utc))
-        .map_err(|err| format!("input{pointer}: `{text}` is not an RFC 3339 time ({err})"))
+        .map_err(|err| format!("input{pointer}: `{text}` is not an RFC 3339 time ({err})"))?;
+    if at > now + WAIT_HORIZON {
+        return Err(format!(
+            "input{pointer}: `{text}` is more than {} days ahead (the wait horizon)",
+            WAIT_HORIZON.num_days()
+        ));
+    }
+    Ok(at)
 }
 
 /// Applies one input to a saga of kind `definition`.
@@ -248,14 +259,25 @@ fn tick_step(draft: &mut Draft, index: usize) -> Result<(), Ignored> {
     }
 }
 
-/// A signal ends its step's wait: the payload is the step's output.
+/// A signal ends its step's wait: the payload is the step's output. One that comes at or
+/// after its deadline is refused even before the timer's tick turns the saga around: the
+/// wait is over whether or not the tick ran yet.
 fn signal(draft: &mut Draft, name: &str, payload: &Value) -> Result<(), Ignored> {
     let index = draft
         .definition
         .signal(name)
         .ok_or_else(|| format!("{} has no signal `{name}`", draft.definition.name))?;
     let status = draft.state.status;
+    let now = draft.now;
     let state = draft.step_state(index)?;
+    if let Some(deadline) = state.deadline_at
+        && now >= deadline
+        && (status, state.forward) == (Status::Running, ForwardPhase::InFlight)
+    {
+        return Err(format!(
+            "the signal `{name}` came after its deadline ({deadline})"
+        ));
+    }
     if (status, state.forward) != (Status::Running, ForwardPhase::InFlight) {
         return Err(format!(
             "the saga is not waiting for `{name}` (step {:?}, saga {status})",

@@ -48,6 +48,9 @@ pub struct Version {
     pub document: Value,
     pub created_by: String,
     pub created_at: chrono::DateTime<Utc>,
+    /// What registration refuses in it now (a rule added after it was stored): such a
+    /// version starts no new sagas, and those on it finish.
+    pub refused_now: Vec<String>,
 }
 
 #[derive(Default)]
@@ -101,6 +104,10 @@ pub enum Refused {
     IsDefault { name: String, version: u32 },
     #[error("{name} version {version} was retired by its application; it stays retired")]
     RetiredByApplication { name: String, version: u32 },
+    #[error(
+        "{name} version {version} breaks a registration rule added after it was stored; it stays retired"
+    )]
+    RefusedNow { name: String, version: u32 },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -390,6 +397,15 @@ impl Catalog {
         version: u32,
     ) -> Result<(), Refused> {
         self.stored(conn, name, version).await?;
+        if self
+            .stored_version(name, version)
+            .is_some_and(|stored| !stored.refused_now.is_empty())
+        {
+            return Err(Refused::RefusedNow {
+                name: name.to_owned(),
+                version,
+            });
+        }
         let by: Option<String> = saga_definition_retirements::table
             .find((name, to_i32(version)))
             .select(saga_definition_retirements::retired_by)
@@ -479,12 +495,13 @@ impl Catalog {
             let stored = match self.stored_version(&name, number) {
                 Some(held) => held,
                 None => match read_version(&document) {
-                    Ok((definition, input)) => Version {
+                    Ok((definition, input, refused_now)) => Version {
                         definition: Arc::new(definition),
                         input: Arc::new(input),
                         document,
                         created_by,
                         created_at,
+                        refused_now,
                     },
                     Err(faults) => {
                         tracing::warn!(
@@ -507,6 +524,25 @@ impl Catalog {
             known
                 .defaults
                 .insert(name, u32::try_from(version).unwrap_or_default());
+        }
+        // A version stored before a registration rule it breaks is retired, not skipped.
+        for (name, versions) in &known.versions {
+            for (number, stored) in versions {
+                if stored.refused_now.is_empty() {
+                    continue;
+                }
+                known
+                    .retired
+                    .entry((name.clone(), *number))
+                    .or_insert_with(|| Retirement {
+                        reason: format!(
+                            "registration refuses it now: {}",
+                            stored.refused_now.join("; ")
+                        ),
+                        retired_by: "engine".to_owned(),
+                        retired_at: stored.created_at,
+                    });
+            }
         }
         *self
             .known
@@ -535,11 +571,12 @@ impl Catalog {
     #[cfg(test)]
     pub(crate) fn know_for_test(&self, definition: Definition) {
         let version = Version {
-            input: Arc::new(jsonschema::validator_for(&definition.input_schema).unwrap()),
+            input: Arc::new(input_validator(&definition.input_schema).unwrap()),
             definition: Arc::new(definition),
             document: Value::Null,
             created_by: "test".to_owned(),
             created_at: Utc::now(),
+            refused_now: Vec::new(),
         };
         let mut known = self.known.write().unwrap();
         let name = version.definition.name.clone();
@@ -714,15 +751,33 @@ async fn retire_built_in(
     Ok(())
 }
 
-/// A stored document as this build reads it, with its input schema compiled. The
-/// lost-member rule held when the version was registered; a build that raised it must
-/// still run the sagas already on it, so it is not applied here.
-fn read_version(document: &Value) -> Result<(Definition, jsonschema::Validator), Vec<String>> {
-    let definition = document::parse(document, Duration::ZERO)
+/// A stored document as this build reads it, with its input schema compiled, and what
+/// registration would refuse in it today. The lost-member rule held when the version was
+/// registered; a build that raised it must still run the sagas already on it, so it is
+/// not applied here, and neither is any rule added since: such a version is retired.
+fn read_version(
+    document: &Value,
+) -> Result<(Definition, jsonschema::Validator, Vec<String>), Vec<String>> {
+    let (definition, later) = document::load(document)
         .map_err(|faults| faults.iter().map(Fault::to_string).collect::<Vec<_>>())?;
-    let input = jsonschema::validator_for(&definition.input_schema)
-        .map_err(|err| vec![format!("/input: {err}")])?;
-    Ok((definition, input))
+    let input =
+        input_validator(&definition.input_schema).map_err(|err| vec![format!("/input: {err}")])?;
+    Ok((
+        definition,
+        input,
+        later.iter().map(Fault::to_string).collect(),
+    ))
+}
+
+/// A version's input schema as a start checks it: `format` is asserted (a `uuid` that is
+/// not one, a `date-time` that is not RFC 3339, is refused at the start, not found later
+/// by a participant).
+fn input_validator(
+    schema: &Value,
+) -> Result<jsonschema::Validator, jsonschema::ValidationError<'static>> {
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(schema)
 }
 
 async fn listen(database_url: &str) -> anyhow::Result<AsyncPgConnection> {

@@ -505,9 +505,12 @@ impl Engine {
     }
 
     /// Operator or client: sends the signal `name` to a saga waiting for it; `payload`
-    /// becomes the signal step's output. A saga not waiting for it is a conflict.
+    /// becomes the signal step's output. A saga not waiting for it is a conflict. `on` is
+    /// the pool of whoever asks (the API's): a request never takes a connection the
+    /// engine's loops need.
     pub async fn signal_by(
         &self,
+        on: &db::Pool,
         id: Uuid,
         name: &str,
         payload: Value,
@@ -517,7 +520,8 @@ impl Engine {
             name: name.to_owned(),
             payload,
         };
-        self.operator(id, input, "signal.received", operator).await
+        self.operator(on, id, input, "signal.received", operator)
+            .await
     }
 
     /// Counts a committed reply and its step latency.
@@ -554,41 +558,65 @@ impl Engine {
 
     /// Operator: cancel a RUNNING saga (its dispatched steps are compensated).
     pub async fn cancel(&self, id: Uuid) -> Result<(), Error> {
-        self.cancel_by(id, &Operator::system()).await
+        self.cancel_by(&self.pool, id, &Operator::system()).await
     }
 
-    /// [`Engine::cancel`] on an operator's behalf: who and why go into the history.
-    pub async fn cancel_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
-        self.operator(id, Input::CancelRequested, "cancel.requested", operator)
+    /// [`Engine::cancel`] on an operator's behalf, on the asker's pool: who and why go into
+    /// the history.
+    pub async fn cancel_by(
+        &self,
+        on: &db::Pool,
+        id: Uuid,
+        operator: &Operator,
+    ) -> Result<(), Error> {
+        self.operator(on, id, Input::CancelRequested, "cancel.requested", operator)
             .await
     }
 
     /// Operator: retry a FAILED saga (its pending compensation runs again with a fresh budget).
     pub async fn retry(&self, id: Uuid) -> Result<(), Error> {
-        self.retry_by(id, &Operator::system()).await
+        self.retry_by(&self.pool, id, &Operator::system()).await
     }
 
     /// Operator: end a FAILED saga by hand (its compensation can never succeed); it becomes
     /// RESOLVED. Who and why go into the history.
-    pub async fn resolve_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
-        self.operator(id, Input::ResolveRequested, "resolve.requested", operator)
-            .await
+    pub async fn resolve_by(
+        &self,
+        on: &db::Pool,
+        id: Uuid,
+        operator: &Operator,
+    ) -> Result<(), Error> {
+        self.operator(
+            on,
+            id,
+            Input::ResolveRequested,
+            "resolve.requested",
+            operator,
+        )
+        .await
     }
 
-    /// [`Engine::retry`] on an operator's behalf: who and why go into the history.
-    pub async fn retry_by(&self, id: Uuid, operator: &Operator) -> Result<(), Error> {
-        self.operator(id, Input::RetryRequested, "retry.requested", operator)
+    /// [`Engine::retry`] on an operator's behalf, on the asker's pool: who and why go into
+    /// the history.
+    pub async fn retry_by(
+        &self,
+        on: &db::Pool,
+        id: Uuid,
+        operator: &Operator,
+    ) -> Result<(), Error> {
+        self.operator(on, id, Input::RetryRequested, "retry.requested", operator)
             .await
     }
 
     async fn operator(
         &self,
+        on: &db::Pool,
         id: Uuid,
         input: Input,
         kind: &'static str,
         operator: &Operator,
     ) -> Result<(), Error> {
-        let mut pooled = self.pool.get().await?;
+        let mut pooled = on.get().await?;
         let conn: &mut Connection = &mut pooled;
         let writes = conn
             .transaction(async |conn: &mut Connection| {

@@ -32,11 +32,23 @@ pub const CHANNEL: &str = "sagaflow_changed";
 /// The longest `NOTIFY` payload sent (Postgres allows just under 8000 bytes).
 pub const MAX_PAYLOAD: usize = 7_000;
 
-/// The requests of this replica waiting for sagas to settle.
+/// The requests of this replica waiting for sagas to settle, or streaming their events:
+/// at most `limit` in all, and at most `per_key` of one caller, so that one key cannot
+/// take every place.
 #[derive(Debug)]
 pub struct Waiters {
     limit: usize,
+    per_key: usize,
     watched: Mutex<Watched>,
+}
+
+/// Why a registration was turned down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// Every place of this replica is taken.
+    All,
+    /// The caller holds its own bound of places.
+    Key,
 }
 
 /// A saga changed, and whether that change settled it.
@@ -55,6 +67,8 @@ struct Watched {
     /// Bumped on every change of any saga.
     any: watch::Sender<Count>,
     waiting: usize,
+    /// Places held per caller (API key name).
+    by_key: HashMap<String, usize>,
 }
 
 impl Default for Watched {
@@ -63,6 +77,7 @@ impl Default for Watched {
             by_saga: HashMap::new(),
             any: watch::channel(Count::default()).0,
             waiting: 0,
+            by_key: HashMap::new(),
         }
     }
 }
@@ -71,6 +86,8 @@ impl Default for Watched {
 #[derive(Debug)]
 pub struct Watch {
     waiters: Arc<Waiters>,
+    /// The caller whose place this is.
+    key: String,
     /// `None`: every saga.
     id: Option<Uuid>,
     changes: watch::Receiver<Count>,
@@ -101,6 +118,12 @@ impl Drop for Watch {
     fn drop(&mut self) {
         let mut watched = self.waiters.lock();
         watched.waiting -= 1;
+        if let Some(held) = watched.by_key.get_mut(&self.key) {
+            *held -= 1;
+            if *held == 0 {
+                watched.by_key.remove(&self.key);
+            }
+        }
         if let Some(id) = self.id
             && let Some(sender) = watched.by_saga.get(&id)
             // Ours is still counted until this receiver is dropped, after this function.
@@ -112,9 +135,11 @@ impl Drop for Watch {
 }
 
 impl Waiters {
-    pub fn new(limit: usize) -> Arc<Self> {
+    /// At most `limit` places in all, `per_key` of them for one caller.
+    pub fn new(limit: usize, per_key: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            per_key,
             watched: Mutex::default(),
         })
     }
@@ -125,52 +150,52 @@ impl Waiters {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Registers a request watching every change of `id` (a stream); `None` when `limit`
-    /// requests already wait.
-    pub fn watch(self: &Arc<Self>, id: Uuid) -> Option<Watch> {
-        self.register(id, false)
+    /// Registers `key`'s request watching every change of `id` (a stream).
+    pub fn watch(self: &Arc<Self>, key: &str, id: Uuid) -> Result<Watch, Full> {
+        self.register(key, Some(id), false)
     }
 
-    /// Registers a request waiting for `id` to settle (a waiting read); `None` past the
-    /// bound.
-    pub fn watch_settling(self: &Arc<Self>, id: Uuid) -> Option<Watch> {
-        self.register(id, true)
+    /// Registers `key`'s request waiting for `id` to settle (a waiting read).
+    pub fn watch_settling(self: &Arc<Self>, key: &str, id: Uuid) -> Result<Watch, Full> {
+        self.register(key, Some(id), true)
     }
 
-    fn register(self: &Arc<Self>, id: Uuid, settling: bool) -> Option<Watch> {
+    /// Registers `key`'s request watching every saga (a stream of all sagas' events).
+    pub fn watch_all(self: &Arc<Self>, key: &str) -> Result<Watch, Full> {
+        self.register(key, None, false)
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        key: &str,
+        id: Option<Uuid>,
+        settling: bool,
+    ) -> Result<Watch, Full> {
         let mut watched = self.lock();
         if watched.waiting >= self.limit {
-            return None;
+            return Err(Full::All);
+        }
+        let held = watched.by_key.get(key).copied().unwrap_or(0);
+        if held >= self.per_key {
+            return Err(Full::Key);
         }
         watched.waiting += 1;
-        let changes = watched
-            .by_saga
-            .entry(id)
-            .or_insert_with(|| watch::channel(Count::default()).0)
-            .subscribe();
+        *watched.by_key.entry(key.to_owned()).or_default() += 1;
+        let changes = match id {
+            Some(id) => watched
+                .by_saga
+                .entry(id)
+                .or_insert_with(|| watch::channel(Count::default()).0)
+                .subscribe(),
+            None => watched.any.subscribe(),
+        };
         let settles = changes.borrow().settles;
-        Some(Watch {
+        Ok(Watch {
             waiters: Arc::clone(self),
-            id: Some(id),
+            key: key.to_owned(),
+            id,
             changes,
             settling: settling.then_some(settles),
-        })
-    }
-
-    /// Registers a request watching every saga (a stream of all sagas' events); `None`
-    /// past the bound.
-    pub fn watch_all(self: &Arc<Self>) -> Option<Watch> {
-        let mut watched = self.lock();
-        if watched.waiting >= self.limit {
-            return None;
-        }
-        watched.waiting += 1;
-        let changes = watched.any.subscribe();
-        Some(Watch {
-            waiters: Arc::clone(self),
-            id: None,
-            changes,
-            settling: None,
         })
     }
 
@@ -312,10 +337,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_waiting_for_the_end_sleeps_through_steps_and_wakes_when_it_settles() {
-        let waiters = Waiters::new(4);
+        let waiters = Waiters::new(4, 4);
         let saga = Uuid::now_v7();
-        let mut settling = waiters.watch_settling(saga).unwrap();
-        let mut stream = waiters.watch(saga).unwrap();
+        let mut settling = waiters.watch_settling("k", saga).unwrap();
+        let mut stream = waiters.watch("k", saga).unwrap();
         waiters.wake([(saga, false)]);
         tokio::time::timeout(Duration::from_secs(5), stream.changed())
             .await
@@ -338,12 +363,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_wake_reaches_the_waiters_of_its_saga_only_and_the_bound_holds() {
-        let waiters = Waiters::new(2);
+        let waiters = Waiters::new(2, 2);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let mut first = waiters.watch(a).unwrap();
-        let mut second = waiters.watch(b).unwrap();
-        assert!(
-            waiters.watch(a).is_none(),
+        let mut first = waiters.watch("k", a).unwrap();
+        let mut second = waiters.watch("l", b).unwrap();
+        assert_eq!(
+            waiters.watch("m", a).unwrap_err(),
+            Full::All,
             "a third waiter is over the bound"
         );
         waiters.wake([(a, true)]);
@@ -359,12 +385,34 @@ mod tests {
         );
         drop(first);
         assert_eq!(waiters.waiting(), 1);
-        assert!(waiters.watch(a).is_some(), "a freed place is taken again");
+        assert!(
+            waiters.watch("m", a).is_ok(),
+            "a freed place is taken again"
+        );
         drop(second);
-        let mut all = waiters.watch_all().unwrap();
+        let mut all = waiters.watch_all("k").unwrap();
         waiters.wake([(Uuid::now_v7(), false)]);
         tokio::time::timeout(Duration::from_secs(5), all.changed())
             .await
             .expect("a stream of every saga wakes for any saga");
+    }
+
+    #[test]
+    fn one_key_takes_at_most_its_own_places_and_leaves_the_rest_to_others() {
+        let waiters = Waiters::new(10, 3);
+        let saga = Uuid::now_v7();
+        let crowd: Vec<Watch> = (0..3)
+            .map(|_| waiters.watch_settling("crowd", saga).unwrap())
+            .collect();
+        assert_eq!(
+            waiters.watch_all("crowd").unwrap_err(),
+            Full::Key,
+            "a stream counts against the same key's places"
+        );
+        let other = waiters.watch_settling("other", saga);
+        assert!(other.is_ok(), "another key still gets a place");
+        drop(crowd);
+        assert_eq!(waiters.waiting(), 1);
+        assert!(waiters.watch("crowd", saga).is_ok(), "places come back");
     }
 }

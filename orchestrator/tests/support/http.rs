@@ -49,6 +49,17 @@ impl Http {
         request.json(body).send().await.unwrap()
     }
 
+    /// PUT with a JSON body.
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        let url = format!("{}{path}", self.base);
+        self.client.put(url).json(body).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        let url = format!("{}{path}", self.base);
+        self.client.delete(url).send().await.unwrap()
+    }
+
     /// POST without a body (operator actions).
     pub async fn post_empty(&self, path: &str) -> Response {
         let url = format!("{}{path}", self.base);

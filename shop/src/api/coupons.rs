@@ -334,7 +334,8 @@ impl CouponsApi {
         }
         let saga = accepted.saga_id;
         let read = || read_settling(&state, &caller, saga);
-        let waited = wait::until_settled(&state.waiters, saga, wait, None, read).await?;
+        let waited =
+            wait::until_settled(&state.waiters, &caller.name, saga, wait, None, read).await?;
         Ok(if waited.settled {
             Used::Settled(Json(waited.value), location, waited.applied)
         } else {

@@ -239,8 +239,15 @@ impl OrdersApi {
             return Ok(Placed::Accepted(accepted, location, replayed));
         }
         let read = || read_order(&state, &caller, accepted.order_id);
-        let waited =
-            wait::until_settled(&state.waiters, accepted.saga_id, wait, None, read).await?;
+        let waited = wait::until_settled(
+            &state.waiters,
+            &caller.name,
+            accepted.saga_id,
+            wait,
+            None,
+            read,
+        )
+        .await?;
         Ok(if waited.settled {
             Placed::Settled(Json(waited.value), location, waited.applied)
         } else {
@@ -271,7 +278,9 @@ impl OrdersApi {
         let read = || read_order(&state, &caller, id.0);
         let first = read().await?;
         let saga = first.0.saga_id;
-        let waited = wait::until_settled(&state.waiters, saga, wait, Some(first), read).await?;
+        let waited =
+            wait::until_settled(&state.waiters, &caller.name, saga, wait, Some(first), read)
+                .await?;
         Ok(Found::Ok(Json(waited.value), waited.applied))
     }
 }

@@ -356,6 +356,7 @@ fn refused(err: Refused) -> ApiError {
         | Refused::InUse { .. }
         | Refused::IsDefault { .. }
         | Refused::RetiredByApplication { .. }
+        | Refused::RefusedNow { .. }
         | Refused::BuiltIn { .. }) => ApiError::conflict(conflict.to_string()),
         Refused::Invalid(faults) => {
             let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();

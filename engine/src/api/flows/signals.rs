@@ -54,6 +54,14 @@ impl SignalsApi {
         #[oai(validator(pattern = r"^[a-z][a-z0-9_]{0,62}$"))] name: Path<String>,
         body: Json<Value>,
     ) -> ApiResult<Signalled> {
+        // Held until the answer: one key's crowd of signals waits on its own places.
+        let _place = state.signals.take(&caller.name).ok_or_else(|| {
+            ApiError::too_many(
+                "this key has as many signals in flight as one key may \
+                 (HTTP_MAX_SIGNALS_PER_KEY)",
+                1,
+            )
+        })?;
         let mut query = sagas::table.find(id.0).into_boxed();
         if let Some(client) = caller.owner() {
             query = query.filter(sagas::started_by.eq(client));
@@ -95,7 +103,7 @@ impl SignalsApi {
         };
         state
             .engine
-            .signal_by(id.0, &name.0, body.0, &operator)
+            .signal_by(&state.database, id.0, &name.0, body.0, &operator)
             .await?;
         let status: String = sagas::table
             .find(id.0)

@@ -4,7 +4,12 @@
 //! after the last entry it saw. A stream wakes when the engine notifies a change
 //! ([`crate::shell::watch`]), reads the entries after its cursor and sends them; between
 //! changes it holds no database connection and sends a keep-alive comment every 15 s.
-//! Streams count against `HTTP_MAX_WAITS` with the waiting reads; past it, 503.
+//! Streams count against `HTTP_MAX_WAITS` with the waiting reads (past it, 503) and against
+//! the caller's `HTTP_MAX_WAITS_PER_KEY` (past it, 429). A stream ends after
+//! `HTTP_MAX_STREAM_SECONDS`; the client resumes with `Last-Event-ID`, as after any drop.
+//! A stream of every saga reads a bounded window at each wake, whatever its filter: the
+//! entries since the last id it scanned (and a look-back for late commits), never all
+//! history since it opened.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -27,7 +32,7 @@ use crate::api::problem::{ApiError, ApiResult};
 use crate::auth::Caller;
 use crate::saga::Status;
 use crate::schema::{saga_history, sagas};
-use crate::shell::watch::Watch;
+use crate::shell::watch::{Full, Watch};
 
 pub struct EventsApi;
 
@@ -82,6 +87,8 @@ struct Cursor {
     pending: VecDeque<SagaEvent>,
     watch: Watch,
     over: bool,
+    /// When the stream ends, matched or not (the client resumes).
+    ends_at: tokio::time::Instant,
 }
 
 impl Cursor {
@@ -90,21 +97,34 @@ impl Cursor {
             if let Some(event) = self.pending.pop_front() {
                 return Some((event, self));
             }
-            if self.over {
+            if self.over || tokio::time::Instant::now() >= self.ends_at {
                 return None;
             }
-            let page = match self.read().await {
-                Ok(page) => page,
+            let (page, scanned) = match self.read().await {
+                Ok(read) => read,
                 Err(err) => {
                     tracing::warn!(error = ?err, "event stream ended: reading history failed");
                     return None;
                 }
             };
             if page.is_empty() {
+                // Nothing matched up to `scanned`: a stream of every saga starts its next
+                // read there (its look-back still covers late commits). A saga's own stream
+                // keeps its cursor: an entry of that saga in flight now may have an id
+                // below `scanned`.
+                if self.scope.saga.is_none() {
+                    self.after = self.after.max(scanned);
+                }
                 if self.scope.saga.is_some() && self.saga_over().await {
                     return None; // every entry of a final saga was sent
                 }
-                self.watch.changed().await;
+                let ends_at = self.ends_at;
+                if tokio::time::timeout_at(ends_at, self.watch.changed())
+                    .await
+                    .is_err()
+                {
+                    return None; // its lifetime is over; the client resumes
+                }
                 if self.scope.saga.is_none() {
                     tokio::time::sleep(GATHER).await;
                 }
@@ -121,15 +141,25 @@ impl Cursor {
         }
     }
 
-    async fn read(&self) -> Result<Vec<SagaEvent>, ApiError> {
+    /// The next entries to send, and the highest id the read covered: with nothing
+    /// matched below it, the stream need not scan there again.
+    async fn read(&self) -> Result<(Vec<SagaEvent>, i64), ApiError> {
         let mut conn = self.state.database.get().await?;
         let from = match self.scope.saga {
             Some(_) => self.after,
             None => (self.after - LOOKBACK).max(self.floor),
         };
+        // The window this read covers: from the cursor to the newest entry now, so a
+        // filter that matches nothing costs one window per wake, not all history.
+        let upto: i64 = saga_history::table
+            .select(diesel::dsl::max(saga_history::id))
+            .first::<Option<i64>>(&mut conn)
+            .await?
+            .unwrap_or(0);
         let mut query = saga_history::table
             .inner_join(sagas::table)
             .filter(saga_history::id.gt(from))
+            .filter(saga_history::id.le(upto))
             .into_boxed();
         if let Some(saga) = self.scope.saga {
             query = query.filter(saga_history::saga_id.eq(saga));
@@ -159,11 +189,15 @@ impl Cursor {
             ))
             .load::<SagaEvent>(&mut conn)
             .await?;
-        Ok(page
+        let limit = usize::try_from(PAGE + LOOKBACK).unwrap_or(300);
+        // A full page may stop short of `upto`; only a short one covered the window.
+        let scanned = if page.len() < limit { upto } else { from };
+        let page = page
             .into_iter()
             .filter(|event| !self.sent.contains(&event.id))
             .take(usize::try_from(PAGE).unwrap_or(100))
-            .collect())
+            .collect();
+        Ok((page, scanned))
     }
 
     /// Whether the streamed saga is final (it will write no more entries).
@@ -187,16 +221,21 @@ impl Cursor {
     }
 }
 
-fn open(state: &State, scope: Scope, after: i64) -> ApiResult<Events> {
+fn open(state: &State, caller: &Caller, scope: Scope, after: i64) -> ApiResult<Events> {
     let watch = match scope.saga {
-        Some(saga) => state.waiters.watch(saga),
-        None => state.waiters.watch_all(),
+        Some(saga) => state.waiters.watch(&caller.name, saga),
+        None => state.waiters.watch_all(&caller.name),
     }
-    .ok_or_else(|| {
-        ApiError::unavailable(
+    .map_err(|full| match full {
+        Full::All => ApiError::unavailable(
             "too many requests are waiting or streaming (HTTP_MAX_WAITS)",
             1,
-        )
+        ),
+        Full::Key => ApiError::too_many(
+            "this key has as many requests waiting or streaming as one key may \
+             (HTTP_MAX_WAITS_PER_KEY)",
+            1,
+        ),
     })?;
     let cursor = Cursor {
         state: state.clone(),
@@ -207,6 +246,7 @@ fn open(state: &State, scope: Scope, after: i64) -> ApiResult<Events> {
         pending: VecDeque::new(),
         watch,
         over: false,
+        ends_at: tokio::time::Instant::now() + state.max_stream,
     };
     let events = stream::unfold(cursor, Cursor::next).boxed();
     Ok(EventStream::new(events)
@@ -268,7 +308,7 @@ impl EventsApi {
             status: None,
             owner: caller.owner().map(str::to_owned),
         };
-        open(&state, scope, after)
+        open(&state, &caller, scope, after)
     }
 
     /// Stream every saga's events
@@ -317,6 +357,6 @@ impl EventsApi {
             status: status.0,
             owner: caller.owner().map(str::to_owned),
         };
-        open(&state, scope, after)
+        open(&state, &caller, scope, after)
     }
 }

@@ -512,7 +512,8 @@ impl SagasApi {
         let wait = crate::api::wait::requested(&state, prefer.0.as_deref(), wait.0)?;
         let read = || read_settling(&state, &caller, id.0);
         let waited =
-            crate::api::wait::until_settled(&state.waiters, id.0, wait, None, read).await?;
+            crate::api::wait::until_settled(&state.waiters, &caller.name, id.0, wait, None, read)
+                .await?;
         let (detail, applied) = (waited.value, waited.applied);
         let etag = format!("\"{}\"", detail.version);
         Ok(Found::Ok(Json(detail), etag, applied))
@@ -651,7 +652,10 @@ impl SagasApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
         let operator = operator(&caller, body.0, if_match.0.as_deref())?;
-        state.engine.retry_by(id.0, &operator).await?;
+        state
+            .engine
+            .retry_by(&state.database, id.0, &operator)
+            .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 
@@ -688,7 +692,9 @@ impl SagasApi {
         }
         let id = started.saga_id;
         let read = || read_settling(&state, &caller, id);
-        let waited = crate::api::wait::until_settled(&state.waiters, id, wait, None, read).await?;
+        let waited =
+            crate::api::wait::until_settled(&state.waiters, &caller.name, id, wait, None, read)
+                .await?;
         if waited.settled {
             Ok(start::StartResponse::Settled(
                 Json(waited.value),
@@ -732,7 +738,10 @@ impl SagasApi {
             reason: Some(reason),
         };
         let operator = operator(&caller, Some(action), if_match.0.as_deref())?;
-        state.engine.resolve_by(id.0, &operator).await?;
+        state
+            .engine
+            .resolve_by(&state.database, id.0, &operator)
+            .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 
@@ -757,7 +766,10 @@ impl SagasApi {
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
         let operator = operator(&caller, body.0, if_match.0.as_deref())?;
-        state.engine.cancel_by(id.0, &operator).await?;
+        state
+            .engine
+            .cancel_by(&state.database, id.0, &operator)
+            .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }
 }

@@ -154,6 +154,51 @@ fn what_follows_a_pivot_must_be_forward_only() {
     assert_eq!(pointers(undoable_pivot), ["/steps/0/compensation"]);
 }
 
+/// The stranded stage: a parallel group of a reservation, a charge and a forward-only
+/// task. With the stock gone, the stage can never complete and nothing undoes the charge.
+/// Refused, as is a forward-only step anywhere before (or without) a pivot.
+#[test]
+fn forward_only_steps_only_follow_the_pivot_and_never_in_a_parallel_stage() {
+    let stranded = flow(json!([
+        { "name": "hold", "kind": "parallel", "tasks": [
+            task("reserve_stock", "inventory"),
+            task("charge_payment", "payment"),
+            { "name": "note", "kind": "task", "role": "audit", "command": "audit.note", "forward_only": true }
+        ]}
+    ]));
+    let found = faults(stranded);
+    assert_eq!(
+        found.iter().map(|(at, _)| at.as_str()).collect::<Vec<_>>(),
+        [
+            "/steps/0/tasks/2/forward_only",
+            "/steps/0/tasks/2/forward_only"
+        ]
+    );
+    assert!(
+        found[0].1.contains("does not follow the pivot"),
+        "{found:?}"
+    );
+    assert!(found[1].1.contains("parallel stage"), "{found:?}");
+    let before_the_pivot = flow(json!([
+        { "name": "note", "kind": "task", "role": "audit", "command": "audit.note", "forward_only": true },
+        { "name": "pay", "kind": "task", "role": "payment", "command": "payment.charge", "pivot": true },
+    ]));
+    assert_eq!(pointers(before_the_pivot), ["/steps/0/forward_only"]);
+    let signal_without_pivot = flow(json!([
+        task("reserve", "inventory"),
+        { "name": "picked_up", "kind": "signal", "scope": "client", "forward_only": true },
+    ]));
+    assert_eq!(pointers(signal_without_pivot), ["/steps/1/forward_only"]);
+    // Stored before the rule: loaded, with what registration would refuse now.
+    let (definition, refused_now) = load(&flow(json!([
+        task("reserve", "inventory"),
+        { "name": "note", "kind": "task", "role": "audit", "command": "audit.note", "forward_only": true },
+    ])))
+    .expect("a stored version still loads");
+    assert_eq!(definition.steps.len(), 2);
+    assert_eq!(refused_now.len(), 1, "{refused_now:?}");
+}
+
 #[test]
 fn parallel_members_need_compensations_and_signals_need_a_timeout() {
     let document = flow(json!([

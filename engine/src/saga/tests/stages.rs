@@ -127,6 +127,30 @@ fn a_signal_moves_the_saga_on_and_its_timeout_compensates() {
 }
 
 #[test]
+fn a_signal_at_or_after_its_deadline_is_refused_before_the_tick_runs() {
+    let (mut run, _) = Run::start(&PICKUP);
+    run.succeed(0);
+    run.succeed(1);
+    let deadline = run
+        .step(2)
+        .deadline_at
+        .expect("the signal waits until its timeout");
+    run.now = deadline;
+    assert!(
+        run.ignore(signal("picked_up"))
+            .contains("after its deadline"),
+        "the wait is over even though no tick ran yet"
+    );
+    assert_eq!(run.step(2).forward, ForwardPhase::InFlight);
+    // Just before it, the signal is taken.
+    run.now = deadline - chrono::TimeDelta::milliseconds(1);
+    assert_eq!(
+        run.apply(signal("picked_up")),
+        lines(&["step.succeeded 2", "step.dispatched 3", "timer +1000ms"])
+    );
+}
+
+#[test]
 fn past_the_pivot_nothing_is_undone_and_forward_only_steps_retry_until_they_land() {
     let (mut run, _) = Run::start(&PICKUP);
     run.succeed(0);
@@ -185,5 +209,16 @@ fn a_wait_until_a_time_in_the_input_reads_it_at_start() {
     match refused.outcome {
         Outcome::Ignored { reason } => assert!(reason.contains("input/pay/after"), "{reason}"),
         Outcome::Applied => panic!("a start without the wait's time was applied"),
+    }
+    // Past the horizon (a year and a day), a caller's input would park the saga for good.
+    let far = epoch() + super::super::transition::WAIT_HORIZON + chrono::TimeDelta::seconds(1);
+    let refused = start(
+        &definition,
+        &json!({ "pay": { "after": far.to_rfc3339() } }),
+        epoch(),
+    );
+    match refused.outcome {
+        Outcome::Ignored { reason } => assert!(reason.contains("horizon"), "{reason}"),
+        Outcome::Applied => panic!("a wait past the horizon was applied"),
     }
 }

@@ -1,0 +1,348 @@
+//! Trust: who may start what, and money only from state the server owns. Against the real
+//! app in `dev` mode (every real participant) with access control on: a client key tries
+//! what an attacker would through the generic start and a signal.
+
+mod support;
+
+use orchestrator::app::{Mode, Options};
+use platform::testkit::TestEnv;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::http::{Http, answer, problem};
+use support::*;
+use uuid::Uuid;
+
+const KEYS: &str = "shop:client:shop-secret-0000000001,\
+    ops:operator:ops-secret-00000000003,\
+    boss:admin:boss-secret-0000000004";
+
+struct Callers {
+    orchestrator: Orchestrator,
+    client: Http,
+    ops: Http,
+    boss: Http,
+}
+
+impl Callers {
+    async fn start(env: &TestEnv) -> Self {
+        let orchestrator = Orchestrator::start_with_vars(
+            env,
+            Mode::Dev,
+            Options::default(),
+            &[("AUTH", "on"), ("API_KEYS", KEYS)],
+        )
+        .await;
+        let base = orchestrator.base();
+        Self {
+            client: Http::with_key(base.clone(), "shop-secret-0000000001"),
+            ops: Http::with_key(base.clone(), "ops-secret-00000000003"),
+            boss: Http::with_key(base, "boss-secret-0000000004"),
+            orchestrator,
+        }
+    }
+
+    /// Each key with the scope it holds.
+    fn keys(&self) -> [(&'static str, &Http); 3] {
+        [
+            ("client", &self.client),
+            ("operator", &self.ops),
+            ("admin", &self.boss),
+        ]
+    }
+
+    async fn register(&self, document: &Value) {
+        answer(
+            self.boss.post("/v1/saga-definitions", document).await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+}
+
+/// Reserve and charge, startable by clients: the charge must be the lines' price whatever
+/// the input says.
+fn quick_order() -> Value {
+    json!({
+        "name": "quick_order",
+        "version": 1,
+        "start_scopes": ["client", "operator"],
+        "input": {
+            "type": "object",
+            "required": ["user_id", "lines"],
+            "properties": {
+                "user_id": { "type": "string", "format": "uuid" },
+                "lines": { "type": "array", "minItems": 1 }
+            }
+        },
+        "steps": [
+            { "name": "reserve_stock", "kind": "task", "role": "inventory",
+              "command": "inventory.reserve", "compensation": "inventory.release" },
+            { "name": "charge_payment", "kind": "task", "role": "payment",
+              "command": "payment.charge", "compensation": "payment.refund" }
+        ]
+    })
+}
+
+/// A client-scope signal named like the coupon flow's claim step, then a payout: the
+/// signal's body must never be read as a claim.
+fn signal_payout() -> Value {
+    json!({
+        "name": "signal_payout",
+        "version": 1,
+        "start_scopes": ["client"],
+        "input": { "type": "object" },
+        "steps": [
+            { "name": "claim_coupon", "kind": "signal", "scope": "client", "timeout_ms": 120000 },
+            { "name": "vendor_payout", "kind": "task", "role": "vendor",
+              "command": "vendor.payout", "pivot": true }
+        ]
+    })
+}
+
+/// Every registered definition, tried by every key through `POST /v1/sagas` on an input
+/// no schema here accepts: a fronted flow is refused for everyone and names its front; a
+/// key with one of the flow's start scopes gets past access (to the input's 400); any
+/// other key is 403 naming `definition`. Nothing starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_definition_is_started_only_by_the_keys_it_names_and_fronted_ones_by_none() {
+    let env = TestEnv::start().await;
+    let callers = Callers::start(&env).await;
+    callers.register(&quick_order()).await;
+    callers.register(&signal_payout()).await;
+    let flows = answer(
+        callers.boss.get("/v1/saga-definitions").await,
+        StatusCode::OK,
+    )
+    .await;
+    let mut tried = 0;
+    for flow in flows.as_array().unwrap() {
+        let name = flow["name"].as_str().unwrap();
+        let version = flow["version"].as_u64().unwrap();
+        let detail = answer(
+            callers
+                .boss
+                .get(&format!("/v1/saga-definitions/{name}/versions/{version}"))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        let scopes: Vec<&str> = detail["start_scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        let front = detail["front"].as_str();
+        for (scope, key) in callers.keys() {
+            let start = json!({ "definition": name, "input": [] });
+            let response = key.post("/v1/sagas", &start).await;
+            tried += 1;
+            if let Some(front) = front {
+                let body = problem(response, 403, Some("definition")).await;
+                assert!(
+                    body["detail"].as_str().unwrap().contains(front),
+                    "{name} by {scope}: {body}"
+                );
+            } else if scopes.contains(&scope) {
+                problem(response, 400, Some("input")).await;
+            } else {
+                problem(response, 403, Some("definition")).await;
+            }
+        }
+    }
+    assert!(
+        tried >= 12,
+        "order, coupon_use and the two registered, by 3 keys"
+    );
+    let order = answer(
+        callers
+            .boss
+            .get("/v1/saga-definitions/order/versions/2")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(order["front"], "POST /v1/orders");
+    // Version 1 of `order`, whose input carried a total, starts nothing, even pinned.
+    let v1 = answer(
+        callers
+            .boss
+            .get("/v1/saga-definitions/order/versions/1")
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(v1["retired"]["retired_by"], "built-in", "{v1}");
+    problem(
+        callers
+            .ops
+            .post(
+                "/v1/sagas",
+                &json!({ "definition": "order", "version": 1, "input": {} }),
+            )
+            .await,
+        409,
+        Some("version"),
+    )
+    .await;
+    let live: i64 = {
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = env.db.pool.get().await.unwrap();
+        engine::schema::sagas::table
+            .count()
+            .get_result(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert_eq!(live, 0, "no refused start left a saga behind");
+    callers.orchestrator.stop().await;
+}
+
+/// A retired version starts no new saga through any door, and an admin can reinstate it;
+/// one the application retired stays retired.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retired_version_starts_nothing_until_reinstated() {
+    let env = TestEnv::start().await;
+    let callers = Callers::start(&env).await;
+    callers.register(&quick_order()).await;
+    let path = "/v1/saga-definitions/quick_order/versions/1/retirement";
+    let retired = answer(
+        callers
+            .boss
+            .put(path, &json!({ "reason": "superseded" }))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(retired["retired"]["reason"], "superseded");
+    let flows = answer(
+        callers.boss.get("/v1/saga-definitions/quick_order").await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(flows["versions"][0]["retired"]["retired_by"], "boss");
+    let start =
+        json!({ "definition": "quick_order", "input": { "user_id": Uuid::nil(), "lines": [1] } });
+    problem(
+        callers.client.post("/v1/sagas", &start).await,
+        409,
+        Some("version"),
+    )
+    .await;
+    problem(callers.ops.put(path, &json!({})).await, 403, None).await;
+    answer(callers.boss.delete(path).await, StatusCode::OK).await;
+    // Reinstated: the start gets past the version to the participants.
+    answer(
+        callers.client.post("/v1/sagas", &start).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let built_in = "/v1/saga-definitions/order/versions/1/retirement";
+    problem(callers.boss.delete(built_in).await, 409, None).await;
+    callers.orchestrator.stop().await;
+}
+
+/// A client key starts a flow that reserves and charges, with 5 televisions at 2 000.00
+/// and a `total_cents` of 1 in its input: the wallet pays 10 000.00 (or the charge is
+/// refused), never one cent. And a signal named like the coupon claim, carrying a vendor
+/// and a payout of 10 000 000.00, pays nobody: the payout looks for the coupon role's
+/// answer to `coupon.claim`, which no signal is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_names_no_price_and_no_payout() {
+    let env = TestEnv::start().await;
+    let callers = Callers::start(&env).await;
+    callers.register(&quick_order()).await;
+    callers.register(&signal_payout()).await;
+    let sku = format!("TV-{}", &Uuid::now_v7().simple().to_string()[20..]);
+    let product =
+        json!({ "sku": sku, "name": "Television", "price_cents": 200_000, "stock": 1000 });
+    answer(
+        callers.boss.post("/v1/products", &product).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let user = json!({ "name": "Kim", "balance_cents": 5_000_000 });
+    let user = answer(
+        callers.boss.post("/v1/users", &user).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let input = json!({
+        "user_id": user["id"], "lines": [{ "sku": sku, "quantity": 5 }], "total_cents": 1
+    });
+    let started = answer(
+        callers
+            .client
+            .post(
+                "/v1/sagas",
+                &json!({ "definition": "quick_order", "input": input }),
+            )
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let saga: Uuid = started["saga_id"].as_str().unwrap().parse().unwrap();
+    wait_for_status(&env, saga, "COMPLETED").await;
+    let paid = answer(
+        callers
+            .boss
+            .get(&format!("/v1/users/{}", user["id"].as_str().unwrap()))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        paid["balance_cents"],
+        5_000_000 - 5 * 200_000,
+        "charged the lines' price"
+    );
+
+    let vendor = answer(
+        callers
+            .boss
+            .post("/v1/vendors", &json!({ "name": "Roastery" }))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let started = answer(
+        callers
+            .client
+            .post(
+                "/v1/sagas",
+                &json!({ "definition": "signal_payout", "input": {} }),
+            )
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let saga: Uuid = started["saga_id"].as_str().unwrap().parse().unwrap();
+    let forged = json!({ "vendor_id": vendor["id"], "payout_cents": 1_000_000_000 });
+    answer(
+        callers
+            .client
+            .post(&format!("/v1/sagas/{saga}/signals/claim_coupon"), &forged)
+            .await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let row = wait_for_status(&env, saga, "COMPENSATED").await;
+    assert!(
+        row.state["failure"]
+            .as_str()
+            .is_some_and(|why| why.contains("coupon.claim")),
+        "{}",
+        row.state
+    );
+    let vendor = answer(
+        callers
+            .boss
+            .get(&format!("/v1/vendors/{}", vendor["id"].as_str().unwrap()))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(vendor["balance_cents"], 0, "nobody was paid by a signal");
+    callers.orchestrator.stop().await;
+}
