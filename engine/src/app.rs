@@ -72,6 +72,8 @@ pub struct Running {
     pub engine: Engine,
     /// The background loops, as `/healthz` reports them.
     pub loops: Loops,
+    /// The requests waiting for sagas and the open streams of this replica.
+    pub waiters: Arc<Waiters>,
     tasks: TaskTracker,
     producer: Producer,
 }
@@ -257,6 +259,7 @@ impl Core {
             .await
             .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
         let local_addr = listener.local_addr().context("listener address")?;
+        let waiters = Arc::clone(&state.waiters);
         let server = api::server::serve(
             listener,
             api::routes(state, config.auth.clone(), mount),
@@ -270,6 +273,7 @@ impl Core {
             local_addr,
             engine,
             loops,
+            waiters,
             tasks,
             producer,
         })

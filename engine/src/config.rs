@@ -101,7 +101,7 @@ pub const ORCHESTRATOR: &[Setting] = &[
         env: "HTTP_MAX_WAITS",
         long: "http-max-waits",
         default: Some("768"),
-        help: "requests waiting for a saga to settle (Prefer: wait) and open event streams at most, below HTTP_MAX_REQUESTS; past it a wait is answered at once with the current state, a stream 503",
+        help: "requests waiting for a saga to settle (Prefer: wait) and open event streams at most, below HTTP_MAX_REQUESTS (unset with a lower HTTP_MAX_REQUESTS: three quarters of it); past it a wait is answered at once with the current state, a stream 503",
         secret: false,
     },
     Setting {
@@ -196,7 +196,9 @@ impl Config {
             .parse()
             .map_err(|_| env::Error::new("HTTP_ADDR", Self::DEFAULT_HTTP_ADDR, "bad default"))?;
         let http = http_limits(vars)?;
-        let http_max_waits: usize = vars.parse_or("HTTP_MAX_WAITS", 768)?;
+        // Unset: 768, or three quarters of a lower HTTP_MAX_REQUESTS.
+        let default_waits = 768.min(http.max_requests * 3 / 4);
+        let http_max_waits: usize = vars.parse_or("HTTP_MAX_WAITS", default_waits)?;
         if http_max_waits >= http.max_requests {
             // Waiting requests are requests in flight: at the same bound, waiters alone
             // would leave no place for any other request.
@@ -244,6 +246,20 @@ mod tests {
         let config = Config::from_vars(&Vars::from_pairs([])).unwrap();
         assert_eq!(config.http_addr.to_string(), Config::DEFAULT_HTTP_ADDR);
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn waits_stay_below_the_requests_in_flight() {
+        let config = Config::from_vars(&Vars::from_pairs([])).unwrap();
+        assert!(config.http_max_waits < config.http.max_requests);
+        let few = Config::from_vars(&Vars::from_pairs([("HTTP_MAX_REQUESTS", "8")])).unwrap();
+        assert_eq!(few.http_max_waits, 6);
+        let err = Config::from_vars(&Vars::from_pairs([
+            ("HTTP_MAX_REQUESTS", "8"),
+            ("HTTP_MAX_WAITS", "8"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.name, "HTTP_MAX_WAITS");
     }
 
     #[test]

@@ -155,6 +155,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    saga_definition_tombstones (name, version) {
+        name -> Text,
+        version -> Int4,
+        document_sha256 -> Text,
+        removed_by -> Text,
+        removed_at -> Timestamptz,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(saga_definitions, saga_definition_retirements);
 
 // Written by the notification worker (a participant process), read by the operator API.

@@ -1,1 +1,2 @@
+DROP TABLE saga_definition_tombstones;
 DROP TABLE saga_definition_retirements;

@@ -14,3 +14,15 @@ CREATE TABLE saga_definition_retirements (
 CREATE TRIGGER saga_definition_retirements_changed
     AFTER INSERT OR UPDATE OR DELETE ON saga_definition_retirements
     FOR EACH STATEMENT EXECUTE FUNCTION saga_definitions_changed();
+
+-- A (name, version) once stored is never used again, even after its removal: the removal
+-- leaves a tombstone with the hash of the document it held, and registration refuses the
+-- pair for good. (A replica holding the old document could otherwise keep running it.)
+CREATE TABLE saga_definition_tombstones (
+    name text NOT NULL,
+    version integer NOT NULL,
+    document_sha256 text NOT NULL,
+    removed_by text NOT NULL,
+    removed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);

@@ -246,6 +246,11 @@ async fn an_operator_sees_versions_parallel_stages_and_paths_and_sends_a_signal(
         .wait_for_text("[data-definition=pickup]", "v2 (default)")
         .await;
     assert!(shown.contains("v1 by ops"), "{shown}");
+    // The shop retired `order` version 1 (its input carried a total): the console says so.
+    let order = browser
+        .wait_for_text("[data-definition=order]", "v2 (default)")
+        .await;
+    assert!(order.contains("v1 (retired) by built-in"), "{order}");
     let group = browser
         .run("return document.querySelectorAll('[data-definition=pickup] .stage.parallel .step').length")
         .await;

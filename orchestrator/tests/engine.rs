@@ -803,6 +803,36 @@ async fn a_saga_runs_only_on_the_definition_version_it_started_on() {
         quarantine.contains("definition `order` version 3 is not registered here"),
         "{quarantine}"
     );
+    // The cause fixed (the row back on a version this replica has), an operator lifts the
+    // quarantine with a reason, and the saga moves again at once.
+    diesel::update(sagas::table.find(newer.id))
+        .set(sagas::definition_version.eq(2))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let operator = engine::shell::Operator {
+        actor: "ops".to_owned(),
+        reason: Some("row repaired".to_owned()),
+        expected_version: None,
+    };
+    engine
+        .lift_quarantine(engine.pool(), newer.id, &operator)
+        .await
+        .unwrap();
+    assert!(
+        engine
+            .lift_quarantine(engine.pool(), newer.id, &operator)
+            .await
+            .is_err(),
+        "a saga that is not quarantined has nothing to lift"
+    );
+    // Its reservation's reply came while it was set aside: past the attempt timeout the
+    // command goes out again, and the participant's answer moves it on.
+    engine.clock().advance(std::time::Duration::from_secs(6));
+    make_timer_due(&env, newer.id).await;
+    wait_for_status(&env, newer.id, "COMPLETED").await;
+    let kinds = history_kinds(&env, newer.id).await;
+    assert_eq!(count(&kinds, "quarantine.lifted"), 1, "{kinds:?}");
     participants.stop().await;
     orchestrator.stop().await;
 }

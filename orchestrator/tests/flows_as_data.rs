@@ -375,6 +375,23 @@ async fn no_pickup_in_time_undoes_both_parallel_steps_and_a_version_in_use_stays
         .await
         .unwrap();
     assert_eq!(remove.status(), StatusCode::NO_CONTENT);
+    // A removed (name, version) is never used again, whatever the document: a replica
+    // still holding the old one could run it.
+    let reused = http
+        .post("/v1/saga-definitions", &click_and_collect(2, 5_000))
+        .await;
+    let refused = problem(reused, 409, None).await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("never used again"),
+        "{refused}"
+    );
+    let same = http
+        .post("/v1/saga-definitions", &click_and_collect(2, 1_000))
+        .await;
+    problem(same, 409, None).await;
     // A built-in version is the shop's fronts' own: never removed, even unused.
     let remove = http
         .client
@@ -471,4 +488,75 @@ async fn a_version_is_not_removed_from_under_a_start_in_flight() {
     );
     assert_eq!(load(&env, id).await.definition_version, 1);
     orchestrator.stop().await;
+}
+
+/// Two replicas, and the definitions `LISTEN` connection of both cut by the server: each
+/// listens again (a new backend appears), and a version registered on one is then known
+/// to the other, which starts sagas on it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_listens_again_after_a_drop_and_uses_a_version_registered_on_another() {
+    use diesel::prelude::*;
+    use diesel::sql_types::Integer;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Backend {
+        #[diesel(sql_type = Integer)]
+        pid: i32,
+    }
+    let env = TestEnv::start().await;
+    let first = Orchestrator::start(&env, Options::default()).await;
+    let second = Orchestrator::start(&env, Options::default()).await;
+    let (one, two) = (Http::new(first.base()), Http::new(second.base()));
+    let listeners = async || {
+        let mut conn = env.db.pool.get().await.unwrap();
+        diesel::sql_query(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND query LIKE 'LISTEN%sagaflow_definitions%'",
+        )
+        .load::<Backend>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|backend| backend.pid)
+        .collect::<Vec<i32>>()
+    };
+    let mut cut = Vec::new();
+    eventually("both replicas to listen", async || {
+        cut = listeners().await;
+        cut.len() >= 2
+    })
+    .await;
+    {
+        let mut conn = env.db.pool.get().await.unwrap();
+        diesel::sql_query(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid IN ({})",
+            cut.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    eventually(
+        "both replicas to listen again, on new connections",
+        async || {
+            let now = listeners().await;
+            now.iter().filter(|pid| !cut.contains(pid)).count() >= 2
+        },
+    )
+    .await;
+    register(&one, &click_and_collect(1, 60_000), StatusCode::CREATED).await;
+    eventually("the other replica to know the new version", async || {
+        two.get("/v1/saga-definitions/click_and_collect/versions/1")
+            .await
+            .status()
+            == StatusCode::OK
+    })
+    .await;
+    start(
+        &two,
+        &json!({ "definition": "click_and_collect", "input": input() }),
+    )
+    .await;
+    first.stop().await;
+    second.stop().await;
 }

@@ -13,28 +13,32 @@ use support::*;
 use uuid::Uuid;
 
 const KEYS: &str = "shop:client:shop-secret-0000000001,\
+    other:client:other-secret-000000002,\
     ops:operator:ops-secret-00000000003,\
     boss:admin:boss-secret-0000000004";
 
 struct Callers {
     orchestrator: Orchestrator,
     client: Http,
+    other: Http,
     ops: Http,
     boss: Http,
 }
 
 impl Callers {
     async fn start(env: &TestEnv) -> Self {
-        let orchestrator = Orchestrator::start_with_vars(
-            env,
-            Mode::Dev,
-            Options::default(),
-            &[("AUTH", "on"), ("API_KEYS", KEYS)],
-        )
-        .await;
+        Self::start_with(env, &[]).await
+    }
+
+    async fn start_with(env: &TestEnv, vars: &[(&str, &str)]) -> Self {
+        let mut all = vec![("AUTH", "on"), ("API_KEYS", KEYS)];
+        all.extend_from_slice(vars);
+        let orchestrator =
+            Orchestrator::start_with_vars(env, Mode::Dev, Options::default(), &all).await;
         let base = orchestrator.base();
         Self {
             client: Http::with_key(base.clone(), "shop-secret-0000000001"),
+            other: Http::with_key(base.clone(), "other-secret-000000002"),
             ops: Http::with_key(base.clone(), "ops-secret-00000000003"),
             boss: Http::with_key(base, "boss-secret-0000000004"),
             orchestrator,
@@ -344,5 +348,103 @@ async fn a_caller_names_no_price_and_no_payout() {
     )
     .await;
     assert_eq!(vendor["balance_cents"], 0, "nobody was paid by a signal");
+    callers.orchestrator.stop().await;
+}
+
+/// One client crowds the server: as many waiting reads of its own saga as it may, one
+/// more, and a flood of signals at it. Its excess is 429; the other client's wait and
+/// start are served; and the engine's pool never has a loop waiting for a connection
+/// (signals run on the API's pool). Latency under crowding is the load benchmark's.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_crowds_out_no_other_and_never_the_engine() {
+    let env = TestEnv::start().await;
+    let callers = Callers::start_with(
+        &env,
+        &[
+            ("HTTP_MAX_WAITS_PER_KEY", "4"),
+            ("HTTP_MAX_SIGNALS_PER_KEY", "4"),
+        ],
+    )
+    .await;
+    callers.register(&signal_payout()).await;
+    let start = json!({ "definition": "signal_payout", "input": {} });
+    let crowded = answer(
+        callers.client.post("/v1/sagas", &start).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let crowded: Uuid = crowded["saga_id"].as_str().unwrap().parse().unwrap();
+    let base = callers.orchestrator.base();
+    let wait = |key: &'static str, id: Uuid| {
+        let http = Http::with_key(base.clone(), key);
+        tokio::spawn(async move { http.get(&format!("/v1/sagas/{id}?wait=25")).await })
+    };
+    // Its own places, held (each waits for a saga that will not settle soon).
+    let held: Vec<_> = (0..4)
+        .map(|_| wait("shop-secret-0000000001", crowded))
+        .collect();
+    let waiting = &callers.orchestrator.running;
+    eventually("the crowd's waits to be registered", async || {
+        waiting.waiters.waiting() >= 4
+    })
+    .await;
+    let past = callers
+        .client
+        .get(&format!("/v1/sagas/{crowded}?wait=25"))
+        .await;
+    problem(past, 429, None).await;
+
+    // A flood of signals at its saga, on every connection it can open.
+    let engine_pool = waiting.engine.pool().clone();
+    let flood: Vec<_> = (0..60)
+        .map(|n| {
+            let http = Http::with_key(base.clone(), "shop-secret-0000000001");
+            let path = format!("/v1/sagas/{crowded}/signals/claim_coupon");
+            tokio::spawn(
+                async move { http.post(&path, &json!({ "n": n })).await.status().as_u16() },
+            )
+        })
+        .collect();
+    let watcher = {
+        let pool = engine_pool.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            for _ in 0..200 {
+                most = most.max(pool.status().waiting);
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    // The other client is served all the while.
+    let others = answer(
+        callers.other.post("/v1/sagas", &start).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let others: Uuid = others["saga_id"].as_str().unwrap().parse().unwrap();
+    let served = callers
+        .other
+        .get(&format!("/v1/sagas/{others}?wait=1"))
+        .await;
+    assert_eq!(
+        served.status(),
+        StatusCode::OK,
+        "the other client waits too"
+    );
+    let mut statuses = Vec::new();
+    for signal in flood {
+        statuses.push(signal.await.unwrap());
+    }
+    let engine_waited = watcher.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| [202, 409, 429].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&429), "past its bound: {statuses:?}");
+    assert_eq!(engine_waited, 0, "no engine loop waited for a connection");
+    for handle in held {
+        handle.abort();
+    }
     callers.orchestrator.stop().await;
 }

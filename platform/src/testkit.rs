@@ -160,7 +160,7 @@ static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_ne
 /// migration gets a new template (and all but the two newest others are dropped). Test
 /// processes that start together serialise on an advisory lock.
 async fn template(server_url: &str, admin_url: &str) -> String {
-    let name = format!("sagaflow_template_{:016x}", migrations_hash());
+    let name = format!("sagaflow_template_{}", migrations_hash());
     let mut admin = AsyncPgConnection::establish(admin_url)
         .await
         .expect("connect to the test server");
@@ -225,28 +225,10 @@ struct Named {
     name: String,
 }
 
-/// A hash of every migration file, in name order.
-fn migrations_hash() -> u64 {
-    use std::hash::{DefaultHasher, Hash as _, Hasher as _};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-        .expect("migrations directory")
-        .flatten()
-        .flat_map(|entry| {
-            std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .map(|entry| entry.path())
-        .collect();
-    files.sort();
-    let mut hasher = DefaultHasher::new();
-    for file in files {
-        file.file_name().hash(&mut hasher);
-        std::fs::read(&file).unwrap_or_default().hash(&mut hasher);
-    }
-    hasher.finish()
+/// The hash of the migrations embedded in this build (computed by `build.rs` from the
+/// files it embedded, so it always names what `db::migrate` applies).
+fn migrations_hash() -> &'static str {
+    env!("MIGRATIONS_HASH")
 }
 
 fn replace_database(url: &str, name: &str) -> String {

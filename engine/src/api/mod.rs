@@ -203,10 +203,22 @@ where
             .body(spec.clone())
     });
     let catalog = std::sync::Arc::clone(state.engine.catalog());
+    // Built once per change of the catalog, not per request: anyone may ask for it.
+    let built: std::sync::Mutex<Option<(u64, String)>> = std::sync::Mutex::default();
     let asyncapi = poem::endpoint::make_sync(move |_| {
+        let generation = catalog.generation();
+        let mut cached = built.lock().unwrap_or_else(|poison| poison.into_inner());
+        let body = match &*cached {
+            Some((at, body)) if *at == generation => body.clone(),
+            _ => {
+                let body = flows::asyncapi::live(&catalog).to_string();
+                *cached = Some((generation, body.clone()));
+                body
+            }
+        };
         poem::Response::builder()
             .content_type("application/json")
-            .body(flows::asyncapi::live(&catalog).to_string())
+            .body(body)
     });
     let routes = Route::new()
         .nest("/", service)

@@ -74,6 +74,7 @@ pub const ENGINE: &[Rule] = &[
     ("POST", "/v1/sagas/{id}/retry", OPERATOR),
     ("POST", "/v1/sagas/{id}/cancel", OPERATOR),
     ("POST", "/v1/sagas/{id}/resolve", OPERATOR),
+    ("POST", "/v1/sagas/{id}/quarantine/lift", OPERATOR),
     ("GET", "/v1/notifications", OPERATOR),
     ("GET", "/v1/dead-letters", OPERATOR),
     ("GET", "/v1/consumer-lag", OPERATOR),

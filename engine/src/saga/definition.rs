@@ -77,7 +77,9 @@ pub struct Step {
     /// Once this step succeeded the saga can no longer be undone: it is never compensated
     /// or cancelled from then on, and every later step is `forward_only`.
     pub pivot: bool,
-    /// Retried until it succeeds and never compensated (the steps after a pivot).
+    /// Never compensated (the steps after a pivot): tried again, failure or silence, within
+    /// its retry budget ([`RetryPolicy::FORWARD_ONLY`] unless the document says), then
+    /// parked as FAILED for an operator.
     pub forward_only: bool,
 }
 
@@ -192,6 +194,16 @@ impl RetryPolicy {
         initial_backoff: Duration::from_millis(200),
         multiplier: 2,
         max_backoff: Duration::from_secs(5),
+    };
+
+    /// Forward-only steps (past the pivot) cannot be undone, so they try long, but not for
+    /// ever: past this budget the saga parks as FAILED, where an operator retries the step
+    /// or resolves the saga.
+    pub const FORWARD_ONLY: RetryPolicy = RetryPolicy {
+        max_attempts: 50,
+        initial_backoff: Duration::from_millis(200),
+        multiplier: 2,
+        max_backoff: Duration::from_secs(30),
     };
 
     /// Compensations try much longer: giving up means a human has to step in.

@@ -63,6 +63,7 @@ static FORMAT_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
 pub fn parse(document: &Value, lost_member: Duration) -> Result<Definition, Vec<Fault>> {
     let (definition, mut faults) = read(document, lost_member)?;
     check_termination(&definition, &mut faults);
+    check_limits(&definition, &mut faults);
     if faults.is_empty() {
         Ok(definition)
     } else {
@@ -105,6 +106,23 @@ fn read(document: &Value, lost_member: Duration) -> Result<(Definition, Vec<Faul
     let definition = build(doc);
     check_rules(&definition, lost_member, &mut faults);
     Ok((definition, faults))
+}
+
+/// Most steps a flow may have in all (a stage holds at most 20 tasks, a flow at most 50
+/// stages: the format's schema says so): every request about a version, its compensation
+/// paths included, costs a bounded amount.
+pub const MAX_STEPS: usize = 100;
+
+fn check_limits(definition: &Definition, faults: &mut Vec<Fault>) {
+    if definition.steps.len() > MAX_STEPS {
+        faults.push(Fault::at(
+            "/steps",
+            format!(
+                "{} steps in all; a flow has at most {MAX_STEPS}",
+                definition.steps.len()
+            ),
+        ));
+    }
 }
 
 /// Shapes the engine cannot finish, refused at registration: a forward-only step is retried
@@ -246,6 +264,9 @@ impl RetryDoc {
 
 fn task(doc: TaskDoc, stage: usize) -> Step {
     let mut task = Task::new(&doc.role, &doc.command, doc.compensation.as_deref());
+    if doc.forward_only {
+        task.retry = RetryPolicy::FORWARD_ONLY;
+    }
     if let Some(retry) = doc.retry {
         task.retry = retry.over(task.retry);
     }

@@ -210,9 +210,33 @@ impl<'a> Draft<'a> {
         Ok(())
     }
 
-    /// The attempt in flight passed its start-to-close timeout: send the same command again.
+    /// A forward-only step spent its budget: nothing can undo what came before it, so the
+    /// saga parks as FAILED with the reason, for an operator to retry the step or resolve
+    /// the saga.
+    pub(super) fn park_forward(&mut self, index: usize, reason: String) -> Result<(), Ignored> {
+        let state = self.step_state(index)?;
+        state.forward = ForwardPhase::Failed;
+        state.clear_timers();
+        state.last_error = Some(reason.clone());
+        self.emit(EventKind::StepFailed, Some(index), reason.clone());
+        self.state.failure = Some(reason);
+        self.finish(Status::Failed, EventKind::SagaFailed);
+        Ok(())
+    }
+
+    /// The attempt in flight passed its start-to-close timeout: send the same command again
+    /// (a forward-only step as often as its budget allows attempts, then it parks).
     pub(super) fn resend_forward(&mut self, index: usize) -> Result<(), Ignored> {
         let (step, task) = self.task(index)?;
+        let deliveries = self.step_state(index)?.deliveries;
+        if step.forward_only && !task.retry.allows_another_attempt(deliveries) {
+            let why = format!(
+                "{} gave up: no reply after {deliveries} sends of attempt {}",
+                step.name,
+                self.step_state(index)?.attempt
+            );
+            return self.park_forward(index, why);
+        }
         let resend_at = self.after(task.attempt_timeout);
         let state = self.step_state(index)?;
         state.deliveries = state.deliveries.saturating_add(1);

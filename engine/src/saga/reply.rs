@@ -74,8 +74,14 @@ pub(super) fn step_failed(
         return Err(not_awaiting(&step.name, "forward", state.forward, status));
     }
     // A forward-only step is past the pivot: there is no going back, so it is tried
-    // again whatever the answer (its backoff stays capped).
-    let retry = kind == FailureKind::Retryable && task.retry.allows_another_attempt(attempt);
+    // again whatever the answer, within its budget; past it the saga parks for an operator.
+    let used = attempt.saturating_sub(state.forward_budget_from);
+    let within = task.retry.allows_another_attempt(used);
+    if step.forward_only && !within {
+        let why = format!("{} gave up after {used} attempts: {reason}", step.name);
+        return draft.park_forward(index, why);
+    }
+    let retry = kind == FailureKind::Retryable && within;
     if retry || step.forward_only {
         let retry_at = draft.retry_time(&task.retry, attempt);
         let state = draft.step_state(index)?;

@@ -136,6 +136,10 @@ pub struct StepState {
     pub compensation_attempt: u32,
     /// Compensation attempts counted against the budget; an operator retry resets it.
     pub compensation_attempts_in_budget: u32,
+    /// The forward attempt after which the current forward budget began: 0, or the last
+    /// attempt before an operator's retry of a parked forward-only step.
+    #[serde(default)]
+    pub forward_budget_from: u32,
     pub deadline_at: Option<DateTime<Utc>>,
     pub retry_at: Option<DateTime<Utc>>,
     /// When the forward attempt in flight is sent again if no reply came (its
@@ -159,6 +163,7 @@ impl StepState {
             compensation: CompensationPhase::NotStarted,
             compensation_attempt: 0,
             compensation_attempts_in_budget: 0,
+            forward_budget_from: 0,
             deadline_at: None,
             retry_at: None,
             resend_at: None,

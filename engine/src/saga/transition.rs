@@ -337,6 +337,23 @@ fn retry(draft: &mut Draft) -> Result<(), Ignored> {
             draft.state.status
         ));
     }
+    // A forward-only step that spent its budget: sent again with a fresh one.
+    let forward_parked = draft
+        .definition
+        .steps
+        .iter()
+        .zip(&draft.state.steps)
+        .position(|(step, state)| step.forward_only && state.forward == ForwardPhase::Failed);
+    if let Some(index) = forward_parked {
+        let step = draft.step(index)?;
+        let state = draft.step_state(index)?;
+        state.forward_budget_from = state.attempt;
+        draft.state.status = Status::Running;
+        draft.state.failure = None;
+        let message = format!("operator retry of {}", step.name);
+        draft.emit(EventKind::SagaRetried, Some(index), message);
+        return draft.dispatch_forward(index);
+    }
     let parked = draft
         .state
         .steps

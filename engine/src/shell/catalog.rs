@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::saga::document::{self, Fault};
 use crate::saga::{Definition, Status};
 use crate::schema::{
-    saga_definition_defaults, saga_definition_retirements, saga_definitions, sagas,
+    saga_definition_defaults, saga_definition_retirements, saga_definition_tombstones,
+    saga_definitions, sagas,
 };
 
 /// One stored version.
@@ -51,6 +52,27 @@ pub struct Version {
     /// What registration refuses in it now (a rule added after it was stored): such a
     /// version starts no new sagas, and those on it finish.
     pub refused_now: Vec<String>,
+    /// The SHA-256 of its stored document (hex), as Postgres computes it: a replica that
+    /// holds another document for the same version reads the store's again.
+    pub sha256: String,
+    /// Its compensation paths, computed once (off the async runtime) when first asked.
+    pub paths: Arc<tokio::sync::OnceCell<Arc<Vec<crate::saga::paths::Path>>>>,
+}
+
+impl Version {
+    /// Every compensation path of this version: simulated once, on a blocking thread (a
+    /// large flow's simulation is far too long for the async runtime), then kept.
+    pub async fn paths(&self) -> Arc<Vec<crate::saga::paths::Path>> {
+        let cell = Arc::clone(&self.paths);
+        let definition = Arc::clone(&self.definition);
+        cell.get_or_init(async move || {
+            let computed =
+                tokio::task::spawn_blocking(move || crate::saga::paths::paths(&definition)).await;
+            Arc::new(computed.unwrap_or_default())
+        })
+        .await
+        .clone()
+    }
 }
 
 #[derive(Default)]
@@ -92,6 +114,10 @@ pub enum Refused {
     Immutable { name: String, version: u32 },
     #[error("no definition {name} version {version}")]
     NotFound { name: String, version: u32 },
+    #[error(
+        "{name} version {version} was removed; a version is never used again, register a new one"
+    )]
+    Removed { name: String, version: u32 },
     #[error("{name} version {version} is used by {live} saga(s) that are not over")]
     InUse {
         name: String,
@@ -124,11 +150,19 @@ pub struct Registered {
 #[derive(Default)]
 pub struct Catalog {
     known: RwLock<Known>,
+    /// Bumped by every reload that changed what is held (versions, defaults,
+    /// retirements): what is derived from the catalog is rebuilt only then.
+    generation: std::sync::atomic::AtomicU64,
+    /// Reloads one at a time: a reload that read the store earlier never replaces what a
+    /// later one stored.
+    reloading: tokio::sync::Mutex<()>,
     /// Flow name -> the application's endpoint that starts it (set at open).
     fronts: HashMap<String, String>,
 }
 
 const CHANNEL: &str = "sagaflow_definitions";
+/// A stored document's hash, computed by Postgres (so every replica agrees on the text).
+const DOCUMENT_SHA256: &str = "encode(sha256(convert_to(document::text, 'UTF8')), 'hex')";
 /// Who registered the built-in versions.
 const BUILT_IN: &str = "built-in";
 
@@ -220,6 +254,18 @@ impl Catalog {
         let definition = document::parse(document, platform::kafka::LOST_MEMBER_COST)
             .map_err(Refused::Invalid)?;
         let version = i32::try_from(definition.version).unwrap_or(i32::MAX);
+        let removed: Option<i32> = saga_definition_tombstones::table
+            .find((&definition.name, version))
+            .select(saga_definition_tombstones::version)
+            .first(conn)
+            .await
+            .optional()?;
+        if removed.is_some() {
+            return Err(Refused::Removed {
+                name: definition.name,
+                version: definition.version,
+            });
+        }
         let inserted = diesel::insert_into(saga_definitions::table)
             .values((
                 saga_definitions::name.eq(&definition.name),
@@ -287,6 +333,7 @@ impl Catalog {
         conn: &mut Connection,
         name: &str,
         version: u32,
+        actor: &str,
     ) -> Result<(), Refused> {
         // Waits for the starts that hold this version to commit, so that their sagas are
         // counted below; a start after this one finds the version gone.
@@ -344,6 +391,17 @@ impl Catalog {
                 live,
             });
         }
+        // The pair is never used again: a tombstone with the hash of what it held.
+        prepared(
+            "INSERT INTO saga_definition_tombstones (name, version, document_sha256, removed_by) \
+             SELECT name, version, encode(sha256(convert_to(document::text, 'UTF8')), 'hex'), $3 \
+             FROM saga_definitions WHERE name = $1 AND version = $2",
+        )
+        .bind::<Text, _>(name)
+        .bind::<Integer, _>(to_i32(version))
+        .bind::<Text, _>(actor)
+        .execute(conn)
+        .await?;
         diesel::delete(saga_definitions::table.find((name, to_i32(version))))
             .execute(conn)
             .await?;
@@ -450,17 +508,19 @@ impl Catalog {
     /// document this build cannot read (a newer format, say) is skipped with a warning:
     /// its sagas are quarantined by the engine, the others keep running.
     pub async fn reload(&self, conn: &mut Connection) -> Result<(), diesel::result::Error> {
-        let rows: Vec<(String, i32, Value, String, chrono::DateTime<Utc>)> =
-            saga_definitions::table
-                .select((
-                    saga_definitions::name,
-                    saga_definitions::version,
-                    saga_definitions::document,
-                    saga_definitions::created_by,
-                    saga_definitions::created_at,
-                ))
-                .load(conn)
-                .await?;
+        let _one_at_a_time = self.reloading.lock().await;
+        type Row = (String, i32, Value, String, chrono::DateTime<Utc>, String);
+        let rows: Vec<Row> = saga_definitions::table
+            .select((
+                saga_definitions::name,
+                saga_definitions::version,
+                saga_definitions::document,
+                saga_definitions::created_by,
+                saga_definitions::created_at,
+                diesel::dsl::sql::<Text>(DOCUMENT_SHA256),
+            ))
+            .load(conn)
+            .await?;
         let defaults: Vec<(String, i32)> = saga_definition_defaults::table
             .select((
                 saga_definition_defaults::name,
@@ -489,10 +549,21 @@ impl Catalog {
             };
             known.retired.insert((name, number), retirement);
         }
-        for (name, version, document, created_by, created_at) in rows {
+        for (name, version, document, created_by, created_at, sha256) in rows {
             let number = u32::try_from(version).unwrap_or_default();
-            // Versions are immutable: one already held is kept, not read again.
-            let stored = match self.stored_version(&name, number) {
+            // Versions are immutable: one already held is kept, not read again, as long as
+            // its hash is the store's (every replica runs the same document).
+            let held = self.stored_version(&name, number);
+            if let Some(held) = &held
+                && held.sha256 != sha256
+            {
+                tracing::error!(
+                    definition = name,
+                    version,
+                    "the stored document differs from the one this replica held; the store wins"
+                );
+            }
+            let stored = match held.filter(|held| held.sha256 == sha256) {
                 Some(held) => held,
                 None => match read_version(&document) {
                     Ok((definition, input, refused_now)) => Version {
@@ -502,6 +573,8 @@ impl Catalog {
                         created_by,
                         created_at,
                         refused_now,
+                        paths: Arc::default(),
+                        sha256,
                     },
                     Err(faults) => {
                         tracing::warn!(
@@ -544,11 +617,21 @@ impl Catalog {
                     });
             }
         }
-        *self
+        let mut held = self
             .known
             .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = known;
+            .unwrap_or_else(|poison| poison.into_inner());
+        if held.summary() != known.summary() {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        *held = known;
         Ok(())
+    }
+
+    /// Changes whenever a reload changed what is held.
+    pub fn generation(&self) -> u64 {
+        std::sync::atomic::AtomicU64::load(&self.generation, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Makes sure every (name, version) asked for is held, reloading once if one is not
@@ -577,6 +660,8 @@ impl Catalog {
             created_by: "test".to_owned(),
             created_at: Utc::now(),
             refused_now: Vec::new(),
+            paths: Arc::default(),
+            sha256: String::new(),
         };
         let mut known = self.known.write().unwrap();
         let name = version.definition.name.clone();
@@ -659,7 +744,9 @@ impl Catalog {
     }
 
     /// Keeps this replica's copy current: reloads when another replica changes the store
-    /// (NOTIFY), and every `interval` in case a notification was missed.
+    /// (NOTIFY), and every `interval` in case a notification was missed. A lost LISTEN
+    /// connection is made again (and the catalog reloaded, since a change may have come
+    /// meanwhile); until it is back, the interval alone keeps the copy current.
     pub async fn follow(
         self: Arc<Self>,
         database_url: String,
@@ -667,36 +754,7 @@ impl Catalog {
         interval: Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut listener = match listen(&database_url).await {
-            Ok(conn) => Some(conn),
-            Err(err) => {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "definitions LISTEN failed; polling only"
-                );
-                None
-            }
-        };
-        let mut wakeups = listener
-            .as_mut()
-            .map(|conn| Box::pin(conn.notifications_stream()));
-        loop {
-            let notified = async {
-                match wakeups.as_mut() {
-                    Some(stream) => stream.next().await.is_some(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(interval) => {}
-                still_listening = notified => {
-                    if !still_listening {
-                        tracing::warn!("definitions notifications ended; polling only");
-                        wakeups = None;
-                    }
-                }
-            }
+        let reload = async || {
             let reloaded = async {
                 let mut pooled = pool.get().await?;
                 self.reload(&mut pooled).await?;
@@ -705,11 +763,61 @@ impl Catalog {
             if let Err(err) = reloaded.await {
                 tracing::warn!(error = format!("{err:#}"), "reloading definitions failed");
             }
+        };
+        loop {
+            match listen(&database_url).await {
+                Ok(mut conn) => {
+                    reload().await;
+                    let mut notifications = Box::pin(conn.notifications_stream());
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(interval) => {}
+                            next = notifications.next() => if !matches!(next, Some(Ok(_))) {
+                                tracing::warn!("definitions notifications ended; listening again");
+                                break;
+                            },
+                        }
+                        reload().await;
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "definitions LISTEN failed; polling until it is back"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+            }
+            reload().await;
         }
     }
 }
 
 impl Known {
+    /// What identifies the held state: versions, defaults and retirements.
+    fn summary(&self) -> [Vec<(&str, u32)>; 3] {
+        let mut versions: Vec<(&str, u32)> = self
+            .versions
+            .iter()
+            .flat_map(|(name, versions)| versions.keys().map(move |v| (name.as_str(), *v)))
+            .collect();
+        let mut defaults: Vec<(&str, u32)> = self
+            .defaults
+            .iter()
+            .map(|(n, v)| (n.as_str(), *v))
+            .collect();
+        let mut retired: Vec<(&str, u32)> =
+            self.retired.keys().map(|(n, v)| (n.as_str(), *v)).collect();
+        versions.sort_unstable();
+        defaults.sort_unstable();
+        retired.sort_unstable();
+        [versions, defaults, retired]
+    }
+
     /// The version new sagas of `name` start on: the pinned default unless it is retired,
     /// else the highest version that is not.
     fn default_of(&self, name: &str) -> Option<u32> {

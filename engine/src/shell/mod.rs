@@ -656,6 +656,57 @@ impl Engine {
         }
     }
 
+    /// Operator: lets the engine move a quarantined saga again (the cause was fixed: its
+    /// version was loaded, its row repaired). The quarantine is cleared, the history
+    /// records who, why and what the quarantine said, and the saga's timer is made due,
+    /// so the timer loop looks at it at once. A saga that is not quarantined is a conflict.
+    pub async fn lift_quarantine(
+        &self,
+        on: &db::Pool,
+        id: Uuid,
+        operator: &Operator,
+    ) -> Result<(), Error> {
+        let mut pooled = on.get().await?;
+        let conn: &mut Connection = &mut pooled;
+        let now = self.clock.now();
+        conn.transaction(async |conn: &mut Connection| {
+            let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
+            if let Some(expected) = operator.expected_version
+                && expected != row.version
+            {
+                return Err(Error::Stale {
+                    id,
+                    expected,
+                    current: row.version,
+                });
+            }
+            let Some(quarantine) = row.quarantine.clone() else {
+                let status = row.status.parse().unwrap_or(Status::Running);
+                return Err(Error::Conflict {
+                    status,
+                    reason: "it is not quarantined".to_owned(),
+                });
+            };
+            store::lift_quarantine(conn, id, now).await?;
+            let entry = store::NewHistory {
+                saga_id: id,
+                kind: "quarantine.lifted".to_owned(),
+                step: None,
+                attempt: None,
+                status: row.status.clone(),
+                detail: json!({
+                    "actor": operator.actor,
+                    "reason": operator.reason,
+                    "quarantine": quarantine,
+                }),
+                recorded_at: now,
+            };
+            store::append_history(conn, &[entry]).await?;
+            Ok::<_, Error>(())
+        })
+        .await
+    }
+
     async fn operator_in(
         &self,
         conn: &mut Connection,

@@ -306,6 +306,32 @@ pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow
         .optional()
 }
 
+/// Clears a saga's quarantine and makes its timer due at `now` (in the caller's
+/// transaction, which holds the row's lock).
+pub async fn lift_quarantine(
+    conn: &mut Connection,
+    id: Uuid,
+    now: DateTime<Utc>,
+) -> QueryResult<()> {
+    diesel::update(sagas::table.find(id))
+        .set((
+            sagas::quarantine.eq(None::<String>),
+            sagas::version.eq(sagas::version + 1),
+            sagas::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .await?;
+    prepared(
+        "INSERT INTO saga_timers (saga_id, fire_at) VALUES ($1, $2) \
+         ON CONFLICT (saga_id) DO UPDATE SET fire_at = excluded.fire_at",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn append_history(conn: &Connection, entries: &[NewHistory]) -> QueryResult<()> {
     let mut conn = conn;
     if entries.is_empty() {

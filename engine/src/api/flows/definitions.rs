@@ -16,7 +16,6 @@ use crate::api::State;
 use crate::api::problem::{ApiError, ApiResult, Fault, Problem};
 use crate::auth::Caller;
 use crate::saga::definition::{RetryPolicy, Step, StepKind, Wake};
-use crate::saga::paths;
 use crate::shell::catalog::{Catalog, Refused, Version};
 
 pub struct DefinitionsApi;
@@ -357,6 +356,7 @@ fn refused(err: Refused) -> ApiError {
         | Refused::IsDefault { .. }
         | Refused::RetiredByApplication { .. }
         | Refused::RefusedNow { .. }
+        | Refused::Removed { .. }
         | Refused::BuiltIn { .. }) => ApiError::conflict(conflict.to_string()),
         Refused::Invalid(faults) => {
             let detail: Vec<String> = faults.iter().map(ToString::to_string).collect();
@@ -534,7 +534,8 @@ impl DefinitionsApi {
     ///
     /// Only a version no saga still needs: one a saga that is not over runs on is 409, and
     /// so are the default an admin set and the built-in versions (the shop's fronts start
-    /// them). No saga can start on it while this runs.
+    /// them). No saga can start on it while this runs. The (name, version) is never used
+    /// again: registering it later, whatever the document, is 409.
     #[oai(
         path = "/v1/saga-definitions/:name/versions/:version",
         method = "delete"
@@ -542,6 +543,7 @@ impl DefinitionsApi {
     async fn remove(
         &self,
         state: Data<&State>,
+        caller: Data<&Caller>,
         name: Path<String>,
         version: Path<String>,
     ) -> ApiResult<Removed> {
@@ -551,7 +553,7 @@ impl DefinitionsApi {
         let conn: &mut Connection = &mut pooled;
         conn.transaction::<_, ApiError, _>(async |conn: &mut Connection| {
             catalog
-                .remove(conn, &name.0, version)
+                .remove(conn, &name.0, version, &caller.name)
                 .await
                 .map_err(refused)
         })
@@ -601,17 +603,19 @@ impl DefinitionsApi {
     ) -> ApiResult<Json<Vec<CompensationPath>>> {
         let (stored, _) = find_version(&state, &name.0, version_of(&version.0)?)?;
         Ok(Json(
-            paths::paths(&stored.definition)
-                .into_iter()
+            stored
+                .paths()
+                .await
+                .iter()
                 .map(|path| CompensationPath {
-                    step: path.step,
+                    step: path.step.clone(),
                     failure: path.failure.to_owned(),
                     undo: path
                         .undo
-                        .into_iter()
+                        .iter()
                         .map(|undo| UndoStep {
-                            step: undo.step,
-                            command: undo.command,
+                            step: undo.step.clone(),
+                            command: undo.command.clone(),
                         })
                         .collect(),
                     ends: path.ends.as_str().to_owned(),

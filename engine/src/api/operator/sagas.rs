@@ -633,8 +633,9 @@ impl SagasApi {
 
     /// Retry a failed saga
     ///
-    /// Only for a FAILED saga (a compensation exhausted its budget): the pending
-    /// compensation runs again with a fresh budget. Answers 202 with the saga as it is
+    /// Only for a FAILED saga: a compensation that exhausted its budget runs again with a
+    /// fresh one, or a forward-only step that exhausted its own is sent again (the saga
+    /// runs on). Answers 202 with the saga as it is
     /// now; 409 with `current_status` in any other status, 404 when unknown, 412 when
     /// `If-Match` names an older version.
     #[oai(path = "/v1/sagas/:id/retry", method = "post")]
@@ -741,6 +742,46 @@ impl SagasApi {
         state
             .engine
             .resolve_by(&state.database, id.0, &operator)
+            .await?;
+        Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
+    }
+
+    /// Lift a saga's quarantine
+    ///
+    /// For a saga the engine set aside (its row could not be read or moved: `quarantine`
+    /// says why) once the cause is fixed: the engine moves it again, at once. `reason` is
+    /// required and recorded in the history with the key's name and what the quarantine
+    /// said. Answers 202 with the saga; 409 when it is not quarantined, 404 when unknown,
+    /// 412 when `If-Match` names an older version. A saga still unreadable is quarantined
+    /// again, with the reason.
+    #[oai(path = "/v1/sagas/:id/quarantine/lift", method = "post")]
+    async fn lift_quarantine(
+        &self,
+        state: Data<&State>,
+        #[oai(example = "crate::api::example_id")] id: Path<Uuid>,
+        body: Json<Resolution>,
+        /// Act only if the saga is still at this version (its `ETag`); 412 otherwise.
+        #[oai(
+            name = "If-Match",
+            validator(pattern = r#"^(|\*|(W/)?"[0-9]{1,18}")$"#)
+        )]
+        if_match: Header<Option<String>>,
+        caller: Data<&Caller>,
+    ) -> ApiResult<Changed> {
+        let reason = body.0.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(ApiError::invalid(
+                "reason",
+                "say why the quarantine can be lifted",
+            ));
+        }
+        let action = Action {
+            reason: Some(reason),
+        };
+        let operator = operator(&caller, Some(action), if_match.0.as_deref())?;
+        state
+            .engine
+            .lift_quarantine(&state.database, id.0, &operator)
             .await?;
         Ok(Changed::Accepted(Json(summary(&state, id.0).await?)))
     }

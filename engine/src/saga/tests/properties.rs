@@ -257,7 +257,24 @@ impl Observer {
                                 >= task.compensation_retry.max_attempts
                         })
                 });
-            assert!(exhausted, "(d) FAILED without an exhausted compensation");
+            // ... or a forward-only step that spent its own budget (attempts or sends).
+            let parked_forward = after
+                .steps
+                .iter()
+                .zip(&definition.steps)
+                .any(|(state, step)| {
+                    step.forward_only
+                        && state.forward == ForwardPhase::Failed
+                        && step.task().is_some_and(|task| {
+                            let used = state.attempt.saturating_sub(state.forward_budget_from);
+                            !task.retry.allows_another_attempt(used)
+                                || !task.retry.allows_another_attempt(state.deliveries)
+                        })
+                });
+            assert!(
+                exhausted || parked_forward,
+                "(d) FAILED without an exhausted compensation or forward budget"
+            );
         }
         if after.status == Status::Completed {
             assert!(
@@ -311,10 +328,23 @@ impl Observer {
             .any(|(step, state)| step.pivot && state.forward == ForwardPhase::Succeeded);
         if self.past_pivot || (pivot_done && after.status == Status::Running) {
             self.past_pivot = true;
+            // Going forward, done, or parked on a forward-only step that spent its budget
+            // (then resolved by hand, perhaps): never undoing anything.
             assert!(
-                matches!(after.status, Status::Running | Status::Completed),
+                matches!(
+                    after.status,
+                    Status::Running | Status::Completed | Status::Failed | Status::Resolved
+                ),
                 "(g) past the pivot, yet {}",
                 after.status
+            );
+            assert!(
+                after
+                    .steps
+                    .iter()
+                    .all(|s| s.compensation == CompensationPhase::NotStarted
+                        || s.compensation == CompensationPhase::Compensated),
+                "(g) past the pivot, a compensation is going"
             );
         }
         let stored: SagaState =
@@ -516,12 +546,14 @@ fn task(name: &str, undoable: bool, extra: serde_json::Value) -> serde_json::Val
 }
 
 /// A definition of one to five stages of every kind, optionally with a pivot (a task
-/// without compensation, or a signal) followed by forward-only tasks and waits. Built as a
-/// document and read by `document::parse`, so it is one registration would accept.
+/// without compensation, or a signal) followed by any mix of forward-only tasks and
+/// signals and waits. Built as a document and read by `document::parse`, so it is one
+/// registration would accept (which refuses forward-only steps before the pivot and in
+/// parallel stages: the shapes the engine cannot finish).
 pub(crate) fn a_definition() -> impl Strategy<Value = Definition> {
     let before = prop::collection::vec(a_stage(), 1..=4);
     let pivot = prop_oneof![2 => Just(None), 1 => any::<bool>().prop_map(Some)];
-    let after = prop::collection::vec(any::<bool>(), 0..=2);
+    let after = prop::collection::vec(0u8..4, 0..=3);
     (before, pivot, after).prop_map(|(before, pivot, after)| {
         let mut steps = Vec::new();
         let mut n = 0;
@@ -551,11 +583,21 @@ pub(crate) fn a_definition() -> impl Strategy<Value = Definition> {
                     "timeout_ms": 20_000, "pivot": true
                 })
             });
-            for is_task in after {
-                steps.push(if is_task {
-                    task(&name(), false, json!({ "forward_only": true }))
-                } else {
-                    json!({ "name": name(), "kind": "wait", "duration_ms": 3_000 })
+            // Past the pivot, any mix of what the format allows there: forward-only tasks
+            // (small budgets, so runs park and get retried), waits of both kinds, and
+            // forward-only signals (which wait for ever).
+            for kind in after {
+                steps.push(match kind {
+                    0 => task(
+                        &name(),
+                        false,
+                        json!({ "forward_only": true, "retry": { "max_attempts": 2 } }),
+                    ),
+                    1 => json!({ "name": name(), "kind": "wait", "duration_ms": 3_000 }),
+                    2 => json!({ "name": name(), "kind": "wait", "until": "/at" }),
+                    _ => json!({
+                        "name": name(), "kind": "signal", "scope": "client", "forward_only": true
+                    }),
                 });
             }
         }

@@ -150,6 +150,75 @@ fn a_signal_at_or_after_its_deadline_is_refused_before_the_tick_runs() {
     );
 }
 
+/// A forward-only step that keeps failing, or whose participant never answers, does not
+/// retry for ever: past its budget the saga parks as FAILED with the reason. An operator's
+/// retry sends the step again with a fresh budget; resolve ends the saga by hand.
+#[test]
+fn a_forward_only_step_past_its_budget_parks_and_an_operator_retries_or_resolves_it() {
+    static BUDGETED: LazyLock<Definition> = LazyLock::new(|| {
+        let document = json!({
+            "name": "budgeted", "version": 1, "input": {},
+            "steps": [
+                { "name": "pay", "kind": "task", "role": "payment", "command": "payment.charge",
+                  "pivot": true },
+                { "name": "award", "kind": "task", "role": "loyalty", "command": "loyalty.award",
+                  "forward_only": true, "retry": { "max_attempts": 2 } }
+            ]
+        });
+        parse(&document, Duration::from_secs(60)).expect("valid")
+    });
+    let (mut run, _) = Run::start(&BUDGETED);
+    run.succeed(0);
+    assert_eq!(run.step(1).attempt, 1);
+    run.fail_retryable(1);
+    run.tick_when_due();
+    assert_eq!(run.step(1).attempt, 2, "retried within the budget");
+    run.fail_retryable(1);
+    assert_eq!(run.status(), Status::Failed, "parked past the budget");
+    assert!(
+        run.state
+            .failure
+            .as_deref()
+            .is_some_and(|why| why.contains("award gave up after 2 attempts")),
+        "{:?}",
+        run.state.failure
+    );
+    assert_eq!(
+        run.state.next_timer(),
+        None,
+        "a parked saga writes nothing more"
+    );
+    assert!(run.ignore(Input::Tick).contains("nothing due"));
+    // An operator's retry sends the step again, with a fresh budget and a new attempt.
+    let retried = run.apply(Input::RetryRequested);
+    assert!(
+        retried.contains(&"dispatch 1#3 loyalty.award@loyalty".to_owned()),
+        "{retried:?}"
+    );
+    assert_eq!(run.status(), Status::Running);
+    run.succeed(1);
+    assert_eq!(run.status(), Status::Completed);
+
+    // Silence counts too: a participant that never answers is sent the command as often
+    // as the budget allows attempts, then the saga parks, and resolve ends it by hand.
+    let (mut run, _) = Run::start(&BUDGETED);
+    run.succeed(0);
+    run.tick_when_due();
+    assert_eq!(run.step(1).deliveries, 2);
+    run.tick_when_due();
+    assert_eq!(run.status(), Status::Failed);
+    assert!(
+        run.state
+            .failure
+            .as_deref()
+            .is_some_and(|why| why.contains("no reply after 2 sends")),
+        "{:?}",
+        run.state.failure
+    );
+    run.apply(Input::ResolveRequested);
+    assert_eq!(run.status(), Status::Resolved);
+}
+
 #[test]
 fn past_the_pivot_nothing_is_undone_and_forward_only_steps_retry_until_they_land() {
     let (mut run, _) = Run::start(&PICKUP);
