@@ -45,8 +45,11 @@ impl Default for Sizes {
 
 /// The harness's API key, with every scope, as `serve` is given it (`dev` runs open and
 /// ignores it).
-pub const API_KEY_ENTRY: &str = "harness:client+operator+admin:harness-key-0123456789";
+pub const API_KEY_ENTRY: &str = "harness:client+operator+admin:harness-key-0123456789,\
+    crowd:client:crowd-key-0123456789abc";
 pub const API_KEY: &str = "harness-key-0123456789";
+/// A second client, for the load generator's `--crowd` (another caller crowding the API).
+pub const CROWD_KEY: &str = "crowd-key-0123456789abc";
 
 #[derive(Clone)]
 pub struct Api {

@@ -218,6 +218,10 @@ impl System {
                 .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("KAFKA_INSTANCE_ID", &name)
                 .env("API_KEYS", crate::load::API_KEY_ENTRY)
+                // The harness is one key for every simulated user: the per-key bounds,
+                // which keep one caller from crowding out the others, would bound them all.
+                .env("HTTP_MAX_WAITS_PER_KEY", "768")
+                .env("HTTP_MAX_SIGNALS_PER_KEY", "1024")
                 .env("DATABASE_POOL_SIZE", "8")
                 .env("DATABASE_ENGINE_POOL_SIZE", "12");
                 if click_and_collect {

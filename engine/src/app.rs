@@ -217,13 +217,26 @@ impl Core {
             lag_cache: api::metrics::LagCache::default(),
             snapshots: api::snapshot::Snapshots::default(),
             loops: loops.clone(),
-            waiters: Waiters::new(config.http_max_waits, config.http_max_waits_per_key),
+            // Per-key bounds tell keys apart: with access control off every caller is
+            // `anonymous`, and only the server's own bounds apply.
+            waiters: Waiters::new(
+                config.http_max_waits,
+                if config.auth.enforced() {
+                    config.http_max_waits_per_key
+                } else {
+                    config.http_max_waits
+                },
+            ),
             max_wait: config
                 .http
                 .request_timeout
                 .saturating_sub(Duration::from_secs(1)),
             max_stream: config.http_max_stream,
-            signals: api::quota::PerKey::new(config.http_max_signals_per_key),
+            signals: api::quota::PerKey::new(if config.auth.enforced() {
+                config.http_max_signals_per_key
+            } else {
+                config.http.max_requests
+            }),
         };
         loops.spawn(
             &tasks,

@@ -44,6 +44,9 @@ use rand::seq::IndexedRandom as _;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+#[path = "load/crowd.rs"]
+mod crowd;
+
 #[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Flow {
     Order,
@@ -98,6 +101,11 @@ struct Args {
     /// statements per saga and the ten that cost most.
     #[arg(long)]
     statements: bool,
+    /// Another API key crowds the server meanwhile with this many requests at once (half
+    /// waiting reads, half signals at a saga of its own), as issue 31's attacker did: the
+    /// measured latency is then the other clients'. Not with `--dev` (no keys there).
+    #[arg(long, default_value_t = 0)]
+    crowd: usize,
     /// Passed by `cargo bench` to every bench target.
     #[arg(long, hide = true)]
     bench: bool,
@@ -237,6 +245,18 @@ async fn run() -> anyhow::Result<bool> {
     if args.statements {
         statements::reset(&pool).await?;
     }
+    let crowd = if args.crowd > 0 {
+        anyhow::ensure!(
+            !args.dev,
+            "--crowd needs API keys, which `dev` runs without"
+        );
+        let crowd = crowd::Crowd::start(&api, &system.ports, args.crowd).await?;
+        // Let it take its places before the measured window.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Some(crowd)
+    } else {
+        None
+    };
     let transactions_before = transactions(&pool).await?;
     let cpu_before = cpu_times(&system);
     let started = Instant::now();
@@ -245,6 +265,11 @@ async fn run() -> anyhow::Result<bool> {
         Some(rate) => open_loop(&client, rate, args.sagas).await,
     };
     let elapsed = started.elapsed();
+    let crowded = crowd.map(|crowd| {
+        let counts = crowd.counts();
+        crowd.stop();
+        counts
+    });
     let cpu_after = cpu_times(&system);
     let measured = outcomes.len().max(1) as f64;
     let per_saga = ((transactions(&pool).await? - transactions_before) as f64
@@ -316,6 +341,12 @@ async fn run() -> anyhow::Result<bool> {
         polls as f64 / outcomes.len().max(1) as f64
     );
     println!("  final statuses    {statuses:?}");
+    if let Some((sent, refused)) = crowded {
+        println!(
+            "  crowd             {} requests at once from another key: {sent} sent, {refused} answered 429",
+            args.crowd
+        );
+    }
     println!("  step latency ms   (first send to success, from the history)");
     for step in &steps {
         println!(

@@ -973,3 +973,83 @@ async fn an_unreadable_saga_is_quarantined_and_the_others_move_on() {
     participants.stop().await;
     orchestrator.stop().await;
 }
+
+/// A saga on a version this replica stores but cannot read (a newer replica registered it,
+/// in a format this build does not know) is never quarantined: its timer is left to a
+/// replica that reads it (moved a little later), and once the version reads here (the
+/// store's document, compared by hash, is read again), the saga moves on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_on_a_version_this_replica_cannot_read_is_left_alone_not_quarantined() {
+    use engine::schema::{saga_definitions, saga_timers, sagas};
+    let env = TestEnv::start().await;
+    let orchestrator = Orchestrator::start(&env, frozen_clock()).await;
+    let engine = orchestrator.running.engine.clone();
+    let mut conn = env.db.pool.get().await.unwrap();
+    // Version 3 of `order`, written by a "newer build": a field this one does not know.
+    let readable: serde_json::Value = saga_definitions::table
+        .find(("order", 2))
+        .select(saga_definitions::document)
+        .first(&mut conn)
+        .await
+        .unwrap();
+    let mut newer = readable.clone();
+    newer["version"] = json!(3);
+    newer["compensation_policy"] = json!("some future setting");
+    diesel::insert_into(saga_definitions::table)
+        .values((
+            saga_definitions::name.eq("order"),
+            saga_definitions::version.eq(3),
+            saga_definitions::document.eq(&newer),
+            saga_definitions::created_by.eq("a newer build"),
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    engine.catalog().reload(&mut conn).await.unwrap();
+    assert!(engine.catalog().unreadable("order", 3));
+    // No participant yet: the saga's first command waits, and the saga is put on v3.
+    let id = engine
+        .start("order", &order_payload(), None)
+        .await
+        .unwrap()
+        .id;
+    diesel::update(sagas::table.find(id))
+        .set(sagas::definition_version.eq(3))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    make_timer_due(&env, id).await;
+    let overdue = chrono::Utc::now() - chrono::TimeDelta::minutes(30);
+    eventually("the timer to be left to another replica", async || {
+        timer_of(&env, id).await.is_some_and(|at| at > overdue)
+    })
+    .await;
+    assert!(
+        load(&env, id).await.quarantine.is_none(),
+        "never quarantined"
+    );
+    let kinds = history_kinds(&env, id).await;
+    assert_eq!(count(&kinds, "saga.quarantined"), 0, "{kinds:?}");
+
+    // The store's document changes under the same version (as a deploy of the newer build
+    // would make it readable): the hash differs, this replica reads it again and runs it.
+    let mut fixed = readable;
+    fixed["version"] = json!(3);
+    diesel::update(saga_definitions::table.find(("order", 3)))
+        .set(saga_definitions::document.eq(&fixed))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    engine.catalog().reload(&mut conn).await.unwrap();
+    assert!(!engine.catalog().unreadable("order", 3));
+    let participants = Participants::start(&env.kafka.cluster, script(|_| succeed()));
+    engine.clock().advance(Duration::from_secs(6));
+    diesel::update(saga_timers::table.find(id))
+        .set(saga_timers::fire_at.eq(chrono::Utc::now() - chrono::TimeDelta::hours(1)))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    wait_for_status(&env, id, "COMPLETED").await;
+    participants.stop().await;
+    orchestrator.stop().await;
+}

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod notification;
 pub mod participant;
 pub mod participants;
+pub mod pricing;
 pub mod retention;
 pub mod runtime;
 pub mod schema;

@@ -226,6 +226,9 @@ impl From<shell::Error> for ApiError {
                 Self::PreconditionFailed(Json(problem))
             }
             shell::Error::Pool(err) => Self::from(err),
+            unreadable @ shell::Error::VersionUnreadable { .. } => {
+                Self::unavailable(unreadable.to_string(), 5)
+            }
             retired @ shell::Error::Retired { .. } => {
                 let mut problem =
                     Problem::new(409, "retired", "Version retired", retired.to_string());

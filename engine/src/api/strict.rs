@@ -86,7 +86,12 @@ impl Operations {
     /// The first place `value` breaks `schema`: (field path, what is wrong).
     fn check(&self, value: &Value, schema: &Value, path: &str) -> Option<(String, String)> {
         let schema = self.resolve(schema);
-        let expected = schema["type"].as_str()?;
+        let Some(expected) = schema["type"].as_str() else {
+            // A free-form value (a saga's input, a signal's body) is stored as it comes: a
+            // NUL anywhere in it, key or string, would reach Postgres. (Undeclared fields
+            // of a typed object are never read, so they are not looked at.)
+            return nul_at(value, path).map(|field| (field, NUL.to_owned()));
+        };
         let fits = match expected {
             "string" => value.is_string(),
             "integer" => value.is_i64() || value.is_u64(),
@@ -108,13 +113,7 @@ impl Operations {
                 self.check(item, &schema["items"], &format!("{path}[{index}]"))
             }),
             Value::Object(fields) => {
-                let join = |name: &str| {
-                    if path.is_empty() {
-                        name.to_owned()
-                    } else {
-                        format!("{path}.{name}")
-                    }
-                };
+                let join = |name: &str| field_path(path, name);
                 let required = schema["required"].as_array().into_iter().flatten();
                 for name in required.filter_map(Value::as_str) {
                     if !fields.contains_key(name) {
@@ -158,11 +157,7 @@ fn nul_at(value: &Value, path: &str) -> Option<String> {
             .enumerate()
             .find_map(|(index, item)| nul_at(item, &format!("{path}[{index}]"))),
         Value::Object(fields) => fields.iter().find_map(|(name, field)| {
-            let at = if path.is_empty() {
-                name.clone()
-            } else {
-                format!("{path}.{name}")
-            };
+            let at = field_path(path, name);
             if name.contains('\0') {
                 Some(at)
             } else {
@@ -170,6 +165,17 @@ fn nul_at(value: &Value, path: &str) -> Option<String> {
             }
         }),
         _ => None,
+    }
+}
+
+/// `path.name` (or `name` at the top), with a NUL in the name written as `\u0000`: the
+/// answer naming it must hold no NUL itself.
+fn field_path(path: &str, name: &str) -> String {
+    let name = name.replace('\0', "\\u0000");
+    if path.is_empty() {
+        name
+    } else {
+        format!("{path}.{name}")
     }
 }
 
@@ -280,9 +286,7 @@ pub async fn check_body(
 ) -> poem::Result<Option<Response>> {
     let bytes = request.take_body().into_bytes().await?;
     if let Ok(value) = serde_json::from_slice::<Value>(&bytes)
-        && let Some((field, detail)) = operations
-            .check(&value, schema, "")
-            .or_else(|| nul_at(&value, "").map(|field| (field, NUL.to_owned())))
+        && let Some((field, detail)) = operations.check(&value, schema, "")
     {
         return Ok(Some(
             ApiError::invalid(&field, format!("{field}: {detail}")).into_response(),
@@ -303,7 +307,7 @@ mod tests {
         let body = json!({ "input": { "lines": [{ "sku": "A\u{0}" }] } });
         assert_eq!(nul_at(&body, "").as_deref(), Some("input.lines[0].sku"));
         let key = json!({ "signal": { "bad\u{0}key": 1 } });
-        assert_eq!(nul_at(&key, "").as_deref(), Some("signal.bad\u{0}key"));
+        assert_eq!(nul_at(&key, "").as_deref(), Some("signal.bad\\u0000key"));
         assert_eq!(nul_at(&json!({ "fine": ["a", 1, null] }), ""), None);
         assert_eq!(
             nul_parameter("limit=5&cursor=%00%ff").as_deref(),

@@ -80,6 +80,8 @@ struct Known {
     versions: HashMap<String, BTreeMap<u32, Version>>,
     defaults: HashMap<String, u32>,
     retired: HashMap<(String, u32), Retirement>,
+    /// Versions stored that this build cannot read (a newer replica registered them).
+    unreadable: std::collections::HashSet<(String, u32)>,
 }
 
 /// Why a version starts no new sagas, and who said so.
@@ -360,18 +362,7 @@ impl Catalog {
             }
             Some(_) => {}
         }
-        let pinned: Option<i32> = saga_definition_defaults::table
-            .find(name)
-            .select(saga_definition_defaults::version)
-            .first(conn)
-            .await
-            .optional()?;
-        if pinned == Some(to_i32(version)) {
-            return Err(Refused::IsDefault {
-                name: name.to_owned(),
-                version,
-            });
-        }
+        refuse_pinned_default(conn, name, version).await?;
         let terminal: Vec<&str> = Status::ALL
             .into_iter()
             .filter(|status| status.is_terminal())
@@ -421,18 +412,7 @@ impl Catalog {
     ) -> Result<(), Refused> {
         version_lock(conn, Hold::Exclusive, name, version).await?;
         self.stored(conn, name, version).await?;
-        let pinned: Option<i32> = saga_definition_defaults::table
-            .find(name)
-            .select(saga_definition_defaults::version)
-            .first(conn)
-            .await
-            .optional()?;
-        if pinned == Some(to_i32(version)) {
-            return Err(Refused::IsDefault {
-                name: name.to_owned(),
-                version,
-            });
-        }
+        refuse_pinned_default(conn, name, version).await?;
         diesel::insert_into(saga_definition_retirements::table)
             .values((
                 saga_definition_retirements::name.eq(name),
@@ -581,8 +561,9 @@ impl Catalog {
                             definition = name,
                             version,
                             faults = ?faults,
-                            "stored definition unreadable by this build; skipped"
+                            "stored definition unreadable by this build; its sagas are left to a replica that reads it"
                         );
+                        known.unreadable.insert((name, number));
                         continue;
                     }
                 },
@@ -686,6 +667,12 @@ impl Catalog {
         let number = known.default_of(name)?;
         let chosen = known.versions.get(name)?.get(&number)?;
         Some(Arc::clone(&chosen.definition))
+    }
+
+    /// Whether `version` of `name` is stored but this build cannot read it: its sagas wait
+    /// for (or are left to) a replica that can, never quarantined.
+    pub fn unreadable(&self, name: &str, version: u32) -> bool {
+        self.read().unreadable.contains(&(name.to_owned(), version))
     }
 
     /// Why `version` of `name` starts no new sagas, if it is retired.
@@ -829,6 +816,28 @@ impl Known {
             .filter(|version| versions.contains_key(version) && open(version))
             .or_else(|| versions.keys().rev().copied().find(open))
     }
+}
+
+/// A version an admin pinned as the default may be neither retired nor removed: another
+/// default comes first.
+async fn refuse_pinned_default(
+    conn: &mut Connection,
+    name: &str,
+    version: u32,
+) -> Result<(), Refused> {
+    let pinned: Option<i32> = saga_definition_defaults::table
+        .find(name)
+        .select(saga_definition_defaults::version)
+        .first(conn)
+        .await
+        .optional()?;
+    if pinned == Some(to_i32(version)) {
+        return Err(Refused::IsDefault {
+            name: name.to_owned(),
+            version,
+        });
+    }
+    Ok(())
 }
 
 /// Retires a built-in version for its application (kept if an admin retired it first).

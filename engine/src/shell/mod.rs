@@ -71,6 +71,16 @@ pub enum Error {
         expected: i64,
         current: i64,
     },
+    /// A saga runs on a version this replica stores but cannot read (a newer replica
+    /// registered it): it is left alone, neither moved nor quarantined; the input waits
+    /// (a fault: the consumer retries without spending an attempt) or goes to another
+    /// replica.
+    #[error("saga {id}: {source}")]
+    VersionUnreadable {
+        id: Uuid,
+        #[source]
+        source: platform::fault::Unavailable,
+    },
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
     #[error(transparent)]
@@ -471,6 +481,16 @@ impl Engine {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Writes, Error> {
         self.know(conn, rows).await?;
+        if let Some(row) = rows.iter().find(|row| self.unreadable_here(row)) {
+            return Err(Error::VersionUnreadable {
+                id: row.id,
+                source: platform::fault::Unavailable(format!(
+                    "definition `{}` version {} is stored, but this replica cannot read it; \
+                     waiting for a replica that can",
+                    row.definition, row.definition_version
+                )),
+            });
+        }
         let writes = plan::Planner {
             catalog: &self.catalog,
             topics: &self.topics,
@@ -491,6 +511,12 @@ impl Engine {
     /// commit ([`Engine::publish`]).
     async fn act(&self, conn: &mut Connection, writes: &mut Writes) -> Result<(), Error> {
         writes.flush(conn).await
+    }
+
+    /// Whether `row` runs on a version this replica stores but cannot read.
+    fn unreadable_here(&self, row: &store::SagaRow) -> bool {
+        let version = u32::try_from(row.definition_version).unwrap_or_default();
+        self.catalog.unreadable(&row.definition, version)
     }
 
     /// Makes sure the catalog holds the version every row runs on (one registered on
@@ -541,7 +567,16 @@ impl Engine {
         let writes = conn
             .transaction(async |conn: &mut Connection| {
                 let now = self.clock.now();
-                let due = store::lock_due(conn, now, limit).await?;
+                let mut due = store::lock_due(conn, now, limit).await?;
+                // Sagas on a version this replica cannot read are left to one that can:
+                // their timers move a little later, so they do not crowd out the others.
+                let (theirs, ours): (Vec<_>, Vec<_>) =
+                    due.drain(..).partition(|row| self.unreadable_here(row));
+                let due = ours;
+                if !theirs.is_empty() {
+                    let ids: Vec<Uuid> = theirs.iter().map(|row| row.id).collect();
+                    store::defer_timers(conn, &ids, now + chrono::TimeDelta::seconds(5)).await?;
+                }
                 let ticks = due
                     .iter()
                     .map(|row| Arrival::new(row.id, Input::Tick, "timer.fired"))
@@ -671,15 +706,7 @@ impl Engine {
         let now = self.clock.now();
         conn.transaction(async |conn: &mut Connection| {
             let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
-            if let Some(expected) = operator.expected_version
-                && expected != row.version
-            {
-                return Err(Error::Stale {
-                    id,
-                    expected,
-                    current: row.version,
-                });
-            }
+            operator.expects(&row)?;
             let Some(quarantine) = row.quarantine.clone() else {
                 let status = row.status.parse().unwrap_or(Status::Running);
                 return Err(Error::Conflict {
@@ -716,15 +743,7 @@ impl Engine {
         operator: &Operator,
     ) -> Result<Writes, Error> {
         let row = store::lock(conn, id).await?.ok_or(Error::NotFound(id))?;
-        if let Some(expected) = operator.expected_version
-            && expected != row.version
-        {
-            return Err(Error::Stale {
-                id,
-                expected,
-                current: row.version,
-            });
-        }
+        operator.expects(&row)?;
         if let Some(reason) = &row.quarantine {
             return Err(Error::Corrupt {
                 id,
@@ -749,6 +768,18 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// Refuses to act on a saga that moved past the version the operator saw (`If-Match`).
+    fn expects(&self, row: &store::SagaRow) -> Result<(), Error> {
+        match self.expected_version {
+            Some(expected) if expected != row.version => Err(Error::Stale {
+                id: row.id,
+                expected,
+                current: row.version,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The engine's own callers (tests, tools).
     pub fn system() -> Self {
         Self {

@@ -306,6 +306,20 @@ pub async fn lock(conn: &mut Connection, id: Uuid) -> QueryResult<Option<SagaRow
         .optional()
 }
 
+/// Moves the timers of `ids` to `at` (sagas this replica leaves to another).
+pub async fn defer_timers(
+    conn: &mut Connection,
+    ids: &[Uuid],
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
+    prepared("UPDATE saga_timers SET fire_at = $2 WHERE saga_id = ANY($1)")
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Timestamptz, _>(at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Clears a saga's quarantine and makes its timer due at `now` (in the caller's
 /// transaction, which holds the row's lock).
 pub async fn lift_quarantine(

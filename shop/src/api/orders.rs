@@ -4,8 +4,6 @@
 //! also when the duplicates arrive concurrently; the same key with another request is 422
 //! (see [`engine::api::idempotency`]).
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection as _, RunQueryDsl};
@@ -26,7 +24,8 @@ use engine::shell::Queued;
 use engine::shell::store::Glance;
 
 use crate::inputs::{self, Address, OrderInput, OrderLine};
-use crate::schema::{orders, products, users};
+use crate::pricing::{self, Unpriced};
+use crate::schema::{orders, users};
 
 pub struct OrdersApi;
 
@@ -173,24 +172,18 @@ async fn priced(conn: &mut Connection, order: &NewOrder) -> ApiResult<(OrderInpu
             format!("user {} does not exist", order.user_id),
         ));
     }
-    let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
-    let prices: HashMap<String, i64> = products::table
-        .filter(products::sku.eq_any(&skus))
-        .select((products::sku, products::price_cents))
-        .load::<(String, i64)>(conn)
-        .await?
-        .into_iter()
-        .collect();
-    let mut total_cents = 0i64;
-    for (index, line) in order.lines.iter().enumerate() {
-        let price = prices.get(&line.sku).ok_or_else(|| {
-            ApiError::unprocessable(
+    let total_cents = match pricing::total(conn, &order.lines).await? {
+        Ok(total) => total,
+        Err(unpriced @ Unpriced::UnknownProduct { index, .. }) => {
+            return Err(ApiError::unprocessable(
                 &format!("lines[{index}].sku"),
-                format!("product {} does not exist", line.sku),
-            )
-        })?;
-        total_cents += price * i64::from(line.quantity);
-    }
+                unpriced.to_string(),
+            ));
+        }
+        Err(unpriced @ Unpriced::OutOfRange) => {
+            return Err(ApiError::unprocessable("lines", unpriced.to_string()));
+        }
+    };
     if total_cents <= 0 {
         return Err(ApiError::unprocessable(
             "lines",

@@ -7,8 +7,6 @@
 //! lines at the products' prices now. So a flow started through the generic door, or a
 //! saga of a version whose input still carries a `total_cents`, pays the price.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -21,7 +19,7 @@ use super::missing;
 use crate::guarded::{self, Adjusted};
 use crate::inputs::{Charge, OrderLine};
 use crate::participant::{Context, Failure, Participant, input, unknown_command};
-use crate::schema::{orders, payments, products};
+use crate::schema::{orders, payments};
 
 pub struct Payment;
 
@@ -121,23 +119,9 @@ async fn price(
     if let Some(total) = fronted {
         return Ok(total);
     }
-    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
-    let prices: HashMap<String, i64> = products::table
-        .filter(products::sku.eq_any(&skus))
-        .select((products::sku, products::price_cents))
-        .load::<(String, i64)>(conn)
+    crate::pricing::total(conn, lines)
         .await?
-        .into_iter()
-        .collect();
-    lines.iter().try_fold(0i64, |total, line| {
-        let price = prices
-            .get(&line.sku)
-            .ok_or_else(|| Failure::rejected(format!("product {} does not exist", line.sku)))?;
-        price
-            .checked_mul(i64::from(line.quantity))
-            .and_then(|cost| total.checked_add(cost))
-            .ok_or_else(|| Failure::rejected("the order total is out of range"))
-    })
+        .map_err(|unpriced| Failure::rejected(unpriced.to_string()))
 }
 
 async fn refund(

@@ -147,7 +147,7 @@ struct RetryBudget {
 /// Which version new sagas start on.
 #[derive(Debug, Object)]
 struct DefaultVersion {
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000000")))]
     version: u32,
 }
 

@@ -318,6 +318,24 @@ fn operator(
     })
 }
 
+/// An action that needs a reason (resolve, lifting a quarantine): a blank one is a 400
+/// that says what to write (`why`).
+fn with_reason(
+    caller: &Caller,
+    resolution: Resolution,
+    if_match: Option<&str>,
+    why: &str,
+) -> ApiResult<Operator> {
+    let reason = resolution.reason.trim().to_owned();
+    if reason.is_empty() {
+        return Err(ApiError::invalid("reason", why));
+    }
+    let action = Action {
+        reason: Some(reason),
+    };
+    operator(caller, Some(action), if_match)
+}
+
 /// The version an `If-Match` names: `"7"` (or `W/"7"`); `*` names any.
 fn version_in(if_match: &str) -> ApiResult<Option<i64>> {
     let value = if_match.trim();
@@ -728,17 +746,8 @@ impl SagasApi {
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        let reason = body.0.reason.trim().to_owned();
-        if reason.is_empty() {
-            return Err(ApiError::invalid(
-                "reason",
-                "say why the saga is resolved by hand",
-            ));
-        }
-        let action = Action {
-            reason: Some(reason),
-        };
-        let operator = operator(&caller, Some(action), if_match.0.as_deref())?;
+        let why = "say why the saga is resolved by hand";
+        let operator = with_reason(&caller, body.0, if_match.0.as_deref(), why)?;
         state
             .engine
             .resolve_by(&state.database, id.0, &operator)
@@ -768,17 +777,8 @@ impl SagasApi {
         if_match: Header<Option<String>>,
         caller: Data<&Caller>,
     ) -> ApiResult<Changed> {
-        let reason = body.0.reason.trim().to_owned();
-        if reason.is_empty() {
-            return Err(ApiError::invalid(
-                "reason",
-                "say why the quarantine can be lifted",
-            ));
-        }
-        let action = Action {
-            reason: Some(reason),
-        };
-        let operator = operator(&caller, Some(action), if_match.0.as_deref())?;
+        let why = "say why the quarantine can be lifted";
+        let operator = with_reason(&caller, body.0, if_match.0.as_deref(), why)?;
         state
             .engine
             .lift_quarantine(&state.database, id.0, &operator)

@@ -2,8 +2,11 @@
 //! advancing times, cancels, operator retries, fence answers, signals) against the invariants
 //! the engine relies on, for the shipped definitions and for generated ones: any number of
 //! stages, each a task (with or without a compensation), a parallel group, a wait or a
-//! signal, with or without a pivot followed by forward-only steps. Generated definitions
-//! are documents that registration accepts.
+//! signal, with or without a pivot followed by any mix of forward-only tasks and signals
+//! and waits. Generated definitions are documents that registration accepts. Every run
+//! ends final or parked (FAILED, then retried by an operator until final), nothing that
+//! may have taken effect is left undone in a saga that ends undone (i), and a cancel is
+//! honoured or refused, never half-applied (j).
 
 use std::collections::{HashMap, HashSet};
 
@@ -426,6 +429,7 @@ fn finish_cooperatively(
 ) {
     for _ in 0..200 {
         if state.status.is_terminal() {
+            check_nothing_kept(definition, &state);
             return;
         }
         let index = step_in_progress(&state);
@@ -508,9 +512,62 @@ fn run_random(definition: &Definition, moves: Vec<(Move, i64, f64)>) {
             &result.actions,
             result.is_applied(),
         );
+        if matches!(input, Input::CancelRequested) {
+            check_cancel(&state, &result.state, result.is_applied());
+        }
         state = result.state;
     }
     finish_cooperatively(definition, &mut observer, state, now);
+}
+
+/// (j) A cancel is honoured (the saga turns around, and says why) or refused (nothing
+/// changes), never half-applied.
+fn check_cancel(before: &SagaState, after: &SagaState, applied: bool) {
+    if applied {
+        assert!(
+            after.cancel_requested,
+            "(j) a cancel applied but not recorded"
+        );
+        assert!(
+            matches!(
+                after.status,
+                Status::Compensating | Status::Cancelled | Status::Failed
+            ),
+            "(j) a cancel applied, yet the saga is {}",
+            after.status
+        );
+    } else {
+        assert_eq!(before, after, "(j) a refused cancel changed the saga");
+    }
+}
+
+/// (i) Nothing is charged without being refunded or kept: a saga that ends undone
+/// (COMPENSATED or CANCELLED) has undone every step with an undo that may have taken
+/// effect; a step without one is known either way (fenced before it took effect, or
+/// succeeded and kept, as the flow says), never left unknown.
+fn check_nothing_kept(definition: &Definition, state: &SagaState) {
+    if !matches!(state.status, Status::Compensated | Status::Cancelled) {
+        return;
+    }
+    for (step, step_state) in definition.steps.iter().zip(&state.steps) {
+        match step.compensation() {
+            Some(_) if step_state.may_have_effect() => assert_eq!(
+                step_state.compensation,
+                CompensationPhase::Compensated,
+                "(i) {} may have taken effect, yet the saga ended {} without undoing it",
+                step.name,
+                state.status
+            ),
+            Some(_) => {}
+            None => assert_ne!(
+                step_state.forward,
+                ForwardPhase::OutcomeUnknown,
+                "(i) {} ended {} with its outcome unknown",
+                step.name,
+                state.status
+            ),
+        }
+    }
 }
 
 /// One stage of a generated flow, before the pivot (`undoable` picks compensations).
