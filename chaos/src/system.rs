@@ -218,14 +218,21 @@ impl System {
                 .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
                 .env("KAFKA_INSTANCE_ID", &name)
                 .env("API_KEYS", crate::load::API_KEY_ENTRY)
-                // The harness is one key for every simulated user: the per-key bounds,
-                // which keep one caller from crowding out the others, would bound them all.
-                .env("HTTP_MAX_WAITS_PER_KEY", "768")
-                .env("HTTP_MAX_SIGNALS_PER_KEY", "1024")
                 .env("DATABASE_POOL_SIZE", "8")
                 .env("DATABASE_ENGINE_POOL_SIZE", "12");
                 if click_and_collect {
                     proc = proc.env("DEFINITIONS_DIR", definitions.to_string_lossy());
+                }
+                // The harness is one key for every simulated user: the per-key bounds,
+                // which keep one caller from crowding out the others, would bound them all
+                // (unless the run sets them, as the load generator's `--crowd` does).
+                for (name, value) in [
+                    ("HTTP_MAX_WAITS_PER_KEY", "768"),
+                    ("HTTP_MAX_SIGNALS_PER_KEY", "1024"),
+                ] {
+                    if !options.env.iter().any(|(set, _)| set == name) {
+                        proc = proc.env(name, value);
+                    }
                 }
                 proc.port = Some(port);
                 ports.push(port);

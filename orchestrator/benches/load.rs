@@ -200,6 +200,19 @@ async fn run() -> anyhow::Result<bool> {
     options.workers = args.workers.clone();
     options.tansu = args.tansu.clone();
     options.env = args.env.clone();
+    if args.crowd > 0 {
+        // The harness's own key carries every simulated user, so the system lifts the
+        // per-key bounds unless told; with a crowd, they are what is measured: the
+        // defaults, unless the run sets them.
+        for (name, default) in [
+            ("HTTP_MAX_WAITS_PER_KEY", "64"),
+            ("HTTP_MAX_SIGNALS_PER_KEY", "8"),
+        ] {
+            if !options.env.iter().any(|(set, _)| set == name) {
+                options.env.push((name.to_owned(), default.to_owned()));
+            }
+        }
+    }
     options.own_postgres = args.statements;
     let system = System::start(&options).await?;
     let api = Api::new(&system.ports);
@@ -265,11 +278,14 @@ async fn run() -> anyhow::Result<bool> {
         Some(rate) => open_loop(&client, rate, args.sagas).await,
     };
     let elapsed = started.elapsed();
-    let crowded = crowd.map(|crowd| {
-        let counts = crowd.counts();
-        crowd.stop();
-        counts
-    });
+    let crowded = match crowd {
+        Some(crowd) => {
+            let counts = crowd.counts();
+            crowd.stop().await?;
+            Some(counts)
+        }
+        None => None,
+    };
     let cpu_after = cpu_times(&system);
     let measured = outcomes.len().max(1) as f64;
     let per_saga = ((transactions(&pool).await? - transactions_before) as f64

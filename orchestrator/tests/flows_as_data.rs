@@ -545,6 +545,15 @@ async fn a_replica_listens_again_after_a_drop_and_uses_a_version_registered_on_a
     )
     .await;
     register(&one, &click_and_collect(1, 60_000), StatusCode::CREATED).await;
+    // A flow of signals and waits only names no role, so no topic: still registered.
+    let no_roles = json!({
+        "name": "approval", "version": 1, "input": {},
+        "steps": [
+            { "name": "approved", "kind": "signal", "scope": "operator", "timeout_ms": 60_000 },
+            { "name": "cool_off", "kind": "wait", "duration_ms": 1_000 }
+        ]
+    });
+    register(&one, &no_roles, StatusCode::CREATED).await;
     eventually("the other replica to know the new version", async || {
         two.get("/v1/saga-definitions/click_and_collect/versions/1")
             .await

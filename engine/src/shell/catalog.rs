@@ -957,3 +957,24 @@ async fn version_lock(conn: &Connection, hold: Hold, name: &str, version: u32) -
 fn to_i32(version: u32) -> i32 {
     i32::try_from(version).unwrap_or(i32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version's compensation paths are simulated once, whoever asks and however often:
+    /// every caller gets the same computed list.
+    #[tokio::test]
+    async fn a_versions_paths_are_computed_once() {
+        let catalog = Catalog::default();
+        let order = document::samples().remove(0);
+        catalog.know_for_test(order.clone());
+        let held = || catalog.stored_version(&order.name, order.version).unwrap();
+        let (one, two) = (held(), held());
+        let (first, second) = tokio::join!(one.paths(), two.paths());
+        assert!(!first.is_empty());
+        assert!(Arc::ptr_eq(&first, &second), "one simulation for both");
+        let later = held();
+        assert!(Arc::ptr_eq(&first, &later.paths().await), "kept for later");
+    }
+}

@@ -35,6 +35,9 @@ struct Counts {
 }
 
 pub struct Crowd {
+    http: reqwest::Client,
+    /// Its saga's signal URL, without the signal's name.
+    signals: String,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     counts: Arc<Counts>,
@@ -98,6 +101,8 @@ impl Crowd {
             })
             .collect();
         Ok(Crowd {
+            http,
+            signals: format!("{base}/v1/sagas/{saga}/signals/"),
             stop,
             tasks,
             counts,
@@ -112,10 +117,20 @@ impl Crowd {
         )
     }
 
-    pub fn stop(self) {
+    /// Stops the crowd and ends its saga (both signals), so that every saga is final.
+    pub async fn stop(self) -> anyhow::Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             task.abort();
         }
+        for signal in ["first", "second"] {
+            self.http
+                .post(format!("{}{signal}", self.signals))
+                .json(&json!({}))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(())
     }
 }
