@@ -448,3 +448,36 @@ async fn one_client_crowds_out_no_other_and_never_the_engine() {
     }
     callers.orchestrator.stop().await;
 }
+
+/// A stream of a saga that does not end (it waits for a signal) still ends at
+/// `HTTP_MAX_STREAM_SECONDS`: a key's streams cannot be held for ever. The client resumes
+/// with `Last-Event-ID`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_ends_at_its_lifetime_though_its_saga_goes_on() {
+    let env = TestEnv::start().await;
+    let callers = Callers::start_with(&env, &[("HTTP_MAX_STREAM_SECONDS", "2")]).await;
+    callers.register(&signal_payout()).await;
+    let start = json!({ "definition": "signal_payout", "input": {} });
+    let started = answer(
+        callers.client.post("/v1/sagas", &start).await,
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let saga = started["saga_id"].as_str().unwrap().to_owned();
+    let stream = callers
+        .client
+        .get(&format!("/v1/sagas/{saga}/events"))
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(60), stream.text())
+        .await
+        .expect("the stream ended at its lifetime")
+        .unwrap();
+    assert!(
+        body.contains("saga.start"),
+        "its entries came first: {body}"
+    );
+    let row = load(&env, saga.parse().unwrap()).await;
+    assert_eq!(row.status, "RUNNING", "the saga itself goes on");
+    callers.orchestrator.stop().await;
+}
